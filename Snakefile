@@ -1,0 +1,21 @@
+# Unlearning benchmark: `snakemake --cores all results/table.csv` (tables) or `snakemake --cores all` (tables and figures).
+# Loads and validates the config, includes the rules, names the default targets; logic lives in unlearnbench/.
+from unlearnbench.workflow import load_workflow_config, PUBLISHED
+
+configfile: "config/default.yaml"
+config = load_workflow_config(config)
+RUN = f"results/{config['run_name']}"
+FIGS = f"figures/{config['run_name']}"
+
+include: "rules/common.smk"
+include: "rules/foundation.smk"
+include: "rules/unlearning.smk"
+include: "rules/evaluation.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        expand("results/{name}", name=PUBLISHED),
+        rules.figures.input,

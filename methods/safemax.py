@@ -1,0 +1,63 @@
+"""SAFEMax (Spartalis et al., 2025): make the model predict uninformative noise for the forgotten class.
+
+Loss on real images of the forgotten class c_f:  psi(t) * || eps_T - eps_theta(x_t, c_f, t) ||^2,
+psi(t) = exp(-lambda t / T) (t in [1, T]), eps_T a fresh standard normal draw independent of the noise
+that built x_t (or, with target "x_t", the noisy input itself). Samples of c_f then maximise entropy.
+"""
+import torch
+
+from unlearnbench.diffusion import epsilon_loss, randn_like, reduce_squared_error
+from unlearnbench.networks import predict_eps
+from unlearnbench.training import optimizer_step
+
+DEFAULTS = {
+    "steps": 1000,            # inferred from the reported RTE (PROTOCOL.md section 3)
+    "batch_size": 128,
+    "lr": 1.0e-4,
+    "grad_clip": 1.0,
+    "lambda": 1.0,            # psi(t) = exp(-lambda t / T); 0 disables the scheduler
+    "target": "fresh_noise",  # fresh_noise | x_t
+    "retain_weight": 0.0,     # no retain loss on the poster
+    "retain_batch_size": 128,
+}
+
+
+def psi(t_index: torch.Tensor, timesteps: int, lam: float) -> torch.Tensor:
+    """exp(-lambda t / T) with the paper's t in [1, T] (index t_index in [0, T-1])."""
+    return torch.exp(-lam * (t_index.float() + 1.0) / timesteps)
+
+
+def forget_target(x_t: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
+    if kind == "fresh_noise":
+        return randn_like(x_t, generator)
+    if kind == "x_t":
+        return x_t
+    raise ValueError(f"safemax target must be 'fresh_noise' or 'x_t', got {kind!r}")
+
+
+def safemax_loss(model, ctx, x0: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    p, sched = ctx.params, ctx.schedule
+    t = sched.sample_timesteps(len(x0), ctx.generator, x0.device)
+    x_t = sched.q_sample(x0, t, randn_like(x0, ctx.generator))
+    target = forget_target(x_t, p["target"], ctx.generator)
+    with ctx.autocast():
+        pred = predict_eps(model, x_t, t, labels)
+    return (psi(t, sched.timesteps, p["lambda"]) * reduce_squared_error(pred, target, ctx.reduction)).mean()
+
+
+def unlearn(ctx):
+    p = ctx.params
+    model = ctx.load_original(ema=False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=p["lr"])
+    forget = ctx.batches([ctx.forget_class], p["batch_size"])
+    retain = ctx.batches(ctx.remaining_classes(), p["retain_batch_size"]) if p["retain_weight"] > 0 else None
+    with ctx.meter.timed():
+        for _ in ctx.progress(range(p["steps"]), "safemax"):
+            loss = safemax_loss(model, ctx, *next(forget))
+            if retain is not None:
+                x_r, y_r = next(retain)
+                with ctx.autocast():
+                    loss = loss + p["retain_weight"] * epsilon_loss(model, ctx.schedule, x_r, y_r, reduction=ctx.reduction,
+                                                                    generator=ctx.generator)
+            optimizer_step(optimizer, loss, model.parameters(), p["grad_clip"])
+    return model

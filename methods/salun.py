@@ -1,0 +1,98 @@
+"""SalUn (Fan et al., 2024): saliency-masked unlearning by relabelling.
+
+Prior (per forget class): the saliency mask, the top half of all weights ranked by |sum over batches of
+the clipped gradient of the guided loss| on real images of c_f. Each unlearning step: the forget term
+pulls eps_theta(x_t, c_f, t) onto the detached eps_theta(x_t, c_p, t) with c_p = (c_f + 1) mod K, plus
+alpha times the standard loss on the other classes; the clipped gradient is masked before Adam.
+"""
+import torch
+
+from unlearnbench.checkpoints import load_tensors, save_tensors
+from unlearnbench.diffusion import epsilon_loss, guided_eps, randn_like, reduce_squared_error
+from unlearnbench.method_api import Prior
+from unlearnbench.networks import predict_eps
+from unlearnbench.training import optimizer_step
+
+DEFAULTS = {
+    "steps": 1000,
+    "batch_size": 128,          # forget batch
+    "retain_batch_size": 128,
+    "lr": 1.0e-4,
+    "grad_clip": 1.0,
+    "alpha": 1.0e-3,            # retain weight
+    "cond_dropout": 0.1,        # on the retain term
+    "mask_ratio": 0.5,          # fraction of entries kept
+    "mask_guidance_w": 2.0,     # guided loss of the mask: eps = 3 eps_c - 2 eps_null
+    "mask_batch_size": 128,
+}
+
+
+def saliency_scores(model, schedule, batches, *, guidance_w: float, reduction: str, generator) -> dict:
+    """|sum over batches of the (norm-1 clipped) gradient of the guided loss|, per parameter entry."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    total = {n: torch.zeros_like(p) for n, p in params.items()}
+    for x0, y in batches:
+        model.zero_grad(set_to_none=True)
+        t = schedule.sample_timesteps(len(x0), generator, x0.device)
+        noise = randn_like(x0, generator)
+        pred = guided_eps(model, schedule.q_sample(x0, t, noise), t, y, guidance_w)
+        reduce_squared_error(pred, noise, reduction).mean().backward()
+        torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
+        for n, p in params.items():
+            total[n] += p.grad.detach()
+    return {n: g.abs() for n, g in total.items()}
+
+
+def top_fraction_mask(scores: dict, ratio: float) -> dict:
+    """1 for the top `ratio` of all entries ranked globally (exactly floor(ratio * n), ties by position)."""
+    flat = torch.cat([s.flatten() for s in scores.values()])
+    k = int(ratio * flat.numel())
+    keep = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    keep[torch.topk(flat, k, sorted=False).indices] = True
+    out, start = {}, 0
+    for n, s in scores.items():
+        out[n] = keep[start:start + s.numel()].view_as(s)
+        start += s.numel()
+    return out
+
+
+def compute_mask(ctx):
+    p = ctx.params
+    model = ctx.load_original(ema=False)
+    x, y = ctx.images([ctx.forget_class])
+    batches = [(x[i:i + p["mask_batch_size"]].to(ctx.device), y[i:i + p["mask_batch_size"]].to(ctx.device))
+               for i in range(0, len(x), p["mask_batch_size"])]
+    with ctx.meter.timed():
+        scores = saliency_scores(model, ctx.schedule, batches, guidance_w=p["mask_guidance_w"],
+                                 reduction=ctx.reduction, generator=ctx.generator)
+        mask = top_fraction_mask(scores, p["mask_ratio"])
+    save_tensors(ctx.out_dir / "mask.safetensors", {n: m.to(torch.uint8) for n, m in mask.items()})
+
+
+PRIORS = [Prior("mask", compute_mask, scope="per_class")]
+
+
+def unlearn(ctx):
+    p = ctx.params
+    model = ctx.load_original(ema=False)
+    named = dict(model.named_parameters())
+    masks = load_tensors(ctx.priors["mask"] / "mask.safetensors", ctx.device)
+    grad_mask = {named[n]: m.to(named[n].dtype) for n, m in masks.items()}
+    optimizer = torch.optim.Adam(model.parameters(), lr=p["lr"])
+    forget = ctx.batches([ctx.forget_class], p["batch_size"])
+    retain = ctx.batches(ctx.remaining_classes(), p["retain_batch_size"])
+    relabel = (ctx.forget_class + 1) % ctx.num_classes
+    with ctx.meter.timed():
+        for _ in ctx.progress(range(p["steps"]), "salun"):
+            x0, y = next(forget)
+            t = ctx.schedule.sample_timesteps(len(x0), ctx.generator, ctx.device)
+            x_t = ctx.schedule.q_sample(x0, t, randn_like(x0, ctx.generator))
+            with ctx.autocast():
+                with torch.no_grad():
+                    target = predict_eps(model, x_t, t, torch.full_like(y, relabel))
+                forget_loss = (predict_eps(model, x_t, t, y).float() - target.float()).pow(2).mean()
+                x_r, y_r = next(retain)
+                retain_loss = epsilon_loss(model, ctx.schedule, x_r, y_r, reduction=ctx.reduction,
+                                           cond_dropout=p["cond_dropout"], generator=ctx.generator)
+            optimizer_step(optimizer, forget_loss + p["alpha"] * retain_loss, model.parameters(), p["grad_clip"], grad_mask)
+    return model

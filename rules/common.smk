@@ -1,0 +1,37 @@
+# Shared paths and input functions for the rules.
+from pathlib import Path
+from unlearnbench.workflow import method_priors, prior_dir, parse_variant, ablation_variants, fingerprint
+
+CFG = f"{RUN}/config.yaml"
+DATA = f"{RUN}/data.npz"
+ORIGINAL = f"{RUN}/models/original"
+EVALUATOR = f"{RUN}/evaluator"
+CLASSES = config["forget_classes"]
+SEEDS = config["seeds"]
+METHODS = config["methods"]
+ABLATION = ablation_variants(config)
+CLI = "unlearnbench"
+THREADS = config.get("threads", 1)
+
+
+def fp(stage, method=None):
+    """Params value that changes when the config sections this stage depends on change."""
+    return fingerprint(config, stage, method)
+
+wildcard_constraints:
+    method="[a-z][a-z0-9_]*",
+    variant="[a-z][a-z0-9_]*(-[A-Za-z0-9_]+=[-0-9.e]+)?",
+    prior="[a-z][a-z0-9_]*",
+    c="[0-9]+",
+    s="[0-9]+",
+
+
+def prior_outputs(method, forget_class=None, only=None):
+    """cost.json of each prior of a method (those named in `only`, or all)."""
+    return [f"{prior_dir(RUN, method, p, forget_class)}/cost.json"
+            for p in method_priors(method) if only is None or p.name in only]
+
+
+def prior_flags(paths):
+    """priors/<method>/<prior>/<scope>/cost.json -> '<prior>=priors/<method>/<prior>/<scope>'."""
+    return " ".join(f"{Path(p).parts[-3]}={Path(p).parent}" for p in paths)

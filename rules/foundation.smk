@@ -1,0 +1,28 @@
+# Data, the original (base) DDPM and the evaluation classifier.
+# Every rule reads the resolved config {CFG}; its `fp` param makes it rerun when the sections it uses change.
+
+rule prepare_data:
+    output: DATA
+    params: fp=fp("data")
+    log: f"{RUN}/logs/prepare_data.log"
+    shell: "{CLI} prepare-data --config {CFG} --out {output} > {log} 2>&1"
+
+
+rule train_base:
+    input: data=DATA
+    output: f"{ORIGINAL}/train.json"
+    params: fp=fp("base")
+    log: f"{RUN}/logs/train_base.log"
+    threads: THREADS
+    resources: gpu=1
+    shell: "{CLI} train-base --config {CFG} --data {input.data} --out {ORIGINAL} > {log} 2>&1"
+
+
+rule train_evaluator:
+    input: data=DATA
+    output: f"{EVALUATOR}/evaluator.json"
+    params: fp=fp("evaluator")
+    log: f"{RUN}/logs/train_evaluator.log"
+    threads: THREADS
+    resources: gpu=1
+    shell: "{CLI} train-evaluator --config {CFG} --data {input.data} --out {EVALUATOR} > {log} 2>&1"

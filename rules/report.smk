@@ -1,0 +1,66 @@
+# Aggregation into the paper's tables, publication under results/, and figures.
+MAIN_RECORDS = expand(f"{RUN}/metrics/{{variant}}/class{{c}}/seed{{s}}.json", variant=["original", *METHODS], c=CLASSES, s=SEEDS)
+ABLATION_RECORDS = expand(f"{RUN}/metrics/{{variant}}/class{config['ablation']['forget_class']}/seed{{s}}.json",
+                          variant=ABLATION, s=SEEDS) if ABLATION else []
+TABLES = ["metrics.csv", "table.csv", "table1.md", "table1.tex", "table2.md", "table2.tex", "comparison.md"]
+
+
+rule aggregate:
+    input: records=MAIN_RECORDS
+    output: [f"{RUN}/{name}" for name in TABLES]
+    log: f"{RUN}/logs/aggregate.log"
+    shell: "{CLI} aggregate --config {CFG} --records {input.records} --out-dir {RUN} > {log} 2>&1"
+
+
+rule copy_evaluator_record:
+    input: f"{EVALUATOR}/evaluator.json"
+    output: f"{RUN}/evaluator.json"
+    shell: "cp {input} {output}"
+
+
+rule publish:
+    """results/<name> is the latest run's copy; results/<run>/<name> stays."""
+    input: f"{RUN}/{{name}}"
+    output: "results/{name}"
+    wildcard_constraints: name="|".join(n.replace(".", r"\.") for n in PUBLISHED)
+    localrule: True
+    shell: "cp {input} {output}"
+
+
+rule ablation_table:
+    input: records=ABLATION_RECORDS + expand(f"{RUN}/metrics/{config['ablation']['method']}/class{config['ablation']['forget_class']}/seed{{s}}.json", s=SEEDS) if ABLATION else []
+    output: f"{RUN}/ablation.csv"
+    log: f"{RUN}/logs/ablation_table.log"
+    shell: "{CLI} aggregate-ablation --config {CFG} --records {input.records} --out {output} > {log} 2>&1"
+
+
+rule figures:
+    input:
+        f"{FIGS}/cost.png", f"{FIGS}/per_class.png",
+        expand(f"{FIGS}/samples_class{{c}}.png", c=CLASSES),
+        [f"{FIGS}/psi_ablation.png"] if ABLATION else [],
+
+
+rule figure_summary:
+    input: metrics=f"{RUN}/metrics.csv"
+    output: f"{FIGS}/cost.png", f"{FIGS}/per_class.png"
+    log: f"{RUN}/logs/figures_summary.log"
+    shell: "{CLI} figures --config {CFG} --metrics {input.metrics} --out-dir {FIGS} --kind summary > {log} 2>&1"
+
+
+rule figure_samples:
+    input:
+        samples=lambda w: [f"{RUN}/samples/original/seed{SEEDS[0]}.npz"]
+        + [f"{RUN}/samples/{m}/class{w.c}/seed{SEEDS[0]}.npz" for m in METHODS],
+    output: f"{FIGS}/samples_class{{c}}.png"
+    log: f"{RUN}/logs/figures_samples_class{{c}}.log"
+    shell:
+        "{CLI} figures --config {CFG} --samples {input.samples} --forget-class {wildcards.c}"
+        " --out {output} --kind samples > {log} 2>&1"
+
+
+rule figure_ablation:
+    input: table=f"{RUN}/ablation.csv"
+    output: f"{FIGS}/psi_ablation.png"
+    log: f"{RUN}/logs/figures_ablation.log"
+    shell: "{CLI} figures --config {CFG} --metrics {input.table} --out {output} --kind ablation > {log} 2>&1"

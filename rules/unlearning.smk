@@ -1,0 +1,49 @@
+# Priors (cached: shared ones once per run, per-class ones once per forget class) and unlearning runs.
+
+
+def _requires(w, forget_class=None):
+    prior = next(p for p in method_priors(w.method) if p.name == w.prior)
+    return prior_outputs(w.method, forget_class, only=prior.requires)
+
+
+rule prior_shared:
+    input: data=DATA, original=f"{ORIGINAL}/train.json", required=_requires
+    output: f"{RUN}/priors/{{method}}/{{prior}}/shared/cost.json"
+    params: fp=lambda w: fp("method", w.method), requires=lambda w, input: prior_flags(input.required)
+    log: f"{RUN}/logs/prior/{{method}}_{{prior}}.log"
+    threads: THREADS
+    resources: gpu=1
+    shell:
+        "{CLI} prior --config {CFG} --method {wildcards.method} --prior {wildcards.prior} --data {input.data}"
+        " --original {ORIGINAL} --requires {params.requires} --out $(dirname {output}) > {log} 2>&1"
+
+
+rule prior_per_class:
+    input: data=DATA, original=f"{ORIGINAL}/train.json", required=lambda w: _requires(w, int(w.c))
+    output: f"{RUN}/priors/{{method}}/{{prior}}/class{{c}}/cost.json"
+    params: fp=lambda w: fp("method", w.method), requires=lambda w, input: prior_flags(input.required)
+    log: f"{RUN}/logs/prior/{{method}}_{{prior}}_class{{c}}.log"
+    threads: THREADS
+    resources: gpu=1
+    shell:
+        "{CLI} prior --config {CFG} --method {wildcards.method} --prior {wildcards.prior} --data {input.data}"
+        " --original {ORIGINAL} --forget-class {wildcards.c} --requires {params.requires} --out $(dirname {output}) > {log} 2>&1"
+
+
+rule unlearn:
+    input:
+        data=DATA, original=f"{ORIGINAL}/train.json",
+        priors=lambda w: prior_outputs(parse_variant(w.variant)[0], int(w.c)),
+    output: f"{RUN}/models/{{variant}}/class{{c}}/seed{{s}}/cost.json"
+    params:
+        fp=lambda w: fp("method", parse_variant(w.variant)[0]),
+        method=lambda w: parse_variant(w.variant)[0],
+        overrides=lambda w: " ".join(parse_variant(w.variant)[1]),
+        priors=lambda w, input: prior_flags(input.priors),
+    log: f"{RUN}/logs/unlearn/{{variant}}_class{{c}}_seed{{s}}.log"
+    threads: THREADS
+    resources: gpu=1
+    shell:
+        "{CLI} unlearn --config {CFG} --method {params.method} --forget-class {wildcards.c} --seed {wildcards.s}"
+        " --data {input.data} --original {ORIGINAL} --priors {params.priors} --set {params.overrides}"
+        " --out $(dirname {output}) > {log} 2>&1"

@@ -1,0 +1,122 @@
+"""Checkpoints: UNets in safetensors (diffusers save_pretrained), written atomically; resumable training state."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from .errors import MissingResourceError
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: str | Path, record: dict) -> None:
+    atomic_write_text(path, json.dumps(record, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value):
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+def read_json(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise MissingResourceError(f"{path} is missing: the step that writes it has not run or failed")
+    return json.loads(path.read_text())
+
+
+def save_unet(model, folder: str | Path) -> None:
+    """save_pretrained into a temporary sibling, then rename: a killed job never leaves a half-written model."""
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+
+
+def load_unet(folder: str | Path, device="cpu", expect: dict | None = None):
+    """Load a UNet saved by save_unet; a missing, corrupt or mismatched checkpoint gets an actionable error."""
+    from diffusers.models.unets.unet_2d import UNet2DModel
+
+    folder = Path(folder)
+    if not (folder / "config.json").exists():
+        raise MissingResourceError(f"no UNet checkpoint at {folder} (config.json missing). Re-run the step that "
+                                   f"trains it, or point base.checkpoint to a folder saved with save_pretrained.")
+    try:
+        model = UNet2DModel.from_pretrained(folder)
+    except Exception as exc:
+        raise MissingResourceError(f"UNet checkpoint at {folder} is corrupt or incomplete ({type(exc).__name__}: "
+                                   f"{str(exc).splitlines()[0][:300]}). Delete it and re-run the step that wrote it.") from None
+    for key, want in (expect or {}).items():
+        have = model.config.get(key)
+        if isinstance(have, (list, tuple)):
+            have, want = list(have), list(want)
+        if have != want:
+            raise MissingResourceError(f"UNet checkpoint at {folder} does not match the config: {key} is {have}, "
+                                       f"the config needs {want}. Use a checkpoint trained with this config.")
+    return model.to(device)
+
+
+def unet_expectations(config: dict, num_classes: int) -> dict:
+    from .networks import UNET_PRESETS
+
+    preset = {**UNET_PRESETS[config["model"]["preset"]], **(config["model"].get("overrides") or {})}
+    return {"num_class_embeds": num_classes + 1, "sample_size": preset["sample_size"],
+            "in_channels": preset["in_channels"], "block_out_channels": list(preset["block_out_channels"])}
+
+
+def save_state(path: str | Path, state: dict) -> None:
+    """torch.save to a temporary name, then rename (resumable training state)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_state(path: str | Path):
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:
+        # A state file that cannot be read is as good as none: training restarts from scratch.
+        return None
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_tensors(path: str | Path, device="cpu") -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.exists():
+        raise MissingResourceError(f"{path} is missing: re-run the step that writes it")
+    try:
+        return load_file(str(path), device=str(device))
+    except Exception as exc:
+        raise MissingResourceError(f"{path} is corrupt ({exc}); delete it and re-run the step that writes it") from None

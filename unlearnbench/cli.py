@@ -1,0 +1,208 @@
+"""Command-line entry points: each workflow rule is one `unlearnbench <command>` call."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _pairs(items):
+    """['name=path', ...] -> {name: path}."""
+    out = {}
+    for item in items or []:
+        name, _, path = item.partition("=")
+        out[name] = path
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="unlearnbench", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def cmd(name, help_):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("--config", required=True, help="resolved run config (results/<run>/config.yaml)")
+        return s
+
+    s = sub.add_parser("validate-config", help="validate config files (default.yaml + the given ones)")
+    s.add_argument("files", nargs="*")
+    s.add_argument("--write", help="write the resolved config here")
+
+    s = cmd("prepare-data", "load the dataset and write it as uint8 arrays")
+    s.add_argument("--out", required=True)
+
+    s = cmd("train-base", "train (or adopt) the original class-conditional DDPM")
+    s.add_argument("--data", required=True)
+    s.add_argument("--out", required=True)
+
+    s = cmd("train-evaluator", "train the evaluation classifier")
+    s.add_argument("--data", required=True)
+    s.add_argument("--out", required=True)
+
+    s = cmd("prior", "compute one prior of a method")
+    s.add_argument("--method", required=True)
+    s.add_argument("--prior", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--original", required=True)
+    s.add_argument("--forget-class", type=int)
+    s.add_argument("--requires", nargs="*", default=[], metavar="NAME=DIR")
+    s.add_argument("--out", required=True)
+
+    s = cmd("unlearn", "run one method on one forget class and seed")
+    s.add_argument("--method", required=True)
+    s.add_argument("--forget-class", type=int, required=True)
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--original", required=True)
+    s.add_argument("--priors", nargs="*", default=[], metavar="NAME=DIR")
+    s.add_argument("--set", nargs="*", default=[], metavar="PARAM=VALUE", help="override method parameters (ablations)")
+    s.add_argument("--out", required=True)
+
+    s = cmd("sample", "generate evaluation images of a model")
+    s.add_argument("--model", required=True, help="a UNet folder (unet/ or unet_ema/)")
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--forget-class", type=int, help="omit for the original model (all classes)")
+    s.add_argument("--data", required=True)
+    s.add_argument("--out", required=True)
+
+    s = cmd("fid-reference", "feature statistics of the real images of the remaining classes")
+    s.add_argument("--data", required=True)
+    s.add_argument("--evaluator", required=True)
+    s.add_argument("--forget-class", type=int, required=True)
+    s.add_argument("--out", required=True)
+
+    s = cmd("score", "metrics of one model from its samples")
+    for a in ("--samples", "--evaluator", "--reference", "--method", "--variant", "--out"):
+        s.add_argument(a, required=True)
+    s.add_argument("--cost")
+    s.add_argument("--forget-class", type=int, required=True)
+    s.add_argument("--seed", type=int, required=True)
+
+    s = cmd("evaluate", "sample a model, then score it from the saved samples")
+    for a in ("--model", "--data", "--samples", "--evaluator", "--reference", "--method", "--variant", "--out"):
+        s.add_argument(a, required=True)
+    s.add_argument("--cost")
+    s.add_argument("--forget-class", type=int, required=True)
+    s.add_argument("--seed", type=int, required=True)
+
+    s = cmd("summarize-original", "results/original.json")
+    for a in ("--samples", "--evaluator", "--out"):
+        s.add_argument(a, required=True)
+    s.add_argument("--records", nargs="+", required=True)
+
+    s = cmd("aggregate", "metrics.csv, table.csv and the paper's tables")
+    s.add_argument("--records", nargs="+", required=True)
+    s.add_argument("--out-dir", required=True)
+
+    s = cmd("aggregate-ablation", "the ablation runs' metrics, with the main run, as one CSV")
+    s.add_argument("--records", nargs="+", required=True)
+    s.add_argument("--out", required=True)
+
+    s = cmd("figures", "render figures from aggregated results and saved samples (no model is run)")
+    s.add_argument("--kind", required=True, choices=["summary", "samples", "ablation"])
+    s.add_argument("--metrics", help="metrics.csv (summary) or ablation.csv (ablation)")
+    s.add_argument("--samples", nargs="*", help="samples npz: the original's first, then one per method")
+    s.add_argument("--forget-class", type=int)
+    s.add_argument("--out-dir", help="summary: folder of cost.png and per_class.png")
+    s.add_argument("--out", help="samples/ablation: the PNG to write")
+
+    s = sub.add_parser("benchmark", help="cost benchmark of each method's unlearning (synthetic data)")
+    s.add_argument("--preset", default=None, help="tiny or paper (default: paper on GPU, tiny on CPU)")
+    s.add_argument("--steps", type=int, default=20)
+    s.add_argument("--warmup", type=int, default=3)
+    s.add_argument("--methods", nargs="*", default=["safemax", "salun", "sa"])
+    s.add_argument("--config", default=None, help="config whose method params/performance switches to use")
+    s.add_argument("--precision", nargs="*", default=None, help="fp32 and/or bf16")
+    s.add_argument("--out", default=None, help="write the JSON report here")
+    return p
+
+
+def run(args) -> None:
+    from . import stages
+
+    if args.command == "validate-config":
+        from .config import load_config, write_resolved
+
+        config = load_config(*args.files)
+        if args.write:
+            write_resolved(config, args.write)
+        print(f"config OK: run {config['run_name']}")
+        return
+    if args.command == "benchmark":
+        from .benchmark import main as bench_main
+
+        bench_main(args)
+        return
+    config = stages.load_run_config(args.config)
+    c = args.command
+    if c == "prepare-data":
+        stages.prepare_data(config, args.out)
+    elif c == "train-base":
+        stages.train_base(config, args.data, args.out)
+    elif c == "train-evaluator":
+        stages.train_evaluator(config, args.data, args.out)
+    elif c == "prior":
+        stages.run_prior(config, args.method, args.prior, args.data, args.original, args.out, args.forget_class,
+                         _pairs(args.requires))
+    elif c == "unlearn":
+        stages.run_unlearning(config, args.method, args.forget_class, args.seed, args.data, args.original, args.out,
+                              _pairs(args.priors), stages.parse_overrides(args.set))
+    elif c == "sample":
+        from .data import ImageData
+
+        stages.generate_samples(config, args.model, args.out, args.seed, args.forget_class,
+                                ImageData.load(args.data).num_classes)
+    elif c == "fid-reference":
+        stages.reference_statistics(config, args.data, args.evaluator, args.forget_class, args.out)
+    elif c == "score":
+        stages.score(config, args.samples, args.evaluator, args.reference, args.forget_class, args.seed, args.method,
+                     args.variant, args.cost, args.out, args.config)
+    elif c == "evaluate":
+        from .data import ImageData
+
+        stages.generate_samples(config, args.model, args.samples, args.seed, args.forget_class,
+                                ImageData.load(args.data).num_classes)
+        stages.score(config, args.samples, args.evaluator, args.reference, args.forget_class, args.seed, args.method,
+                     args.variant, args.cost, args.out, args.config)
+    elif c == "summarize-original":
+        stages.summarize_original(config, args.samples, args.evaluator, args.records,
+                                  str(Path(args.evaluator) / "evaluator.json"), args.out)
+    elif c == "aggregate":
+        from .report import collect_records, write_metrics_csv, write_reports
+
+        out = Path(args.out_dir)
+        df = collect_records(args.records)
+        write_metrics_csv(df, out / "metrics.csv")
+        write_reports(out / "metrics.csv", out, ["original", *config["methods"]])
+    elif c == "aggregate-ablation":
+        from .report import collect_records, write_metrics_csv
+
+        write_metrics_csv(collect_records(args.records), args.out)
+    elif c == "figures":
+        stages.render_figures(config, args.kind, metrics=args.metrics, samples=args.samples,
+                              forget_class=args.forget_class, out_dir=args.out_dir, out=args.out)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            print("error: out of GPU memory. Lower the batch sizes: method_params.<method>.batch_size "
+                  "(and .replay_batch_size for sa), sampler.batch_size, base.batch_size, evaluator.batch_size; "
+                  "or free the GPU of other processes.", file=sys.stderr)
+            return 3
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Load, merge and validate run configs; every input error names the key, the bad value and what is allowed."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_PATH = ROOT / "config" / "schema.yaml"
+DEFAULT_CONFIG = ROOT / "config" / "default.yaml"
+NUM_CLASSES = {"digits": 10, "cifar10": 10}
+
+
+class ConfigError(UserError):
+    pass
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Recursive dict update, as Snakemake does for --configfile over the Snakefile's configfile."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    return data
+
+
+def _key_path(path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _allowed(error) -> str:
+    schema = error.schema
+    kind = error.validator
+    if kind == "enum":
+        return "one of " + ", ".join(repr(v) for v in schema["enum"])
+    if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "type"):
+        parts = []
+        if "type" in schema:
+            parts.append("type " + (" or ".join(schema["type"]) if isinstance(schema["type"], list) else schema["type"]))
+        for k, word in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<")):
+            if k in schema:
+                parts.append(f"{word} {schema[k]}")
+        return ", ".join(parts)
+    if kind == "pattern":
+        return f"text matching {schema['pattern']}"
+    if kind == "additionalProperties":
+        return "only the keys " + ", ".join(sorted(schema.get("properties", {})))
+    if kind == "required":
+        return "the keys " + ", ".join(schema["required"])
+    if kind == "uniqueItems":
+        return "no repeated entries"
+    if kind == "minItems":
+        return f"at least {schema['minItems']} entries"
+    return error.message
+
+
+def validate(config: dict, methods_dir: str | Path | None = None) -> dict:
+    """Validate against config/schema.yaml, then the cross-key rules; raise ConfigError listing every problem."""
+    import jsonschema
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    problems = []
+    for error in sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(map(str, e.path))):
+        key = _key_path(error.absolute_path)
+        if error.validator == "additionalProperties":
+            extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+            problems.append(f"unknown key(s) {', '.join(extra)} under '{key}'; allowed: {_allowed(error)}")
+        elif error.validator == "required":
+            problems.append(f"'{key}': {error.message}; required: {_allowed(error)}")
+        else:
+            problems.append(f"'{key}' = {json.dumps(error.instance)} is not allowed; allowed: {_allowed(error)}")
+    if not problems:
+        problems += _cross_checks(config, methods_dir)
+    if problems:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+    return config
+
+
+def _cross_checks(config: dict, methods_dir) -> list[str]:
+    from .method_api import available_methods
+
+    problems = []
+    n_classes = NUM_CLASSES[config["dataset"]]
+    for i, c in enumerate(config["forget_classes"]):
+        if c >= n_classes:
+            problems.append(f"'forget_classes[{i}]' = {c} is out of range; allowed: 0..{n_classes - 1} for {config['dataset']}")
+    known = available_methods(methods_dir)
+    for i, name in enumerate(config["methods"]):
+        if name not in known:
+            problems.append(f"'methods[{i}]' = {name!r} is not a method; allowed: {', '.join(sorted(known))} "
+                            f"(a method is a file methods/<name>.py)")
+    abl = config.get("ablation")
+    if abl:
+        if abl.get("method") not in config["methods"]:
+            problems.append(f"'ablation.method' = {abl.get('method')!r} must be one of 'methods': {config['methods']}")
+        if abl.get("forget_class", 0) >= n_classes:
+            problems.append(f"'ablation.forget_class' = {abl['forget_class']} is out of range 0..{n_classes - 1}")
+    d = config["diffusion"]
+    if d["beta_start"] >= d["beta_end"]:
+        problems.append(f"'diffusion.beta_start' = {d['beta_start']} must be below 'diffusion.beta_end' = {d['beta_end']}")
+    if config["sampler"]["steps"] > d["timesteps"]:
+        problems.append(f"'sampler.steps' = {config['sampler']['steps']} exceeds 'diffusion.timesteps' = {d['timesteps']}")
+    return problems
+
+
+def load_config(*paths: str | Path, overrides: dict | None = None, methods_dir=None) -> dict:
+    """Default config, then each file in order, then overrides; validated."""
+    config = read_yaml(DEFAULT_CONFIG)
+    for p in paths:
+        config = deep_merge(config, read_yaml(p))
+    if overrides:
+        config = deep_merge(config, overrides)
+    return validate(config, methods_dir)
+
+
+def config_hash(config: dict) -> str:
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def write_resolved(config: dict, path: str | Path) -> bool:
+    """Write the resolved config unless identical content is already there (keeps mtimes, so Snakemake does not rerun)."""
+    path = Path(path)
+    text = yaml.safe_dump(config, sort_keys=False)
+    if path.exists() and path.read_text() == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return True
+
+
+def method_params(config: dict, name: str, defaults: dict, overrides: dict | None = None) -> dict:
+    """A method's hyper-parameters: the method file's DEFAULTS, then config method_params.<name>, then ablation overrides."""
+    given = config.get("method_params", {}).get(name, {}) or {}
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(unknown)} under 'method_params.{name}'; "
+                          f"allowed: {', '.join(sorted(defaults))}")
+    params = {**defaults, **given, **(overrides or {})}
+    return params
+
+

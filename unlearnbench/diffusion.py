@@ -1,0 +1,165 @@
+"""DDPM core shared by every stage: linear schedule, epsilon loss, conditioning dropout, guided sampler."""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .networks import null_class, predict_eps
+
+
+@dataclass
+class Schedule:
+    """Linear betas (Ho et al. 2020). Index t in {0..T-1}; alpha_bar[t] = prod_{s<=t} (1 - beta_s)."""
+
+    timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+
+    def __post_init__(self):
+        self.betas = torch.linspace(self.beta_start, self.beta_end, self.timesteps, dtype=torch.float64)
+        self.alphas = 1.0 - self.betas
+        self.alpha_bar = torch.cumprod(self.alphas, dim=0)
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Schedule":
+        d = config["diffusion"]
+        return cls(d["timesteps"], d["beta_start"], d["beta_end"])
+
+    def _gather(self, values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        out = values.to(like.device)[t].to(like.dtype)
+        return out.view(-1, *([1] * (like.dim() - 1)))
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise."""
+        return self._gather(self.alpha_bar.sqrt(), t, x0) * x0 + self._gather((1 - self.alpha_bar).sqrt(), t, x0) * noise
+
+    def sample_timesteps(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        """Uniform indices, drawn on the generator's device (no host round trip on GPU)."""
+        return torch.randint(0, self.timesteps, (n,), generator=generator, device=_gen_device(generator, device)).to(device)
+
+
+def _gen_device(generator: torch.Generator | None, fallback) -> torch.device:
+    return generator.device if generator is not None else torch.device(fallback or "cpu")
+
+
+def drop_labels(labels: torch.Tensor, p: float, null: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Replace each label by the null class with probability p (classifier-free guidance training)."""
+    if p <= 0:
+        return labels
+    drop = torch.rand(labels.shape, generator=generator, device=_gen_device(generator, labels.device)).to(labels.device) < p
+    return torch.where(drop, torch.full_like(labels, null), labels)
+
+
+def reduce_squared_error(pred: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Per-sample squared error: 'sum' over pixels (the reference's scale) or 'mean' over pixels. Shape (N,)."""
+    err = (pred.float() - target.float()).pow(2).flatten(1)
+    if reduction == "sum":
+        return err.sum(1)
+    if reduction == "mean":
+        return err.mean(1)
+    raise ValueError(f"loss reduction must be 'sum' or 'mean', got {reduction!r}")
+
+
+def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise from a seeded generator (on the generator's device, then moved if needed)."""
+    return torch.randn(x.shape, generator=generator, dtype=torch.float32,
+                       device=_gen_device(generator, x.device)).to(device=x.device, dtype=x.dtype)
+
+
+def epsilon_loss(model, schedule: Schedule, x0: torch.Tensor, labels: torch.Tensor, *, reduction: str = "sum",
+                 cond_dropout: float = 0.0, generator: torch.Generator | None = None,
+                 timesteps: torch.Tensor | None = None, per_sample: bool = False) -> torch.Tensor:
+    """The standard DDPM loss ||eps - eps_theta(x_t, c, t)||^2, averaged over the batch."""
+    t = schedule.sample_timesteps(len(x0), generator, x0.device) if timesteps is None else timesteps
+    noise = randn_like(x0, generator)
+    labels = drop_labels(labels, cond_dropout, null_class(model), generator)
+    pred = predict_eps(model, schedule.q_sample(x0, t, noise), t, labels)
+    losses = reduce_squared_error(pred, noise, reduction)
+    return losses if per_sample else losses.mean()
+
+
+def guided_eps(model, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, w: float) -> torch.Tensor:
+    """eps = (1 + w) eps(x, c) - w eps(x, null), conditional and null passes batched into one forward."""
+    if w == 0:
+        return predict_eps(model, x, t, labels)
+    null = torch.full_like(labels, null_class(model))
+    eps = predict_eps(model, torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]))
+    eps_c, eps_u = eps.chunk(2)
+    return (1 + w) * eps_c - w * eps_u
+
+
+def sampling_timesteps(timesteps: int, steps: int) -> list[int]:
+    """Evenly spaced indices from T-1 down to 0 ('steps' of them); steps = T gives every step (ancestral)."""
+    stride = timesteps / steps
+    return sorted({int(math.floor(i * stride)) for i in range(steps)}, reverse=True)
+
+
+@torch.no_grad()
+def ddim_step(schedule: Schedule, x: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int, eta: float,
+              noise: torch.Tensor | None, clip_x0: bool = False) -> torch.Tensor:
+    """One DDIM update (Song et al. 2021, eq. 12). eta = 1 with every step is DDPM ancestral sampling."""
+    a_t = schedule.alpha_bar[t].item()
+    a_prev = schedule.alpha_bar[t_prev].item() if t_prev >= 0 else 1.0
+    x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+    if clip_x0:
+        x0 = x0.clamp(-1, 1)
+        eps = (x - math.sqrt(a_t) * x0) / math.sqrt(1 - a_t)
+    sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t)) * math.sqrt(1 - a_t / a_prev) if t_prev >= 0 else 0.0
+    x_prev = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * eps
+    if sigma > 0:
+        x_prev = x_prev + sigma * noise
+    return x_prev
+
+
+@torch.no_grad()
+def sample(model, schedule: Schedule, labels: torch.Tensor, *, steps: int, eta: float = 1.0, guidance_w: float = 0.0,
+           generator: torch.Generator | None = None, clip_x0: bool = False, batch_size: int = 1024,
+           device: torch.device | str = "cpu", progress: bool = False, eps_fn=None,
+           autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Generate one image per label with guided DDIM (eta = 1, steps = T: the reference's ancestral sampler).
+
+    Noise comes from CPU generators, so a seed and batch size give the same images on any device.
+    `eps_fn(x, t, labels)` replaces the network (tests use an exact oracle; set `eps_fn.image_shape`).
+    """
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    if model is not None:
+        shape = (model.config.in_channels, model.config.sample_size, model.config.sample_size)
+        was_training = model.training
+        model.eval()
+    else:
+        shape = eps_fn.image_shape
+    if eps_fn is None:
+        def eps_fn(x, t, y):
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                return guided_eps(model, x, t, y, guidance_w).float()
+    ts = sampling_timesteps(schedule.timesteps, steps)
+    labels = labels.long()
+    n = len(labels)
+    x_init = torch.randn((n, *shape), generator=generator)
+    step_noise_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    out = []
+    batches = range(0, n, batch_size)
+    quiet = not progress or os.environ.get("UNLEARNBENCH_QUIET") == "1"
+    bar = tqdm(total=len(batches) * len(ts), desc="sampling", disable=quiet, mininterval=5)
+    for start in batches:
+        y = labels[start:start + batch_size].to(device)
+        x = x_init[start:start + batch_size].to(device)
+        # One noise stream per batch, seeded by its offset: cheap and deterministic.
+        noise_gen = torch.Generator().manual_seed(step_noise_seed + start)
+        for i, t in enumerate(ts):
+            t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+            tt = torch.full((len(y),), t, device=device, dtype=torch.long)
+            eps = eps_fn(x, tt, y)
+            noise = torch.randn(x.shape, generator=noise_gen).to(device) if eta > 0 and t_prev >= 0 else None
+            x = ddim_step(schedule, x, eps, t, t_prev, eta, noise, clip_x0)
+            bar.update(1)
+        out.append(x.float().cpu())
+    bar.close()
+    if model is not None and was_training:
+        model.train()
+    return torch.cat(out)

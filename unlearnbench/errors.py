@@ -1,0 +1,12 @@
+"""Errors that are the user's to fix: the CLI prints their message, without a traceback."""
+
+
+class UserError(Exception):
+    """Bad input (config, missing dataset/weights/checkpoint, absent device).
+
+    The message must say what is wrong and what to do about it.
+    """
+
+
+class MissingResourceError(UserError):
+    """A dataset, weights file or checkpoint is missing or unusable."""

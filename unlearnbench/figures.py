@@ -1,0 +1,183 @@
+"""Figures of a run: sample grids, cost bars, per-class metrics, the psi (lambda) ablation.
+
+Headless (Agg backend); every figure is a PNG written atomically.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot: no display on cluster nodes or CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .report import FID, GPU, RTE, UA, atomic_output, display_name, per_class_means  # noqa: E402
+
+DPI = 150
+METHOD_COLORS = {"original": "tab:gray", "sa": "tab:blue", "salun": "tab:orange", "safemax": "tab:green"}
+# The paper's psi ablation on CIFAR-10 class 0 (PROTOCOL.md section 1); FID not reported for 50 and 100.
+PAPER_PSI_ABLATION = pd.DataFrame({"value": [0.0, 1.0, 50.0, 100.0],
+                                   "UA": [100.0, 100.0, 98.8, 83.8],
+                                   "fid": [13.89, 13.11, np.nan, np.nan]})
+
+plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10})
+
+
+def _color(method: str, index: int) -> str:
+    return METHOD_COLORS.get(method, f"C{(index + 4) % 10}")
+
+
+def _save(fig, out_path) -> None:
+    with atomic_output(out_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _mosaic(images: np.ndarray, columns: int) -> np.ndarray:
+    """Tile uint8 (N, C, H, W) images into one (H', W'[, C]) picture with white 1-pixel gaps."""
+    n, channels, height, width = images.shape
+    rows = max(1, math.ceil(n / columns))
+    canvas = np.full((rows * (height + 1) + 1, columns * (width + 1) + 1, channels), 255, np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        canvas[1 + r * (height + 1):(r + 1) * (height + 1), 1 + c * (width + 1):(c + 1) * (width + 1)] = \
+            image.transpose(1, 2, 0)
+    return canvas[..., 0] if channels == 1 else canvas
+
+
+def sample_grid(sample_files: Mapping[str, object], forget_class: int, out_path, n: int = 16) -> None:
+    """One panel per model (keys are the panel titles): its first n images conditioned on the forgotten class."""
+    fig, axes = plt.subplots(1, len(sample_files), figsize=(2.6 * len(sample_files), 3.0), squeeze=False)
+    columns = math.ceil(math.sqrt(n))
+    for ax, (label, path) in zip(axes[0], sample_files.items()):
+        with np.load(path) as samples:
+            images, labels = samples["images"], samples["labels"]
+        if images.ndim == 3:
+            images = images[:, None]
+        chosen = images[labels == forget_class][:n].astype(np.uint8)
+        if len(chosen):
+            grey = chosen.shape[1] == 1
+            ax.imshow(_mosaic(chosen, columns), cmap="gray" if grey else None, vmin=0, vmax=255,
+                      interpolation="nearest")
+        else:
+            ax.text(0.5, 0.5, f"no samples of\nclass {forget_class}", ha="center", va="center",
+                    transform=ax.transAxes)
+        ax.set_title(label)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"Forgotten class {forget_class}")
+    _save(fig, out_path)
+
+
+def _class_summary(df: pd.DataFrame, methods: Sequence[str], column: str) -> pd.DataFrame:
+    """Mean and std over classes (of seed-averaged values) of one metric, per method, in `methods` order."""
+    grouped = per_class_means(df, methods).groupby("method")[column]
+    return pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=1)}).reindex(methods)
+
+
+def cost_bars(df: pd.DataFrame, methods: Sequence[str], out_path) -> None:
+    """RTE and GPU peak per unlearning method, mean ± std over classes (the original model is no unlearning run)."""
+    methods = [m for m in methods if m != "original"]
+    fig, axes = plt.subplots(1, 2, figsize=(8.5, 3.6))
+    positions = np.arange(len(methods))
+    for ax, metric, title in ((axes[0], RTE, "Run time of the unlearning"), (axes[1], GPU, "Peak GPU memory")):
+        summary = _class_summary(df, methods, metric.column)
+        ax.set_title(title)
+        if summary["mean"].isna().all():
+            message = "no GPU measurement (CPU run)" if metric is GPU else "no measurement"
+            ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
+        ax.bar(positions, summary["mean"].fillna(0.0), yerr=summary["std"].fillna(0.0), capsize=4,
+               color=[_color(m, i) for i, m in enumerate(methods)])
+        for x, value in zip(positions, summary["mean"]):
+            if np.isnan(value):
+                ax.text(x, 0, "n/a", ha="center", va="bottom")
+        ax.set_xticks(positions, [display_name(m) for m in methods])
+        ax.set_ylabel(metric.label)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    _save(fig, out_path)
+
+
+def per_class_metrics(df: pd.DataFrame, methods: Sequence[str], out_path) -> None:
+    """FID (remaining classes) and UA (forgotten class) per forgotten class, grouped bars per method."""
+    means = per_class_means(df, methods)
+    classes = sorted(int(c) for c in means["forget_class"].unique())
+    fig, axes = plt.subplots(2, 1, figsize=(max(6.0, 0.8 * len(classes) + 2), 6.0), sharex=True)
+    width = 0.8 / max(1, len(methods))
+    for i, method in enumerate(methods):
+        rows = means[means["method"] == method].set_index("forget_class").reindex(classes)
+        offsets = np.arange(len(classes)) - 0.4 + width * (i + 0.5)
+        for ax, metric in zip(axes, (FID, UA)):
+            ax.bar(offsets, rows[metric.column], width, label=display_name(method), color=_color(method, i))
+    axes[0].set_ylabel(f"{FID.label} (remaining classes)")
+    axes[1].set_ylabel(f"{UA.label} (forgotten class)")
+    axes[1].set_xlabel("forgotten class")
+    axes[1].set_xticks(np.arange(len(classes)), [str(c) for c in classes])
+    for ax in axes:
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(ncols=len(methods), fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    fig.tight_layout()
+    _save(fig, out_path)
+
+
+def _ablation_rows(df: pd.DataFrame, method: str, param: str, main_value: float,
+                   forget_class: int | None) -> pd.DataFrame:
+    """Rows of `<method>-<param>=<v>` variants (value v) plus the main variant at `main_value`, same classes."""
+    prefix = f"{method}-{param}="
+    ablation = df[df["variant"].astype(str).str.startswith(prefix)].copy()
+    ablation["value"] = ablation["variant"].str[len(prefix):].astype(float)
+    main = df[(df["variant"] == method) & (df["method"] == method)].copy()
+    main["value"] = float(main_value)
+    if forget_class is not None:
+        classes = {forget_class}
+    elif len(ablation):
+        classes = set(ablation["forget_class"])  # the ablation usually runs on few classes: compare like with like
+    else:
+        classes = set(main["forget_class"])
+    rows = pd.concat([ablation, main], ignore_index=True)
+    return rows[rows["forget_class"].isin(classes)]
+
+
+def psi_ablation(df: pd.DataFrame, out_path, method: str = "safemax", param: str = "lambda",
+                 main_value: float = 1.0, forget_class: int | None = None) -> None:
+    """UA and FID against the psi scheduler's lambda, with the paper's CIFAR-10 points overlaid."""
+    rows = _ablation_rows(df, method, param, main_value, forget_class)
+    summary = rows.groupby("value")[[UA.column, FID.column]].agg(["mean", "std"])
+    values = sorted(set(summary.index) | set(PAPER_PSI_ABLATION["value"]))
+    position = {v: i for i, v in enumerate(values)}
+    paper = PAPER_PSI_ABLATION.set_index("value")
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8))
+    for ax, metric in zip(axes, (UA, FID)):
+        handles = []
+        if len(summary):
+            x = [position[v] for v in summary.index]
+            spread = summary[(metric.column, "std")].fillna(0.0)
+            handles.append(ax.errorbar(x, summary[(metric.column, "mean")], yerr=spread, fmt="o-",
+                                       color="tab:green", capsize=4, label="this run"))
+        else:
+            ax.text(0.5, 0.5, "no ablation runs", ha="center", va="center", transform=ax.transAxes)
+        # The paper's FID lives on another scale (Inception features, CIFAR-10): give it its own axis.
+        paper_ax = ax.twinx() if metric is FID else ax
+        known = paper[metric.column].dropna()
+        handles.append(paper_ax.scatter([position[v] for v in known.index], known, marker="s", s=50,
+                                        facecolors="none", edgecolors="tab:red", linewidths=1.5,
+                                        label="paper (CIFAR-10)", zorder=3))
+        if metric is FID:
+            paper_ax.set_ylabel("paper FID (CIFAR-10)", color="tab:red")
+            paper_ax.tick_params(axis="y", colors="tab:red")
+        ax.set_xticks(range(len(values)), [f"{v:g}" for v in values])
+        symbol = "λ" if param == "lambda" else param
+        ax.set_xlabel(f"{symbol}  (ψ(t) = exp(−{symbol}·t/T))")
+        ax.set_ylabel(metric.label)
+        ax.set_title(f"{display_name(method)}: {metric.label}")
+        ax.grid(alpha=0.3)
+        ax.legend(handles=handles, fontsize=8, loc="best")
+    fig.tight_layout()
+    _save(fig, out_path)

@@ -1,0 +1,98 @@
+"""Networks: diffusers UNet2DModel presets (class-conditional, last class index = null) and evaluation classifiers."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# Presets of diffusers' UNet2DModel. Each level of down blocks halves the resolution.
+UNET_PRESETS = {
+    # digits 8x8x1: small enough that the default benchmark runs on 2 CPU cores in minutes.
+    "tiny": dict(
+        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+        block_out_channels=(16, 32), norm_num_groups=8,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=None,
+    ),
+    # The DDPM/DDIM CIFAR-10 UNet: 128 channels, (1, 2, 2, 2), 2 res blocks per level, single-head
+    # attention at 16x16 (level 1) and in the middle block, dropout 0.1 (PROTOCOL.md section 2).
+    "paper": dict(
+        sample_size=32, in_channels=3, out_channels=3, layers_per_block=2,
+        block_out_channels=(128, 256, 256, 256), norm_num_groups=32, dropout=0.1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=256,
+    ),
+}
+
+
+def build_unet(preset: str, num_classes: int, overrides: dict | None = None):
+    from diffusers.models.unets.unet_2d import UNet2DModel
+
+    if preset not in UNET_PRESETS:
+        raise ValueError(f"unknown UNet preset {preset!r}; allowed: {', '.join(UNET_PRESETS)}")
+    kwargs = {**UNET_PRESETS[preset], **(overrides or {})}
+    for key in ("block_out_channels", "down_block_types", "up_block_types"):
+        kwargs[key] = tuple(kwargs[key])
+    return UNet2DModel(num_class_embeds=num_classes + 1, **kwargs)
+
+
+def predict_eps(model, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The one call every stage uses to get eps_theta(x_t, c, t)."""
+    return model(x, t, class_labels=labels).sample
+
+
+def null_class(model) -> int:
+    """Index of the learned null embedding (the last one)."""
+    return model.config.num_class_embeds - 1
+
+
+class SmallCNN(nn.Module):
+    """Evaluator for 8x8 digits: two conv blocks, a 128-d penultimate layer (FID features), a linear head."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 8):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(), nn.Linear(64 * 4, 128), nn.ReLU(),
+        )
+        self.dropout = nn.Dropout(0.2)
+        self.head = nn.Linear(128, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.features(x)))
+
+
+class CifarResNet18(nn.Module):
+    """ResNet-18 with a 3x3 stem and no max-pool, the usual CIFAR variant (no pretrained weights offline)."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, image_size: int = 32):
+        super().__init__()
+        from torchvision.models import resnet18
+
+        net = resnet18(num_classes=num_classes)
+        net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+        net.maxpool = nn.Identity()
+        self.head = net.fc
+        net.fc = nn.Identity()
+        self.body = net
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+CLASSIFIERS = {"small_cnn": SmallCNN, "resnet18": CifarResNet18}
+
+
+def build_classifier(arch: str, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    if arch not in CLASSIFIERS:
+        raise ValueError(f"unknown evaluator arch {arch!r}; allowed: {', '.join(CLASSIFIERS)}")
+    return CLASSIFIERS[arch](in_channels=in_channels, num_classes=num_classes, image_size=image_size)

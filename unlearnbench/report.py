@@ -1,0 +1,382 @@
+"""Aggregates of the per-job metrics records: `metrics.csv`, the paper's tables, the paper comparison.
+
+Everything here is a pure function of records or data frames (plus atomic file writes),
+so the tests can call it without models or devices.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+DISPLAY_NAMES = {"original": "Original", "sa": "SA", "salun": "SalUn", "safemax": "SAFEMax"}
+METHOD_ORDER = list(DISPLAY_NAMES)
+UNLEARNING_REFERENCE = "safemax"  # the paper's headline ratios are relative to SAFEMax
+
+
+class Metric(NamedTuple):
+    """A table column: its label, its record column, its paper_numbers.csv column, precision, direction."""
+
+    label: str
+    column: str
+    paper_column: str
+    decimals: int
+    lower_is_better: bool
+
+
+FID = Metric("FID", "fid", "fid", 2, True)
+RTE = Metric("RTE [min]", "rte_min", "rte_min", 2, True)
+GPU = Metric("GPU [GB]", "gpu_peak_gb", "gpu_gb", 2, True)
+ENTROPY = Metric("H [nats]", "H", "H", 3, False)
+UA = Metric("UA [%]", "UA", "UA", 2, False)
+METRICS = (FID, RTE, GPU, ENTROPY, UA)
+TABLE1_METRICS = (FID, RTE, GPU)
+TABLE2_METRICS = (ENTROPY, UA)
+
+RECORD_COLUMNS = [
+    "method", "variant", "forget_class", "seed",
+    "fid", "kid", "H", "UA", "forget_prob", "remaining_acc",
+    "rte_min", "prior_min", "gpu_peak_gb", "gpu_peak_source", "gpu_null_reason",
+    "torch_peak_allocated_gb", "host_rss_peak_gb", "device_name",
+]
+_REQUIRED = ("method", "forget_class", "seed")
+_TOP_LEVEL = ("fid", "kid", "H", "UA", "forget_prob", "remaining_acc", "prior_min")
+_FROM_COST = ("rte_min", "gpu_peak_gb", "gpu_peak_source", "gpu_null_reason",
+              "torch_peak_allocated_gb", "host_rss_peak_gb", "device_name")
+_NUMERIC = ("fid", "kid", "H", "UA", "forget_prob", "remaining_acc", "rte_min", "prior_min",
+            "gpu_peak_gb", "torch_peak_allocated_gb", "host_rss_peak_gb")
+
+# The poster's headline claims, next to what its own tables give (see PROTOCOL.md section 1).
+RTE_RATIO = "RTE / SAFEMax RTE [x]"
+RTE_WITH_PRIORS_RATIO = "(RTE + priors) / SAFEMax RTE [x]"
+GPU_RATIO = "GPU / SAFEMax GPU [x]"
+GPU_SAVING = "SAFEMax GPU saving [%]"
+PAPER_CLAIMS = {
+    ("sa", RTE_RATIO): 30.0, ("sa", RTE_WITH_PRIORS_RATIO): 230.0, ("salun", RTE_RATIO): 2.0,
+    ("sa", GPU_SAVING): 45.0, ("salun", GPU_SAVING): 59.0,
+}
+
+
+def display_name(method: str) -> str:
+    return DISPLAY_NAMES.get(method, method)
+
+
+def _method_rank(method: str) -> int:
+    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+
+
+# ---------------------------------------------------------------------------- files
+
+
+@contextmanager
+def atomic_output(path):
+    """Yield a temporary path beside `path`, moved into place only on success: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_text(path, text: str) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def load_paper_numbers() -> pd.DataFrame:
+    """The paper's Tables 1 and 2 as tidy rows (method, forget_class, fid, rte_min, gpu_gb, H, UA)."""
+    with resources.files("unlearnbench").joinpath("paper_numbers.csv").open("r", encoding="utf-8") as f:
+        return pd.read_csv(f)
+
+
+# ---------------------------------------------------------------------------- metrics.csv
+
+
+def _flatten_record(record: Mapping, source) -> dict:
+    """One tidy row from one metrics record; missing values become NaN, identity keys are mandatory."""
+    missing = [key for key in _REQUIRED if record.get(key) is None]
+    if missing:
+        raise ValueError(f"metrics record {source} lacks {', '.join(missing)}")
+    try:
+        row = {"method": str(record["method"]), "variant": str(record.get("variant") or record["method"]),
+               "forget_class": int(record["forget_class"]), "seed": int(record["seed"])}
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"metrics record {source}: forget_class and seed must be integers ({err})") from None
+    cost = record.get("cost") or {}
+    provenance = record.get("provenance") or {}
+    row.update({key: record.get(key) for key in _TOP_LEVEL})
+    row.update({key: cost.get(key) for key in _FROM_COST})
+    if row["rte_min"] is None and cost.get("rte_s") is not None:
+        row["rte_min"] = cost["rte_s"] / 60.0
+    if row["device_name"] is None:
+        row["device_name"] = provenance.get("device_name")
+    for key, value in provenance.items():
+        if key == "versions" and isinstance(value, Mapping):
+            row.update({f"version_{pkg}": version for pkg, version in value.items()})
+            continue
+        name = f"provenance_{key}" if key in RECORD_COLUMNS else key  # e.g. provenance's own seed
+        row[name] = json.dumps(value) if isinstance(value, (dict, list)) else value
+    return row
+
+
+def collect_records(paths: Iterable) -> pd.DataFrame:
+    """Per-job metrics JSON records -> one tidy row each, in method, variant, class, seed order."""
+    rows = []
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            rows.append(_flatten_record(json.load(f), path))
+    extra = list(dict.fromkeys(key for row in rows for key in row if key not in RECORD_COLUMNS))
+    df = pd.DataFrame(rows, columns=RECORD_COLUMNS + extra)
+    for column in _NUMERIC:
+        df[column] = pd.to_numeric(df[column], errors="coerce").astype(float)
+    if df.empty:
+        return df
+    order = pd.DataFrame({"rank": df["method"].map(_method_rank), "side": df["variant"] != df["method"]})
+    df = pd.concat([order, df], axis=1)
+    df = df.sort_values(["rank", "method", "side", "variant", "forget_class", "seed"], kind="stable")
+    return df.drop(columns=["rank", "side"]).reset_index(drop=True)
+
+
+def write_metrics_csv(df: pd.DataFrame, path) -> None:
+    """Write metrics.csv atomically (NaN as empty cells)."""
+    with atomic_output(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+# ---------------------------------------------------------------------------- the paper's layout
+
+
+def per_class_means(df: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
+    """Seed-averaged metrics per (method, forget_class), main variants only: the paper's unit is the class."""
+    main = df[df["method"].isin(methods) & (df["variant"] == df["method"])]
+    columns = [metric.column for metric in METRICS]
+    means = main.groupby(["method", "forget_class"], as_index=False)[columns].mean()
+    # The original's cost record is its base training: no unlearning cost to set beside the others.
+    means.loc[means["method"] == "original", [RTE.column, GPU.column]] = np.nan
+    return means
+
+
+def column_name(method: str, metric: Metric) -> str:
+    return f"{display_name(method)} {metric.label}"
+
+
+def paper_layout_table(df: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
+    """Rows "0".."9" (classes present), "mean", "std" (ddof=1 over classes); five metric columns per method."""
+    means = per_class_means(df, methods)
+    classes = sorted(int(c) for c in means["forget_class"].unique())
+    columns = {"forget_class": [str(c) for c in classes] + ["mean", "std"]}
+    for method in methods:
+        per_class = means[means["method"] == method].set_index("forget_class").reindex(classes)
+        for metric in METRICS:
+            values = per_class[metric.column].astype(float)
+            columns[column_name(method, metric)] = [*values, values.mean(), values.std(ddof=1)]
+    return pd.DataFrame(columns)
+
+
+# ---------------------------------------------------------------------------- rendering
+
+
+def _is_missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _best_methods(row: pd.Series, methods: Sequence[str], metric: Metric) -> set[str]:
+    """Methods holding the row's best value at display precision; none when fewer than two compete."""
+    values = {m: round(float(row[column_name(m, metric)]), metric.decimals)
+              for m in methods if m != "original" and not _is_missing(float(row[column_name(m, metric)]))}
+    if len(values) < 2:
+        return set()
+    best = min(values.values()) if metric.lower_is_better else max(values.values())
+    return {m for m, value in values.items() if value == best}
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#",
+                  "$": r"\$", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def _latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(char, char) for char in text)
+
+
+def _cells(table: pd.DataFrame, methods: Sequence[str], metrics: Sequence[Metric], bold) -> list[list[str]]:
+    """Formatted body cells, row label first, the row's best values wrapped by `bold`."""
+    body = []
+    for _, row in table.iterrows():
+        label = str(row["forget_class"])
+        cells = [label]
+        for method in methods:
+            for metric in metrics:
+                value = float(row[column_name(method, metric)])
+                text = "" if _is_missing(value) else f"{value:.{metric.decimals}f}"
+                if text and label != "std" and method in _best_methods(row, methods, metric):
+                    text = bold(text)
+                cells.append(text)
+        body.append(cells)
+    return body
+
+
+def _render(table: pd.DataFrame, methods: Sequence[str], metrics: Sequence[Metric], fmt: str) -> str:
+    if fmt == "markdown":
+        header = ["Class"] + [column_name(m, metric) for m in methods for metric in metrics]
+        body = _cells(table, methods, metrics, lambda text: f"**{text}**")
+        lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+        lines += ["| " + " | ".join(cell or "–" for cell in cells) + " |" for cells in body]
+        directions = ", ".join(f"{m.label} {'lower' if m.lower_is_better else 'higher'}" for m in metrics)
+        lines += ["", f"Best unlearning method per row in bold ({directions} is better). "
+                  "mean and std (sample, ddof=1) over forgotten classes of seed-averaged values; "
+                  "– = not measured."]
+        return "\n".join(lines) + "\n"
+    if fmt == "latex":
+        width = len(metrics)
+        body = _cells(table, methods, metrics, lambda text: rf"\textbf{{{text}}}")
+        groups = " & ".join(rf"\multicolumn{{{width}}}{{c}}{{{_latex_escape(display_name(m))}}}" for m in methods)
+        rules = " ".join(rf"\cmidrule(lr){{{2 + i * width}-{1 + (i + 1) * width}}}" for i in range(len(methods)))
+        labels = " & ".join(_latex_escape(metric.label) for _ in methods for metric in metrics)
+        lines = [rf"\begin{{tabular}}{{l{'r' * width * len(methods)}}}", r"\toprule",
+                 rf" & {groups} \\", rules, rf"Class & {labels} \\", r"\midrule"]
+        for cells in body:
+            if cells[0] == "mean":
+                lines.append(r"\midrule")
+            lines.append(" & ".join(cell or "--" for cell in cells) + r" \\")
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        return "\n".join(lines) + "\n"
+    raise ValueError(f"unknown table format {fmt!r}: use 'markdown' or 'latex'")
+
+
+def render_table1(table: pd.DataFrame, methods: Sequence[str], fmt: str = "markdown") -> str:
+    """The paper's Table 1: FID on the remaining classes, RTE, GPU peak memory."""
+    return _render(table, methods, TABLE1_METRICS, fmt)
+
+
+def render_table2(table: pd.DataFrame, methods: Sequence[str], fmt: str = "markdown") -> str:
+    """The paper's Table 2: entropy H and unlearning accuracy UA on the forgotten class."""
+    return _render(table, methods, TABLE2_METRICS, fmt)
+
+
+# ---------------------------------------------------------------------------- paper comparison
+
+
+def _ratio_rows(method: str, mean: Mapping[str, Mapping[str, float]], prior: float = np.nan) -> dict:
+    """The headline ratios of one method against SAFEMax, from one source of per-method means."""
+    ref = mean[UNLEARNING_REFERENCE]
+    rows = {RTE_RATIO: mean[method][RTE.label] / ref[RTE.label],
+            GPU_RATIO: mean[method][GPU.label] / ref[GPU.label],
+            GPU_SAVING: 100.0 * (1.0 - ref[GPU.label] / mean[method][GPU.label])}
+    if not _is_missing(prior):
+        rows[RTE_WITH_PRIORS_RATIO] = (mean[method][RTE.label] + prior) / ref[RTE.label]
+    return rows
+
+
+def paper_comparison(table: pd.DataFrame, methods: Sequence[str],
+                     prior_min: Mapping[str, float] | None = None) -> pd.DataFrame:
+    """This run's class means beside the paper's, and both sides' ratios to SAFEMax.
+
+    Columns: method, quantity, this_run, paper (from the paper's tables), paper_claim (the
+    poster's headline figure, where it states one). `prior_min` (minutes per method) adds the
+    ratio counting priors, the poster's 230x for SA.
+    """
+    paper = load_paper_numbers().groupby("method").mean(numeric_only=True)
+    means_row = table.set_index("forget_class").loc["mean"]
+    run_mean = {m: {metric.label: float(means_row[column_name(m, metric)]) for metric in METRICS} for m in methods}
+    paper_mean = {m: {metric.label: float(paper.loc[m, metric.paper_column]) if m in paper.index else np.nan
+                      for metric in METRICS} for m in methods}
+    rows = []
+    for method in methods:
+        for metric in METRICS:
+            rows.append((method, metric.label, run_mean[method][metric.label], paper_mean[method][metric.label]))
+    if UNLEARNING_REFERENCE in methods:
+        for method in methods:
+            if method in ("original", UNLEARNING_REFERENCE):
+                continue
+            prior = (prior_min or {}).get(method, np.nan)
+            ours = _ratio_rows(method, run_mean, prior)
+            theirs = _ratio_rows(method, paper_mean)
+            rows += [(method, quantity, value, theirs.get(quantity, np.nan)) for quantity, value in ours.items()]
+    df = pd.DataFrame(rows, columns=["method", "quantity", "this_run", "paper"])
+    df["paper_claim"] = [PAPER_CLAIMS.get((m, q), np.nan) for m, q in zip(df["method"], df["quantity"])]
+    return df
+
+
+def _format_quantity(quantity: str, value: float) -> str:
+    if _is_missing(value):
+        return "–"
+    if quantity.endswith("[x]"):
+        return f"{value:.1f}x"
+    if quantity == GPU_SAVING:
+        return f"{value:.0f}%"
+    decimals = next((m.decimals for m in METRICS if m.label == quantity), 2)
+    return f"{value:.{decimals}f}"
+
+
+def render_comparison(comparison: pd.DataFrame, scale_note: str | None = None) -> str:
+    """Markdown: the comparison table, with the caveat that this run's scale may not be the paper's."""
+    lines = ["# This run vs the paper", "",
+             "Means over forgotten classes (seed-averaged). The paper's numbers are CIFAR-10 with a ~36M-parameter "
+             "DDPM, 1000-step sampling and Inception FID; this run's scale (dataset, model, sampler, FID features, "
+             "hardware) may differ, so compare directions and ratios rather than absolute values."]
+    if scale_note:
+        lines += ["", f"This run: {scale_note}."]
+    lines += ["", "| Method | Quantity | This run | Paper (tables) | Paper (claim) |", "|---|---|---:|---:|---:|"]
+    for row in comparison.itertuples(index=False):
+        cells = [display_name(row.method), row.quantity] + [
+            _format_quantity(row.quantity, value) for value in (row.this_run, row.paper, row.paper_claim)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Ratios are relative to {display_name(UNLEARNING_REFERENCE)}; the claims are the poster's headline "
+              "(SA 30x slower, 230x with its priors; SalUn 2x slower; 45% / 59% less GPU memory than SA / SalUn). "
+              "The paper's RTE is taken to be minutes and GPU memory GB. The paper's means are computed from its "
+              "per-class numbers; two of its printed summary cells disagree with them (SalUn mean RTE printed 11.81, "
+              "computed 11.88; SAFEMax FID std printed 0.32, computed 1.48)."]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------- all reports
+
+
+def _scale_note(metrics: pd.DataFrame) -> str:
+    keys = ["dataset", "sampler", "sampler_steps", "guidance_w", "fid_backend", "n_fid_gen_per_class", "device_name"]
+    parts = []
+    for key in keys:
+        if key in metrics.columns:
+            values = metrics[key].dropna().astype(str).unique()
+            if len(values):
+                parts.append(f"{key} = {', '.join(sorted(values))}")
+    return "; ".join(parts)
+
+
+def write_reports(metrics_csv, out_dir, methods: Sequence[str] | None = None) -> dict[str, Path]:
+    """table.csv, table1/2 (.md, .tex) and comparison.md from metrics.csv, each written atomically."""
+    metrics = pd.read_csv(metrics_csv)
+    if methods is None:
+        methods = sorted(metrics["method"].unique(), key=lambda m: (_method_rank(m), m))
+    methods = list(methods)
+    out_dir = Path(out_dir)
+    table = paper_layout_table(metrics, methods)
+    main = metrics[metrics["variant"] == metrics["method"]]
+    prior_min = main.groupby("method")["prior_min"].mean().dropna().to_dict()
+    paths = {name: out_dir / name for name in
+             ("table.csv", "table1.md", "table1.tex", "table2.md", "table2.tex", "comparison.md")}
+    with atomic_output(paths["table.csv"]) as tmp:
+        table.to_csv(tmp, index=False)
+    _write_text(paths["table1.md"], render_table1(table, methods, "markdown"))
+    _write_text(paths["table1.tex"], render_table1(table, methods, "latex"))
+    _write_text(paths["table2.md"], render_table2(table, methods, "markdown"))
+    _write_text(paths["table2.tex"], render_table2(table, methods, "latex"))
+    _write_text(paths["comparison.md"],
+                render_comparison(paper_comparison(table, methods, prior_min), _scale_note(metrics)))
+    return paths

@@ -1,0 +1,385 @@
+"""The workflow's stages as importable functions; `unlearnbench.cli` is a thin argparse layer over them."""
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoints as ckpt
+from .config import config_hash, method_params, read_yaml
+from .cost import CostMeter, device_name
+from .data import ImageData, load_dataset, to_float, to_uint8
+from .diffusion import Schedule, sample
+from .errors import MissingResourceError, UserError
+from .method_api import RunContext, load_method, prior_by_name
+from .networks import build_classifier, build_unet
+from .training import (BatchStream, autocast, classifier_accuracy, prepare_model, seed_everything, setup_runtime,
+                       train_classifier, train_diffusion)
+
+
+def load_run_config(path: str | Path) -> dict:
+    """The resolved config the workflow wrote (already validated by the Snakefile)."""
+    return read_yaml(path)
+
+
+# ---------------------------------------------------------------- data and base model
+def prepare_data(config: dict, out: str | Path) -> ImageData:
+    data = load_dataset(config)
+    data.save(out)
+    print(f"data: {len(data.train_x)} train / {len(data.test_x)} test images of shape {data.image_shape}, "
+          f"{data.num_classes} classes -> {out}")
+    return data
+
+
+def train_base(config: dict, data_path: str | Path, out_dir: str | Path) -> dict:
+    """Train the class-conditional DDPM (or adopt base.checkpoint); writes unet/, unet_ema/ and train.json."""
+    out_dir = Path(out_dir)
+    base = config["base"]
+    data = ImageData.load(data_path)
+    device = setup_runtime(config)
+    expect = ckpt.unet_expectations(config, data.num_classes)
+    if base.get("checkpoint"):
+        src = Path(base["checkpoint"])
+        for sub in ("unet", "unet_ema"):
+            ckpt.load_unet(src / sub, expect=expect)  # validates before anything is copied
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for sub in ("unet", "unet_ema"):
+            tmp = out_dir / f".{sub}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(src / sub, tmp)
+            shutil.rmtree(out_dir / sub, ignore_errors=True)
+            tmp.replace(out_dir / sub)
+        record = {"source": str(src.resolve()), "cost": None, "steps": None}
+        ckpt.write_json(out_dir / "train.json", record)
+        return record
+    shuffle = seed_everything(base.get("seed", 0))
+    generator = device_generator(base.get("seed", 0), device)
+    model = prepare_model(build_unet(config["model"]["preset"], data.num_classes, config["model"].get("overrides")), config, device)
+    stream = BatchStream(to_float(data.train_x), torch.as_tensor(data.train_y), base["batch_size"], shuffle, device,
+                         hflip=base.get("hflip", False))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with CostMeter(device) as meter:
+        model, ema, losses = train_diffusion(
+            model, Schedule.from_config(config), stream, steps=base["steps"], lr=base["lr"],
+            grad_clip=base.get("grad_clip"), ema_decay=base.get("ema_decay", 0.9999), cond_dropout=base.get("cond_dropout", 0.1),
+            reduction=config["diffusion"]["loss_reduction"], generator=generator, warmup_steps=base.get("warmup_steps", 0),
+            state_path=out_dir / "train_state.pt", checkpoint_every=base.get("checkpoint_every", 0),
+            amp=lambda: autocast(config, device), meter=meter)
+    ckpt.save_unet(model, out_dir / "unet")
+    ckpt.save_unet(ema, out_dir / "unet_ema")
+    record = {"steps": base["steps"], "loss_trace": losses, "cost": meter.result(),
+              "parameters": sum(p.numel() for p in model.parameters())}
+    ckpt.write_json(out_dir / "train.json", record)
+    (out_dir / "train_state.pt").unlink(missing_ok=True)
+    return record
+
+
+def evaluator_path(folder: str | Path) -> Path:
+    return Path(folder) / "model.safetensors"
+
+
+def train_evaluator(config: dict, data_path: str | Path, out_dir: str | Path) -> dict:
+    ev = config["evaluator"]
+    data = ImageData.load(data_path)
+    device = setup_runtime(config)
+    generator = seed_everything(ev.get("seed", 0))
+    c, h, _ = data.image_shape
+    model = build_classifier(ev["arch"], c, data.num_classes, h)
+    train_classifier(model, to_float(data.train_x), torch.as_tensor(data.train_y), epochs=ev["epochs"],
+                     batch_size=ev["batch_size"], lr=ev["lr"], generator=generator, device=device,
+                     hflip=config["base"].get("hflip", False))
+    acc = classifier_accuracy(model, to_float(data.test_x), torch.as_tensor(data.test_y))
+    out_dir = Path(out_dir)
+    ckpt.save_tensors(evaluator_path(out_dir), model.state_dict())
+    record = {"test_accuracy": acc, "arch": ev["arch"], "in_channels": c, "num_classes": data.num_classes,
+              "image_size": h, "n_test": len(data.test_x)}
+    ckpt.write_json(out_dir / "evaluator.json", record)
+    print(f"evaluator test accuracy: {acc:.2f}%")
+    return record
+
+
+def load_evaluator(folder: str | Path, device) -> torch.nn.Module:
+    info = ckpt.read_json(Path(folder) / "evaluator.json")
+    model = build_classifier(info["arch"], info["in_channels"], info["num_classes"], info["image_size"])
+    model.load_state_dict(ckpt.load_tensors(evaluator_path(folder)))
+    return model.to(device).eval()
+
+
+# ---------------------------------------------------------------- priors and unlearning
+def _context(config, method, params, data, device, seed, meter, original_dir, forget_class=None, priors=None, out_dir=None):
+    expect = ckpt.unet_expectations(config, data.num_classes)
+
+    def load_original(ema: bool = False):
+        model = ckpt.load_unet(Path(original_dir) / ("unet_ema" if ema else "unet"), expect=expect)
+        return prepare_model(model, config, device).train()
+
+    return RunContext(config=config, params=params, data=data, schedule=Schedule.from_config(config), device=device,
+                      seed=seed, generator=device_generator(seed, device), meter=meter, load_original=load_original,
+                      forget_class=forget_class, priors=priors or {}, out_dir=out_dir)
+
+
+def device_generator(seed: int, device: torch.device) -> torch.Generator:
+    seed_everything(seed)
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """['lambda=50'] -> {'lambda': 50.0}; values parsed as YAML scalars."""
+    import yaml
+
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UserError(f"override {item!r} must look like key=value")
+        key, value = item.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def run_prior(config: dict, method_name: str, prior_name: str, data_path, original_dir, out_dir,
+              forget_class: int | None = None, required: dict | None = None) -> dict:
+    module = load_method(method_name)
+    prior = prior_by_name(module, prior_name)
+    params = method_params(config, method_name, module.DEFAULTS)
+    data = ImageData.load(data_path)
+    device = setup_runtime(config)
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    seed = config["seeds"][0] * 1000 + (forget_class if forget_class is not None else 999)
+    with CostMeter(device) as meter:
+        ctx = _context(config, method_name, params, data, device, seed, meter, original_dir, forget_class,
+                       {k: Path(v) for k, v in (required or {}).items()}, tmp)
+        prior.run(ctx)
+    cost = meter.result()
+    cost["requires"] = sorted(required or {})
+    ckpt.write_json(tmp / "cost.json", cost)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.replace(out_dir)
+    return cost
+
+
+def run_unlearning(config: dict, method_name: str, forget_class: int, seed: int, data_path, original_dir, out_dir,
+                   priors: dict | None = None, overrides: dict | None = None) -> dict:
+    module = load_method(method_name)
+    params = method_params(config, method_name, module.DEFAULTS, overrides)
+    data = ImageData.load(data_path)
+    device = setup_runtime(config)
+    out_dir = Path(out_dir)
+    with CostMeter(device) as meter:
+        ctx = _context(config, method_name, params, data, device, seed * 1000 + forget_class, meter, original_dir,
+                       forget_class, {k: Path(v) for k, v in (priors or {}).items()})
+        model = module.unlearn(ctx)
+    cost = meter.result()
+    prior_min = 0.0
+    for folder in (priors or {}).values():
+        prior_min += ckpt.read_json(Path(folder) / "cost.json")["rte_min"]
+    record = {"method": method_name, "forget_class": forget_class, "seed": seed, "params": params,
+              "prior_min": prior_min if priors else None, **cost}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt.save_unet(model, out_dir / "unet")
+    ckpt.write_json(out_dir / "cost.json", record)
+    print(f"{method_name} forgot class {forget_class} (seed {seed}) in {cost['rte_min']:.3f} min")
+    return record
+
+
+# ---------------------------------------------------------------- evaluation
+def sampling_seed(seed: int, forget_class: int | None) -> int:
+    """Every model of a (class, seed) cell is sampled from the same noise: differences come from the models."""
+    return 7919 * (seed + 1) + (forget_class if forget_class is not None else 97)
+
+
+def sample_counts(config: dict, num_classes: int, forget_class: int | None) -> dict[int, int]:
+    ev = config["evaluation"]
+    if forget_class is None:  # the original model: enough of every class to serve every forget class
+        return {c: max(ev["n_forget"], ev["n_per_remaining_class"]) for c in range(num_classes)}
+    return {c: ev["n_forget"] if c == forget_class else ev["n_per_remaining_class"] for c in range(num_classes)}
+
+
+def generate_samples(config: dict, model_dir, out_path, seed: int, forget_class: int | None, num_classes: int) -> dict:
+    """Sample the configured images per class with the evaluation sampler; npz + PNG grid."""
+    device = setup_runtime(config)
+    model = prepare_model(ckpt.load_unet(model_dir), config, device)
+    s = config["sampler"]
+    counts = sample_counts(config, num_classes, forget_class)
+    labels = torch.cat([torch.full((n,), c, dtype=torch.long) for c, n in counts.items()])
+    generator = torch.Generator().manual_seed(sampling_seed(seed, forget_class))
+    images = sample(model, Schedule.from_config(config), labels, steps=s["steps"], eta=s["eta"], guidance_w=s["guidance_w"],
+                    generator=generator, clip_x0=s.get("clip_x0", False), batch_size=s.get("batch_size", 1000),
+                    device=device, progress=True,
+                    autocast_dtype=torch.bfloat16 if device.type == "cuda" and config.get("performance", {}).get("bf16") else None)
+    meta = {"model_dir": str(model_dir), "seed": seed, "forget_class": forget_class, "sampler": "ddim", **s,
+            "counts": {str(k): v for k, v in counts.items()}, "device_name": device_name(device)}
+    save_samples(out_path, to_uint8(images), labels.numpy(), meta)
+    return meta
+
+
+def save_samples(path, images: np.ndarray, labels: np.ndarray, meta: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez_compressed(tmp, images=images, labels=labels, meta=json.dumps(meta))
+    tmp.replace(path)
+    save_grid(path.with_suffix(".png"), images, labels)
+
+
+def load_samples(path) -> tuple[np.ndarray, np.ndarray, dict]:
+    path = Path(path)
+    if not path.exists():
+        raise MissingResourceError(f"samples {path} are missing: run the sampling step first")
+    with np.load(path) as f:
+        return f["images"], f["labels"], json.loads(str(f["meta"]))
+
+
+def save_grid(path, images: np.ndarray, labels: np.ndarray, per_class: int = 8) -> None:
+    """One row per class, the first images of each: a quick look at what a model generates."""
+    from PIL import Image
+
+    rows = []
+    for c in np.unique(labels):
+        imgs = images[labels == c][:per_class]
+        pad = np.zeros((per_class - len(imgs), *images.shape[1:]), dtype=np.uint8)
+        rows.append(np.concatenate([np.concatenate([imgs, pad]).transpose(0, 2, 3, 1)], axis=0))
+    grid = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
+    if grid.shape[-1] == 1:
+        grid = grid[..., 0]
+    scale = max(1, 128 // images.shape[-1])
+    Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(path)
+
+
+def fid_features(config: dict, evaluator_dir, device):
+    from metrics.fid import feature_extractor
+
+    fid = config["fid"]
+    if fid["backend"] == "classifier":
+        return feature_extractor("classifier", classifier=load_evaluator(evaluator_dir, device), device=device)
+    return feature_extractor("inception", device=device, weights_dir=fid.get("weights_dir"))
+
+
+def reference_statistics(config: dict, data_path, evaluator_dir, forget_class: int, out_path) -> dict:
+    """Feature statistics of the real train images of the remaining classes (cached per forget class)."""
+    from metrics.fid import reference_statistics as ref_stats, save_statistics
+
+    device = setup_runtime(config)
+    data = ImageData.load(data_path)
+    remaining = [c for c in range(data.num_classes) if c != forget_class]
+    n_per_class = config["evaluation"].get("n_real_per_class")
+    rng = np.random.default_rng(forget_class)
+    chosen = []
+    for c in remaining:
+        idx = np.flatnonzero(data.train_y == c)
+        chosen.append(idx if n_per_class is None or n_per_class >= len(idx) else rng.choice(idx, n_per_class, replace=False))
+    x = to_float(data.train_x[np.sort(np.concatenate(chosen))])
+    stats = ref_stats(fid_features(config, evaluator_dir, device)(x))  # keeps a feature subset for KID
+    save_statistics(out_path, **stats, forget_class=forget_class, backend=config["fid"]["backend"])
+    return {"n_real": stats["n"]}
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "torchvision", "diffusers", "clean-fid", "numpy", "unlearnbench"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def score(config: dict, samples_path, evaluator_dir, reference_path, forget_class: int, seed: int, method: str,
+          variant: str, cost_path=None, out_path=None, config_path=None) -> dict:
+    """All metrics of one (model, forget class, seed) from its saved samples; writes the per-job record."""
+    from metrics.fid import feature_statistics, frechet_distance, kid_from_features, load_statistics
+    from metrics.forgetting import accuracy, entropy, mean_class_probability, softmax_probabilities, unlearning_accuracy
+
+    device = setup_runtime(config)
+    images, labels, meta = load_samples(samples_path)
+    ev = config["evaluation"]
+    forget_idx = np.flatnonzero(labels == forget_class)[: ev["n_forget"]]
+    remain_idx = np.concatenate([np.flatnonzero(labels == c)[: ev["n_per_remaining_class"]]
+                                 for c in np.unique(labels) if c != forget_class])
+    evaluator = load_evaluator(evaluator_dir, device)
+    probs_f = softmax_probabilities(evaluator, to_float(images[forget_idx]))
+    probs_r = softmax_probabilities(evaluator, to_float(images[remain_idx]))
+    ref = load_statistics(reference_path)
+    feats = fid_features(config, evaluator_dir, device)(to_float(images[remain_idx]))
+    mu, sigma = feature_statistics(feats)
+    record = {
+        "method": method, "variant": variant, "forget_class": forget_class, "seed": seed,
+        "fid": frechet_distance(mu, sigma, ref["mu"], ref["sigma"]),
+        "kid": kid_from_features(feats, ref["features"]),
+        "H": entropy(probs_f), "UA": unlearning_accuracy(probs_f, forget_class),
+        "forget_prob": mean_class_probability(probs_f, forget_class),
+        "remaining_acc": accuracy(probs_r, labels[remain_idx]),
+    }
+    cost = ckpt.read_json(cost_path) if cost_path else {}
+    if "cost" in cost:  # the original model's train.json
+        cost = cost["cost"] or {}
+    record["cost"] = {k: cost.get(k) for k in ("rte_s", "rte_min", "gpu_peak_gb", "gpu_peak_source", "gpu_null_reason",
+                                               "torch_peak_allocated_gb", "torch_peak_reserved_gb", "host_rss_peak_gb",
+                                               "device", "device_name", "units")}
+    record["prior_min"] = cost.get("prior_min")
+    record["params"] = cost.get("params")
+    s = config["sampler"]
+    record["provenance"] = {
+        "run_name": config["run_name"], "config_hash": config_hash(config), "config_path": str(config_path or ""),
+        "dataset": config["dataset"], "seed": seed, "sampler": "ddim" if s["steps"] < config["diffusion"]["timesteps"] or s["eta"] != 1 else "ancestral",
+        "sampler_steps": s["steps"], "eta": s["eta"], "guidance_w": s["guidance_w"],
+        "n_forget_samples": int(len(forget_idx)), "n_fid_gen_per_class": ev["n_per_remaining_class"],
+        "n_fid_gen": int(len(remain_idx)), "n_fid_real": int(ref["meta"]["n"]), "fid_backend": config["fid"]["backend"],
+        "device_name": record["cost"].get("device_name") or meta.get("device_name"),
+        "sampling_device_name": meta.get("device_name"), "versions": versions(),
+    }
+    if out_path:
+        ckpt.write_json(out_path, record)
+    return record
+
+
+def summarize_original(config: dict, samples_path, evaluator_dir, records: list, evaluator_record, out_path) -> dict:
+    """results/original.json: the evaluator's accuracy on the original model's samples, per class, and its FIDs."""
+    from metrics.forgetting import softmax_probabilities
+
+    device = setup_runtime(config)
+    images, labels, _ = load_samples(samples_path)
+    preds = softmax_probabilities(load_evaluator(evaluator_dir, device), to_float(images)).argmax(1)
+    per_class = {str(int(c)): float(100.0 * np.mean(preds[labels == c] == c)) for c in np.unique(labels)}
+    recs = [ckpt.read_json(r) for r in records]
+    out = {"sample_accuracy": float(100.0 * np.mean(preds == labels)), "sample_accuracy_per_class": per_class,
+           "n_samples": int(len(labels)),
+           "evaluator_test_accuracy": ckpt.read_json(evaluator_record)["test_accuracy"],
+           "fid_remaining": {str(r["forget_class"]): r["fid"] for r in recs},
+           "UA": {str(r["forget_class"]): r["UA"] for r in recs},
+           "fid_backend": config["fid"]["backend"], "sampler": config["sampler"]}
+    ckpt.write_json(out_path, out)
+    return out
+
+
+def render_figures(config: dict, kind: str, *, metrics=None, samples=None, forget_class=None, out_dir=None, out=None):
+    """Figures from aggregated CSVs and saved samples only: no model is loaded or run."""
+    import pandas as pd
+
+    from . import figures
+    from .report import display_name
+
+    methods = config["methods"]
+    if kind == "summary":
+        df = pd.read_csv(metrics)
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        figures.cost_bars(df, methods, Path(out_dir) / "cost.png")
+        figures.per_class_metrics(df, ["original", *methods], Path(out_dir) / "per_class.png")
+    elif kind == "samples":
+        labels = ["Original", *(display_name(m) for m in methods)]
+        figures.sample_grid(dict(zip(labels, samples)), forget_class, out, n=config["evaluation"].get("grid_images", 16))
+    elif kind == "ablation":
+        abl = config["ablation"]
+        module = load_method(abl["method"])
+        main_value = method_params(config, abl["method"], module.DEFAULTS)[abl["param"]]
+        figures.psi_ablation(pd.read_csv(metrics), out, method=abl["method"], param=abl["param"], main_value=main_value,
+                             forget_class=abl["forget_class"])
+    else:
+        raise UserError(f"unknown figure kind {kind!r}")

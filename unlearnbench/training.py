@@ -1,0 +1,206 @@
+"""Training loop pieces shared by the base model, the evaluator and every unlearning method."""
+from __future__ import annotations
+
+import copy
+import os
+import random
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+
+# ---------------------------------------------------------------- runtime
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if requested == "cuda":
+        raise UserError("the config asks for device: cuda, but torch sees no CUDA device "
+                        "(torch.cuda.is_available() is False). Set device: auto or cpu, or install a CUDA build of torch.")
+    return torch.device("cpu")
+
+
+def setup_runtime(config: dict, threads: int | None = None) -> torch.device:
+    """Device, thread count, determinism and the fast-math switches of config `performance`."""
+    threads = threads or config.get("threads") or int(os.environ.get("UNLEARNBENCH_THREADS", 0)) or 1
+    torch.set_num_threads(threads)
+    device = resolve_device(config.get("device", "auto"))
+    perf = config.get("performance", {}) or {}
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = bool(perf.get("tf32", False))
+        torch.backends.cudnn.allow_tf32 = bool(perf.get("tf32", False))
+    if config.get("deterministic", True):
+        # On CPU every kernel the suite uses is deterministic; on CUDA this forbids the non-deterministic ones.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return device
+
+
+def autocast(config: dict, device: torch.device):
+    """bf16 autocast when performance.bf16 is on and the device is CUDA; otherwise a no-op."""
+    if device.type == "cuda" and (config.get("performance", {}) or {}).get("bf16", False):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def prepare_model(model, config: dict, device: torch.device):
+    model = model.to(device)
+    if device.type == "cuda" and (config.get("performance", {}) or {}).get("channels_last", False):
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+# ---------------------------------------------------------------- optimisation
+@torch.no_grad()
+def ema_update(ema_model: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * theta, for every parameter; buffers copied."""
+    for e, p in zip(ema_model.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1.0 - decay)
+    for e, b in zip(ema_model.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+def make_ema(model: torch.nn.Module) -> torch.nn.Module:
+    ema = copy.deepcopy(model)
+    ema.requires_grad_(False)
+    return ema
+
+
+def optimizer_step(optimizer, loss: torch.Tensor, params, grad_clip: float | None, grad_mask: dict | None = None) -> None:
+    """Backward, clip the full gradient, optionally multiply by a mask (SalUn), step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for p in params if p.grad is not None]
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
+    if grad_mask is not None:
+        for p in params:
+            if p in grad_mask:
+                p.grad.mul_(grad_mask[p])
+    optimizer.step()
+
+
+class BatchStream:
+    """Endless shuffled mini-batches of (images in [-1, 1], labels) kept on the device; seeded."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator,
+                 device: torch.device, hflip: bool = False):
+        if len(x) == 0:
+            raise UserError("no training images for this selection of classes")
+        self.x, self.y = x.to(device), y.to(device)
+        self.batch_size, self.generator, self.hflip = batch_size, generator, hflip
+        self.order, self.pos = torch.empty(0, dtype=torch.long), 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        idx = []
+        need = self.batch_size
+        while need > 0:
+            if self.pos >= len(self.order):
+                self.order, self.pos = torch.randperm(len(self.x), generator=self.generator), 0
+            take = self.order[self.pos:self.pos + need]
+            self.pos += len(take)
+            need -= len(take)
+            idx.append(take)
+        idx = torch.cat(idx).to(self.x.device)
+        x, y = self.x[idx], self.y[idx]
+        if self.hflip:
+            flip = (torch.rand(len(x), generator=self.generator) < 0.5).to(x.device)
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        return x, y
+
+
+def progress(iterable, desc: str, total: int | None = None):
+    """tqdm that stays quiet in tests (UNLEARNBENCH_QUIET=1) and updates sparsely in logs."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, mininterval=5, disable=os.environ.get("UNLEARNBENCH_QUIET") == "1")
+
+
+# ---------------------------------------------------------------- base model
+def train_diffusion(model, schedule, stream: BatchStream, *, steps: int, lr: float, grad_clip: float | None,
+                    ema_decay: float, cond_dropout: float, reduction: str, generator: torch.Generator,
+                    warmup_steps: int = 0, state_path: Path | None = None, checkpoint_every: int = 0,
+                    amp=nullcontext, meter=None):
+    """Train the class-conditional DDPM; resumes from `state_path` when a checkpoint is there."""
+    from .checkpoints import load_state, save_state
+    from .diffusion import epsilon_loss
+
+    ema = make_ema(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps else 1.0)
+    start = 0
+    state = load_state(state_path) if state_path else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        stream.generator.set_state(state["stream_generator"])
+        start = state["step"]
+        print(f"resuming base training from step {start} ({state_path})")
+    model.train()
+    timer = meter.timed() if meter else nullcontext()
+    losses = []
+    with timer:
+        for step in progress(range(start, steps), "base training", total=steps - start):
+            x0, y = next(stream)
+            with amp():
+                loss = epsilon_loss(model, schedule, x0, y, reduction=reduction, cond_dropout=cond_dropout, generator=generator)
+            optimizer_step(optimizer, loss, model.parameters(), grad_clip)
+            sched.step()
+            ema_update(ema, model, ema_decay)
+            if step % 100 == 0:
+                losses.append((step, loss.item()))
+            if state_path and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+                save_state(state_path, {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                                        "scheduler": sched.state_dict(), "generator": generator.get_state(),
+                                        "stream_generator": stream.generator.get_state(), "step": step + 1})
+    return model, ema, losses
+
+
+# ---------------------------------------------------------------- evaluator
+def train_classifier(model, train_x, train_y, *, epochs: int, batch_size: int, lr: float, generator: torch.Generator,
+                     device: torch.device, hflip: bool = False, augment_noise: float = 0.0):
+    """Cross-entropy training with Adam and a cosine schedule; returns the model in eval mode."""
+    model.to(device).train()
+    stream = BatchStream(train_x, train_y, batch_size, generator, device, hflip)
+    steps = epochs * max(1, len(train_x) // batch_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    for _ in progress(range(steps), "evaluator training"):
+        x, y = next(stream)
+        if augment_noise:
+            x = x + augment_noise * torch.randn(x.shape, generator=generator).to(device)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer_step(optimizer, loss, model.parameters(), None)
+        sched.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def classifier_accuracy(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        correct += (model(x[i:i + batch_size].to(device)).argmax(1).cpu() == y[i:i + batch_size]).sum().item()
+    return 100.0 * correct / len(x)

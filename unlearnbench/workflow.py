@@ -1,0 +1,81 @@
+"""What the Snakefile needs at parse time: validated config, paths of one run, the methods' priors."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .config import deep_merge, read_yaml, validate, write_resolved, DEFAULT_CONFIG
+from .errors import UserError
+
+# Files of results/<run>/ copied to results/ so `snakemake results/table.csv` works for any config.
+PUBLISHED = ("metrics.csv", "table.csv", "table1.md", "table1.tex", "table2.md", "table2.tex", "comparison.md",
+             "evaluator.json", "original.json")
+
+
+def load_workflow_config(config: dict) -> dict:
+    """Validate Snakemake's merged config; on bad input print the problems and stop before any job runs."""
+    try:
+        # Snakemake has merged config/default.yaml with --configfile/--config; merge again so that a
+        # config given without the defaults (e.g. `snakemake --configfile x.yaml` from elsewhere) is complete.
+        merged = deep_merge(read_yaml(DEFAULT_CONFIG), dict(config))
+        validate(merged)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    run_dir = Path("results") / merged["run_name"]
+    write_resolved(merged, run_dir / "config.yaml")
+    return merged
+
+
+# Config sections each stage's results depend on: a rule reruns when its fingerprint changes
+# (Snakemake's params trigger), so changing e.g. the sampler re-evaluates without retraining anything.
+_BASE = ["dataset", "data", "diffusion", "model", "base", "deterministic"]
+STAGE_SECTIONS = {
+    "data": ["dataset", "data"],
+    "base": _BASE,
+    "evaluator": ["dataset", "data", "evaluator", "deterministic"],
+    "method": [*_BASE, "sampler"],  # + the method's own params; sampler: SA generates its replay set with it
+    "evaluate": [*_BASE, "sampler", "evaluator", "evaluation", "fid"],
+}
+
+
+def fingerprint(config: dict, stage: str, method: str | None = None) -> str:
+    from .config import config_hash
+
+    part = {k: config.get(k) for k in STAGE_SECTIONS[stage]}
+    if method:
+        part["method_params"] = (config.get("method_params") or {}).get(method)
+    return config_hash(part)
+
+
+def variant_name(method: str, param: str | None = None, value=None) -> str:
+    if param is None:
+        return method
+    value = int(value) if float(value).is_integer() else value
+    return f"{method}-{param}={value}"
+
+
+def parse_variant(variant: str) -> tuple[str, list[str]]:
+    """'safemax-lambda=50' -> ('safemax', ['lambda=50'])."""
+    if "-" not in variant:
+        return variant, []
+    method, override = variant.split("-", 1)
+    return method, [override]
+
+
+def method_priors(method: str) -> list:
+    from .method_api import load_method
+
+    return load_method(method).PRIORS
+
+
+def prior_dir(run_dir: str, method: str, prior, forget_class=None) -> str:
+    scope = "shared" if prior.scope == "shared" else f"class{forget_class}"
+    return f"{run_dir}/priors/{method}/{prior.name}/{scope}"
+
+
+def ablation_variants(config: dict) -> list[str]:
+    abl = config.get("ablation")
+    if not abl:
+        return []
+    return [variant_name(abl["method"], abl["param"], v) for v in abl["values"]]
