@@ -10,9 +10,9 @@ import torch
 
 from unlearnbench.checkpoints import load_tensors, save_tensors
 from unlearnbench.data import to_float, to_uint8
-from unlearnbench.diffusion import epsilon_loss, sample
+from unlearnbench.diffusion import epsilon_loss, randn_like, sample
 from unlearnbench.method_api import Prior
-from unlearnbench.training import BatchStream, ema_update, make_ema, optimizer_step
+from unlearnbench.training import ema_update, make_ema, optimizer_step
 
 DEFAULTS = {
     "steps": 20000,
@@ -27,6 +27,7 @@ DEFAULTS = {
     "fisher_images": None,      # None: all generated images
     "fisher_timesteps": None,   # None: all T timesteps per image
     "fisher_batch": 250,        # timesteps per forward pass (memory bound)
+    "checkpoint_every": 1000,   # resumable state every so many steps (0: never)
 }
 
 
@@ -70,12 +71,13 @@ def diagonal_fisher(model, schedule, images, labels, *, timesteps: torch.Tensor,
     timesteps = timesteps.to(device)
     for i in progress(range(len(images)), "fisher"):
         model.zero_grad(set_to_none=True)
+        x = images[i:i + 1].to(device).expand(len(timesteps), *images.shape[1:])
+        y = labels[i:i + 1].to(device).expand(len(timesteps))
+        noise = randn_like(x, generator)  # one draw per (image, t)
         for start in range(0, len(timesteps), chunk):
-            t = timesteps[start:start + chunk]
-            x = images[i:i + 1].to(device).expand(len(t), *images.shape[1:])
-            y = labels[i:i + 1].to(device).expand(len(t))
-            loss = epsilon_loss(model, schedule, x, y, reduction=reduction, generator=generator, timesteps=t,
-                                per_sample=True).sum() * scale
+            part = slice(start, start + chunk)
+            loss = epsilon_loss(model, schedule, x[part], y[part], reduction=reduction, timesteps=timesteps[part],
+                                noise=noise[part], per_sample=True).sum() * scale
             loss.backward()
         for n, p in params.items():
             fisher[n] += p.grad.detach() ** 2
@@ -122,19 +124,22 @@ def unlearn(ctx):
     fisher = load_tensors(ctx.priors["fisher"] / "fisher.safetensors", ctx.device)
     gen_x, gen_y = load_generated(ctx.priors["generated"])
     keep = gen_y != ctx.forget_class
-    replay = BatchStream(gen_x[keep], gen_y[keep], p["replay_batch_size"], torch.Generator().manual_seed(ctx.seed),
-                         ctx.device)
+    replay = ctx.stream(gen_x[keep], gen_y[keep], p["replay_batch_size"])
     optimizer = torch.optim.Adam(model.parameters(), lr=p["lr"])
     shape = (p["batch_size"], *ctx.data.image_shape)
     forget_labels = torch.full((p["batch_size"],), ctx.forget_class, device=ctx.device, dtype=torch.long)
-    with ctx.meter.timed():
-        for _ in ctx.progress(range(p["steps"]), "selective amnesia"):
-            surrogate = torch.rand(shape, generator=ctx.generator, device=ctx.generator.device).to(ctx.device) * 2 - 1
-            x_r, y_r = next(replay)
-            with ctx.autocast():
-                loss = (epsilon_loss(model, ctx.schedule, surrogate, forget_labels, reduction=ctx.reduction, generator=ctx.generator)
-                        + p["gamma"] * epsilon_loss(model, ctx.schedule, x_r, y_r, reduction=ctx.reduction, generator=ctx.generator))
-            loss = loss + p["lambda"] * ewc_penalty(model, fisher, star)
-            optimizer_step(optimizer, loss, model.parameters(), p["grad_clip"])
-            ema_update(ema, model, p["ema_decay"])
+
+    def step(_):
+        surrogate = torch.rand(shape, generator=ctx.generator, device=ctx.generator.device).to(ctx.device) * 2 - 1
+        x_r, y_r = next(replay)
+        with ctx.autocast():
+            loss = (epsilon_loss(model, ctx.schedule, surrogate, forget_labels, reduction=ctx.reduction, generator=ctx.generator)
+                    + p["gamma"] * epsilon_loss(model, ctx.schedule, x_r, y_r, reduction=ctx.reduction, generator=ctx.generator))
+        loss = loss + p["lambda"] * ewc_penalty(model, fisher, star)
+        optimizer_step(optimizer, loss, model.parameters(), p["grad_clip"])
+        ema_update(ema, model, p["ema_decay"])
+
+    # SA's forgetting is the long one (hours at paper scale): it saves resumable state as it goes.
+    ctx.run_steps(p["steps"], step, desc="selective amnesia", checkpoint_every=p["checkpoint_every"],
+                  modules={"model": model, "ema": ema, "optimizer": optimizer})
     return ema

@@ -51,13 +51,15 @@ def unlearn(ctx):
     optimizer = torch.optim.Adam(model.parameters(), lr=p["lr"])
     forget = ctx.batches([ctx.forget_class], p["batch_size"])
     retain = ctx.batches(ctx.remaining_classes(), p["retain_batch_size"]) if p["retain_weight"] > 0 else None
-    with ctx.meter.timed():
-        for _ in ctx.progress(range(p["steps"]), "safemax"):
-            loss = safemax_loss(model, ctx, *next(forget))
-            if retain is not None:
-                x_r, y_r = next(retain)
-                with ctx.autocast():
-                    loss = loss + p["retain_weight"] * epsilon_loss(model, ctx.schedule, x_r, y_r, reduction=ctx.reduction,
-                                                                    generator=ctx.generator)
-            optimizer_step(optimizer, loss, model.parameters(), p["grad_clip"])
+
+    def step(_):
+        loss = safemax_loss(model, ctx, *next(forget))
+        if retain is not None:
+            x_r, y_r = next(retain)
+            with ctx.autocast():
+                loss = loss + p["retain_weight"] * epsilon_loss(model, ctx.schedule, x_r, y_r, reduction=ctx.reduction,
+                                                                generator=ctx.generator)
+        optimizer_step(optimizer, loss, model.parameters(), p["grad_clip"])
+
+    ctx.run_steps(p["steps"], step, desc="safemax")
     return model

@@ -82,17 +82,18 @@ def unlearn(ctx):
     forget = ctx.batches([ctx.forget_class], p["batch_size"])
     retain = ctx.batches(ctx.remaining_classes(), p["retain_batch_size"])
     relabel = (ctx.forget_class + 1) % ctx.num_classes
-    with ctx.meter.timed():
-        for _ in ctx.progress(range(p["steps"]), "salun"):
-            x0, y = next(forget)
-            t = ctx.schedule.sample_timesteps(len(x0), ctx.generator, ctx.device)
-            x_t = ctx.schedule.q_sample(x0, t, randn_like(x0, ctx.generator))
-            with ctx.autocast():
-                with torch.no_grad():
-                    target = predict_eps(model, x_t, t, torch.full_like(y, relabel))
-                forget_loss = (predict_eps(model, x_t, t, y).float() - target.float()).pow(2).mean()
-                x_r, y_r = next(retain)
-                retain_loss = epsilon_loss(model, ctx.schedule, x_r, y_r, reduction=ctx.reduction,
-                                           cond_dropout=p["cond_dropout"], generator=ctx.generator)
-            optimizer_step(optimizer, forget_loss + p["alpha"] * retain_loss, model.parameters(), p["grad_clip"], grad_mask)
+    def step(_):
+        x0, y = next(forget)
+        t = ctx.schedule.sample_timesteps(len(x0), ctx.generator, ctx.device)
+        x_t = ctx.schedule.q_sample(x0, t, randn_like(x0, ctx.generator))
+        with ctx.autocast():
+            with torch.no_grad():
+                target = predict_eps(model, x_t, t, torch.full_like(y, relabel))
+            forget_loss = (predict_eps(model, x_t, t, y).float() - target.float()).pow(2).mean()
+            x_r, y_r = next(retain)
+            retain_loss = epsilon_loss(model, ctx.schedule, x_r, y_r, reduction=ctx.reduction,
+                                       cond_dropout=p["cond_dropout"], generator=ctx.generator)
+        optimizer_step(optimizer, forget_loss + p["alpha"] * retain_loss, model.parameters(), p["grad_clip"], grad_mask)
+
+    ctx.run_steps(p["steps"], step, desc="salun")
     return model

@@ -113,10 +113,19 @@ def _cross_checks(config: dict, methods_dir) -> list[str]:
         if name not in known:
             problems.append(f"'methods[{i}]' = {name!r} is not a method; allowed: {', '.join(sorted(known))} "
                             f"(a method is a file methods/<name>.py)")
+    from .method_api import load_method
+
+    for name in config["methods"]:
+        if name in known:
+            defaults = load_method(name, methods_dir).DEFAULTS
+            unknown = sorted(set((config.get("method_params") or {}).get(name) or {}) - set(defaults))
+            if unknown:
+                problems.append(f"unknown key(s) {', '.join(unknown)} under 'method_params.{name}'; "
+                                f"allowed: {', '.join(sorted(defaults))}")
     abl = config.get("ablation")
     if abl:
-        if abl.get("method") not in config["methods"]:
-            problems.append(f"'ablation.method' = {abl.get('method')!r} must be one of 'methods': {config['methods']}")
+        if abl.get("method") in known and abl.get("param") not in load_method(abl["method"], methods_dir).DEFAULTS:
+            problems.append(f"'ablation.param' = {abl.get('param')!r} is not a parameter of {abl['method']}")
         if abl.get("forget_class", 0) >= n_classes:
             problems.append(f"'ablation.forget_class' = {abl['forget_class']} is out of range 0..{n_classes - 1}")
     d = config["diffusion"]

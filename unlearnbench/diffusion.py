@@ -71,10 +71,11 @@ def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tens
 
 def epsilon_loss(model, schedule: Schedule, x0: torch.Tensor, labels: torch.Tensor, *, reduction: str = "sum",
                  cond_dropout: float = 0.0, generator: torch.Generator | None = None,
-                 timesteps: torch.Tensor | None = None, per_sample: bool = False) -> torch.Tensor:
+                 timesteps: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                 per_sample: bool = False) -> torch.Tensor:
     """The standard DDPM loss ||eps - eps_theta(x_t, c, t)||^2, averaged over the batch."""
     t = schedule.sample_timesteps(len(x0), generator, x0.device) if timesteps is None else timesteps
-    noise = randn_like(x0, generator)
+    noise = randn_like(x0, generator) if noise is None else noise
     labels = drop_labels(labels, cond_dropout, null_class(model), generator)
     pred = predict_eps(model, schedule.q_sample(x0, t, noise), t, labels)
     losses = reduce_squared_error(pred, noise, reduction)

@@ -95,6 +95,8 @@ class RunContext:
     forget_class: int | None = None
     priors: dict = field(default_factory=dict)  # prior name -> folder it wrote
     out_dir: Path | None = None  # priors only: where to write
+    state_path: Path | None = None  # where run_steps keeps its resumable state
+    _streams: list = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -115,10 +117,57 @@ class RunContext:
         """Endless seeded batches of real images of the given classes, on the device."""
         from .training import BatchStream
 
-        x, y = self.images(classes)
-        self._streams = getattr(self, "_streams", 0) + 1  # each stream its own seeded shuffling
-        shuffle = torch.Generator().manual_seed(self.seed * 7 + self._streams)
-        return BatchStream(x, y, batch_size, shuffle, self.device, hflip=self.config["base"].get("hflip", False))
+        return self.stream(*self.images(classes), batch_size, hflip=self.config["base"].get("hflip", False))
+
+    def stream(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, hflip: bool = False):
+        """Endless seeded batches of the given images; its position is part of run_steps' resumable state."""
+        from .training import BatchStream
+
+        shuffle = torch.Generator().manual_seed(self.seed * 7 + len(self._streams) + 1)  # each stream its own
+        stream = BatchStream(x, y, batch_size, shuffle, self.device, hflip=hflip)
+        self._streams.append(stream)
+        return stream
+
+    def run_steps(self, steps: int, step_fn, *, desc: str, checkpoint_every: int = 0, modules: dict | None = None) -> None:
+        """Run step_fn(i) for i < steps inside the RTE timer.
+
+        With checkpoint_every, the state of `modules` (models, optimizers: anything with state_dict), the
+        generators and the batch streams is saved every so many steps, outside the timer; a restarted job
+        resumes from the last save, RTE included, and ends as an uninterrupted run would.
+        """
+        from .checkpoints import load_state, save_state
+        from .training import progress
+
+        resumable = bool(checkpoint_every and self.state_path)
+        start = 0
+        saved = load_state(self.state_path) if resumable else None
+        if saved is not None:
+            for name, module in (modules or {}).items():
+                module.load_state_dict(saved["modules"][name])
+            self.generator.set_state(saved["generator"])
+            for stream, state in zip(self._streams, saved["streams"]):
+                stream.load_state_dict(state)
+            start = saved["step"]
+            self.meter.rte_s += saved["rte_s"]
+            print(f"resuming {desc} from step {start} ({self.state_path})")
+        bar = progress(range(start, steps), desc)
+        it = iter(bar)
+        step = start
+        while step < steps:
+            end = min(steps, step + checkpoint_every) if resumable else steps
+            with self.meter.timed():
+                for i in range(step, end):
+                    step_fn(i)
+                    next(it, None)
+            step = end
+            if resumable and step < steps:
+                save_state(self.state_path, {
+                    "step": step, "rte_s": self.meter.rte_s, "generator": self.generator.get_state(),
+                    "modules": {name: m.state_dict() for name, m in (modules or {}).items()},
+                    "streams": [s.state_dict() for s in self._streams]})
+        bar.close()
+        if resumable and self.state_path.exists():
+            self.state_path.unlink()
 
     def remaining_classes(self) -> list[int]:
         return [c for c in range(self.num_classes) if c != self.forget_class]

@@ -111,7 +111,8 @@ def load_evaluator(folder: str | Path, device) -> torch.nn.Module:
 
 
 # ---------------------------------------------------------------- priors and unlearning
-def _context(config, method, params, data, device, seed, meter, original_dir, forget_class=None, priors=None, out_dir=None):
+def _context(config, method, params, data, device, seed, meter, original_dir, forget_class=None, priors=None, out_dir=None,
+             state_path=None):
     expect = ckpt.unet_expectations(config, data.num_classes)
 
     def load_original(ema: bool = False):
@@ -120,7 +121,7 @@ def _context(config, method, params, data, device, seed, meter, original_dir, fo
 
     return RunContext(config=config, params=params, data=data, schedule=Schedule.from_config(config), device=device,
                       seed=seed, generator=device_generator(seed, device), meter=meter, load_original=load_original,
-                      forget_class=forget_class, priors=priors or {}, out_dir=out_dir)
+                      forget_class=forget_class, priors=priors or {}, out_dir=out_dir, state_path=state_path)
 
 
 def device_generator(seed: int, device: torch.device) -> torch.Generator:
@@ -173,8 +174,9 @@ def run_unlearning(config: dict, method_name: str, forget_class: int, seed: int,
     device = setup_runtime(config)
     out_dir = Path(out_dir)
     with CostMeter(device) as meter:
+        # The resumable state lives beside the outputs, which Snakemake removes after a failure; it does not.
         ctx = _context(config, method_name, params, data, device, seed * 1000 + forget_class, meter, original_dir,
-                       forget_class, {k: Path(v) for k, v in (priors or {}).items()})
+                       forget_class, {k: Path(v) for k, v in (priors or {}).items()}, state_path=out_dir / "unlearn_state.pt")
         model = module.unlearn(ctx)
     cost = meter.result()
     prior_min = 0.0

@@ -109,6 +109,13 @@ class BatchStream:
     def __iter__(self):
         return self
 
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "order": self.order, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.order, self.pos = state["order"], state["pos"]
+
     def __next__(self):
         idx = []
         need = self.batch_size

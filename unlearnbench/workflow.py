@@ -76,6 +76,6 @@ def prior_dir(run_dir: str, method: str, prior, forget_class=None) -> str:
 
 def ablation_variants(config: dict) -> list[str]:
     abl = config.get("ablation")
-    if not abl:
+    if not abl or abl["method"] not in config["methods"]:  # the ablation figure needs its method's main runs
         return []
     return [variant_name(abl["method"], abl["param"], v) for v in abl["values"]]

@@ -1,0 +1,179 @@
+"""The three methods' building blocks against independent computations on tiny models."""
+import math
+
+import pytest
+import torch
+
+from unlearnbench.diffusion import Schedule, epsilon_loss
+from unlearnbench.method_api import load_method
+from unlearnbench.networks import build_unet
+
+safemax = load_method("safemax")
+sa = load_method("sa")
+salun = load_method("salun")
+
+MICRO = {"block_out_channels": (8, 8), "norm_num_groups": 4, "sample_size": 4,
+         "down_block_types": ("DownBlock2D", "DownBlock2D"), "up_block_types": ("UpBlock2D", "UpBlock2D")}
+
+
+def micro_unet(seed=0):
+    torch.manual_seed(seed)
+    return build_unet("tiny", 3, MICRO)
+
+
+def test_psi_is_the_papers_scheduler():
+    t = torch.tensor([0, 499, 999])
+    assert torch.allclose(safemax.psi(t, 1000, 1.0), torch.tensor([math.exp(-1 / 1000), math.exp(-0.5), math.exp(-1.0)]))
+    assert torch.equal(safemax.psi(t, 1000, 0.0), torch.ones(3))  # lambda = 0 disables it
+    assert safemax.psi(torch.tensor([999]), 1000, 100.0).item() == pytest.approx(math.exp(-100))
+
+
+def test_safemax_target_is_fresh_noise_or_x_t():
+    x_t = torch.randn(4096, 1, 2, 2)
+    g = torch.Generator().manual_seed(0)
+    target = safemax.forget_target(x_t, "fresh_noise", g)
+    assert target.shape == x_t.shape and not torch.equal(target, x_t)
+    assert abs(target.mean().item()) < 0.05 and abs(target.std().item() - 1) < 0.05
+    assert abs(torch.corrcoef(torch.stack([target.flatten(), x_t.flatten()]))[0, 1].item()) < 0.05  # independent
+    assert torch.equal(safemax.forget_target(x_t, "x_t", g), x_t)
+    with pytest.raises(ValueError, match="fresh_noise"):
+        safemax.forget_target(x_t, "bogus", g)
+
+
+def test_batched_fisher_equals_slow_per_timestep_gradients():
+    model = micro_unet()
+    model.eval()
+    schedule = Schedule(20, 1e-4, 0.02)
+    images = torch.randn(3, 1, 4, 4)
+    labels = torch.tensor([0, 1, 2])
+    timesteps = torch.arange(20)
+    fisher = sa.diagonal_fisher(model, schedule, images, labels, timesteps=timesteps, reduction="sum",
+                                generator=torch.Generator().manual_seed(5), chunk=7)
+    # The slow way: the same noise draws, one timestep per backward pass, gradients summed per image, squared.
+    g = torch.Generator().manual_seed(5)
+    params = dict(model.named_parameters())
+    slow = {n: torch.zeros_like(p) for n, p in params.items()}
+    for i in range(3):
+        noise = torch.randn((20, 1, 4, 4), generator=g)
+        grad_sum = {n: torch.zeros_like(p) for n, p in params.items()}
+        for j, t in enumerate(timesteps.tolist()):
+            model.zero_grad()
+            epsilon_loss(model, schedule, images[i:i + 1], labels[i:i + 1], reduction="sum",
+                         timesteps=torch.tensor([t]), noise=noise[j:j + 1]).backward()
+            for n, p in params.items():
+                grad_sum[n] += p.grad
+        for n in params:
+            slow[n] += grad_sum[n] ** 2 / 3
+    for n in params:
+        assert torch.allclose(fisher[n], slow[n], rtol=1e-4, atol=1e-9), n
+    assert sum(f.sum() for f in fisher.values()) > 0
+
+
+def test_fisher_timestep_subset_covers_the_range():
+    assert torch.equal(sa.fisher_timesteps(1000, None), torch.arange(1000))
+    sub = sa.fisher_timesteps(1000, 100)
+    assert len(sub) == 100 and sub[0] == 0 and sub[-1] == 999
+
+
+def test_ewc_penalty_is_zero_at_star_and_quadratic():
+    model = micro_unet()
+    star = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fisher = {n: torch.rand_like(p) for n, p in model.named_parameters()}
+    assert sa.ewc_penalty(model, fisher, star).item() == 0.0
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1)
+    expected = sum((f * 0.01).sum() for f in fisher.values())
+    assert sa.ewc_penalty(model, fisher, star).item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_salun_mask_keeps_exactly_half_globally():
+    scores = {"a": torch.tensor([5.0, 1.0, 3.0]), "b": torch.tensor([[2.0, 6.0], [0.5, 4.0]])}
+    mask = salun.top_fraction_mask(scores, 0.5)
+    assert mask["a"].tolist() == [True, False, False]
+    assert mask["b"].tolist() == [[False, True], [False, True]]
+    model = micro_unet()
+    scores = {n: torch.rand_like(p) for n, p in model.named_parameters()}
+    mask = salun.top_fraction_mask(scores, 0.5)
+    total = sum(p.numel() for p in model.parameters())
+    assert sum(m.sum().item() for m in mask.values()) == total // 2
+    # global, not per tensor: the kept entries are exactly those above the global median
+    flat = torch.cat([s.flatten() for s in scores.values()])
+    kept = torch.cat([s[m] for s, m in zip(scores.values(), mask.values())])
+    assert kept.min() >= flat.median()
+
+
+def test_salun_masked_weights_stay_unchanged_after_steps():
+    from unlearnbench.training import optimizer_step
+
+    model = micro_unet()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    scores = {n: torch.rand_like(p) for n, p in model.named_parameters()}
+    mask = salun.top_fraction_mask(scores, 0.5)
+    named = dict(model.named_parameters())
+    grad_mask = {named[n]: m.float() for n, m in mask.items()}
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    schedule = Schedule(20, 1e-4, 0.02)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        loss = epsilon_loss(model, schedule, torch.randn(4, 1, 4, 4), torch.tensor([0, 1, 2, 0]), generator=g)
+        optimizer_step(optimizer, loss, model.parameters(), 1.0, grad_mask)
+    changed_masked = sum(((p != before[n]) & ~mask[n]).sum().item() for n, p in model.named_parameters())
+    changed_kept = sum(((p != before[n]) & mask[n]).sum().item() for n, p in model.named_parameters())
+    assert changed_masked == 0
+    assert changed_kept > 0
+
+
+def test_saliency_scores_use_clipped_signed_sums():
+    model = micro_unet()
+    schedule = Schedule(20, 1e-4, 0.02)
+    batches = [(torch.randn(4, 1, 4, 4), torch.zeros(4, dtype=torch.long)) for _ in range(3)]
+    scores = salun.saliency_scores(model, schedule, batches, guidance_w=2.0, reduction="sum",
+                                   generator=torch.Generator().manual_seed(0))
+    total_norm = math.sqrt(sum((s ** 2).sum().item() for s in scores.values()))
+    assert 0 < total_norm <= 3.0 + 1e-4  # each batch's gradient clipped to norm 1, three batches
+    assert all((s >= 0).all() for s in scores.values())
+
+
+class _Crash(Exception):
+    pass
+
+
+def _toy_run(state_path, crash_at=None):
+    from unlearnbench.cost import CostMeter
+    from unlearnbench.method_api import RunContext
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    ctx = RunContext(config={"base": {}}, params={}, data=None, schedule=None, device=torch.device("cpu"), seed=1,
+                     generator=torch.Generator().manual_seed(1), meter=CostMeter("cpu"), load_original=None,
+                     state_path=state_path)
+    stream = ctx.stream(torch.randn(10, 4), torch.zeros(10), 3)
+
+    def step(i):
+        if i == crash_at:
+            raise _Crash
+        x, _ = next(stream)
+        loss = (model(x) + torch.randn(3, 1, generator=ctx.generator)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return ctx, model, optimizer, step
+
+
+def test_resumed_run_ends_as_an_uninterrupted_one(tmp_path):
+    state = tmp_path / "state.pt"
+    ctx, model, _, step = _toy_run(state)
+    ctx.run_steps(10, step, desc="reference")
+    reference = model.weight.detach().clone()
+
+    ctx, model, optimizer, step = _toy_run(state, crash_at=7)
+    with pytest.raises(_Crash):
+        ctx.run_steps(10, step, desc="crashes", checkpoint_every=3, modules={"model": model, "optimizer": optimizer})
+    assert state.exists()
+    ctx, model, optimizer, step = _toy_run(state)
+    ctx.run_steps(10, step, desc="resumes", checkpoint_every=3, modules={"model": model, "optimizer": optimizer})
+    assert torch.equal(model.weight, reference)
+    assert not state.exists() and ctx.meter.rte_s > 0

@@ -1,0 +1,150 @@
+"""The real workflow, end to end through Snakemake, on the tiny test config (a few minutes on 2 cores).
+
+One copy of the workflow runs the whole DAG; later tests reuse it: a second invocation does nothing,
+an independent run gives identical metrics, a killed job is redone and resumes, and a method added as
+one file (the README's walk-through, followed literally) runs through the same DAG.
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOW_FILES = ["Snakefile", "rules", "config", "methods"]
+METRICS = ["fid", "kid", "H", "UA", "forget_prob", "remaining_acc"]
+
+
+def copy_workflow(dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, dest / name)
+    return dest
+
+
+def snakemake(workdir: Path, *args, timeout=900, check=True):
+    env = {**os.environ, "UNLEARNBENCH_QUIET": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *args], cwd=workdir, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        logs = "\n".join(f"== {p}\n{p.read_text()[-2000:]}" for p in sorted(workdir.glob("results/*/logs/**/*.log")))
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}\n{logs}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def test_run(tmp_path_factory):
+    workdir = copy_workflow(tmp_path_factory.mktemp("workflow"))
+    snakemake(workdir, "--configfile=config/test.yaml", "results/table.csv")
+    return workdir
+
+
+def test_full_dag_produces_the_tables(test_run):
+    results = test_run / "results"
+    table = pd.read_csv(results / "table.csv", dtype={"forget_class": str})
+    assert table["forget_class"].tolist() == ["0", "1", "mean", "std"]
+    for method in ("SA", "SalUn", "SAFEMax"):
+        for col in ("FID", "RTE [min]", "GPU [GB]", "H [nats]", "UA [%]"):
+            assert f"{method} {col}" in table.columns
+    metrics = pd.read_csv(results / "metrics.csv")
+    assert len(metrics) == 4 * 2  # (original + 3 methods) x 2 classes x 1 seed
+    assert set(metrics["method"]) == {"original", "sa", "salun", "safemax"}
+    for col in ("rte_min", "prior_min", "gpu_peak_gb", "config_hash", "sampler_steps", "guidance_w",
+                "n_forget_samples", "n_fid_real", "fid_backend", "device_name", "version_torch"):
+        assert col in metrics.columns, col
+    unlearned = metrics[metrics.method != "original"]
+    assert (unlearned["rte_min"] > 0).all()
+    assert unlearned["gpu_peak_gb"].isna().all() and (unlearned["gpu_null_reason"] == "device is cpu").all()
+    assert (metrics.loc[metrics.method == "sa", "prior_min"] > 0).all()  # SA's priors timed on their own
+    assert metrics[METRICS].notna().all().all()
+    for name in ("evaluator.json", "original.json", "table1.md", "table1.tex", "table2.md", "comparison.md"):
+        assert (results / name).stat().st_size > 0
+    assert json.loads((results / "evaluator.json").read_text())["test_accuracy"] > 80
+    assert "sample_accuracy" in json.loads((results / "original.json").read_text())
+    # the shared SA priors ran once for both classes; SalUn's mask once per class
+    assert len(list((results / "test" / "priors" / "sa" / "fisher").glob("*/cost.json"))) == 1
+    assert len(list((results / "test" / "priors" / "salun" / "mask").glob("class*/cost.json"))) == 2
+
+
+def test_second_invocation_does_nothing(test_run):
+    proc = snakemake(test_run, "--configfile=config/test.yaml", "results/table.csv")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_changing_the_sampler_reevaluates_without_retraining(test_run):
+    proc = snakemake(test_run, "-n", "--configfile=config/test.yaml", "--config", "sampler={steps: 8}",
+                     "results/table.csv")
+    out = proc.stdout + proc.stderr
+    assert re.search(r"evaluate_unlearned\s+6", out), out[-3000:]
+    for rule in ("train_base", "unlearn", "prior_shared", "prior_per_class", "train_evaluator"):
+        assert not re.search(rf"^{rule}\s+\d+", out, re.M), rule
+
+
+def test_independent_runs_give_identical_metrics(test_run, tmp_path):
+    other = copy_workflow(tmp_path / "again")
+    targets = [f"results/test/metrics/{m}/class0/seed0.json" for m in ("sa", "safemax")]
+    snakemake(other, "--configfile=config/test.yaml", *targets)
+    for target in targets:
+        a = json.loads((test_run / target).read_text())
+        b = json.loads((other / target).read_text())
+        assert {k: a[k] for k in METRICS} == {k: b[k] for k in METRICS}, target
+
+
+def test_killed_job_is_redone_and_resumes(tmp_path):
+    workdir = copy_workflow(tmp_path / "kill")
+    (workdir / "config" / "kill.yaml").write_text(
+        "run_name: kill\n"
+        "model: {overrides: {block_out_channels: [8, 8], norm_num_groups: 4,"
+        " down_block_types: [DownBlock2D, DownBlock2D], up_block_types: [UpBlock2D, UpBlock2D]}}\n"
+        "base: {steps: 3000, checkpoint_every: 50}\n")
+    target = "results/kill/models/original/train.json"
+    env = {**os.environ, "UNLEARNBENCH_QUIET": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", "--configfile=config/kill.yaml", target],
+                            cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    state = workdir / "results/kill/models/original/train_state.pt"
+    deadline = time.time() + 300
+    while not state.exists() and time.time() < deadline:
+        time.sleep(0.5)
+    assert state.exists(), "no resumable checkpoint was written"
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole job dies, as on a node failure
+    proc.wait()
+    assert not (workdir / target).exists()  # nothing downstream can take a partial result
+    snakemake(workdir, "--configfile=config/kill.yaml", target)
+    log = (workdir / "results/kill/logs/train_base.log").read_text()
+    assert "resuming base training from step" in log
+    assert (workdir / "results/kill/models/original/unet_ema/diffusion_pytorch_model.safetensors").exists()
+    assert not state.exists()
+
+
+def readme_method_example() -> tuple[str, str]:
+    """The file name and code of the README's 'Add a method' example."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Add a method"):]
+    name = re.search(r"`methods/([a-z_]+)\.py`", section).group(1)
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    command = re.search(r"```bash\n(snakemake [^\n]*)\n```", section).group(1)
+    return name, code, command
+
+
+def test_readme_add_a_method_walkthrough(test_run):
+    name, code, command = readme_method_example()
+    (test_run / "methods" / f"{name}.py").write_text(code)
+    args = command.split()[1:]
+    args = [a for a in args if a not in ("--cores", "all")]
+    snakemake(test_run, "--configfile=config/test.yaml", *[a.strip("'") for a in args])
+    metrics = pd.read_csv(test_run / "results" / "metrics.csv")
+    assert name in set(metrics["method"])
+    rows = metrics[metrics.method == name]
+    assert len(rows) == 2 and (rows["rte_min"] > 0).all() and rows[METRICS].notna().all().all()

@@ -1,0 +1,67 @@
+"""GPU speed switches of config `performance` that are not set elsewhere: torch.compile, in one place.
+
+The other switches live where they act: `training.setup_runtime` (TF32, cuDNN autotuning when
+`deterministic: false`), `training.autocast` and `sample(autocast_dtype=...)` (bf16 autocast),
+`training.prepare_model` (channels_last). docs/performance.md describes all of them.
+
+`maybe_compile(model, config, device)` compiles the model's forward IN PLACE (`nn.Module.compile`),
+so the object, its type, `named_parameters()` names, `state_dict()` keys and `save_pretrained` stay
+exactly as without compilation: SA's Fisher/EWC dicts and SalUn's masks, which are keyed by
+parameter name, keep matching. `copy.deepcopy` of a compiled module (e.g. `make_ema`) gives an
+eager copy (`nn.Module.__getstate__` drops the compiled forward), which is correct, only not compiled.
+
+Compilation is lazy: the first forward of each new input shape compiles (tens of seconds for the
+paper UNet), so inside a timed unlearning loop it counts towards RTE. `dynamic=False` makes each
+batch shape its own static graph instead of a slower dynamic-shape one; a loop has one or two shapes.
+"""
+from __future__ import annotations
+
+import torch
+
+# Passed to torch.compile. mode=None is inductor's default (no CUDA graphs, no autotuning sweep:
+# "max-autotune" compiles for many minutes, longer than a 1,000-step unlearning run takes).
+COMPILE_KWARGS = {"dynamic": False}
+
+
+def performance(config: dict) -> dict:
+    """The config's `performance` section with every switch present (missing ones are off)."""
+    perf = config.get("performance") or {}
+    return {k: bool(perf.get(k, False)) for k in ("bf16", "tf32", "channels_last", "compile")}
+
+
+def is_compiled(model: torch.nn.Module) -> bool:
+    return getattr(model, "_compiled_call_impl", None) is not None
+
+
+def maybe_compile(model: torch.nn.Module, config: dict, device, *, force: bool = False, **compile_kwargs):
+    """Compile `model`'s forward in place when `performance.compile` is on and the device is CUDA.
+
+    Returns the same object (so `model = maybe_compile(model, ...)` and a bare call both work).
+    No effect on CPU, like every `performance` switch, unless `force=True` (tests: check that a
+    compiled model computes what the eager one does, e.g. with `backend="aot_eager"`).
+    Idempotent: a model that is already compiled is returned untouched.
+    """
+    device = torch.device(device)
+    if not (performance(config)["compile"] or force):
+        return model
+    if device.type != "cuda" and not force:
+        return model
+    if is_compiled(model):
+        return model
+    model.compile(**{**COMPILE_KWARGS, **compile_kwargs})
+    return model
+
+
+def effective_switches(config: dict, device) -> dict:
+    """What actually applies on this device (for reports): every switch is off on CPU."""
+    device = torch.device(device)
+    perf = performance(config)
+    on_gpu = device.type == "cuda"
+    return {
+        "bf16_autocast": perf["bf16"] and on_gpu,
+        "tf32": perf["tf32"] and on_gpu,
+        "channels_last": perf["channels_last"] and on_gpu,
+        "compile": perf["compile"] and on_gpu,
+        "deterministic": bool(config.get("deterministic", True)),
+        "cudnn_benchmark": on_gpu and not config.get("deterministic", True),
+    }
