@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end test of the workflow under a real SLURM (snakemake-executor-plugin-slurm), as root:
 #   1. installs slurmctld, slurmd, slurm-client and munge with apt-get where they are missing;
-#   2. starts a throw-away single-node cluster (own slurm.conf via SLURM_CONF, no accounting, no GPUs);
+#   2. starts a throw-away single-node cluster (no accounting, no GPUs; /etc/slurm/slurm.conf restored after);
 #   3. runs the tiny test workflow through sbatch (profiles/slurm-test) in a copy of the repository,
 #      and the same workflow locally (--cores 2) in another copy, side by side;
 #   4. checks that every metric in results/test/metrics.csv is identical in both runs.
@@ -32,20 +32,24 @@ command -v snakemake >/dev/null || die "snakemake not on PATH (activate the proj
 command -v unlearnbench >/dev/null || die "unlearnbench not on PATH (activate the project's venv)"
 PYTHON=$(dirname "$(readlink -f "$(command -v snakemake)")")/python
 [ -x "$PYTHON" ] || PYTHON=$(command -v python3)
-"$PYTHON" -c 'import snakemake_executor_plugin_slurm' 2>/dev/null \
-    || die "snakemake-executor-plugin-slurm is not installed in $PYTHON's environment"
+PY_VERSIONS=$("$PYTHON" -c 'import importlib.metadata as m
+print(", ".join(f"{d} {m.version(d)}" for d in ("snakemake", "snakemake-executor-plugin-slurm",
+                                               "snakemake-executor-plugin-slurm-jobstep")))' 2>/dev/null) \
+    || die "snakemake or snakemake-executor-plugin-slurm is not installed in $PYTHON's environment"
 
 WORK=${SLURM_TEST_WORKDIR:-$(mktemp -d /tmp/unlearnbench-slurm-test.XXXXXX)}
 mkdir -p "$WORK"
 STARTED=()        # pid files of the daemons this script started
 LOCAL_PID=""
+CONF_WRITTEN=""   # /etc/slurm/slurm.conf is this script's
+CONF_SAVED=""     # where the one found there was moved
 
 cleanup() {
     local rc=$?
     set +e
     [ -n "$LOCAL_PID" ] && kill -- "-$LOCAL_PID" 2>/dev/null
-    if [ -n "${SLURM_CONF:-}" ] && [ -f "$SLURM_CONF" ] && [ ${#STARTED[@]} -gt 0 ]; then
-        scancel --user=root 2>/dev/null   # only this script's private controller is reachable
+    if [ -n "$CONF_WRITTEN" ] && [ -f "$WORK/slurmctld.pid" ]; then
+        scancel --user=root 2>/dev/null   # this script's own single-node cluster
     fi
     local pidfile pid i
     for pidfile in "${STARTED[@]}"; do        # slurmd, slurmctld, then munged
@@ -55,6 +59,10 @@ cleanup() {
         kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null
         log "stopped $(basename "$pidfile" .pid) (pid $pid)"
     done
+    if [ -n "$CONF_WRITTEN" ]; then
+        if [ -n "$CONF_SAVED" ]; then mv -f "$CONF_SAVED" /etc/slurm/slurm.conf
+        else cp /etc/slurm/slurm.conf "$WORK/slurm.conf" 2>/dev/null; rm -f /etc/slurm/slurm.conf; fi
+    fi
     if [ "$rc" -ne 0 ]; then
         for f in "$WORK"/slurmctld.log "$WORK"/slurmd.log; do
             [ -f "$f" ] && { echo "---- tail $f"; tail -n 20 "$f"; }
@@ -82,9 +90,6 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null \
              && apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >>"$WORK/apt.log" 2>&1; } \
         || { tail -n 20 "$WORK/apt.log"; die "apt-get install failed"; }
 fi
-log "versions: $(sinfo --version), munge $(munged --version 2>&1 | awk '{print $2}' | head -n1)," \
-    "snakemake $(snakemake --version)," \
-    "plugin $("$PYTHON" -c 'import importlib.metadata as m; print(m.version("snakemake-executor-plugin-slurm"))')"
 
 # ------------------------------------------------------------------ munge
 if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
@@ -101,8 +106,9 @@ else
 fi
 
 # ------------------------------------------------------------------ slurm
-# A private configuration (SLURM_CONF) and state under $WORK: /etc/slurm is left alone. Clients
-# (sbatch, squeue, scontrol: the plugin's calls) and the jobs inherit SLURM_CONF.
+# slurm.conf must be the default /etc/slurm/slurm.conf: the plugin's job step (srun inside each
+# batch job, snakemake-executor-plugin-slurm-jobstep) drops every SLURM_* variable, SLURM_CONF
+# included. An existing one is moved aside and restored on exit; state and logs live under $WORK.
 pgrep -x slurmctld >/dev/null && die "a slurmctld is already running; stop it first"
 pgrep -x slurmd >/dev/null && die "a slurmd is already running; stop it first"
 HOST=$(hostname -s)
@@ -110,8 +116,13 @@ CPUS=$(nproc)
 NODE_MEM=$(slurmd -C | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p')
 [ -n "$NODE_MEM" ] || die "slurmd -C printed no RealMemory"
 MEM=$(( NODE_MEM > 3072 ? NODE_MEM - 1024 : NODE_MEM ))
-mkdir -p "$WORK/state" "$WORK/spool"
-export SLURM_CONF="$WORK/slurm.conf"
+mkdir -p "$WORK/state" "$WORK/spool" /etc/slurm
+SLURM_CONF=/etc/slurm/slurm.conf
+if [ -e "$SLURM_CONF" ]; then
+    mv "$SLURM_CONF" "$WORK/slurm.conf.saved"
+    CONF_SAVED="$WORK/slurm.conf.saved"
+fi
+CONF_WRITTEN=1
 cat >"$SLURM_CONF" <<EOF
 ClusterName=unlearnbench-test
 SlurmctldHost=$HOST
@@ -140,10 +151,11 @@ MinJobAge=300
 NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
+log "versions: $(sinfo --version), $(munged --version 2>&1 | awk '{print $1}' | head -n1), $PY_VERSIONS"
 log "slurm.conf: node $HOST, $CPUS CPUs, RealMemory=$MEM MiB (slurmd -C: $NODE_MEM)"
-slurmctld -f "$SLURM_CONF"
+slurmctld
 STARTED=("$WORK/slurmctld.pid" "${STARTED[@]}")
-slurmd -f "$SLURM_CONF"
+slurmd
 STARTED=("$WORK/slurmd.pid" "${STARTED[@]}")
 state=""
 for i in $(seq 300); do
@@ -187,7 +199,7 @@ run_workflow "$WORK/slurm" "$WORK/slurm.log" --profile profiles/slurm-test || rc
 slurm_s=$(( $(date +%s) - slurm_start ))
 if [ "$rc" -ne 0 ]; then
     tail -n 40 "$WORK/slurm.log"
-    [ "$rc" -eq 124 ] && die "SLURM run timed out after $TIMEOUT s"
+    [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ] && die "SLURM run timed out after $TIMEOUT s"
     die "SLURM run exited $rc"
 fi
 n_sbatch=$(grep -c "Job .* has been submitted with SLURM jobid" "$WORK/slurm.log" || true)
@@ -207,6 +219,7 @@ fi
 local_s=$(( $(date +%s) - local_start ))
 if [ "$rc" -ne 0 ]; then
     tail -n 40 "$WORK/local.log"
+    [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ] && die "local run timed out after $TIMEOUT s"
     die "local run exited $rc"
 fi
 log "local run passed in ${local_s} s"

@@ -58,7 +58,7 @@ def load_unet(folder: str | Path, device="cpu", expect: dict | None = None):
         raise MissingResourceError(f"no UNet checkpoint at {folder} (config.json missing). Re-run the step that "
                                    f"trains it, or point base.checkpoint to a folder saved with save_pretrained.")
     try:
-        model = UNet2DModel.from_pretrained(folder)
+        model = UNet2DModel.from_pretrained(folder, low_cpu_mem_usage=False)  # no accelerate needed
     except Exception as exc:
         raise MissingResourceError(f"UNet checkpoint at {folder} is corrupt or incomplete ({type(exc).__name__}: "
                                    f"{str(exc).splitlines()[0][:300]}). Delete it and re-run the step that wrote it.") from None

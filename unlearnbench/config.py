@@ -32,12 +32,26 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads 1e-4 as a number (YAML 1.1 needs a dot: 1.0e-4, else it is text)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    __import__("re").compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def parse_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = parse_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
@@ -118,10 +132,17 @@ def _cross_checks(config: dict, methods_dir) -> list[str]:
     for name in config["methods"]:
         if name in known:
             defaults = load_method(name, methods_dir).DEFAULTS
-            unknown = sorted(set((config.get("method_params") or {}).get(name) or {}) - set(defaults))
+            given = (config.get("method_params") or {}).get(name) or {}
+            unknown = sorted(set(given) - set(defaults))
             if unknown:
                 problems.append(f"unknown key(s) {', '.join(unknown)} under 'method_params.{name}'; "
                                 f"allowed: {', '.join(sorted(defaults))}")
+            for key, value in given.items():
+                default = defaults.get(key)
+                if isinstance(default, (int, float)) and not isinstance(default, bool) and value is not None \
+                        and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                    problems.append(f"'method_params.{name}.{key}' = {json.dumps(value)} is not allowed; allowed: a number "
+                                    f"(write 1.0e-4, not 1e-4, in YAML read by Snakemake)")
     abl = config.get("ablation")
     if abl:
         if abl.get("method") in known and abl.get("param") not in load_method(abl["method"], methods_dir).DEFAULTS:

@@ -35,7 +35,7 @@ class Metric(NamedTuple):
 
 
 FID = Metric("FID", "fid", "fid", 2, True)
-RTE = Metric("RTE [min]", "rte_min", "rte_min", 2, True)
+RTE = Metric("RTE [min]", "rte_min", "rte_min", 3, True)
 GPU = Metric("GPU [GB]", "gpu_peak_gb", "gpu_gb", 2, True)
 ENTROPY = Metric("H [nats]", "H", "H", 3, False)
 UA = Metric("UA [%]", "UA", "UA", 2, False)
@@ -372,7 +372,7 @@ def write_reports(metrics_csv, out_dir, methods: Sequence[str] | None = None) ->
     paths = {name: out_dir / name for name in
              ("table.csv", "table1.md", "table1.tex", "table2.md", "table2.tex", "comparison.md")}
     with atomic_output(paths["table.csv"]) as tmp:
-        table.to_csv(tmp, index=False)
+        table.to_csv(tmp, index=False, float_format="%.5g")  # 5 significant digits: readable, no false precision
     _write_text(paths["table1.md"], render_table1(table, methods, "markdown"))
     _write_text(paths["table1.tex"], render_table1(table, methods, "latex"))
     _write_text(paths["table2.md"], render_table2(table, methods, "markdown"))

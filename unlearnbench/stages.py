@@ -131,14 +131,14 @@ def device_generator(seed: int, device: torch.device) -> torch.Generator:
 
 def parse_overrides(items: list[str] | None) -> dict:
     """['lambda=50'] -> {'lambda': 50.0}; values parsed as YAML scalars."""
-    import yaml
+    from .config import parse_yaml
 
     out = {}
     for item in items or []:
         if "=" not in item:
             raise UserError(f"override {item!r} must look like key=value")
         key, value = item.split("=", 1)
-        out[key] = yaml.safe_load(value)
+        out[key] = parse_yaml(value)
     return out
 
 

@@ -1,0 +1,208 @@
+"""`unlearnbench benchmark` on CPU (tiny preset, 2 steps, all three methods), its markdown report, and
+acceleration.maybe_compile. GPU fields must be null with a reason: no GPU number is ever made up."""
+import json
+import math
+
+import pytest
+import torch
+
+from unlearnbench import benchmark
+from unlearnbench.acceleration import effective_switches, is_compiled, maybe_compile
+from unlearnbench.cli import main as cli_main
+
+METHODS = ["safemax", "salun", "sa"]
+PRIORS = {"sa.generated", "sa.fisher", "salun.mask"}
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def report_path(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "benchmark.json"
+    rc = cli_main(["benchmark", "--preset", "tiny", "--steps", "2", "--warmup", "1", "--methods", *METHODS,
+                   "--precision", "fp32", "bf16", "--out", str(out)])
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(report_path):
+    return json.loads(report_path.read_text())
+
+
+def test_report_structure(report):
+    assert report["schema"] == benchmark.SCHEMA
+    assert report["complete"] is True and report["interrupted"] is False
+    assert report["preset"] == "tiny" and report["device"] == "cpu"
+    assert report["image_shape"] == [1, 8, 8] and _positive(report["parameters"])
+    assert report["settings"]["steps"] == 2 and report["settings"]["warmup"] == 1
+    assert list(report["runs"]) == ["fp32"]  # bf16 asked for, but it has no effect on CPU ...
+    assert any("bf16" in s["what"] and "CPU" in s["why"] for s in report["skipped"])  # ... so it says why
+    assert report["versions"]["torch"] and report["versions"]["python"]
+    assert set(report["paper_means"]) == {"sa", "salun", "safemax"}
+    for key in ("forward_per_image", "forward_backward_per_image", "guided_step_per_image"):
+        assert _positive(report["flops"][key])
+    # A backward costs about two forwards; guidance doubles the rows of a sampler step.
+    assert 2.5 < report["flops"]["forward_backward_per_image"] / report["flops"]["forward_per_image"] < 3.5
+    assert report["flops"]["guided_step_per_image"] == pytest.approx(2 * report["flops"]["forward_per_image"], rel=0.01)
+
+
+def test_methods_timed_and_projected(report):
+    methods = report["runs"]["fp32"]["methods"]
+    assert list(methods) == METHODS
+    for name, entry in methods.items():
+        assert entry["params"]["steps"] == 3  # warm-up + timed steps, the method's real loop
+        assert entry["step"]["n"] == 2 and entry["timing"].startswith("per-step marks")
+        for key in ("mean_s", "median_s", "min_s", "max_s"):
+            assert _positive(entry["step"][key]), (name, key)
+        assert _positive(entry["first_step_s"])
+        assert entry["paper_steps"] == benchmark.PAPER_STEPS[name]
+        assert entry["projected_rte_min"] == pytest.approx(entry["projected_rte_s"] / 60)
+        assert entry["projected_rte_s"] >= entry["step"]["mean_s"] * entry["paper_steps"]
+        assert _positive(entry["flops_per_step"]) and _positive(entry["achieved_tflops"])
+        assert entry["unet_rows_per_step"]["with_grad"] > 0
+        cost = entry["cost"]
+        assert _positive(cost["rte_s"]) and _positive(cost["host_rss_peak_gb"])
+        # GPU fields: null, with the reason
+        assert cost["gpu_peak_gb"] is None and cost["gpu_null_reason"]
+        assert cost["torch_peak_allocated_gb"] is None
+        assert entry["fraction_of_bf16_peak"] is None and entry["fraction_of_measured_matmul"] is None
+    # The paper's batch structure: SA and SalUn do about twice SAFEMax's UNet work per step.
+    flops = {m: e["flops_per_step"] for m, e in methods.items()}
+    assert flops["sa"] == pytest.approx(2 * flops["safemax"], rel=0.05)
+    assert flops["salun"] == pytest.approx(7 / 3 * flops["safemax"], rel=0.05)
+
+
+def test_priors_and_sampler(report):
+    run = report["runs"]["fp32"]
+    assert set(run["priors"]) == PRIORS
+    for name, entry in run["priors"].items():
+        assert entry["units"] == benchmark.PAPER_PRIOR_SIZES[name]["units"]
+        for key in ("per_unit_s", "units_per_s", "projected_s", "projected_min"):
+            assert _positive(entry[key]), (name, key)
+        assert entry["cost"]["gpu_peak_gb"] is None and entry["cost"]["gpu_null_reason"]
+    s = run["sampler"]
+    assert s["batch_images"] == 20 and s["unet_rows_per_step"] == 40 and s["guidance_w"] == 2.0
+    for key in ("per_step_s", "image_steps_per_s", "achieved_tflops", "projected_eval_sampling_min_per_job"):
+        assert _positive(s[key]), key
+    assert _positive(s["guided_forward"]["image_steps_per_s"])
+    assert s["fraction_of_bf16_peak"] is None
+    assert run["eps_rel_error_vs_fp32"] == pytest.approx(0.0, abs=1e-5)
+    assert run["switches"] == {"bf16_autocast": False, "tf32": False, "channels_last": False, "compile": False,
+                               "deterministic": True, "cudnn_benchmark": False}
+
+
+def test_gpu_fields_null_with_reason(report):
+    gpu = report["gpu"]
+    assert gpu["bf16_dense_peak_tflops"] is None and "CUDA" in gpu["peak_null_reason"]
+    assert gpu["measured_bf16_matmul_tflops"] is None
+    assert report["switches"] is None  # the switch ablation needs a GPU
+
+
+def test_summary_ratios(report):
+    s = report["summary"]["fp32"]
+    for key in ("rte_sa_over_safemax", "rte_salun_over_safemax", "rte_sa_with_priors_over_safemax"):
+        assert _positive(s[key]), key
+    assert s["paper_rte_sa_over_safemax"] == pytest.approx(174.37 / 5.82, rel=0.01)
+    assert s["gpu_saving_safemax_vs_sa_pct"] is None  # no GPU memory on CPU
+    assert s["paper_gpu_saving_safemax_vs_sa_pct"] == pytest.approx(45.1, abs=0.1)
+    assert s["paper_gpu_saving_safemax_vs_salun_pct"] == pytest.approx(59.1, abs=0.1)
+
+
+def test_json_is_strict(report_path):
+    json.loads(report_path.read_text(), parse_constant=lambda c: pytest.fail(f"non-finite JSON value {c}"))
+
+
+def test_markdown_report(report_path, tmp_path):
+    import runpy
+
+    from unlearnbench.config import ROOT
+
+    out = tmp_path / "cpu.md"
+    script = runpy.run_path(str(ROOT / "scripts" / "benchmark_report.py"))  # the script, in this process
+    assert script["main"]([str(report_path), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "# Cost benchmark:" in text and "NOT comparable with the paper" in text
+    for needle in ("| safemax |", "| salun |", "| sa |", "sa.generated", "salun.mask", "RTE SA / SAFEMax",
+                   "paper RTE min", "torch", "Evaluation sampler"):
+        assert needle in text, needle
+    # The paper's SAFEMax RTE mean sits beside the measured row.
+    assert "5.82" in text
+    default = benchmark.default_markdown_path(json.loads(report_path.read_text()), root=tmp_path)
+    assert default.parent == tmp_path / "docs" / "benchmarks" and default.name.startswith("cpu-")
+
+
+def test_markdown_side_by_side_precisions(report_path, tmp_path):
+    """Two precisions render side by side (a GPU report's layout), from a copy with a second run."""
+    r = json.loads(report_path.read_text())
+    r["runs"]["bf16"] = json.loads(json.dumps(r["runs"]["fp32"]))
+    r["summary"] = benchmark.summarize(r["runs"], r["paper_means"])
+    path = tmp_path / "two.json"
+    path.write_text(json.dumps(r))
+    text = benchmark.render_markdown(json.loads(path.read_text()))
+    assert "## Precisions side by side" in text and "speed-up bf16 vs fp32" in text
+
+
+def test_peak_table():
+    cuda = torch.device("cuda")
+    assert benchmark.bf16_peak_tflops(cuda, "NVIDIA H100 80GB HBM3")[0] == pytest.approx(989.4)
+    assert benchmark.bf16_peak_tflops(cuda, "NVIDIA H100 PCIe")[0] == pytest.approx(756.0)
+    assert benchmark.bf16_peak_tflops(cuda, "NVIDIA H200")[0] == pytest.approx(989.4)
+    assert benchmark.bf16_peak_tflops(cuda, "NVIDIA A100-SXM4-80GB")[0] == pytest.approx(312.0)
+    value, why = benchmark.bf16_peak_tflops(cuda, "Some Future GPU")
+    assert value is None and "not in the peak table" in why
+    assert benchmark.bf16_peak_tflops(torch.device("cpu"), "cpu")[0] is None
+
+
+def test_bad_arguments():
+    assert cli_main(["benchmark", "--preset", "huge"]) == 2
+    assert cli_main(["benchmark", "--precision", "fp8"]) == 2
+
+
+# ---------------------------------------------------------------- acceleration.maybe_compile
+class _Net(torch.nn.Module):
+    """A small stand-in for the UNet (compiling the UNet itself takes tens of seconds on 2 cores)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.head = torch.nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x)).flatten(1))
+
+
+def test_maybe_compile_off_or_cpu_is_a_no_op():
+    torch.manual_seed(0)
+    model = _Net()
+    assert maybe_compile(model, {"performance": {"compile": False}}, "cuda") is model and not is_compiled(model)
+    assert maybe_compile(model, {"performance": {"compile": True}}, "cpu") is model and not is_compiled(model)
+    assert maybe_compile(model, {}, "cuda") is model and not is_compiled(model)
+    assert effective_switches({"performance": {"compile": True, "bf16": True}}, "cpu")["compile"] is False
+
+
+def test_maybe_compile_in_place_keeps_names_and_matches_eager():
+    """In-place compilation: same object, same parameter names and state_dict keys (SA's Fisher and SalUn's
+    masks are keyed by them), same outputs and gradients; a deep copy (make_ema) is an eager module."""
+    import copy
+
+    torch.manual_seed(0)
+    model = _Net()
+    names, keys = [n for n, _ in model.named_parameters()], list(model.state_dict())
+    x = torch.randn(4, 1, 8, 8)
+    eager = model(x)
+    eager.sum().backward()
+    eager_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    out = maybe_compile(model, {"performance": {"compile": True}}, "cpu", force=True, backend="eager")
+    assert out is model and is_compiled(model)
+    assert maybe_compile(model, {"performance": {"compile": True}}, "cpu", force=True, backend="eager") is model
+    assert [n for n, _ in model.named_parameters()] == names and list(model.state_dict()) == keys
+    compiled = model(x)
+    compiled.sum().backward()
+    torch.testing.assert_close(compiled, eager)
+    for p, g in zip(model.parameters(), eager_grads):
+        torch.testing.assert_close(p.grad, g)
+    assert not is_compiled(copy.deepcopy(model))

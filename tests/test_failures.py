@@ -1,0 +1,105 @@
+"""Bad input gets a clear message that says what to do, and no Python traceback."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from unlearnbench import cli, stages
+from unlearnbench.checkpoints import load_unet, save_unet, unet_expectations
+from unlearnbench.errors import MissingResourceError, UserError
+from unlearnbench.networks import build_unet
+from unlearnbench.training import resolve_device
+
+
+def run_cli(args, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "unlearnbench.cli", *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def write_config(tmp_path, config):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_missing_cifar10_offline_through_the_cli(tmp_path, tiny_config):
+    config = dict(tiny_config, dataset="cifar10", data={"root": str(tmp_path / "cifar"), "download": False})
+    code, out = run_cli(["prepare-data", "--config", str(write_config(tmp_path, config)), "--out", "d.npz"], tmp_path)
+    assert code == 2
+    assert "CIFAR-10 not found under" in out and "cifar-10-batches-py" in out
+    assert "Traceback" not in out
+
+
+def test_inception_weights_missing_offline_through_the_cli(tmp_path, tiny_config):
+    data = tmp_path / "data.npz"
+    stages.prepare_data(tiny_config, data)
+    config = dict(tiny_config, fid={"backend": "inception", "weights_dir": str(tmp_path / "weights")})
+    code, out = run_cli(["fid-reference", "--config", str(write_config(tmp_path, config)), "--data", str(data),
+                         "--evaluator", "unused", "--forget-class", "0", "--out", "ref.npz"], tmp_path)
+    assert code == 2, out
+    assert "inception-2015-12-05.pt" in out and str(tmp_path / "weights") in out
+    assert "Traceback" not in out
+
+
+def test_cuda_requested_but_absent():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(UserError, match="device: cuda.*Set device: auto or cpu"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(MissingResourceError, match="no UNet checkpoint at .*Re-run the step that trains it"):
+        load_unet(tmp_path / "nothing")
+
+
+def test_corrupt_checkpoint(tmp_path, tiny_config):
+    save_unet(build_unet("tiny", 10), tmp_path / "unet")
+    weights = tmp_path / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: 1000])
+    with pytest.raises(MissingResourceError, match="corrupt or incomplete.*Delete it and re-run"):
+        load_unet(tmp_path / "unet")
+
+
+def test_mismatched_checkpoint(tmp_path, tiny_config):
+    save_unet(build_unet("tiny", 5), tmp_path / "unet")  # 5 classes, the config has 10
+    with pytest.raises(MissingResourceError, match="does not match the config: num_class_embeds is 6, the config needs 11"):
+        load_unet(tmp_path / "unet", expect=unet_expectations(tiny_config, 10))
+
+
+def test_user_supplied_checkpoint_is_checked_before_use(tmp_path, tiny_config):
+    save_unet(build_unet("tiny", 5), tmp_path / "mine" / "unet")
+    save_unet(build_unet("tiny", 5), tmp_path / "mine" / "unet_ema")
+    stages.prepare_data(tiny_config, tmp_path / "data.npz")
+    config = json.loads(json.dumps(tiny_config))
+    config["base"]["checkpoint"] = str(tmp_path / "mine")
+    with pytest.raises(MissingResourceError, match="does not match the config"):
+        stages.train_base(config, tmp_path / "data.npz", tmp_path / "original")
+    assert not (tmp_path / "original" / "unet").exists()
+
+
+def test_out_of_memory_names_the_batch_size_keys(monkeypatch, capsys):
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    monkeypatch.setattr(stages, "run_unlearning", oom)
+    monkeypatch.setattr(stages, "load_run_config", lambda path: {})
+    code = cli.main(["unlearn", "--config", "c.yaml", "--method", "sa", "--forget-class", "0", "--seed", "0",
+                     "--data", "d", "--original", "o", "--out", "x"])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert "out of GPU memory" in err and "method_params.<method>.batch_size" in err and "sampler.batch_size" in err
+
+
+def test_unknown_method_file(tmp_path):
+    from unlearnbench.method_api import load_method
+
+    with pytest.raises(UserError, match="method 'nope' not found: no file .*nope.py. Available: sa, safemax, salun"):
+        load_method("nope")
+    (tmp_path / "broken.py").write_text("DEFAULTS = {}\n")
+    with pytest.raises(UserError, match="must define unlearn\\(ctx\\)"):
+        load_method("broken", tmp_path)
