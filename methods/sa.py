@@ -40,7 +40,9 @@ def generate_replay_set(ctx):
     with ctx.meter.timed():
         images = sample(model, ctx.schedule, labels, steps=s["steps"], eta=s["eta"], guidance_w=s["guidance_w"],
                         generator=torch.Generator().manual_seed(ctx.seed), clip_x0=s.get("clip_x0", False),
-                        batch_size=s.get("batch_size", 1000), device=ctx.device, progress=True)
+                        batch_size=s.get("batch_size", 1000), device=ctx.device, progress=True,
+                        autocast_dtype=torch.bfloat16 if ctx.device.type == "cuda" and
+                        (ctx.config.get("performance") or {}).get("bf16") else None)
     np.savez_compressed(ctx.out_dir / "generated.npz", images=to_uint8(images), labels=labels.numpy())
 
 

@@ -28,13 +28,21 @@ class Schedule:
         d = config["diffusion"]
         return cls(d["timesteps"], d["beta_start"], d["beta_end"])
 
-    def _gather(self, values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        out = values.to(like.device)[t].to(like.dtype)
-        return out.view(-1, *([1] * (like.dim() - 1)))
+    def _table(self, name: str, device, dtype) -> torch.Tensor:
+        """sqrt(alpha_bar) or sqrt(1 - alpha_bar), cached per device and dtype (no copy per step)."""
+        key = (name, str(device), dtype)
+        cache = self.__dict__.setdefault("_tables", {})
+        if key not in cache:
+            values = self.alpha_bar.sqrt() if name == "signal" else (1 - self.alpha_bar).sqrt()
+            cache[key] = values.to(device=device, dtype=dtype)
+        return cache[key]
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise."""
-        return self._gather(self.alpha_bar.sqrt(), t, x0) * x0 + self._gather((1 - self.alpha_bar).sqrt(), t, x0) * noise
+        shape = (-1, *([1] * (x0.dim() - 1)))
+        signal = self._table("signal", x0.device, x0.dtype)[t].view(shape)
+        noise_scale = self._table("noise", x0.device, x0.dtype)[t].view(shape)
+        return signal * x0 + noise_scale * noise
 
     def sample_timesteps(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         """Uniform indices, drawn on the generator's device (no host round trip on GPU)."""

@@ -34,13 +34,13 @@ def setup_runtime(config: dict, threads: int | None = None) -> torch.device:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = bool(perf.get("tf32", False))
         torch.backends.cudnn.allow_tf32 = bool(perf.get("tf32", False))
-    if config.get("deterministic", True):
-        # On CPU every kernel the suite uses is deterministic; on CUDA this forbids the non-deterministic ones.
+    deterministic = bool(config.get("deterministic", True))
+    if deterministic:
+        # On CPU every kernel the suite uses is deterministic; on CUDA this picks deterministic ones
+        # (and warns about any that has none). See docs/performance.md.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
-        torch.backends.cudnn.benchmark = False
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    torch.use_deterministic_algorithms(deterministic, warn_only=device.type == "cuda")
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
     return device
 
 
@@ -52,10 +52,13 @@ def autocast(config: dict, device: torch.device):
 
 
 def prepare_model(model, config: dict, device: torch.device):
+    """Move to the device with the config's layout and compile switches (no-ops on CPU)."""
+    from .acceleration import maybe_compile
+
     model = model.to(device)
     if device.type == "cuda" and (config.get("performance", {}) or {}).get("channels_last", False):
         model = model.to(memory_format=torch.channels_last)
-    return model
+    return maybe_compile(model, config, device)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -69,8 +72,7 @@ def seed_everything(seed: int) -> torch.Generator:
 @torch.no_grad()
 def ema_update(ema_model: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * theta, for every parameter; buffers copied."""
-    for e, p in zip(ema_model.parameters(), model.parameters()):
-        e.lerp_(p.detach(), 1.0 - decay)
+    torch._foreach_lerp_(list(ema_model.parameters()), [p.detach() for p in model.parameters()], 1.0 - decay)
     for e, b in zip(ema_model.buffers(), model.buffers()):
         e.copy_(b)
 
@@ -120,13 +122,13 @@ class BatchStream:
         idx = []
         need = self.batch_size
         while need > 0:
-            if self.pos >= len(self.order):
-                self.order, self.pos = torch.randperm(len(self.x), generator=self.generator), 0
+            if self.pos >= len(self.order):  # a new epoch: one host-to-device copy, not one per batch
+                self.order, self.pos = torch.randperm(len(self.x), generator=self.generator).to(self.x.device), 0
             take = self.order[self.pos:self.pos + need]
             self.pos += len(take)
             need -= len(take)
             idx.append(take)
-        idx = torch.cat(idx).to(self.x.device)
+        idx = torch.cat(idx)
         x, y = self.x[idx], self.y[idx]
         if self.hflip:
             flip = (torch.rand(len(x), generator=self.generator) < 0.5).to(x.device)
