@@ -82,8 +82,8 @@ def test_second_invocation_does_nothing(test_run):
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
-def test_changing_the_sampler_reevaluates_without_retraining(test_run):
-    proc = snakemake(test_run, "-n", "--configfile=config/test.yaml", "--config", "sampler={steps: 8}",
+def test_changing_evaluation_reevaluates_without_retraining(test_run):
+    proc = snakemake(test_run, "-n", "--configfile=config/test.yaml", "--config", "evaluation={n_forget: 16}",
                      "results/table.csv")
     out = proc.stdout + proc.stderr
     assert re.search(r"evaluate_unlearned\s+6", out), out[-3000:]
