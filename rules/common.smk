@@ -20,7 +20,7 @@ def fp(stage, method=None):
 
 wildcard_constraints:
     method="[a-z][a-z0-9_]*",
-    variant="[a-z][a-z0-9_]*(-[A-Za-z0-9_]+=[-0-9.e]+)?",
+    variant="(?!original)[a-z][a-z0-9_]*(-[A-Za-z0-9_]+=[-0-9.e]+)?",  # "original" has rules of its own
     prior="[a-z][a-z0-9_]*",
     c="[0-9]+",
     s="[0-9]+",

@@ -18,7 +18,6 @@ rule sample_original:
     params: fp=fp("evaluate")
     log: f"{RUN}/logs/sample/original_seed{{s}}.log"
     threads: THREADS
-    resources: gpu=1
     shell:
         "{CLI} sample --config {CFG} --model {ORIGINAL}/unet_ema --seed {wildcards.s} --data {input.data}"
         " --out {output} > {log} 2>&1"
@@ -49,7 +48,6 @@ rule evaluate_unlearned:
     params: fp=lambda w: fp("evaluate", parse_variant(w.variant)[0]), method=lambda w: parse_variant(w.variant)[0]
     log: f"{RUN}/logs/evaluate/{{variant}}_class{{c}}_seed{{s}}.log"
     threads: THREADS
-    resources: gpu=1
     shell:
         "{CLI} evaluate --config {CFG} --model $(dirname {input.cost})/unet --data {input.data} --samples {output.samples}"
         " --evaluator {EVALUATOR} --reference {input.reference} --cost {input.cost} --method {params.method}"

@@ -14,7 +14,6 @@ rule train_base:
     params: fp=fp("base")
     log: f"{RUN}/logs/train_base.log"
     threads: THREADS
-    resources: gpu=1
     shell: "{CLI} train-base --config {CFG} --data {input.data} --out {ORIGINAL} > {log} 2>&1"
 
 
@@ -24,5 +23,4 @@ rule train_evaluator:
     params: fp=fp("evaluator")
     log: f"{RUN}/logs/train_evaluator.log"
     threads: THREADS
-    resources: gpu=1
     shell: "{CLI} train-evaluator --config {CFG} --data {input.data} --out {EVALUATOR} > {log} 2>&1"

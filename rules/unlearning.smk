@@ -12,7 +12,6 @@ rule prior_shared:
     params: fp=lambda w: fp("method", w.method), requires=lambda w, input: prior_flags(input.required)
     log: f"{RUN}/logs/prior/{{method}}_{{prior}}.log"
     threads: THREADS
-    resources: gpu=1
     shell:
         "{CLI} prior --config {CFG} --method {wildcards.method} --prior {wildcards.prior} --data {input.data}"
         " --original {ORIGINAL} --requires {params.requires} --out $(dirname {output}) > {log} 2>&1"
@@ -24,7 +23,6 @@ rule prior_per_class:
     params: fp=lambda w: fp("method", w.method), requires=lambda w, input: prior_flags(input.required)
     log: f"{RUN}/logs/prior/{{method}}_{{prior}}_class{{c}}.log"
     threads: THREADS
-    resources: gpu=1
     shell:
         "{CLI} prior --config {CFG} --method {wildcards.method} --prior {wildcards.prior} --data {input.data}"
         " --original {ORIGINAL} --forget-class {wildcards.c} --requires {params.requires} --out $(dirname {output}) > {log} 2>&1"
@@ -42,7 +40,6 @@ rule unlearn:
         priors=lambda w, input: prior_flags(input.priors),
     log: f"{RUN}/logs/unlearn/{{variant}}_class{{c}}_seed{{s}}.log"
     threads: THREADS
-    resources: gpu=1
     shell:
         "{CLI} unlearn --config {CFG} --method {params.method} --forget-class {wildcards.c} --seed {wildcards.s}"
         " --data {input.data} --original {ORIGINAL} --priors {params.priors} --set {params.overrides}"

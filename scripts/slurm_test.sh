@@ -10,7 +10,7 @@
 #   sudo PATH=/path/to/venv/bin:$PATH scripts/slurm_test.sh
 #
 # Environment: REPO (default: this repository), SLURM_TEST_TIMEOUT (seconds per workflow run,
-# default 900), SLURM_TEST_KEEP=1 (keep the work directory), SLURM_TEST_SEQUENTIAL=1 (run the
+# default 1080), SLURM_TEST_KEEP=1 (keep the work directory), SLURM_TEST_SEQUENTIAL=1 (run the
 # local reference after the SLURM run instead of beside it), SLURM_TEST_WORKDIR (default: mktemp).
 # `snakemake` (with the plugin) and `unlearnbench`'s dependencies must be on PATH: SLURM jobs
 # inherit the submitting environment.
@@ -22,7 +22,7 @@ die() { log "FAILED: $*"; exit 1; }
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=${REPO:-$(git -C "$SCRIPT_DIR" rev-parse --show-toplevel)}
-TIMEOUT=${SLURM_TEST_TIMEOUT:-900}
+TIMEOUT=${SLURM_TEST_TIMEOUT:-1080}
 CONFIG=config/test.yaml
 TARGET=results/table.csv
 METRICS=results/test/metrics.csv
@@ -40,14 +40,28 @@ print(", ".join(f"{d} {m.version(d)}" for d in ("snakemake", "snakemake-executor
 WORK=${SLURM_TEST_WORKDIR:-$(mktemp -d /tmp/unlearnbench-slurm-test.XXXXXX)}
 mkdir -p "$WORK"
 STARTED=()        # pid files of the daemons this script started
-LOCAL_PID=""
+RUN_PIDS=()       # workflow runs in flight (subshells; their timeout pids are in $WORK/*.timeout.pid)
 CONF_WRITTEN=""   # /etc/slurm/slurm.conf is this script's
 CONF_SAVED=""     # where the one found there was moved
 
 cleanup() {
     local rc=$?
     set +e
-    [ -n "$LOCAL_PID" ] && kill -- "-$LOCAL_PID" 2>/dev/null
+    if [ ${#RUN_PIDS[@]} -gt 0 ]; then      # stop runs in flight: timeout passes TERM to snakemake
+        local tf tpid i pid alive
+        for tf in "$WORK"/*.timeout.pid; do
+            tpid=$(cat "$tf" 2>/dev/null) && kill -TERM "$tpid" 2>/dev/null
+        done
+        for i in $(seq 100); do               # up to 20 s
+            alive=""
+            for pid in "${RUN_PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+            [ -n "$alive" ] || break
+            sleep 0.2
+        done
+        for tf in "$WORK"/*.timeout.pid; do   # timeout leads its own process group
+            tpid=$(cat "$tf" 2>/dev/null) && kill -KILL -- "-$tpid" 2>/dev/null
+        done
+    fi
     if [ -n "$CONF_WRITTEN" ] && [ -f "$WORK/slurmctld.pid" ]; then
         scancel --user=root 2>/dev/null   # this script's own single-node cluster
     fi
@@ -177,52 +191,55 @@ copy_repo() {   # tracked and untracked-not-ignored files of the working tree (n
 copy_repo "$WORK/slurm"
 copy_repo "$WORK/local"
 
-run_workflow() {    # dir log args...: the copy's own code (PYTHONPATH) under a hard timeout
-    local dir=$1 out=$2; shift 2
-    (cd "$dir" && PYTHONPATH="$dir${PYTHONPATH:+:$PYTHONPATH}" \
-        timeout -k 30 "$TIMEOUT" snakemake --configfile="$CONFIG" "$@" "$TARGET") >"$out" 2>&1
+start_run() {   # name dir args...: snakemake in the background, in the copy's own code (PYTHONPATH),
+                # under `timeout` (its pid in $WORK/<name>.timeout.pid, its seconds in <name>.seconds)
+    local name=$1 dir=$2; shift 2
+    (
+        cd "$dir"
+        export PYTHONPATH="$dir${PYTHONPATH:+:$PYTHONPATH}"
+        start=$(date +%s)
+        timeout -k 30 "$TIMEOUT" snakemake --configfile="$CONFIG" "$@" "$TARGET" >"$WORK/$name.log" 2>&1 &
+        echo $! >"$WORK/$name.timeout.pid"
+        rc=0
+        wait $! || rc=$?
+        echo $(( $(date +%s) - start )) >"$WORK/$name.seconds"
+        exit $rc
+    ) &
+    RUN_PIDS+=($!)
+    LAST_PID=$!
 }
 
-local_start=$(date +%s)
+finish_run() {  # pid name label: wait for a run, fail with its log's tail unless it passed
+    local pid=$1 name=$2 label=$3 rc=0
+    wait "$pid" || rc=$?
+    if [ "$rc" -ne 0 ]; then
+        tail -n 40 "$WORK/$name.log"
+        [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ] && die "$label run timed out after $TIMEOUT s"
+        die "$label run exited $rc (log: $WORK/$name.log)"
+    fi
+    log "$label run passed in $(cat "$WORK/$name.seconds") s"
+}
+
+LOCAL=(--cores 2)
+SLURM=(--profile profiles/slurm-test)
 if [ "${SLURM_TEST_SEQUENTIAL:-0}" != 1 ]; then
-    log "local reference run started beside the SLURM run (snakemake --cores 2)"
-    set -m
-    run_workflow "$WORK/local" "$WORK/local.log" --cores 2 &
-    LOCAL_PID=$!
-    set +m
+    log "local reference run started beside the SLURM run: snakemake ${LOCAL[*]}"
+    start_run local "$WORK/local" "${LOCAL[@]}"
+    local_pid=$LAST_PID
 fi
-
-log "SLURM run: snakemake --profile profiles/slurm-test --configfile=$CONFIG $TARGET"
-slurm_start=$(date +%s)
-rc=0
-run_workflow "$WORK/slurm" "$WORK/slurm.log" --profile profiles/slurm-test || rc=$?
-slurm_s=$(( $(date +%s) - slurm_start ))
-if [ "$rc" -ne 0 ]; then
-    tail -n 40 "$WORK/slurm.log"
-    [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ] && die "SLURM run timed out after $TIMEOUT s"
-    die "SLURM run exited $rc"
-fi
+log "SLURM run: snakemake ${SLURM[*]} --configfile=$CONFIG $TARGET"
+start_run slurm "$WORK/slurm" "${SLURM[@]}"
+finish_run "$LAST_PID" slurm SLURM
 n_sbatch=$(grep -c "Job .* has been submitted with SLURM jobid" "$WORK/slurm.log" || true)
-log "SLURM run passed in ${slurm_s} s ($n_sbatch jobs submitted through sbatch)"
+log "$n_sbatch jobs went through sbatch"
 [ "$n_sbatch" -gt 0 ] || die "no job went through sbatch"
-
-if [ -z "$LOCAL_PID" ]; then
-    log "local reference run: snakemake --cores 2"
-    local_start=$(date +%s)
-    rc=0
-    run_workflow "$WORK/local" "$WORK/local.log" --cores 2 || rc=$?
-else
-    rc=0
-    wait "$LOCAL_PID" || rc=$?
-    LOCAL_PID=""
+if [ "${SLURM_TEST_SEQUENTIAL:-0}" = 1 ]; then
+    log "local reference run: snakemake ${LOCAL[*]}"
+    start_run local "$WORK/local" "${LOCAL[@]}"
+    local_pid=$LAST_PID
 fi
-local_s=$(( $(date +%s) - local_start ))
-if [ "$rc" -ne 0 ]; then
-    tail -n 40 "$WORK/local.log"
-    [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ] && die "local run timed out after $TIMEOUT s"
-    die "local run exited $rc"
-fi
-log "local run passed in ${local_s} s"
+finish_run "$local_pid" local local
+RUN_PIDS=()
 
 # ------------------------------------------------------------------ compare
 "$PYTHON" - "$WORK/slurm/$METRICS" "$WORK/local/$METRICS" <<'EOF' || die "metrics differ"
@@ -249,5 +266,5 @@ if bad:
     sys.exit(1)
 print(f"  {len(slurm)} rows x {len(METRICS)} metrics ({', '.join(METRICS)}) identical")
 EOF
-log "PASSED: SLURM and local metrics identical; SLURM run ${slurm_s} s, local run ${local_s} s," \
-    "total $(( $(date +%s) - T0 )) s"
+log "PASSED: SLURM and local metrics identical; SLURM run $(cat "$WORK/slurm.seconds") s," \
+    "local run $(cat "$WORK/local.seconds") s, total $(( $(date +%s) - T0 )) s"

@@ -83,9 +83,9 @@ def test_second_invocation_does_nothing(test_run):
 
 
 def test_changing_evaluation_reevaluates_without_retraining(test_run):
-    # --config takes several values: the target goes before it
-    proc = snakemake(test_run, "-n", "--configfile=config/test.yaml", "results/table.csv", "--config",
-                     "evaluation={n_forget: 16}")
+    (test_run / "config" / "eval16.yaml").write_text("evaluation: {n_forget: 16}\n")
+    # --configfile takes several files: the target goes before it
+    proc = snakemake(test_run, "-n", "results/table.csv", "--configfile", "config/test.yaml", "config/eval16.yaml")
     out = proc.stdout + proc.stderr
     assert re.search(r"evaluate_unlearned\s+6", out), out[-3000:]
     for rule in ("train_base", "unlearn", "prior_shared", "prior_per_class", "train_evaluator"):
