@@ -1,15 +1,17 @@
 # Evaluation: samples saved once per model (npz + PNG grid) and scored from the saved file;
-# FID reference statistics cached per forget class.
+# FID reference statistics cached per forget class (one job: the real images' features are computed once).
+REFERENCE_CLASSES = sorted(set(CLASSES) | ({config["ablation"]["forget_class"]} if ABLATION else set()))
+
 
 rule fid_reference:
     input: data=DATA, evaluator=f"{EVALUATOR}/evaluator.json"
-    output: f"{RUN}/fid_reference/class{{c}}.npz"
-    params: fp=fp("evaluate")
-    log: f"{RUN}/logs/fid_reference_class{{c}}.log"
+    output: expand(f"{RUN}/fid_reference/class{{c}}.npz", c=REFERENCE_CLASSES)
+    params: fp=fp("evaluate"), classes=" ".join(map(str, REFERENCE_CLASSES))
+    log: f"{RUN}/logs/fid_reference.log"
     threads: THREADS
     shell:
         "{CLI} fid-reference --config {CFG} --data {input.data} --evaluator {EVALUATOR}"
-        " --forget-class {wildcards.c} --out {output} > {log} 2>&1"
+        " --forget-class {params.classes} --out {output} > {log} 2>&1"
 
 
 rule sample_original:
@@ -24,23 +26,26 @@ rule sample_original:
 
 
 rule score_original:
+    """The original model's metrics for every forget class, from one sample set, in one job."""
     input:
         samples=f"{RUN}/samples/original/seed{{s}}.npz", evaluator=f"{EVALUATOR}/evaluator.json",
-        reference=f"{RUN}/fid_reference/class{{c}}.npz", cost=f"{ORIGINAL}/train.json",
-    output: f"{RUN}/metrics/original/class{{c}}/seed{{s}}.json"
-    params: fp=fp("evaluate")
-    log: f"{RUN}/logs/score/original_class{{c}}_seed{{s}}.log"
+        references=expand(f"{RUN}/fid_reference/class{{c}}.npz", c=CLASSES), cost=f"{ORIGINAL}/train.json",
+    output: expand(f"{RUN}/metrics/original/class{{c}}/seed{{s}}.json", c=CLASSES, allow_missing=True)
+    params: fp=fp("evaluate"), classes=" ".join(map(str, CLASSES))
+    log: f"{RUN}/logs/score/original_seed{{s}}.log"
     threads: THREADS
     shell:
-        "{CLI} score --config {CFG} --samples {input.samples} --evaluator {EVALUATOR} --reference {input.reference}"
-        " --cost {input.cost} --method original --variant original --forget-class {wildcards.c} --seed {wildcards.s}"
+        "{CLI} score --config {CFG} --samples {input.samples} --evaluator {EVALUATOR} --reference {input.references}"
+        " --cost {input.cost} --method original --variant original --forget-class {params.classes} --seed {wildcards.s}"
         " --out {output} > {log} 2>&1"
 
 
 rule evaluate_unlearned:
-    """Sample the unlearned model (npz + PNG), then score it from the saved samples, in one process."""
+    """Samples of the unlearned model (npz + PNG), reused from its unlearning job when they match the config,
+    then its metrics from the saved samples."""
     input:
         data=DATA, cost=f"{RUN}/models/{{variant}}/class{{c}}/seed{{s}}/cost.json",
+        presampled=f"{RUN}/models/{{variant}}/class{{c}}/seed{{s}}/eval_samples.npz",
         evaluator=f"{EVALUATOR}/evaluator.json", reference=f"{RUN}/fid_reference/class{{c}}.npz",
     output:
         samples=f"{RUN}/samples/{{variant}}/class{{c}}/seed{{s}}.npz",
@@ -51,7 +56,8 @@ rule evaluate_unlearned:
     shell:
         "{CLI} evaluate --config {CFG} --model $(dirname {input.cost})/unet --data {input.data} --samples {output.samples}"
         " --evaluator {EVALUATOR} --reference {input.reference} --cost {input.cost} --method {params.method}"
-        " --variant {wildcards.variant} --forget-class {wildcards.c} --seed {wildcards.s} --out {output.record} > {log} 2>&1"
+        " --variant {wildcards.variant} --forget-class {wildcards.c} --seed {wildcards.s} --out {output.record}"
+        " --presampled {input.presampled} > {log} 2>&1"
 
 
 rule summarize_original:

@@ -32,7 +32,10 @@ rule unlearn:
     input:
         data=DATA, original=f"{ORIGINAL}/train.json",
         priors=lambda w: prior_outputs(parse_variant(w.variant)[0], int(w.c)),
-    output: f"{RUN}/models/{{variant}}/class{{c}}/seed{{s}}/cost.json"
+    output:
+        cost=f"{RUN}/models/{{variant}}/class{{c}}/seed{{s}}/cost.json",
+        # drawn after the timed loop while the model is loaded; evaluate_unlearned reuses them if they match
+        presample=f"{RUN}/models/{{variant}}/class{{c}}/seed{{s}}/eval_samples.npz",
     params:
         fp=lambda w: fp("method", parse_variant(w.variant)[0]),
         method=lambda w: parse_variant(w.variant)[0],
@@ -43,4 +46,4 @@ rule unlearn:
     shell:
         "{CLI} unlearn --config {CFG} --method {params.method} --forget-class {wildcards.c} --seed {wildcards.s}"
         " --data {input.data} --original {ORIGINAL} --priors {params.priors} --set {params.overrides}"
-        " --out $(dirname {output}) > {log} 2>&1"
+        " --out $(dirname {output.cost}) --presample {output.presample} > {log} 2>&1"

@@ -49,6 +49,20 @@ def save_unet(model, folder: str | Path) -> None:
     os.replace(tmp, folder)
 
 
+def folder_digest(folder: str | Path) -> str:
+    """sha256 over a folder's files (names and bytes): ties saved samples to the exact weights that drew them."""
+    import hashlib
+
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def load_unet(folder: str | Path, device="cpu", expect: dict | None = None):
     """Load a UNet saved by save_unet; a missing, corrupt or mismatched checkpoint gets an actionable error."""
     from diffusers.models.unets.unet_2d import UNet2DModel

@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--priors", nargs="*", default=[], metavar="NAME=DIR")
     s.add_argument("--set", nargs="*", default=[], metavar="PARAM=VALUE", help="override method parameters (ablations)")
     s.add_argument("--out", required=True)
+    s.add_argument("--presample", help="also draw the evaluation samples of the unlearned model into this npz "
+                                       "(outside RTE); `evaluate --presampled` reuses them when they still match")
 
     s = cmd("sample", "generate evaluation images of a model")
     s.add_argument("--model", required=True, help="a UNet folder (unet/ or unet_ema/)")
@@ -67,17 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True)
     s.add_argument("--out", required=True)
 
-    s = cmd("fid-reference", "feature statistics of the real images of the remaining classes")
+    s = cmd("fid-reference", "feature statistics of the real images of the remaining classes, per forget class")
     s.add_argument("--data", required=True)
     s.add_argument("--evaluator", required=True)
-    s.add_argument("--forget-class", type=int, required=True)
-    s.add_argument("--out", required=True)
+    s.add_argument("--forget-class", type=int, nargs="+", required=True)
+    s.add_argument("--out", nargs="+", required=True, help="one npz per forget class, in the same order")
 
-    s = cmd("score", "metrics of one model from its samples")
-    for a in ("--samples", "--evaluator", "--reference", "--method", "--variant", "--out"):
+    s = cmd("score", "metrics of one model from its samples, per forget class")
+    for a in ("--samples", "--evaluator", "--method", "--variant"):
         s.add_argument(a, required=True)
     s.add_argument("--cost")
-    s.add_argument("--forget-class", type=int, required=True)
+    s.add_argument("--forget-class", type=int, nargs="+", required=True)
+    s.add_argument("--reference", nargs="+", required=True, help="one per forget class, in the same order")
+    s.add_argument("--out", nargs="+", required=True, help="one per forget class, in the same order")
     s.add_argument("--seed", type=int, required=True)
 
     s = cmd("evaluate", "sample a model, then score it from the saved samples")
@@ -86,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cost")
     s.add_argument("--forget-class", type=int, required=True)
     s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--presampled", help="samples drawn by the unlearning job, reused when they match the config")
 
     s = cmd("summarize-original", "results/original.json")
     for a in ("--samples", "--evaluator", "--out"):
@@ -149,6 +154,11 @@ def run(args) -> None:
     elif c == "unlearn":
         stages.run_unlearning(config, args.method, args.forget_class, args.seed, args.data, args.original, args.out,
                               _pairs(args.priors), stages.parse_overrides(args.set))
+        if args.presample:
+            from .data import ImageData
+
+            stages.generate_samples(config, Path(args.out) / "unet", args.presample, args.seed, args.forget_class,
+                                    ImageData.load(args.data).num_classes)
     elif c == "sample":
         from .data import ImageData
 
@@ -157,15 +167,15 @@ def run(args) -> None:
     elif c == "fid-reference":
         stages.reference_statistics(config, args.data, args.evaluator, args.forget_class, args.out)
     elif c == "score":
-        stages.score(config, args.samples, args.evaluator, args.reference, args.forget_class, args.seed, args.method,
-                     args.variant, args.cost, args.out, args.config)
+        if not len(args.forget_class) == len(args.reference) == len(args.out):
+            raise UserError("score: give one --reference and one --out per --forget-class, in the same order")
+        stages.score_classes(config, args.samples, args.evaluator, dict(zip(args.forget_class, args.reference)),
+                             args.seed, args.method, args.variant, args.cost, dict(zip(args.forget_class, args.out)),
+                             args.config)
     elif c == "evaluate":
-        from .data import ImageData
-
-        stages.generate_samples(config, args.model, args.samples, args.seed, args.forget_class,
-                                ImageData.load(args.data).num_classes)
-        stages.score(config, args.samples, args.evaluator, args.reference, args.forget_class, args.seed, args.method,
-                     args.variant, args.cost, args.out, args.config)
+        stages.evaluate_model(config, args.model, args.data, args.samples, args.evaluator, args.reference,
+                              args.forget_class, args.seed, args.method, args.variant, args.cost, args.out, args.config,
+                              args.presampled)
     elif c == "summarize-original":
         stages.summarize_original(config, args.samples, args.evaluator, args.records,
                                   str(Path(args.evaluator) / "evaluator.json"), args.out)

@@ -204,6 +204,13 @@ def sample_counts(config: dict, num_classes: int, forget_class: int | None) -> d
     return {c: ev["n_forget"] if c == forget_class else ev["n_per_remaining_class"] for c in range(num_classes)}
 
 
+def sample_meta(config: dict, model_dir, seed: int, forget_class: int | None, num_classes: int) -> dict:
+    """What defines a sample set: the exact weights, the sampler, the seed and the per-class counts."""
+    return {"model_dir": str(model_dir), "model_digest": ckpt.folder_digest(model_dir), "seed": seed,
+            "forget_class": forget_class, "sampler": "ddim", **config["sampler"],
+            "counts": {str(k): v for k, v in sample_counts(config, num_classes, forget_class).items()}}
+
+
 def generate_samples(config: dict, model_dir, out_path, seed: int, forget_class: int | None, num_classes: int) -> dict:
     """Sample the configured images per class with the evaluation sampler; npz + PNG grid."""
     device = setup_runtime(config)
@@ -216,10 +223,42 @@ def generate_samples(config: dict, model_dir, out_path, seed: int, forget_class:
                     generator=generator, clip_x0=s.get("clip_x0", False), batch_size=s.get("batch_size", 1000),
                     device=device, progress=True,
                     autocast_dtype=torch.bfloat16 if device.type == "cuda" and config.get("performance", {}).get("bf16") else None)
-    meta = {"model_dir": str(model_dir), "seed": seed, "forget_class": forget_class, "sampler": "ddim", **s,
-            "counts": {str(k): v for k, v in counts.items()}, "device_name": device_name(device)}
+    meta = {**sample_meta(config, model_dir, seed, forget_class, num_classes), "device_name": device_name(device)}
     save_samples(out_path, to_uint8(images), labels.numpy(), meta)
     return meta
+
+
+def presampled_matches(config: dict, presampled, model_dir, seed: int, forget_class: int | None, num_classes: int) -> bool:
+    """True when `presampled` holds exactly the samples the current config asks of this model."""
+    presampled = Path(presampled)
+    if not presampled.exists():
+        return False
+    try:
+        _, _, meta = load_samples(presampled)
+    except Exception:  # unreadable or from an older format: draw afresh
+        return False
+    want = sample_meta(config, model_dir, seed, forget_class, num_classes)
+    return all(meta.get(k) == v for k, v in want.items() if k != "model_dir")
+
+
+def evaluate_model(config: dict, model_dir, data_path, samples_path, evaluator_dir, reference_path, forget_class: int,
+                   seed: int, method: str, variant: str, cost_path=None, out_path=None, config_path=None,
+                   presampled=None) -> dict:
+    """Samples of an unlearned model (reusing those its unlearning job drew when they match), then its metrics.
+
+    The unlearning job samples while its libraries are loaded (--presample); this saves a process that
+    imports diffusers per model. Changing the sampler or the counts makes the samples mismatch, and they
+    are drawn again here.
+    """
+    num_classes = ImageData.load(data_path).num_classes
+    if presampled and presampled_matches(config, presampled, model_dir, seed, forget_class, num_classes):
+        images, labels, meta = load_samples(presampled)
+        save_samples(samples_path, images, labels, meta)
+        print(f"samples: reused {presampled} (same weights, sampler, seed and counts)")
+    else:
+        generate_samples(config, model_dir, samples_path, seed, forget_class, num_classes)
+    return score(config, samples_path, evaluator_dir, reference_path, forget_class, seed, method, variant, cost_path,
+                 out_path, config_path)
 
 
 def save_samples(path, images: np.ndarray, labels: np.ndarray, meta: dict) -> None:
@@ -264,23 +303,40 @@ def fid_features(config: dict, evaluator_dir, device):
     return feature_extractor("inception", device=device, weights_dir=fid.get("weights_dir"))
 
 
-def reference_statistics(config: dict, data_path, evaluator_dir, forget_class: int, out_path) -> dict:
-    """Feature statistics of the real train images of the remaining classes (cached per forget class)."""
+def reference_statistics(config: dict, data_path, evaluator_dir, forget_classes, out_paths) -> dict:
+    """Feature statistics of the real train images of the remaining classes, one file per forget class.
+
+    `forget_classes` and `out_paths` are an int and a path, or lists of equal length. The features of
+    every chosen real image are computed once and shared by all forget classes (one Inception pass over
+    CIFAR-10's train set instead of one per class).
+    """
     from metrics.fid import reference_statistics as ref_stats, save_statistics
 
+    classes = [forget_classes] if isinstance(forget_classes, int) else [int(c) for c in forget_classes]
+    outs = [out_paths] if isinstance(out_paths, (str, Path)) else list(out_paths)
+    if len(classes) != len(outs):
+        raise UserError(f"fid-reference: {len(classes)} forget classes but {len(outs)} output paths; give one each")
     device = setup_runtime(config)
     data = ImageData.load(data_path)
-    remaining = [c for c in range(data.num_classes) if c != forget_class]
     n_per_class = config["evaluation"].get("n_real_per_class")
-    rng = np.random.default_rng(forget_class)
-    chosen = []
-    for c in remaining:
-        idx = np.flatnonzero(data.train_y == c)
-        chosen.append(idx if n_per_class is None or n_per_class >= len(idx) else rng.choice(idx, n_per_class, replace=False))
-    x = to_float(data.train_x[np.sort(np.concatenate(chosen))])
-    stats = ref_stats(fid_features(config, evaluator_dir, device)(x))  # keeps a feature subset for KID
-    save_statistics(out_path, **stats, forget_class=forget_class, backend=config["fid"]["backend"])
-    return {"n_real": stats["n"]}
+    chosen = {}
+    for forget_class in classes:
+        rng = np.random.default_rng(forget_class)
+        parts = []
+        for c in range(data.num_classes):
+            if c == forget_class:
+                continue
+            idx = np.flatnonzero(data.train_y == c)
+            parts.append(idx if n_per_class is None or n_per_class >= len(idx) else rng.choice(idx, n_per_class, replace=False))
+        chosen[forget_class] = np.sort(np.concatenate(parts))
+    union = np.unique(np.concatenate(list(chosen.values())))
+    features = fid_features(config, evaluator_dir, device)(to_float(data.train_x[union]))
+    counts = {}
+    for forget_class, out in zip(classes, outs):
+        stats = ref_stats(features[np.searchsorted(union, chosen[forget_class])])  # keeps a feature subset for KID
+        save_statistics(out, **stats, forget_class=forget_class, backend=config["fid"]["backend"])
+        counts[forget_class] = stats["n"]
+    return {"n_real": counts}
 
 
 def versions() -> dict:
@@ -296,50 +352,65 @@ def versions() -> dict:
 def score(config: dict, samples_path, evaluator_dir, reference_path, forget_class: int, seed: int, method: str,
           variant: str, cost_path=None, out_path=None, config_path=None) -> dict:
     """All metrics of one (model, forget class, seed) from its saved samples; writes the per-job record."""
+    return score_classes(config, samples_path, evaluator_dir, {forget_class: reference_path}, seed, method, variant,
+                         cost_path, {forget_class: out_path} if out_path else None, config_path)[0]
+
+
+def score_classes(config: dict, samples_path, evaluator_dir, references: dict, seed: int, method: str, variant: str,
+                  cost_path=None, out_paths: dict | None = None, config_path=None) -> list[dict]:
+    """Metrics of one model's saved samples for each forget class in `references` ({class: reference npz}).
+
+    The evaluator's probabilities and FID features are computed once for all samples; each forget class
+    then takes its own slices (the original model is scored for every class from one sample set).
+    """
     from metrics.fid import feature_statistics, frechet_distance, kid_from_features, load_statistics
     from metrics.forgetting import accuracy, entropy, mean_class_probability, softmax_probabilities, unlearning_accuracy
 
     device = setup_runtime(config)
     images, labels, meta = load_samples(samples_path)
     ev = config["evaluation"]
-    forget_idx = np.flatnonzero(labels == forget_class)[: ev["n_forget"]]
-    remain_idx = np.concatenate([np.flatnonzero(labels == c)[: ev["n_per_remaining_class"]]
-                                 for c in np.unique(labels) if c != forget_class])
-    evaluator = load_evaluator(evaluator_dir, device)
-    probs_f = softmax_probabilities(evaluator, to_float(images[forget_idx]))
-    probs_r = softmax_probabilities(evaluator, to_float(images[remain_idx]))
-    ref = load_statistics(reference_path)
-    feats = fid_features(config, evaluator_dir, device)(to_float(images[remain_idx]))
-    mu, sigma = feature_statistics(feats)
-    record = {
-        "method": method, "variant": variant, "forget_class": forget_class, "seed": seed,
-        "fid": frechet_distance(mu, sigma, ref["mu"], ref["sigma"]),
-        "kid": kid_from_features(feats, ref["features"]),
-        "H": entropy(probs_f), "UA": unlearning_accuracy(probs_f, forget_class),
-        "forget_prob": mean_class_probability(probs_f, forget_class),
-        "remaining_acc": accuracy(probs_r, labels[remain_idx]),
-    }
+    x = to_float(images)
+    probs = softmax_probabilities(load_evaluator(evaluator_dir, device), x)
+    features = fid_features(config, evaluator_dir, device)(x)
     cost = ckpt.read_json(cost_path) if cost_path else {}
     if "cost" in cost:  # the original model's train.json
         cost = cost["cost"] or {}
-    record["cost"] = {k: cost.get(k) for k in ("rte_s", "rte_min", "gpu_peak_gb", "gpu_peak_source", "gpu_null_reason",
-                                               "torch_peak_allocated_gb", "torch_peak_reserved_gb", "host_rss_peak_gb",
-                                               "device", "device_name", "units")}
-    record["prior_min"] = cost.get("prior_min")
-    record["params"] = cost.get("params")
     s = config["sampler"]
-    record["provenance"] = {
-        "run_name": config["run_name"], "config_hash": config_hash(config), "config_path": str(config_path or ""),
-        "dataset": config["dataset"], "seed": seed, "sampler": "ddim" if s["steps"] < config["diffusion"]["timesteps"] or s["eta"] != 1 else "ancestral",
-        "sampler_steps": s["steps"], "eta": s["eta"], "guidance_w": s["guidance_w"],
-        "n_forget_samples": int(len(forget_idx)), "n_fid_gen_per_class": ev["n_per_remaining_class"],
-        "n_fid_gen": int(len(remain_idx)), "n_fid_real": int(ref["meta"]["n"]), "fid_backend": config["fid"]["backend"],
-        "device_name": record["cost"].get("device_name") or meta.get("device_name"),
-        "sampling_device_name": meta.get("device_name"), "versions": versions(),
-    }
-    if out_path:
-        ckpt.write_json(out_path, record)
-    return record
+    records = []
+    for forget_class, reference_path in references.items():
+        forget_idx = np.flatnonzero(labels == forget_class)[: ev["n_forget"]]
+        remain_idx = np.concatenate([np.flatnonzero(labels == c)[: ev["n_per_remaining_class"]]
+                                     for c in np.unique(labels) if c != forget_class])
+        probs_f, probs_r = probs[forget_idx], probs[remain_idx]
+        ref = load_statistics(reference_path)
+        mu, sigma = feature_statistics(features[remain_idx])
+        record = {
+            "method": method, "variant": variant, "forget_class": forget_class, "seed": seed,
+            "fid": frechet_distance(mu, sigma, ref["mu"], ref["sigma"]),
+            "kid": kid_from_features(features[remain_idx], ref["features"]),
+            "H": entropy(probs_f), "UA": unlearning_accuracy(probs_f, forget_class),
+            "forget_prob": mean_class_probability(probs_f, forget_class),
+            "remaining_acc": accuracy(probs_r, labels[remain_idx]),
+        }
+        record["cost"] = {k: cost.get(k) for k in ("rte_s", "rte_min", "gpu_peak_gb", "gpu_peak_source", "gpu_null_reason",
+                                                   "torch_peak_allocated_gb", "torch_peak_reserved_gb", "host_rss_peak_gb",
+                                                   "device", "device_name", "units")}
+        record["prior_min"] = cost.get("prior_min")
+        record["params"] = cost.get("params")
+        record["provenance"] = {
+            "run_name": config["run_name"], "config_hash": config_hash(config), "config_path": str(config_path or ""),
+            "dataset": config["dataset"], "seed": seed,
+            "sampler": "ddim" if s["steps"] < config["diffusion"]["timesteps"] or s["eta"] != 1 else "ancestral",
+            "sampler_steps": s["steps"], "eta": s["eta"], "guidance_w": s["guidance_w"],
+            "n_forget_samples": int(len(forget_idx)), "n_fid_gen_per_class": ev["n_per_remaining_class"],
+            "n_fid_gen": int(len(remain_idx)), "n_fid_real": int(ref["meta"]["n"]), "fid_backend": config["fid"]["backend"],
+            "device_name": record["cost"].get("device_name") or meta.get("device_name"),
+            "sampling_device_name": meta.get("device_name"), "versions": versions(),
+        }
+        if out_paths:
+            ckpt.write_json(out_paths[forget_class], record)
+        records.append(record)
+    return records
 
 
 def summarize_original(config: dict, samples_path, evaluator_dir, records: list, evaluator_record, out_path) -> dict:

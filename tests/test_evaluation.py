@@ -1,0 +1,106 @@
+"""Evaluation stages: shared FID references, scoring several forget classes at once, and reuse of the
+samples an unlearning job draws. Each batched path is checked against the one-at-a-time computation."""
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from metrics.fid import load_statistics
+from unlearnbench import stages
+from unlearnbench.checkpoints import folder_digest, save_unet
+from unlearnbench.errors import UserError
+from unlearnbench.networks import build_unet
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """Digits, a briefly trained evaluator and an untrained tiny UNet, with the test config."""
+    from unlearnbench.config import load_config
+
+    root = Path(__file__).resolve().parent.parent
+    config = load_config(root / "config" / "test.yaml", methods_dir=root / "methods")
+    config["evaluator"] = {**config["evaluator"], "epochs": 1}
+    config["evaluation"] = {**config["evaluation"], "n_forget": 6, "n_per_remaining_class": 4}
+    config["sampler"] = {**config["sampler"], "steps": 3}
+    tmp = tmp_path_factory.mktemp("evaluation")
+    stages.prepare_data(config, tmp / "data.npz")
+    stages.train_evaluator(config, tmp / "data.npz", tmp / "evaluator")
+    torch.manual_seed(0)
+    save_unet(build_unet("tiny", 10), tmp / "unet")
+    return config, tmp
+
+
+@pytest.mark.parametrize("n_real_per_class", [None, 7])
+def test_references_of_many_classes_equal_those_made_one_by_one(assets, tmp_path, n_real_per_class):
+    config, tmp = assets
+    config = copy.deepcopy(config)
+    config["evaluation"]["n_real_per_class"] = n_real_per_class
+    classes = [0, 3, 9]
+    stages.reference_statistics(config, tmp / "data.npz", tmp / "evaluator", classes,
+                                [tmp_path / f"many{c}.npz" for c in classes])
+    for c in classes:
+        stages.reference_statistics(config, tmp / "data.npz", tmp / "evaluator", c, tmp_path / f"one{c}.npz")
+        many, one = load_statistics(tmp_path / f"many{c}.npz"), load_statistics(tmp_path / f"one{c}.npz")
+        assert many["meta"]["n"] == one["meta"]["n"] == (9 * n_real_per_class if n_real_per_class else many["meta"]["n"])
+        np.testing.assert_allclose(many["mu"], one["mu"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(many["sigma"], one["sigma"], rtol=1e-5, atol=1e-6)
+    first, last = load_statistics(tmp_path / "many0.npz"), load_statistics(tmp_path / "many9.npz")
+    assert not np.allclose(first["mu"], last["mu"])  # each class leaves out different images
+
+
+def test_references_need_one_output_per_class(assets, tmp_path):
+    config, tmp = assets
+    with pytest.raises(UserError, match="2 forget classes but 1 output"):
+        stages.reference_statistics(config, tmp / "data.npz", tmp / "evaluator", [0, 1], [tmp_path / "a.npz"])
+
+
+def test_scoring_many_classes_at_once_equals_scoring_each(assets, tmp_path):
+    config, tmp = assets
+    classes = [0, 4, 7]
+    refs = {c: tmp_path / f"ref{c}.npz" for c in classes}
+    stages.reference_statistics(config, tmp / "data.npz", tmp / "evaluator", classes, list(refs.values()))
+    stages.generate_samples(config, tmp / "unet", tmp_path / "orig.npz", 0, None, 10)
+    together = stages.score_classes(config, tmp_path / "orig.npz", tmp / "evaluator", refs, 0, "original", "original",
+                                    out_paths={c: tmp_path / f"rec{c}.json" for c in classes})
+    for c, rec in zip(classes, together):
+        alone = stages.score(config, tmp_path / "orig.npz", tmp / "evaluator", refs[c], c, 0, "original", "original")
+        assert rec["forget_class"] == c and (tmp_path / f"rec{c}.json").exists()
+        for key in ("fid", "kid", "H", "UA", "forget_prob", "remaining_acc"):
+            assert rec[key] == pytest.approx(alone[key], rel=1e-5, abs=1e-6), key
+        assert rec["provenance"]["n_forget_samples"] == 6 and rec["provenance"]["n_fid_gen"] == 9 * 4
+
+
+def test_evaluation_reuses_matching_presamples_and_redraws_otherwise(assets, tmp_path):
+    config, tmp = assets
+    ref = tmp_path / "ref2.npz"
+    stages.reference_statistics(config, tmp / "data.npz", tmp / "evaluator", 2, ref)
+    pre = tmp_path / "pre.npz"
+    stages.generate_samples(config, tmp / "unet", pre, 0, 2, 10)  # what `unlearn --presample` draws
+
+    def evaluate(cfg, name, model=tmp / "unet"):
+        stages.evaluate_model(cfg, model, tmp / "data.npz", tmp_path / f"{name}.npz", tmp / "evaluator", ref, 2, 0,
+                              "m", "m", out_path=tmp_path / f"{name}.json", presampled=pre)
+        return stages.load_samples(tmp_path / f"{name}.npz")
+
+    reused, _, meta = evaluate(config, "reused")
+    assert np.array_equal(reused, stages.load_samples(pre)[0])
+    stages.generate_samples(config, tmp / "unet", tmp_path / "fresh.npz", 0, 2, 10)
+    assert np.array_equal(reused, stages.load_samples(tmp_path / "fresh.npz")[0])  # reuse changes nothing
+    assert meta["model_digest"] == folder_digest(tmp / "unet")
+    images, labels, pre_meta = stages.load_samples(pre)
+    stages.save_samples(pre, 255 - images, labels, pre_meta)  # marked: proves they are copied, not redrawn
+    assert np.array_equal(evaluate(config, "marked")[0], 255 - images)
+    stages.save_samples(pre, images, labels, pre_meta)
+
+    more = copy.deepcopy(config)
+    more["evaluation"]["n_forget"] = 9
+    images, labels, _ = evaluate(more, "more")
+    assert (labels == 2).sum() == 9  # new counts: drawn again, not the 6 presampled
+
+    torch.manual_seed(1)
+    save_unet(build_unet("tiny", 10), tmp_path / "other_unet")  # other weights, same everything else
+    assert not stages.presampled_matches(config, pre, tmp_path / "other_unet", 0, 2, 10)
+    images, _, _ = evaluate(config, "other", model=tmp_path / "other_unet")
+    assert not np.array_equal(images, reused)
