@@ -103,8 +103,9 @@ def compute_fisher(ctx):
 
 
 PRIORS = [
-    Prior("generated", generate_replay_set, scope="shared"),
-    Prior("fisher", compute_fisher, scope="shared", requires=("generated",)),
+    Prior("generated", generate_replay_set, scope="shared", params=("n_generated_per_class",)),
+    Prior("fisher", compute_fisher, scope="shared", requires=("generated",),
+          params=("fisher_images", "fisher_timesteps", "fisher_batch")),
 ]
 
 

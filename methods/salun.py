@@ -69,7 +69,7 @@ def compute_mask(ctx):
     save_tensors(ctx.out_dir / "mask.safetensors", {n: m.to(torch.uint8) for n, m in mask.items()})
 
 
-PRIORS = [Prior("mask", compute_mask, scope="per_class")]
+PRIORS = [Prior("mask", compute_mask, scope="per_class", params=("mask_batch_size", "mask_guidance_w", "mask_ratio"))]
 
 
 def unlearn(ctx):

@@ -14,9 +14,9 @@ CLI = "unlearnbench"
 THREADS = config.get("threads", 1)
 
 
-def fp(stage, method=None):
+def fp(stage, method=None, prior=None):
     """Params value that changes when the config sections this stage depends on change."""
-    return fingerprint(config, stage, method)
+    return fingerprint(config, stage, method, prior)
 
 wildcard_constraints:
     method="[a-z][a-z0-9_]*",

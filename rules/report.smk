@@ -23,10 +23,7 @@ rule publish:
     input: [f"{RUN}/{name}" for name in PUBLISHED]
     output: [f"results/{name}" for name in PUBLISHED]
     localrule: True
-    run:
-        import shutil
-        for src, dst in zip(input, output):
-            shutil.copyfile(src, dst)
+    shell: "cp {input} results/"  # a shell call: a `run:` block costs seconds of Snakefile re-import
 
 
 rule ablation_table:

@@ -9,7 +9,7 @@ def _requires(w, forget_class=None):
 rule prior_shared:
     input: data=DATA, original=f"{ORIGINAL}/train.json", required=_requires
     output: f"{RUN}/priors/{{method}}/{{prior}}/shared/cost.json"
-    params: fp=lambda w: fp("method", w.method), requires=lambda w, input: prior_flags(input.required)
+    params: fp=lambda w: fp("method", w.method, w.prior), requires=lambda w, input: prior_flags(input.required)
     log: f"{RUN}/logs/prior/{{method}}_{{prior}}.log"
     threads: THREADS
     shell:
@@ -20,7 +20,7 @@ rule prior_shared:
 rule prior_per_class:
     input: data=DATA, original=f"{ORIGINAL}/train.json", required=lambda w: _requires(w, int(w.c))
     output: f"{RUN}/priors/{{method}}/{{prior}}/class{{c}}/cost.json"
-    params: fp=lambda w: fp("method", w.method), requires=lambda w, input: prior_flags(input.required)
+    params: fp=lambda w: fp("method", w.method, w.prior), requires=lambda w, input: prior_flags(input.required)
     log: f"{RUN}/logs/prior/{{method}}_{{prior}}_class{{c}}.log"
     threads: THREADS
     shell:

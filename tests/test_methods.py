@@ -177,3 +177,30 @@ def test_resumed_run_ends_as_an_uninterrupted_one(tmp_path):
     ctx.run_steps(10, step, desc="resumes", checkpoint_every=3, modules={"model": model, "optimizer": optimizer})
     assert torch.equal(model.weight, reference)
     assert not state.exists() and ctx.meter.rte_s > 0
+
+
+def test_a_prior_sees_only_its_declared_params():
+    from unlearnbench.method_api import DeclaredParams, load_method
+
+    fisher = next(p for p in load_method("sa").PRIORS if p.name == "fisher")
+    view = DeclaredParams({"fisher_images": 8, "fisher_timesteps": 10, "fisher_batch": 4, "lambda": 10.0}, fisher, "sa")
+    assert view["fisher_images"] == 8 and "lambda" not in view
+    with pytest.raises(KeyError, match="reads param 'lambda'.*Prior\\(\\.\\.\\., params="):
+        view["lambda"]
+
+
+def test_prior_fingerprints_follow_their_declared_params(tiny_config):
+    from copy import deepcopy
+
+    from unlearnbench.workflow import fingerprint
+
+    changed = deepcopy(tiny_config)
+    changed["method_params"]["sa"]["lambda"] = 0.5
+    assert fingerprint(changed, "method", "sa", "fisher") == fingerprint(tiny_config, "method", "sa", "fisher")
+    assert fingerprint(changed, "method", "sa", "generated") == fingerprint(tiny_config, "method", "sa", "generated")
+    assert fingerprint(changed, "method", "sa") != fingerprint(tiny_config, "method", "sa")  # unlearning reruns
+    changed["method_params"]["sa"]["fisher_images"] = 6
+    assert fingerprint(changed, "method", "sa", "fisher") != fingerprint(tiny_config, "method", "sa", "fisher")
+    assert fingerprint(changed, "method", "sa", "generated") == fingerprint(tiny_config, "method", "sa", "generated")
+    changed["sampler"] = {**changed["sampler"], "steps": 7}  # the replay set is drawn with the sampler
+    assert fingerprint(changed, "method", "sa", "generated") != fingerprint(tiny_config, "method", "sa", "generated")

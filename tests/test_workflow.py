@@ -92,6 +92,17 @@ def test_changing_evaluation_reevaluates_without_retraining(test_run):
         assert not re.search(rf"^{rule}\s+\d+", out, re.M), rule
 
 
+def test_changing_sa_lambda_keeps_its_priors(test_run):
+    (test_run / "config" / "lambda.yaml").write_text("method_params: {sa: {lambda: 0.5}}\n")
+    proc = snakemake(test_run, "-n", "results/table.csv", "--configfile", "config/test.yaml", "config/lambda.yaml")
+    out = proc.stdout + proc.stderr
+    assert re.search(r"^unlearn\s+2$", out, re.M), out[-3000:]  # SA on classes 0 and 1
+    assert not re.search(r"^prior_shared\s+\d+", out, re.M), out[-3000:]  # replay set and Fisher stay cached
+    (test_run / "config" / "fisher.yaml").write_text("method_params: {sa: {fisher_images: 6}}\n")
+    proc = snakemake(test_run, "-n", "results/table.csv", "--configfile", "config/test.yaml", "config/fisher.yaml")
+    assert re.search(r"^prior_shared\s+1$", proc.stdout + proc.stderr, re.M)  # the Fisher only, not the replay set
+
+
 def test_independent_runs_give_identical_metrics(test_run, tmp_path):
     other = copy_workflow(tmp_path / "again")
     targets = [f"results/test/metrics/{m}/class0/seed0.json" for m in ("sa", "safemax")]

@@ -7,6 +7,7 @@ A method file defines
         runs the unlearning loop inside `with ctx.meter.timed():` and returns the model to evaluate.
 A prior's `run(ctx: PriorContext)` writes its files into ctx.out_dir; the workflow caches each prior as its
 own job: scope "shared" runs once for all forget classes, scope "per_class" once per forget class.
+A prior that declares the params it reads (`Prior(..., params=(...))`) reruns only when those change.
 """
 from __future__ import annotations
 
@@ -29,10 +30,25 @@ class Prior:
     run: Callable
     scope: str = "shared"  # "shared" (all forget classes) or "per_class"
     requires: tuple[str, ...] = ()  # other priors of the same method, made first
+    # The method params this prior reads (None: all of them). Declaring them keeps the cached prior when
+    # another param changes (tuning SA's lambda must not redo hours of Fisher); the prior then sees only these.
+    params: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if self.scope not in ("shared", "per_class"):
             raise ValueError(f"prior {self.name}: scope must be 'shared' or 'per_class', got {self.scope!r}")
+
+
+class DeclaredParams(dict):
+    """A prior's view of its method's params: reading an undeclared one is an error, not a stale cache."""
+
+    def __init__(self, params: dict, prior: Prior, method: str):
+        super().__init__({k: params[k] for k in prior.params})
+        self._where = f"prior {prior.name!r} of method {method!r}"
+
+    def __missing__(self, key):
+        raise KeyError(f"{self._where} reads param {key!r}, which is not in its declared params {tuple(self)}; "
+                       f"add it to Prior(..., params=...) so that changing it reruns the prior")
 
 
 def methods_dir(explicit: str | Path | None = None) -> Path:

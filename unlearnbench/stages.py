@@ -16,7 +16,7 @@ from .cost import CostMeter, device_name
 from .data import ImageData, load_dataset, to_float, to_uint8
 from .diffusion import Schedule, sample
 from .errors import MissingResourceError, UserError
-from .method_api import RunContext, load_method, prior_by_name
+from .method_api import DeclaredParams, RunContext, load_method, prior_by_name
 from .networks import build_classifier, build_unet
 from .training import (BatchStream, autocast, classifier_accuracy, prepare_model, seed_everything, setup_runtime,
                        train_classifier, train_diffusion)
@@ -147,6 +147,8 @@ def run_prior(config: dict, method_name: str, prior_name: str, data_path, origin
     module = load_method(method_name)
     prior = prior_by_name(module, prior_name)
     params = method_params(config, method_name, module.DEFAULTS)
+    if prior.params is not None:
+        params = DeclaredParams(params, prior, method_name)
     data = ImageData.load(data_path)
     device = setup_runtime(config)
     out_dir = Path(out_dir)

@@ -39,12 +39,17 @@ STAGE_SECTIONS = {
 }
 
 
-def fingerprint(config: dict, stage: str, method: str | None = None) -> str:
+def fingerprint(config: dict, stage: str, method: str | None = None, prior: str | None = None) -> str:
+    """Hash of what a stage's result depends on; for a prior that declares its params, only those."""
     from .config import config_hash
 
     part = {k: config.get(k) for k in STAGE_SECTIONS[stage]}
     if method:
-        part["method_params"] = (config.get("method_params") or {}).get(method)
+        params = (config.get("method_params") or {}).get(method)
+        declared = next(p for p in method_priors(method) if p.name == prior).params if prior else None
+        if declared is not None and params:
+            params = {k: v for k, v in params.items() if k in declared}
+        part["method_params"] = params
     return config_hash(part)
 
 
