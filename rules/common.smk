@@ -1,5 +1,6 @@
 # Shared paths and input functions for the rules.
 from pathlib import Path
+from unlearnbench.method_api import methods_dir
 from unlearnbench.workflow import method_priors, prior_dir, parse_variant, ablation_variants, fingerprint
 
 CFG = f"{RUN}/config.yaml"
@@ -24,6 +25,11 @@ wildcard_constraints:
     prior="[a-z][a-z0-9_]*",
     c="[0-9]+",
     s="[0-9]+",
+
+
+def method_file(method):
+    """methods/<name>.py as an input: editing a method reruns its priors and unlearning jobs."""
+    return str(methods_dir() / f"{method}.py")
 
 
 def prior_outputs(method, forget_class=None, only=None):

@@ -7,7 +7,7 @@ def _requires(w, forget_class=None):
 
 
 rule prior_shared:
-    input: data=DATA, original=f"{ORIGINAL}/train.json", required=_requires
+    input: data=DATA, original=f"{ORIGINAL}/train.json", required=_requires, code=lambda w: method_file(w.method)
     output: f"{RUN}/priors/{{method}}/{{prior}}/shared/cost.json"
     params: fp=lambda w: fp("method", w.method, w.prior), requires=lambda w, input: prior_flags(input.required)
     log: f"{RUN}/logs/prior/{{method}}_{{prior}}.log"
@@ -18,7 +18,9 @@ rule prior_shared:
 
 
 rule prior_per_class:
-    input: data=DATA, original=f"{ORIGINAL}/train.json", required=lambda w: _requires(w, int(w.c))
+    input:
+        data=DATA, original=f"{ORIGINAL}/train.json", required=lambda w: _requires(w, int(w.c)),
+        code=lambda w: method_file(w.method),
     output: f"{RUN}/priors/{{method}}/{{prior}}/class{{c}}/cost.json"
     params: fp=lambda w: fp("method", w.method, w.prior), requires=lambda w, input: prior_flags(input.required)
     log: f"{RUN}/logs/prior/{{method}}_{{prior}}_class{{c}}.log"
@@ -32,6 +34,7 @@ rule unlearn:
     input:
         data=DATA, original=f"{ORIGINAL}/train.json",
         priors=lambda w: prior_outputs(parse_variant(w.variant)[0], int(w.c)),
+        code=lambda w: method_file(parse_variant(w.variant)[0]),
     output:
         cost=f"{RUN}/models/{{variant}}/class{{c}}/seed{{s}}/cost.json",
         # drawn after the timed loop while the model is loaded; evaluate_unlearned reuses them if they match

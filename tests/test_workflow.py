@@ -103,6 +103,20 @@ def test_changing_sa_lambda_keeps_its_priors(test_run):
     assert re.search(r"^prior_shared\s+1$", proc.stdout + proc.stderr, re.M)  # the Fisher only, not the replay set
 
 
+def test_editing_a_method_file_reruns_its_jobs(test_run):
+    source = test_run / "methods" / "safemax.py"
+    text, before = source.read_text(), source.stat()
+    source.write_text(text + "# an edit\n")  # Snakemake compares checksums: touching alone changes nothing
+    try:
+        proc = snakemake(test_run, "-n", "results/table.csv", "--configfile=config/test.yaml")
+    finally:
+        source.write_text(text)
+        os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns))
+    out = proc.stdout + proc.stderr
+    assert re.search(r"^unlearn\s+2$", out, re.M), out[-3000:]  # safemax on classes 0 and 1, nothing else
+    assert not re.search(r"^prior_(shared|per_class)\s+\d+", out, re.M), out[-3000:]
+
+
 def test_independent_runs_give_identical_metrics(test_run, tmp_path):
     other = copy_workflow(tmp_path / "again")
     targets = [f"results/test/metrics/{m}/class0/seed0.json" for m in ("sa", "safemax")]
