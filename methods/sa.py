@@ -12,7 +12,7 @@ from unlearnbench.checkpoints import load_tensors, save_tensors
 from unlearnbench.data import to_float, to_uint8
 from unlearnbench.diffusion import epsilon_loss, randn_like, sample
 from unlearnbench.method_api import Prior
-from unlearnbench.training import ema_update, make_ema, optimizer_step
+from unlearnbench.training import autocast_dtype, ema_update, make_ema, optimizer_step
 
 DEFAULTS = {
     "steps": 20000,
@@ -41,8 +41,7 @@ def generate_replay_set(ctx):
         images = sample(model, ctx.schedule, labels, steps=s["steps"], eta=s["eta"], guidance_w=s["guidance_w"],
                         generator=torch.Generator().manual_seed(ctx.seed), clip_x0=s.get("clip_x0", False),
                         batch_size=s.get("batch_size", 1000), device=ctx.device, progress=True,
-                        autocast_dtype=torch.bfloat16 if ctx.device.type == "cuda" and
-                        (ctx.config.get("performance") or {}).get("bf16") else None)
+                        autocast_dtype=autocast_dtype(ctx.config, ctx.device))
     np.savez_compressed(ctx.out_dir / "generated.npz", images=to_uint8(images), labels=labels.numpy())
 
 

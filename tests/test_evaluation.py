@@ -38,10 +38,9 @@ def test_references_of_many_classes_equal_those_made_one_by_one(assets, tmp_path
     config = copy.deepcopy(config)
     config["evaluation"]["n_real_per_class"] = n_real_per_class
     classes = [0, 3, 9]
-    stages.reference_statistics(config, tmp / "data.npz", tmp / "evaluator", classes,
-                                [tmp_path / f"many{c}.npz" for c in classes])
+    stages.reference_statistics(config, tmp / "data.npz", tmp / "evaluator", {c: tmp_path / f"many{c}.npz" for c in classes})
     for c in classes:
-        stages.reference_statistics(config, tmp / "data.npz", tmp / "evaluator", c, tmp_path / f"one{c}.npz")
+        stages.reference_statistics(config, tmp / "data.npz", tmp / "evaluator", {c: tmp_path / f"one{c}.npz"})
         many, one = load_statistics(tmp_path / f"many{c}.npz"), load_statistics(tmp_path / f"one{c}.npz")
         assert many["meta"]["n"] == one["meta"]["n"] == (9 * n_real_per_class if n_real_per_class else many["meta"]["n"])
         np.testing.assert_allclose(many["mu"], one["mu"], rtol=1e-5, atol=1e-6)
@@ -50,17 +49,24 @@ def test_references_of_many_classes_equal_those_made_one_by_one(assets, tmp_path
     assert not np.allclose(first["mu"], last["mu"])  # each class leaves out different images
 
 
-def test_references_need_one_output_per_class(assets, tmp_path):
+def test_the_cli_needs_one_output_per_forget_class(assets, tmp_path):
+    from unlearnbench.cli import build_parser, run
+    from unlearnbench.config import write_resolved
+
     config, tmp = assets
-    with pytest.raises(UserError, match="2 forget classes but 1 output"):
-        stages.reference_statistics(config, tmp / "data.npz", tmp / "evaluator", [0, 1], [tmp_path / "a.npz"])
+    write_resolved(config, tmp_path / "config.yaml")
+    args = build_parser().parse_args(["fid-reference", "--config", str(tmp_path / "config.yaml"), "--data", str(tmp / "data.npz"),
+                                      "--evaluator", str(tmp / "evaluator"), "--forget-class", "0", "1",
+                                      "--out", str(tmp_path / "a.npz")])
+    with pytest.raises(UserError, match="2 --forget-class values but 1 --out"):
+        run(args)
 
 
 def test_scoring_many_classes_at_once_equals_scoring_each(assets, tmp_path):
     config, tmp = assets
     classes = [0, 4, 7]
     refs = {c: tmp_path / f"ref{c}.npz" for c in classes}
-    stages.reference_statistics(config, tmp / "data.npz", tmp / "evaluator", classes, list(refs.values()))
+    stages.reference_statistics(config, tmp / "data.npz", tmp / "evaluator", refs)
     stages.generate_samples(config, tmp / "unet", tmp_path / "orig.npz", 0, None, 10)
     together = stages.score_classes(config, tmp_path / "orig.npz", tmp / "evaluator", refs, 0, "original", "original",
                                     out_paths={c: tmp_path / f"rec{c}.json" for c in classes})
@@ -75,7 +81,7 @@ def test_scoring_many_classes_at_once_equals_scoring_each(assets, tmp_path):
 def test_evaluation_reuses_matching_presamples_and_redraws_otherwise(assets, tmp_path):
     config, tmp = assets
     ref = tmp_path / "ref2.npz"
-    stages.reference_statistics(config, tmp / "data.npz", tmp / "evaluator", 2, ref)
+    stages.reference_statistics(config, tmp / "data.npz", tmp / "evaluator", {2: ref})
     pre = tmp_path / "pre.npz"
     stages.generate_samples(config, tmp / "unet", pre, 0, 2, 10)  # what `unlearn --presample` draws
 

@@ -54,6 +54,7 @@ import numpy as np
 import torch
 
 from .method_api import RunContext
+from .training import autocast_dtype, setup_runtime
 
 SCHEMA = "unlearnbench-benchmark/1"
 
@@ -338,22 +339,6 @@ def variant_config(config: dict, precision: str | None = None, switches: dict | 
     return cfg
 
 
-def apply_runtime(config: dict) -> torch.device:
-    """training.setup_runtime, plus undoing the determinism an earlier variant switched on in this process."""
-    from .training import setup_runtime
-
-    device = setup_runtime(config)
-    if not config.get("deterministic", True):
-        torch.use_deterministic_algorithms(False)
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-    return device
-
-
-def autocast_dtype(config: dict, device: torch.device):
-    return torch.bfloat16 if device.type == "cuda" and (config.get("performance") or {}).get("bf16") else None
-
-
 # ---------------------------------------------------------------------------- measurements
 class Bench:
     """One benchmark run: shared setup (config, data, original model) and the measurements."""
@@ -420,7 +405,7 @@ class Bench:
 
         steps = self.steps if steps is None else steps
         module = load_method(method)
-        device = apply_runtime(cfg)
+        device = setup_runtime(cfg)
         total = self.warmup + steps
         params = self.params(method, steps=total)
         clock = StepClock(device)
@@ -469,7 +454,7 @@ class Bench:
         from .method_api import load_method, prior_by_name
 
         prior = prior_by_name(load_method(method), prior_name)
-        device = apply_runtime(cfg)
+        device = setup_runtime(cfg)
         shutil.rmtree(out_dir, ignore_errors=True)
         out_dir.mkdir(parents=True)
         _release(device)
@@ -564,7 +549,7 @@ class Bench:
         from .training import prepare_model
         from .acceleration import maybe_compile
 
-        device = apply_runtime(cfg)
+        device = setup_runtime(cfg)
         _release(device)
         model = maybe_compile(prepare_model(load_unet(self.original_dir / "unet_ema"), cfg, device), cfg, device).eval()
         s = cfg["sampler"]
@@ -633,7 +618,7 @@ class Bench:
         from .checkpoints import load_unet
         from .networks import predict_eps
 
-        apply_runtime(variant_config(self.config, "fp32", {"channels_last": False, "compile": False}))
+        setup_runtime(variant_config(self.config, "fp32", {"channels_last": False, "compile": False}))
         g = torch.Generator().manual_seed(1)
         x = torch.randn(16, *self.shape, generator=g)
         t = torch.randint(0, int(self.config["diffusion"]["timesteps"]), (16,), generator=g)
@@ -648,7 +633,7 @@ class Bench:
         from .networks import predict_eps
         from .training import prepare_model
 
-        device = apply_runtime(cfg)
+        device = setup_runtime(cfg)
         model = prepare_model(load_unet(self.original_dir / "unet_ema"), cfg, device).eval()
         dtype = autocast_dtype(cfg, device)
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -1017,7 +1002,7 @@ def main(args) -> dict:
         diffusers_logging.set_verbosity_error()
     r = _resolve_args(args)
     config, param_source, config_path = build_config(args, r["preset"])
-    device = apply_runtime(config)
+    device = setup_runtime(config)
     budget = getattr(args, "budget_s", None) or float(os.environ.get("UNLEARNBENCH_BENCHMARK_BUDGET_S", 0) or 0) or None
     switches_flag = getattr(args, "switches", None)
     run_switches = device.type == "cuda" if switches_flag is None else bool(switches_flag)
@@ -1087,7 +1072,7 @@ def main(args) -> dict:
         for precision in precisions:
             cfg = variant_config(config, precision)
             run = report["runs"][precision] = {"switches": None, "methods": {}, "priors": {}, "sampler": None}
-            dev = apply_runtime(cfg)
+            dev = setup_runtime(cfg)
             from .acceleration import effective_switches
 
             run["switches"] = effective_switches(cfg, dev)
@@ -1126,7 +1111,7 @@ def main(args) -> dict:
                 entry = {"name": label, "change": change}
                 try:
                     entry["switches"] = None
-                    dev = apply_runtime(cfg)
+                    dev = setup_runtime(cfg)
                     from .acceleration import effective_switches
 
                     entry["switches"] = effective_switches(cfg, dev)

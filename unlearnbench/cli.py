@@ -17,6 +17,18 @@ def _pairs(items):
     return out
 
 
+def _per_class(args, *flags) -> list[dict]:
+    """--forget-class 0 3 --out a b -> [{0: 'a', 3: 'b'}]: one value of each flag per forget class."""
+    out = []
+    for flag in flags:
+        values = getattr(args, flag)
+        if len(values) != len(args.forget_class):
+            raise UserError(f"{args.command}: {len(args.forget_class)} --forget-class values but {len(values)} "
+                            f"--{flag}; give one per forget class, in the same order")
+        out.append(dict(zip(args.forget_class, values)))
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unlearnbench", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -165,13 +177,11 @@ def run(args) -> None:
         stages.generate_samples(config, args.model, args.out, args.seed, args.forget_class,
                                 ImageData.load(args.data).num_classes)
     elif c == "fid-reference":
-        stages.reference_statistics(config, args.data, args.evaluator, args.forget_class, args.out)
+        stages.reference_statistics(config, args.data, args.evaluator, *_per_class(args, "out"))
     elif c == "score":
-        if not len(args.forget_class) == len(args.reference) == len(args.out):
-            raise UserError("score: give one --reference and one --out per --forget-class, in the same order")
-        stages.score_classes(config, args.samples, args.evaluator, dict(zip(args.forget_class, args.reference)),
-                             args.seed, args.method, args.variant, args.cost, dict(zip(args.forget_class, args.out)),
-                             args.config)
+        references, outs = _per_class(args, "reference", "out")
+        stages.score_classes(config, args.samples, args.evaluator, references, args.seed, args.method, args.variant,
+                             args.cost, outs, args.config)
     elif c == "evaluate":
         stages.evaluate_model(config, args.model, args.data, args.samples, args.evaluator, args.reference,
                               args.forget_class, args.seed, args.method, args.variant, args.cost, args.out, args.config,

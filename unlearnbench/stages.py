@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import platform
 import shutil
+import zipfile
 from importlib import metadata
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from .diffusion import Schedule, sample
 from .errors import MissingResourceError, UserError
 from .method_api import DeclaredParams, RunContext, load_method, prior_by_name
 from .networks import build_classifier, build_unet
-from .training import (BatchStream, autocast, classifier_accuracy, prepare_model, seed_everything, setup_runtime,
+from .training import (BatchStream, autocast, autocast_dtype, classifier_accuracy, prepare_model, seed_everything, setup_runtime,
                        train_classifier, train_diffusion)
 
 
@@ -224,7 +225,7 @@ def generate_samples(config: dict, model_dir, out_path, seed: int, forget_class:
     images = sample(model, Schedule.from_config(config), labels, steps=s["steps"], eta=s["eta"], guidance_w=s["guidance_w"],
                     generator=generator, clip_x0=s.get("clip_x0", False), batch_size=s.get("batch_size", 1000),
                     device=device, progress=True,
-                    autocast_dtype=torch.bfloat16 if device.type == "cuda" and config.get("performance", {}).get("bf16") else None)
+                    autocast_dtype=autocast_dtype(config, device))
     meta = {**sample_meta(config, model_dir, seed, forget_class, num_classes), "device_name": device_name(device)}
     save_samples(out_path, to_uint8(images), labels.numpy(), meta)
     return meta
@@ -237,7 +238,7 @@ def presampled_matches(config: dict, presampled, model_dir, seed: int, forget_cl
         return False
     try:
         _, _, meta = load_samples(presampled)
-    except Exception:  # unreadable or from an older format: draw afresh
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # unreadable or an older format: draw afresh
         return False
     want = sample_meta(config, model_dir, seed, forget_class, num_classes)
     return all(meta.get(k) == v for k, v in want.items() if k != "model_dir")
@@ -305,24 +306,18 @@ def fid_features(config: dict, evaluator_dir, device):
     return feature_extractor("inception", device=device, weights_dir=fid.get("weights_dir"))
 
 
-def reference_statistics(config: dict, data_path, evaluator_dir, forget_classes, out_paths) -> dict:
-    """Feature statistics of the real train images of the remaining classes, one file per forget class.
-
-    `forget_classes` and `out_paths` are an int and a path, or lists of equal length. The features of
-    every chosen real image are computed once and shared by all forget classes (one Inception pass over
-    CIFAR-10's train set instead of one per class).
+def reference_statistics(config: dict, data_path, evaluator_dir, out_paths: dict) -> dict:
+    """Feature statistics of the real train images of the remaining classes, one file per forget class
+    ({forget class: npz path}). The features of every chosen real image are computed once and shared by
+    all forget classes (one Inception pass over CIFAR-10's train set instead of one per class).
     """
     from metrics.fid import reference_statistics as ref_stats, save_statistics
 
-    classes = [forget_classes] if isinstance(forget_classes, int) else [int(c) for c in forget_classes]
-    outs = [out_paths] if isinstance(out_paths, (str, Path)) else list(out_paths)
-    if len(classes) != len(outs):
-        raise UserError(f"fid-reference: {len(classes)} forget classes but {len(outs)} output paths; give one each")
     device = setup_runtime(config)
     data = ImageData.load(data_path)
     n_per_class = config["evaluation"].get("n_real_per_class")
     chosen = {}
-    for forget_class in classes:
+    for forget_class in out_paths:
         rng = np.random.default_rng(forget_class)
         parts = []
         for c in range(data.num_classes):
@@ -334,7 +329,7 @@ def reference_statistics(config: dict, data_path, evaluator_dir, forget_classes,
     union = np.unique(np.concatenate(list(chosen.values())))
     features = fid_features(config, evaluator_dir, device)(to_float(data.train_x[union]))
     counts = {}
-    for forget_class, out in zip(classes, outs):
+    for forget_class, out in out_paths.items():
         stats = ref_stats(features[np.searchsorted(union, chosen[forget_class])])  # keeps a feature subset for KID
         save_statistics(out, **stats, forget_class=forget_class, backend=config["fid"]["backend"])
         counts[forget_class] = stats["n"]

@@ -46,11 +46,15 @@ def setup_runtime(config: dict, threads: int | None = None) -> torch.device:
     return device
 
 
+def autocast_dtype(config: dict, device: torch.device):
+    """torch.bfloat16 when performance.bf16 is on and the device is CUDA, else None (fp32)."""
+    return torch.bfloat16 if device.type == "cuda" and (config.get("performance") or {}).get("bf16", False) else None
+
+
 def autocast(config: dict, device: torch.device):
     """bf16 autocast when performance.bf16 is on and the device is CUDA; otherwise a no-op."""
-    if device.type == "cuda" and (config.get("performance", {}) or {}).get("bf16", False):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
+    dtype = autocast_dtype(config, device)
+    return torch.autocast("cuda", dtype=dtype) if dtype is not None else nullcontext()
 
 
 def prepare_model(model, config: dict, device: torch.device):

@@ -42,11 +42,12 @@ STAGE_SECTIONS = {
 def fingerprint(config: dict, stage: str, method: str | None = None, prior: str | None = None) -> str:
     """Hash of what a stage's result depends on; for a prior that declares its params, only those."""
     from .config import config_hash
+    from .method_api import load_method, prior_by_name
 
     part = {k: config.get(k) for k in STAGE_SECTIONS[stage]}
     if method:
         params = (config.get("method_params") or {}).get(method)
-        declared = next(p for p in method_priors(method) if p.name == prior).params if prior else None
+        declared = prior_by_name(load_method(method), prior).params if prior else None
         if declared is not None and params:
             params = {k: v for k, v in params.items() if k in declared}
         part["method_params"] = params
