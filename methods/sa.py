@@ -12,7 +12,7 @@ from unlearnbench.checkpoints import load_tensors, save_tensors
 from unlearnbench.data import to_float, to_uint8
 from unlearnbench.diffusion import epsilon_loss, randn_like, sample
 from unlearnbench.method_api import Prior
-from unlearnbench.training import autocast_dtype, ema_update, make_ema, optimizer_step
+from unlearnbench.training import autocast_dtype, ema_update, make_ema, optimizer_step, to_device
 
 DEFAULTS = {
     "steps": 20000,
@@ -69,11 +69,12 @@ def diagonal_fisher(model, schedule, images, labels, *, timesteps: torch.Tensor,
     fisher = {n: torch.zeros_like(p) for n, p in params.items()}
     scale = schedule.timesteps / len(timesteps)
     device = next(model.parameters()).device
-    timesteps = timesteps.to(device)
+    # On the device once: a copy per image would make the host wait for the GPU at every image.
+    timesteps, images, labels = (to_device(v, device) for v in (timesteps, images, labels))
     for i in progress(range(len(images)), "fisher"):
         model.zero_grad(set_to_none=True)
-        x = images[i:i + 1].to(device).expand(len(timesteps), *images.shape[1:])
-        y = labels[i:i + 1].to(device).expand(len(timesteps))
+        x = images[i:i + 1].expand(len(timesteps), *images.shape[1:])
+        y = labels[i:i + 1].expand(len(timesteps))
         noise = randn_like(x, generator)  # one draw per (image, t)
         for start in range(0, len(timesteps), chunk):
             part = slice(start, start + chunk)

@@ -69,6 +69,7 @@ def test_methods_timed_and_projected(report):
         assert cost["gpu_peak_gb"] is None and cost["gpu_null_reason"]
         assert cost["torch_peak_allocated_gb"] is None
         assert entry["fraction_of_bf16_peak"] is None and entry["fraction_of_measured_matmul"] is None
+        assert entry["host_syncs"]["per_step"] is None and "CUDA" in entry["host_syncs"]["null_reason"]
     # The paper's batch structure: SA and SalUn do about twice SAFEMax's UNet work per step.
     flops = {m: e["flops_per_step"] for m, e in methods.items()}
     assert flops["sa"] == pytest.approx(2 * flops["safemax"], rel=0.05)
@@ -89,6 +90,7 @@ def test_priors_and_sampler(report):
         assert _positive(s[key]), key
     assert _positive(s["guided_forward"]["image_steps_per_s"])
     assert s["fraction_of_bf16_peak"] is None
+    assert s["host_syncs"]["per_call"] is None and "CUDA" in s["host_syncs"]["null_reason"]
     assert run["eps_rel_error_vs_fp32"] == pytest.approx(0.0, abs=1e-5)
     assert run["switches"] == {"bf16_autocast": False, "tf32": False, "channels_last": False, "compile": False,
                                "deterministic": True, "cudnn_benchmark": False}
@@ -206,3 +208,25 @@ def test_maybe_compile_in_place_keeps_names_and_matches_eager():
     for p, g in zip(model.parameters(), eager_grads):
         torch.testing.assert_close(p.grad, g)
     assert not is_compiled(copy.deepcopy(model))
+
+
+def test_sync_warnings_counted_and_others_ignored():
+    import warnings
+
+    def loop_with_two_syncs():
+        warnings.warn(benchmark.SYNC_WARNING)
+        warnings.warn("an unrelated warning")
+        warnings.warn(benchmark.SYNC_WARNING)  # the same line twice still counts twice
+
+    assert benchmark.count_sync_warnings(loop_with_two_syncs) == 2
+    assert benchmark.count_sync_warnings(lambda: None) == 0
+
+
+def test_sync_counter_runs_every_step_and_says_why_it_cannot_count_on_cpu():
+    counter = benchmark.SyncCounter(torch.device("cpu"), watch_steps=range(1, 3))
+    ran = []
+    for i in range(4):
+        counter.step(i, ran.append)
+    assert ran == [0, 1, 2, 3]
+    result = counter.result()
+    assert result["per_step"] is None and result["steps_watched"] == 0 and "CUDA" in result["null_reason"]

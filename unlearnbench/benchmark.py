@@ -48,6 +48,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -254,11 +255,74 @@ class RowCounter:
         return model
 
 
+SYNC_WARNING = "called a synchronizing CUDA operation"  # torch's text under set_sync_debug_mode("warn")
+
+
+def count_sync_warnings(fn) -> int:
+    """Run fn(); count the synchronisation warnings it raised (other warnings are dropped)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fn()
+    return sum(SYNC_WARNING in str(w.message) for w in caught)
+
+
+@contextlib.contextmanager
+def sync_debug_mode():
+    """torch.cuda.set_sync_debug_mode("warn") for the block: torch warns at every operation that makes
+    the host wait for the GPU (.item(), a copy from pageable memory or to the host, nonzero, ...)."""
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+
+
+class SyncCounter:
+    """Host-device synchronisations per loop step, counted by torch's sync debug mode on chosen steps.
+
+    The warm-up steps after the first are watched, not the timed ones (the check costs host time). A
+    synchronisation inside a loop stops the host from queueing work ahead of the GPU.
+    """
+
+    HOW = "torch.cuda.set_sync_debug_mode('warn') on the warm-up steps after the first; warnings counted"
+
+    def __init__(self, device: torch.device, watch_steps=()):
+        self.watch_steps = set(watch_steps)
+        self.count = self.watched = 0
+        self.null_reason = None
+        if device.type != "cuda":
+            self.null_reason = "no CUDA device: there is no host-device synchronisation to count on CPU"
+        elif not self.watch_steps:
+            self.null_reason = "no step to watch: needs --warmup >= 2 (warm-up steps after the first are watched)"
+        else:
+            probe = torch.zeros(1, device=device)
+            if self.count_in(lambda: probe.item()) < 1:  # the counter must see a known synchronisation
+                self.null_reason = "torch's sync debug mode reported nothing for .item(): cannot count here"
+
+    @staticmethod
+    def count_in(fn) -> int:
+        with sync_debug_mode():
+            return count_sync_warnings(fn)
+
+    def step(self, i: int, fn) -> None:
+        if self.null_reason is None and i in self.watch_steps:
+            self.count += self.count_in(lambda: fn(i))
+            self.watched += 1
+        else:
+            fn(i)
+
+    def result(self) -> dict:
+        return {"per_step": _div(self.count, self.watched) if self.watched else None, "steps_watched": self.watched,
+                "how": self.HOW, "null_reason": None if self.watched else self.null_reason}
+
+
 @dataclasses.dataclass
 class BenchContext(RunContext):
     """The workflow's RunContext, with every step of the method's loop timed by `clock`."""
 
     clock: StepClock | None = None
+    syncs: SyncCounter | None = None
 
     def progress(self, iterable, desc: str):
         return self.clock.wrap(iterable, desc) if self.clock else super().progress(iterable, desc)
@@ -269,7 +333,10 @@ class BenchContext(RunContext):
         def timed_step(i):
             if marks is not None and not marks:
                 marks.append(self.clock.mark())
-            step_fn(i)
+            if self.syncs is not None:
+                self.syncs.step(i, step_fn)
+            else:
+                step_fn(i)
             if marks is not None:
                 marks.append(self.clock.mark())
 
@@ -277,7 +344,7 @@ class BenchContext(RunContext):
 
 
 def make_context(config, method, params, data, device, seed, meter, original_dir, *, clock=None, rows=None,
-                 forget_class=None, priors=None, out_dir=None) -> BenchContext:
+                 syncs=None, forget_class=None, priors=None, out_dir=None) -> BenchContext:
     """stages._context's RunContext (the one `unlearnbench unlearn`/`prior` use), instrumented, with
     load_original passing through acceleration.maybe_compile (idempotent if the stage compiles too).
     `rows` (a RowCounter) is attached to the models only when they are not compiled."""
@@ -285,7 +352,8 @@ def make_context(config, method, params, data, device, seed, meter, original_dir
     from .stages import _context
 
     base = _context(config, method, params, data, device, seed, meter, original_dir, forget_class, priors, out_dir)
-    ctx = BenchContext(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base) if f.init}, clock=clock)
+    ctx = BenchContext(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base) if f.init}, clock=clock,
+                       syncs=syncs)
     load = base.load_original
     count = rows is not None and not (performance(config)["compile"] and torch.device(device).type == "cuda")
 
@@ -410,10 +478,11 @@ class Bench:
         params = self.params(method, steps=total)
         clock = StepClock(device)
         rows = RowCounter()
+        syncs = SyncCounter(device, watch_steps=range(1, self.warmup))
         _release(device)
         with CostMeter(device) as meter:
             ctx = make_context(cfg, method, params, self.data, device, 0, meter, self.original_dir, clock=clock,
-                               rows=rows, forget_class=self.forget_class, priors=priors)
+                               rows=rows, syncs=syncs, forget_class=self.forget_class, priors=priors)
             model = module.unlearn(ctx)
         del model, ctx
         cost = meter.result()
@@ -445,7 +514,7 @@ class Bench:
                 "flops_method": "UNet rows per step (forward pre-hook; with grad = forward + backward) x the counted "
                                 "FLOPs per row (flops section)",
                 "paper_steps": paper_steps, "projected_rte_s": projected_s,
-                "projected_rte_min": _div(projected_s, 60.0), "cost": cost}
+                "projected_rte_min": _div(projected_s, 60.0), "host_syncs": syncs.result(), "cost": cost}
 
     # -- priors
     def _prior_run(self, method: str, prior_name: str, cfg: dict, params: dict, out_dir: Path, *, data=None,
@@ -569,6 +638,15 @@ class Bench:
 
         k1, k2 = self.profile["sampler_steps"]
         run(1)  # warm-up: cuDNN autotuning, compilation
+        syncs = SyncCounter(device, watch_steps=[0])
+        probe_steps = 3
+        syncs.step(0, lambda _: sample(model, schedule, labels, steps=probe_steps, eta=s["eta"], guidance_w=w,
+                                       generator=torch.Generator().manual_seed(0), clip_x0=s.get("clip_x0", False),
+                                       batch_size=B, device=device, autocast_dtype=dtype))
+        host_syncs = {"per_call": syncs.result()["per_step"], "sampler_steps": probe_steps, "batches": 1,
+                      "expected": "1 per batch: the finished images' copy to the host; none inside the steps",
+                      "how": "torch.cuda.set_sync_debug_mode('warn') over one untimed sample() call",
+                      "null_reason": syncs.result()["null_reason"]}
         t1, t2 = run(k1), run(k2)
         per_step, fixed = self._linear((k1, k2), (t1, t2))
         # The bare guided UNet forward, no sampler around it (the upper bound the sampler can reach).
@@ -595,6 +673,7 @@ class Bench:
         per_image_step_flops = flops["guided_step_per_image"] if flops else None
         out = {"batch_images": B, "unet_rows_per_step": 2 * B if w else B, "guidance_w": w,
                "steps_timed": [k1, k2], "run_s": [t1, t2], "per_step_s": per_step, "fixed_s": fixed,
+               "host_syncs": host_syncs,
                "image_steps_per_s": image_steps,
                "guided_forward": {"per_step_s": fwd_per_step, "image_steps_per_s": fwd_image_steps},
                "sampler_overhead_fraction": _div(per_step - fwd_per_step, per_step) if per_step and fwd_per_step else None,
@@ -754,12 +833,12 @@ def method_rows(report: dict, precision: str) -> list[list[str]]:
                      _fmt(e.get("projected_rte_min"), 2), _fmt(p.get("rte_min"), 2),
                      _fmt(cost.get("gpu_peak_gb"), 2), _fmt(cost.get("torch_peak_allocated_gb"), 2),
                      _fmt(p.get("gpu_gb"), 2), _fmt(cost.get("host_rss_peak_gb"), 2), _fmt(e.get("achieved_tflops"), 2),
-                     _fmt(e.get("fraction_of_bf16_peak"), pct=True)])
+                     _fmt(e.get("fraction_of_bf16_peak"), pct=True), _fmt((e.get("host_syncs") or {}).get("per_step"), 1)])
     return rows
 
 
 METHOD_HEADER = ["method", "ms/step", "median ms", "proj. RTE min", "paper RTE min", "NVML peak GB",
-                 "torch alloc GB", "paper GPU GB", "host RSS GB", "TFLOP/s", "% bf16 peak"]
+                 "torch alloc GB", "paper GPU GB", "host RSS GB", "TFLOP/s", "% bf16 peak", "host syncs/step"]
 
 
 def _text_table(header: list[str], rows: list[list[str]]) -> str:
@@ -795,12 +874,13 @@ def sampler_rows(report: dict) -> list[list[str]]:
                          _fmt(s.get("achieved_tflops"), 1), _fmt(s.get("fraction_of_bf16_peak"), pct=True),
                          _fmt(s.get("projected_eval_sampling_min_per_job"), 1),
                          _fmt(s.get("projected_eval_sampling_h_all_jobs"), 1),
+                         _fmt((s.get("host_syncs") or {}).get("per_call"), 0),
                          _fmt(run.get("eps_rel_error_vs_fp32"), 5) if run.get("eps_rel_error_vs_fp32") is not None else "-"])
     return rows
 
 
 SAMPLER_HEADER = ["precision", "batch", "image-steps/s", "bare fwd image-steps/s", "sampler overhead", "TFLOP/s",
-                  "% bf16 peak", "min/eval job", "h all 31 jobs", "eps rel. err vs fp32"]
+                  "% bf16 peak", "min/eval job", "h all 31 jobs", "host syncs/call", "eps rel. err vs fp32"]
 
 
 def ratio_rows(report: dict) -> list[list[str]]:
@@ -907,7 +987,8 @@ def render_markdown(report: dict) -> str:
     lines += ["The paper's GPU is not stated: compare ratios with the paper's, not absolute minutes. "
               "Paper columns: Table 1 means over the 10 classes (`unlearnbench/paper_numbers.csv`). "
               "NVML peak = the process's GPU memory (CUDA context included), the quantity `nvidia-smi` shows; "
-              "GB = 1e9 bytes.", ""]
+              "GB = 1e9 bytes. Host syncs/step: operations per unlearning step that make the host wait for the GPU "
+              "(torch's sync debug mode on the warm-up steps after the first); 0 is the goal.", ""]
     for precision, run in report["runs"].items():
         lines += [f"## {precision}", "", f"Switches: `{json.dumps(run.get('switches'))}`", ""]
         if run.get("methods"):
@@ -930,7 +1011,8 @@ def render_markdown(report: dict) -> str:
         lines += ["## Evaluation sampler", "",
                   "Guided (w = 2): one image-step = one image advanced one step = 2 UNet rows. "
                   "'bare fwd' is the guided UNet forward alone; 'sampler overhead' the share of the sampler's "
-                  "step time spent outside it. Projections: 5,000 images x 1,000 steps per evaluation job.", "",
+                  "step time spent outside it. Projections: 5,000 images x 1,000 steps per evaluation job. "
+                  "Host syncs/call: in one 3-step sample() call of one batch; 1 expected (the images' copy to the host).", "",
                   _md_table(SAMPLER_HEADER, sampler_rows(report)), ""]
     if ratio_rows(report):
         lines += ["## Ratios", "", _md_table(RATIO_HEADER, ratio_rows(report)), ""]

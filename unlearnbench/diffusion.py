@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from .networks import null_class, predict_eps
+from .training import to_device
 
 
 @dataclass
@@ -156,15 +157,16 @@ def sample(model, schedule: Schedule, labels: torch.Tensor, *, steps: int, eta: 
     quiet = not progress or os.environ.get("UNLEARNBENCH_QUIET") == "1"
     bar = tqdm(total=len(batches) * len(ts), desc="sampling", disable=quiet, mininterval=5)
     for start in batches:
-        y = labels[start:start + batch_size].to(device)
-        x = x_init[start:start + batch_size].to(device)
-        # One noise stream per batch, seeded by its offset: cheap and deterministic.
+        y = to_device(labels[start:start + batch_size], device)
+        x = to_device(x_init[start:start + batch_size], device)
+        # One noise stream per batch, seeded by its offset: cheap and deterministic. Drawn on the host while
+        # the GPU runs the step before; to_device queues the copy without waiting for the GPU.
         noise_gen = torch.Generator().manual_seed(step_noise_seed + start)
         for i, t in enumerate(ts):
             t_prev = ts[i + 1] if i + 1 < len(ts) else -1
             tt = torch.full((len(y),), t, device=device, dtype=torch.long)
             eps = eps_fn(x, tt, y)
-            noise = torch.randn(x.shape, generator=noise_gen).to(device) if eta > 0 and t_prev >= 0 else None
+            noise = to_device(torch.randn(x.shape, generator=noise_gen), device) if eta > 0 and t_prev >= 0 else None
             x = ddim_step(schedule, x, eps, t, t_prev, eta, noise, clip_x0)
             bar.update(1)
         out.append(x.float().cpu())

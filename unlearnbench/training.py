@@ -46,6 +46,19 @@ def setup_runtime(config: dict, threads: int | None = None) -> torch.device:
     return device
 
 
+def to_device(x: torch.Tensor, device) -> torch.Tensor:
+    """Copy a host tensor to the device without making the host wait.
+
+    From pageable memory, a host-to-GPU copy first waits for the GPU to finish its queued work (the host
+    stops queueing kernels); from pinned memory with non_blocking it is queued like a kernel. The caching
+    host allocator keeps the pinned block until the copy has run. Elsewhere a plain `.to`.
+    """
+    device = torch.device(device)
+    if device.type != "cuda" or x.device.type != "cpu":
+        return x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)
+
+
 def autocast_dtype(config: dict, device: torch.device):
     """torch.bfloat16 when performance.bf16 is on and the device is CUDA, else None (fp32)."""
     return torch.bfloat16 if device.type == "cuda" and (config.get("performance") or {}).get("bf16", False) else None
@@ -104,40 +117,51 @@ def optimizer_step(optimizer, loss: torch.Tensor, params, grad_clip: float | Non
 
 
 class BatchStream:
-    """Endless shuffled mini-batches of (images in [-1, 1], labels) kept on the device; seeded."""
+    """Endless shuffled mini-batches of (images in [-1, 1], labels) kept on the device; seeded.
+
+    Each epoch's order (and, with hflip, which images are flipped) is drawn on the CPU generator in one go
+    and copied with `to_device`: a batch is then gathered on the device with no host round trip.
+    """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator,
                  device: torch.device, hflip: bool = False):
         if len(x) == 0:
             raise UserError("no training images for this selection of classes")
-        self.x, self.y = x.to(device), y.to(device)
+        self.x, self.y = to_device(x, device), to_device(y, device)
         self.batch_size, self.generator, self.hflip = batch_size, generator, hflip
-        self.order, self.pos = torch.empty(0, dtype=torch.long), 0
+        self.order, self.flip, self.pos = torch.empty(0, dtype=torch.long), None, 0
 
     def __iter__(self):
         return self
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(), "order": self.order, "pos": self.pos}
+        return {"generator": self.generator.get_state(), "order": self.order, "flip": self.flip, "pos": self.pos}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
-        self.order, self.pos = state["order"], state["pos"]
+        self.order, self.flip, self.pos = state["order"], state["flip"], state["pos"]
+
+    def _new_epoch(self) -> None:
+        order = torch.randperm(len(self.x), generator=self.generator)
+        self.order = to_device(order, self.x.device)
+        if self.hflip:
+            self.flip = to_device(torch.rand(len(self.x), generator=self.generator) < 0.5, self.x.device)
+        self.pos = 0
 
     def __next__(self):
-        idx = []
+        parts = []
         need = self.batch_size
         while need > 0:
-            if self.pos >= len(self.order):  # a new epoch: one host-to-device copy, not one per batch
-                self.order, self.pos = torch.randperm(len(self.x), generator=self.generator).to(self.x.device), 0
-            take = self.order[self.pos:self.pos + need]
-            self.pos += len(take)
-            need -= len(take)
-            idx.append(take)
-        idx = torch.cat(idx)
+            if self.pos >= len(self.order):
+                self._new_epoch()
+            part = slice(self.pos, self.pos + need)
+            parts.append((self.order[part], self.flip[part] if self.hflip else None))
+            self.pos += len(parts[-1][0])
+            need -= len(parts[-1][0])
+        idx = torch.cat([i for i, _ in parts])
         x, y = self.x[idx], self.y[idx]
         if self.hflip:
-            flip = (torch.rand(len(x), generator=self.generator) < 0.5).to(x.device)
+            flip = torch.cat([f for _, f in parts])
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
         return x, y
 
@@ -184,12 +208,12 @@ def train_diffusion(model, schedule, stream: BatchStream, *, steps: int, lr: flo
             sched.step()
             ema_update(ema, model, ema_decay)
             if step % 100 == 0:
-                losses.append((step, loss.item()))
+                losses.append((step, loss.detach()))  # read after the loop: .item() here would wait for the GPU
             if state_path and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
                 save_state(state_path, {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
                                         "scheduler": sched.state_dict(), "generator": generator.get_state(),
                                         "stream_generator": stream.generator.get_state(), "step": step + 1})
-    return model, ema, losses
+    return model, ema, [(step, float(loss)) for step, loss in losses]
 
 
 # ---------------------------------------------------------------- evaluator
@@ -204,7 +228,7 @@ def train_classifier(model, train_x, train_y, *, epochs: int, batch_size: int, l
     for _ in progress(range(steps), "evaluator training"):
         x, y = next(stream)
         if augment_noise:
-            x = x + augment_noise * torch.randn(x.shape, generator=generator).to(device)
+            x = x + augment_noise * to_device(torch.randn(x.shape, generator=generator), device)
         loss = torch.nn.functional.cross_entropy(model(x), y)
         optimizer_step(optimizer, loss, model.parameters(), None)
         sched.step()
