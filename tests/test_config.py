@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from unlearnbench.config import ConfigError, load_config, method_params, validate
+from unlearnbench.config import ConfigError, load_config, method_params
 
 
 @pytest.mark.parametrize("override, expected", [

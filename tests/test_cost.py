@@ -10,8 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from unlearnbench import cost
-from unlearnbench.cost import CostMeter, device_name, write_cost
+from unlearnbench.cost import CostMeter, device_name
 
 KEYS = {"rte_s", "rte_min", "gpu_peak_gb", "gpu_peak_source", "gpu_null_reason",
         "torch_peak_allocated_gb", "torch_peak_reserved_gb", "host_rss_peak_gb",
@@ -179,23 +178,27 @@ def test_sampler_thread_stops():
     assert samplers() == []
 
 
-def test_write_cost_atomic(tmp_path, monkeypatch):
+def test_cost_record_written_atomically(tmp_path, monkeypatch):
+    """The one JSON writer every stage uses for cost.json and the metric rows."""
+    from unlearnbench import checkpoints
+
     with CostMeter("cpu") as meter:
         with meter.timed():
             pass
     path = tmp_path / "job" / "cost.json"
-    write_cost(path, meter.result())
+    checkpoints.write_json(path, meter.result())
     assert json.loads(path.read_text()) == meter.result()
     assert [p.name for p in path.parent.iterdir()] == ["cost.json"]
 
     # A failed write leaves the old file intact and no temporary file behind.
     def failing_replace(src, dst):
         raise OSError("disk full")
-    monkeypatch.setattr(cost.os, "replace", failing_replace)
+    monkeypatch.setattr(checkpoints.os, "replace", failing_replace)
     with pytest.raises(OSError):
-        write_cost(path, {"rte_s": 1.0})
+        checkpoints.write_json(path, {"rte_s": 1.0})
     assert json.loads(path.read_text())["device"] == "cpu"
     assert [p.name for p in path.parent.iterdir()] == ["cost.json"]
-    with pytest.raises(ValueError):
-        write_cost(tmp_path / "nan.json", {"rte_s": float("nan")})
-    assert not (tmp_path / "nan.json").exists()
+    monkeypatch.undo()
+    with pytest.raises(ValueError):  # strict JSON on request
+        checkpoints.write_json(tmp_path / "nan.json", {"rte_s": float("nan")}, allow_nan=False)
+    assert list(tmp_path.glob("*nan.json*")) == []

@@ -132,18 +132,10 @@ def _finite(value):
 
 
 def write_json_atomic(path, report: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_finite(report), f, indent=2, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Strict JSON (NaN/inf become null), written atomically."""
+    from .checkpoints import write_json
+
+    write_json(path, _finite(report), allow_nan=False)
 
 
 def _release(device: torch.device) -> None:
@@ -976,7 +968,7 @@ def render_markdown(report: dict) -> str:
              f"| preset | {report['preset']} ({report.get('parameters', 0) / 1e6:.2f}M parameters, images {report.get('image_shape')}) |",
              f"| steps | {s['steps']} timed after {s['warmup']} warm-up, per method and precision |",
              f"| method params | {s['param_source']} |",
-             f"| versions | " + ", ".join(f"{k} {val}" for k, val in v.items() if val) + " |",
+             "| versions | " + ", ".join(f"{k} {val}" for k, val in v.items() if val) + " |",
              f"| host | {report.get('host', {}).get('cpu')} ({report.get('host', {}).get('cpu_count')} CPUs) |",
              f"| bf16 dense peak | {gpu.get('bf16_dense_peak_tflops') or '-'} TFLOP/s: "
              f"{gpu.get('peak_source') or gpu.get('peak_null_reason')} |",

@@ -1,9 +1,11 @@
 """Checkpoints: UNets in safetensors (diffusers save_pretrained), written atomically; resumable training state."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -12,15 +14,26 @@ from .errors import MissingResourceError
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write through a uniquely named temporary sibling, flushed to disk, then rename: a killed job or a full
+    disk leaves either the old file or the new one, never half a file nor a stray temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # unique: parallel writers
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
-def write_json(path: str | Path, record: dict) -> None:
-    atomic_write_text(path, json.dumps(record, indent=2, default=_json_default) + "\n")
+def write_json(path: str | Path, record: dict, *, allow_nan: bool = True) -> None:
+    """A record as indented JSON, atomically. allow_nan=False refuses NaN/inf (strict JSON) with a ValueError."""
+    atomic_write_text(path, json.dumps(record, indent=2, default=_json_default, allow_nan=allow_nan) + "\n")
 
 
 def _json_default(value):

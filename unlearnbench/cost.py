@@ -10,20 +10,17 @@ torch's allocator peaks and the host RSS peak are recorded alongside. GB = 1e9 b
         model = load(...)            # not timed
         with meter.timed():
             unlearn(model)           # RTE
-    write_cost(job_dir / "cost.json", meter.result())
+    checkpoints.write_json(job_dir / "cost.json", meter.result())
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import psutil
@@ -58,24 +55,6 @@ def device_name(device: str | torch.device) -> str:
                 if line.startswith("model name"):
                     return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine() or "cpu"
-
-
-def write_cost(path: str | os.PathLike, record: dict) -> None:
-    """Write a cost record as JSON atomically, so a killed job never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=2, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _ru_maxrss_bytes() -> int | None:

@@ -131,8 +131,6 @@ class RunContext:
 
     def batches(self, classes, batch_size: int):
         """Endless seeded batches of real images of the given classes, on the device."""
-        from .training import BatchStream
-
         return self.stream(*self.images(classes), batch_size, hflip=self.config["base"].get("hflip", False))
 
     def stream(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, hflip: bool = False):
