@@ -5,6 +5,8 @@ every class, and the diagonal empirical Fisher of the loss on them. Each unlearn
 batch of uniform noise labelled c_f, a replay batch of the other classes' generated images, and the
 penalty lambda * sum_i F_i (theta_i - theta*_i)^2. The EMA, continued from the base EMA, is evaluated.
 """
+from contextlib import nullcontext
+
 import numpy as np
 import torch
 
@@ -58,12 +60,12 @@ def fisher_timesteps(timesteps: int, n: int | None) -> torch.Tensor:
 
 
 def diagonal_fisher(model, schedule, images, labels, *, timesteps: torch.Tensor, reduction: str, generator,
-                    chunk: int = 250, progress=lambda it, desc: it) -> dict[str, torch.Tensor]:
+                    chunk: int = 250, progress=lambda it, desc: it, amp=nullcontext) -> dict[str, torch.Tensor]:
     """Mean over images of (d/dtheta sum_t L(x, c, t))^2, one noise draw per (image, t).
 
     The timesteps of one image are batched into forward passes of `chunk`; gradients accumulate over
     chunks, so the result equals looping over the timesteps one by one. A subset of timesteps is
-    rescaled by T/len(subset) to estimate the sum over all T.
+    rescaled by T/len(subset) to estimate the sum over all T. `amp` wraps the forward passes (bf16 autocast).
     """
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     fisher = {n: torch.zeros_like(p) for n, p in params.items()}
@@ -78,8 +80,9 @@ def diagonal_fisher(model, schedule, images, labels, *, timesteps: torch.Tensor,
         noise = randn_like(x, generator)  # one draw per (image, t)
         for start in range(0, len(timesteps), chunk):
             part = slice(start, start + chunk)
-            loss = epsilon_loss(model, schedule, x[part], y[part], reduction=reduction, timesteps=timesteps[part],
-                                noise=noise[part], per_sample=True).sum() * scale
+            with amp():
+                loss = epsilon_loss(model, schedule, x[part], y[part], reduction=reduction, timesteps=timesteps[part],
+                                    noise=noise[part], per_sample=True).sum() * scale
             loss.backward()
         for n, p in params.items():
             fisher[n] += p.grad.detach() ** 2
@@ -98,12 +101,12 @@ def compute_fisher(ctx):
         fisher = diagonal_fisher(model, ctx.schedule, images, labels,
                                  timesteps=fisher_timesteps(ctx.schedule.timesteps, p["fisher_timesteps"]),
                                  reduction=ctx.reduction, generator=ctx.generator, chunk=p["fisher_batch"],
-                                 progress=ctx.progress)
+                                 progress=ctx.progress, amp=ctx.autocast)
     save_tensors(ctx.out_dir / "fisher.safetensors", fisher)
 
 
 PRIORS = [
-    Prior("generated", generate_replay_set, scope="shared", params=("n_generated_per_class",)),
+    Prior("generated", generate_replay_set, scope="shared", params=("n_generated_per_class",), sections=("sampler",)),
     Prior("fisher", compute_fisher, scope="shared", requires=("generated",),
           params=("fisher_images", "fisher_timesteps", "fisher_batch")),
 ]

@@ -5,6 +5,8 @@ the clipped gradient of the guided loss| on real images of c_f. Each unlearning 
 pulls eps_theta(x_t, c_f, t) onto the detached eps_theta(x_t, c_p, t) with c_p = (c_f + 1) mod K, plus
 alpha times the standard loss on the other classes; the clipped gradient is masked before Adam.
 """
+from contextlib import nullcontext
+
 import torch
 
 from unlearnbench.checkpoints import load_tensors, save_tensors
@@ -27,15 +29,17 @@ DEFAULTS = {
 }
 
 
-def saliency_scores(model, schedule, batches, *, guidance_w: float, reduction: str, generator) -> dict:
-    """|sum over batches of the (norm-1 clipped) gradient of the guided loss|, per parameter entry."""
+def saliency_scores(model, schedule, batches, *, guidance_w: float, reduction: str, generator, amp=nullcontext) -> dict:
+    """|sum over batches of the (norm-1 clipped) gradient of the guided loss|, per parameter entry.
+    `amp` wraps the forward passes (bf16 autocast)."""
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     total = {n: torch.zeros_like(p) for n, p in params.items()}
     for x0, y in batches:
         model.zero_grad(set_to_none=True)
         t = schedule.sample_timesteps(len(x0), generator, x0.device)
         noise = randn_like(x0, generator)
-        pred = guided_eps(model, schedule.q_sample(x0, t, noise), t, y, guidance_w)
+        with amp():
+            pred = guided_eps(model, schedule.q_sample(x0, t, noise), t, y, guidance_w)
         reduce_squared_error(pred, noise, reduction).mean().backward()
         torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
         for n, p in params.items():
@@ -64,7 +68,7 @@ def compute_mask(ctx):
                for i in range(0, len(x), p["mask_batch_size"])]
     with ctx.meter.timed():
         scores = saliency_scores(model, ctx.schedule, batches, guidance_w=p["mask_guidance_w"],
-                                 reduction=ctx.reduction, generator=ctx.generator)
+                                 reduction=ctx.reduction, generator=ctx.generator, amp=ctx.autocast)
         mask = top_fraction_mask(scores, p["mask_ratio"])
     save_tensors(ctx.out_dir / "mask.safetensors", {n: m.to(torch.uint8) for n, m in mask.items()})
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from unlearnbench.diffusion import Schedule, epsilon_loss
+from unlearnbench.errors import UserError
 from unlearnbench.method_api import load_method
 from unlearnbench.networks import build_unet
 
@@ -204,3 +205,39 @@ def test_prior_fingerprints_follow_their_declared_params(tiny_config):
     assert fingerprint(changed, "method", "sa", "generated") == fingerprint(tiny_config, "method", "sa", "generated")
     changed["sampler"] = {**changed["sampler"], "steps": 7}  # the replay set is drawn with the sampler
     assert fingerprint(changed, "method", "sa", "generated") != fingerprint(tiny_config, "method", "sa", "generated")
+
+
+def test_only_stages_that_declare_the_sampler_rerun_when_it_changes(tiny_config):
+    from copy import deepcopy
+
+    from unlearnbench.workflow import fingerprint
+
+    changed = deepcopy(tiny_config)
+    changed["sampler"] = {**changed["sampler"], "steps": 7}
+    changed["evaluation"] = {**changed["evaluation"], "n_forget": 3}
+    fp = lambda config, *stage: fingerprint(config, "method", *stage)
+    # SA's replay set is drawn with the sampler (declared); nothing else of the methods reads it
+    assert fp(changed, "sa", "generated") != fp(tiny_config, "sa", "generated")
+    for stage in (("sa",), ("sa", "fisher"), ("salun",), ("salun", "mask"), ("safemax",)):
+        assert fp(changed, *stage) == fp(tiny_config, *stage), stage
+    assert fingerprint(changed, "evaluate") != fingerprint(tiny_config, "evaluate")
+
+
+def test_undeclared_evaluation_sections_are_not_readable(tiny_config):
+    from unlearnbench.method_api import GUARDED_SECTIONS, DeclaredSections, Prior
+
+    view = DeclaredSections(tiny_config, ("sampler",), "prior 'generated' of method 'sa'")
+    assert view["sampler"] == tiny_config["sampler"] and view["diffusion"] == tiny_config["diffusion"]
+    assert view.get("performance") == tiny_config.get("performance")
+    for hidden in set(GUARDED_SECTIONS) - {"sampler"}:
+        with pytest.raises(KeyError, match=f"reads config section '{hidden}'.*Prior\\(\\.\\.\\., sections="):
+            view[hidden]
+        with pytest.raises(KeyError, match="does not declare"):
+            view.get(hidden)
+    unlearn_view = DeclaredSections(tiny_config, (), "unlearn() of method 'x'")
+    with pytest.raises(KeyError, match="SECTIONS = "):
+        unlearn_view["sampler"]
+    with pytest.raises(KeyError):
+        unlearn_view["no_such_key"]
+    with pytest.raises(UserError, match="declarable: sampler"):
+        Prior("p", lambda ctx: None, sections=("optimizer",))

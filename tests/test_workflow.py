@@ -103,6 +103,17 @@ def test_changing_sa_lambda_keeps_its_priors(test_run):
     assert re.search(r"^prior_shared\s+1$", proc.stdout + proc.stderr, re.M)  # the Fisher only, not the replay set
 
 
+def test_changing_the_sampler_retrains_only_what_samples_with_it(test_run):
+    (test_run / "config" / "sampler.yaml").write_text("sampler: {steps: 8}\n")
+    proc = snakemake(test_run, "-n", "results/table.csv", "--configfile", "config/test.yaml", "config/sampler.yaml")
+    out = proc.stdout + proc.stderr
+    assert re.search(r"^prior_shared\s+2$", out, re.M), out[-3000:]  # SA's replay set, then its Fisher
+    assert re.search(r"^unlearn\s+2$", out, re.M), out[-3000:]  # SA on classes 0 and 1; SalUn and SAFEMax kept
+    assert re.search(r"^evaluate_unlearned\s+6$", out, re.M), out[-3000:]  # every model sampled anew
+    for rule in ("train_base", "train_evaluator", "prior_per_class"):  # SalUn's masks do not sample
+        assert not re.search(rf"^{rule}\s+\d+", out, re.M), rule
+
+
 def test_editing_a_method_file_reruns_its_jobs(test_run):
     source = test_run / "methods" / "safemax.py"
     text, before = source.read_text(), source.stat()

@@ -336,14 +336,15 @@ class BenchContext(RunContext):
 
 
 def make_context(config, method, params, data, device, seed, meter, original_dir, *, clock=None, rows=None,
-                 syncs=None, forget_class=None, priors=None, out_dir=None) -> BenchContext:
+                 syncs=None, forget_class=None, priors=None, out_dir=None, prior=None) -> BenchContext:
     """stages._context's RunContext (the one `unlearnbench unlearn`/`prior` use), instrumented, with
     load_original passing through acceleration.maybe_compile (idempotent if the stage compiles too).
     `rows` (a RowCounter) is attached to the models only when they are not compiled."""
     from .acceleration import maybe_compile, performance
     from .stages import _context
 
-    base = _context(config, method, params, data, device, seed, meter, original_dir, forget_class, priors, out_dir)
+    base = _context(config, method, params, data, device, seed, meter, original_dir, forget_class, priors, out_dir,
+                    prior=prior)
     ctx = BenchContext(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base) if f.init}, clock=clock,
                        syncs=syncs)
     load = base.load_original
@@ -521,7 +522,8 @@ class Bench:
         _release(device)
         with CostMeter(device) as meter:
             ctx = make_context(cfg, method, params, data or self.data, device, 0, meter, self.original_dir,
-                               clock=clock, forget_class=self.forget_class, priors=priors, out_dir=out_dir)
+                               clock=clock, forget_class=self.forget_class, priors=priors, out_dir=out_dir,
+                               prior=prior_name)
             prior.run(ctx)
         return meter.result()
 
@@ -1124,9 +1126,9 @@ def main(args) -> dict:
                                       "(bf16 autocast, TF32) have no effect on CPU, so the row would repeat fp32"})
         precisions = ["fp32"]
         report["notes"].append("GPU fields are null on CPU (see each cost's gpu_null_reason and gpu.peak_null_reason).")
-    report["notes"].append("The priors run in the precision their own code uses: a prior that does not autocast "
-                           "(at the time of writing SA's generated set and Fisher, SalUn's mask) does fp32/TF32 work "
-                           "in the bf16 rows too.")
+    report["notes"].append("The priors' UNet passes autocast like the unlearning loops (SA's generated set through "
+                           "the sampler, SA's Fisher and SalUn's mask through ctx.autocast): the bf16 rows run them in "
+                           "bf16, with fp32 weights, gradients and accumulators.")
     report["notes"].append("Synthetic data and a randomly initialised UNet: costs only (no metric is meaningful).")
 
     workdir = Path(tempfile.mkdtemp(prefix="unlearnbench-benchmark-"))

@@ -3,11 +3,17 @@
 A method file defines
     DEFAULTS: dict                      hyper-parameters (config `method_params.<name>` overrides them)
     PRIORS: list[Prior]                 work done once before unlearning (optional)
+    SECTIONS: tuple[str, ...]           evaluation-side config sections unlearn() reads (optional, e.g. "sampler")
     def unlearn(ctx: UnlearnContext) -> torch.nn.Module
         runs the unlearning loop inside `with ctx.meter.timed():` and returns the model to evaluate.
 A prior's `run(ctx: PriorContext)` writes its files into ctx.out_dir; the workflow caches each prior as its
 own job: scope "shared" runs once for all forget classes, scope "per_class" once per forget class.
 A prior that declares the params it reads (`Prior(..., params=(...))`) reruns only when those change.
+
+Every stage sees the base model's config (dataset, data, diffusion, model, base) and the runtime switches.
+The evaluation-side sections (GUARDED_SECTIONS: sampler, evaluation, evaluator, fid) are visible only where
+declared (`SECTIONS`, `Prior(..., sections=...)`), and a job reruns when a declared one changes; so changing
+the sampler re-evaluates every model but retrains only what draws images with it (SA's replay set).
 """
 from __future__ import annotations
 
@@ -22,6 +28,8 @@ import torch
 from .errors import UserError
 
 PACKAGE_METHODS_DIR = Path(__file__).resolve().parent.parent / "methods"
+# Config sections that shape evaluation, not the base model: a method's stage reads one only if it declares it.
+GUARDED_SECTIONS = ("sampler", "evaluation", "evaluator", "fid")
 
 
 @dataclass(frozen=True)
@@ -33,10 +41,43 @@ class Prior:
     # The method params this prior reads (None: all of them). Declaring them keeps the cached prior when
     # another param changes (tuning SA's lambda must not redo hours of Fisher); the prior then sees only these.
     params: tuple[str, ...] | None = None
+    sections: tuple[str, ...] = ()  # GUARDED_SECTIONS it reads, e.g. ("sampler",) for images it generates
 
     def __post_init__(self):
         if self.scope not in ("shared", "per_class"):
             raise ValueError(f"prior {self.name}: scope must be 'shared' or 'per_class', got {self.scope!r}")
+        _check_sections(self.sections, f"prior {self.name}")
+
+
+def _check_sections(sections, where: str) -> None:
+    unknown = [s for s in sections if s not in GUARDED_SECTIONS]
+    if unknown:
+        raise UserError(f"{where} declares config sections {unknown}; declarable: {', '.join(GUARDED_SECTIONS)} "
+                        f"(the base model's sections are always visible)")
+
+
+class DeclaredSections(dict):
+    """A stage's view of the config: the evaluation-side sections it did not declare are not readable."""
+
+    def __init__(self, config: dict, sections, where: str):
+        self._hidden = [s for s in GUARDED_SECTIONS if s not in sections]
+        super().__init__({k: v for k, v in config.items() if k not in self._hidden})
+        self._where = where
+
+    def _refuse(self, key):
+        hint = "SECTIONS = (...) in its method file" if self._where.startswith("unlearn") else "Prior(..., sections=...)"
+        raise KeyError(f"{self._where} reads config section {key!r}, which it does not declare; declare it with "
+                       f"{hint} so that changing it reruns this stage")
+
+    def __missing__(self, key):
+        if key in self._hidden:
+            self._refuse(key)
+        raise KeyError(key)
+
+    def get(self, key, default=None):
+        if key in self._hidden:
+            self._refuse(key)
+        return super().get(key, default)
 
 
 class DeclaredParams(dict):
@@ -80,6 +121,8 @@ def load_method(name: str, directory: str | Path | None = None):
         raise UserError(f"method file {path} must define unlearn(ctx) (see unlearnbench/method_api.py)")
     module.DEFAULTS = dict(getattr(module, "DEFAULTS", {}))
     module.PRIORS = list(getattr(module, "PRIORS", []))
+    module.SECTIONS = tuple(getattr(module, "SECTIONS", ()))
+    _check_sections(module.SECTIONS, f"method {name} (SECTIONS)")
     names = [p.name for p in module.PRIORS]
     for prior in module.PRIORS:
         missing = [r for r in prior.requires if r not in names]

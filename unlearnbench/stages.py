@@ -17,7 +17,7 @@ from .cost import CostMeter, device_name
 from .data import ImageData, load_dataset, to_float, to_uint8
 from .diffusion import Schedule, sample
 from .errors import MissingResourceError, UserError
-from .method_api import DeclaredParams, RunContext, load_method, prior_by_name
+from .method_api import DeclaredParams, DeclaredSections, RunContext, load_method, prior_by_name
 from .networks import build_classifier, build_unet
 from .training import (BatchStream, autocast, autocast_dtype, classifier_accuracy, prepare_model, seed_everything, setup_runtime,
                        train_classifier, train_diffusion)
@@ -113,8 +113,14 @@ def load_evaluator(folder: str | Path, device) -> torch.nn.Module:
 
 # ---------------------------------------------------------------- priors and unlearning
 def _context(config, method, params, data, device, seed, meter, original_dir, forget_class=None, priors=None, out_dir=None,
-             state_path=None):
+             state_path=None, prior=None):
+    """The RunContext of a method's stage: unlearn() if prior is None, else that prior's run()."""
     expect = ckpt.unet_expectations(config, data.num_classes)
+    module = load_method(method)
+    if prior is None:
+        config = DeclaredSections(config, module.SECTIONS, f"unlearn() of method {method!r}")
+    else:
+        config = DeclaredSections(config, prior_by_name(module, prior).sections, f"prior {prior!r} of method {method!r}")
 
     def load_original(ema: bool = False):
         model = ckpt.load_unet(Path(original_dir) / ("unet_ema" if ema else "unet"), expect=expect)
@@ -159,7 +165,7 @@ def run_prior(config: dict, method_name: str, prior_name: str, data_path, origin
     seed = config["seeds"][0] * 1000 + (forget_class if forget_class is not None else 999)
     with CostMeter(device) as meter:
         ctx = _context(config, method_name, params, data, device, seed, meter, original_dir, forget_class,
-                       {k: Path(v) for k, v in (required or {}).items()}, tmp)
+                       {k: Path(v) for k, v in (required or {}).items()}, tmp, prior=prior_name)
         prior.run(ctx)
     cost = meter.result()
     cost["requires"] = sorted(required or {})

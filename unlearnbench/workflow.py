@@ -34,20 +34,25 @@ STAGE_SECTIONS = {
     "data": ["dataset", "data"],
     "base": _BASE,
     "evaluator": ["dataset", "data", "evaluator", "deterministic"],
-    "method": [*_BASE, "sampler"],  # + the method's own params; sampler: SA generates its replay set with it
+    "method": _BASE,  # + the method's own params and the sections its unlearn() or prior declares
     "evaluate": [*_BASE, "sampler", "evaluator", "evaluation", "fid"],
 }
 
 
 def fingerprint(config: dict, stage: str, method: str | None = None, prior: str | None = None) -> str:
-    """Hash of what a stage's result depends on; for a prior that declares its params, only those."""
+    """Hash of what a stage's result depends on: its sections (for a method's stage, plus those it declares)
+    and the method's params (for a prior that declares its params, only those)."""
     from .config import config_hash
     from .method_api import load_method, prior_by_name
 
-    part = {k: config.get(k) for k in STAGE_SECTIONS[stage]}
+    sections = list(STAGE_SECTIONS[stage])
+    if method:
+        module = load_method(method)
+        sections += prior_by_name(module, prior).sections if prior else module.SECTIONS
+    part = {k: config.get(k) for k in sections}
     if method:
         params = (config.get("method_params") or {}).get(method)
-        declared = prior_by_name(load_method(method), prior).params if prior else None
+        declared = prior_by_name(module, prior).params if prior else None
         if declared is not None and params:
             params = {k: v for k, v in params.items() if k in declared}
         part["method_params"] = params
