@@ -71,3 +71,13 @@ def test_resumed_stream_continues_identically():
 def test_seed_determines_the_batches():
     assert draw(stream(hflip=True, seed=1), 8) == draw(stream(hflip=True, seed=1), 8)
     assert draw(stream(hflip=True, seed=1), 8) != draw(stream(hflip=True, seed=2), 8)
+
+
+def test_state_saved_without_epoch_flips_resumes_with_a_new_epoch():
+    old = stream(hflip=True, seed=3)
+    draw(old, 2)
+    state = {k: v for k, v in old.state_dict().items() if k != "flip"}  # an older checkout's state
+    resumed = stream(hflip=True, seed=99)
+    resumed.load_state_dict(state)
+    items, _, _ = draw(resumed, 10)
+    assert sorted(items[:N]) == list(range(N))  # a whole fresh epoch, nothing lost or repeated within it

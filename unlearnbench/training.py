@@ -139,7 +139,9 @@ class BatchStream:
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
-        self.order, self.flip, self.pos = state["order"], state["flip"], state["pos"]
+        self.order, self.flip, self.pos = state["order"], state.get("flip"), state["pos"]
+        if self.hflip and self.flip is None:  # saved before flips were drawn per epoch: go on with a new epoch
+            self.pos = len(self.order)
 
     def _new_epoch(self) -> None:
         order = torch.randperm(len(self.x), generator=self.generator)
