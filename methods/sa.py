@@ -14,7 +14,7 @@ from unlearnbench.checkpoints import load_tensors, save_tensors
 from unlearnbench.data import to_float, to_uint8
 from unlearnbench.diffusion import epsilon_loss, randn_like, sample
 from unlearnbench.method_api import Prior
-from unlearnbench.training import autocast_dtype, ema_update, make_ema, optimizer_step, to_device
+from unlearnbench.training import autocast_dtype, ema_update, make_ema, optimizer_step
 
 DEFAULTS = {
     "steps": 20000,
@@ -72,7 +72,7 @@ def diagonal_fisher(model, schedule, images, labels, *, timesteps: torch.Tensor,
     scale = schedule.timesteps / len(timesteps)
     device = next(model.parameters()).device
     # On the device once: a copy per image would make the host wait for the GPU at every image.
-    timesteps, images, labels = (to_device(v, device) for v in (timesteps, images, labels))
+    timesteps, images, labels = (v.to(device) for v in (timesteps, images, labels))
     for i in progress(range(len(images)), "fisher"):
         model.zero_grad(set_to_none=True)
         x = images[i:i + 1].expand(len(timesteps), *images.shape[1:])

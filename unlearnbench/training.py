@@ -51,7 +51,8 @@ def to_device(x: torch.Tensor, device) -> torch.Tensor:
 
     From pageable memory, a host-to-GPU copy first waits for the GPU to finish its queued work (the host
     stops queueing kernels); from pinned memory with non_blocking it is queued like a kernel. The caching
-    host allocator keeps the pinned block until the copy has run. Elsewhere a plain `.to`.
+    host allocator keeps the pinned block until the copy has run. Elsewhere a plain `.to`. For copies inside
+    loops: the allocator keeps pinned blocks cached for reuse, so a one-time copy of a dataset should use `.to`.
     """
     device = torch.device(device)
     if device.type != "cuda" or x.device.type != "cpu":
@@ -127,7 +128,7 @@ class BatchStream:
                  device: torch.device, hflip: bool = False):
         if len(x) == 0:
             raise UserError("no training images for this selection of classes")
-        self.x, self.y = to_device(x, device), to_device(y, device)
+        self.x, self.y = x.to(device), y.to(device)  # once: a plain copy (no pinned dataset-sized block kept)
         self.batch_size, self.generator, self.hflip = batch_size, generator, hflip
         self.order, self.flip, self.pos = torch.empty(0, dtype=torch.long), None, 0
 
