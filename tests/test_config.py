@@ -1,5 +1,7 @@
 """Config validation: bad values stop the run with a message naming key, value and what is allowed."""
 import copy
+import re
+import shutil
 import subprocess
 import sys
 
@@ -28,9 +30,38 @@ def test_bad_values_are_refused_with_a_clear_message(root, override, expected):
 
 
 def test_shipped_configs_are_valid(root):
-    for name in ("test.yaml",):
+    for name in ("test.yaml", "paper.yaml"):
         load_config(root / "config" / name, methods_dir=root / "methods")
     load_config(methods_dir=root / "methods")
+
+
+def test_paper_config_restates_the_methods_paper_defaults(root):
+    """paper.yaml must reset every param default.yaml scales down, to the method files' (paper) DEFAULTS."""
+    from unlearnbench.method_api import load_method
+
+    config = load_config(root / "config" / "paper.yaml", methods_dir=root / "methods")
+    for method in ("sa", "salun", "safemax"):
+        defaults = load_method(method, root / "methods").DEFAULTS
+        resolved = method_params(config, method, defaults)
+        differing = {k: (resolved[k], defaults[k]) for k in defaults if resolved[k] != defaults[k]}
+        assert differing == {}, (method, differing)
+        assert config["method_params"][method].get("steps") == defaults["steps"]
+
+
+def test_paper_config_plans_the_whole_dag(root, tmp_path):
+    for name in ("Snakefile", "rules", "config", "methods"):
+        src = root / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile=config/paper.yaml",
+                           "results/table.csv"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, re.M))
+    # 10 forget classes x 3 methods, SA's two shared priors, SalUn's mask per class, from training up
+    assert counts["unlearn"] == "30" and counts["evaluate_unlearned"] == "30", counts
+    assert counts["prior_shared"] == "2" and counts["prior_per_class"] == "10", counts
+    assert counts["train_base"] == "1" and counts["train_evaluator"] == "1", counts
+    assert "results/paper/" in out
 
 
 def test_method_params_reject_unknown_keys(root):
