@@ -48,6 +48,20 @@ def test_paper_config_restates_the_methods_paper_defaults(root):
         assert config["method_params"][method].get("steps") == defaults["steps"]
 
 
+def test_paper_config_sets_every_key_the_defaults_scale_down(root):
+    """paper.yaml is merged onto default.yaml: a key it leaves out keeps the digits value."""
+    from unlearnbench.config import read_yaml
+
+    def leaves(tree, prefix=""):
+        for key, value in tree.items():
+            path = f"{prefix}.{key}" if prefix else key
+            yield from leaves(value, path) if isinstance(value, dict) else [path]
+
+    paper = set(leaves(read_yaml(root / "config" / "paper.yaml")))
+    inherited = set(leaves(read_yaml(root / "config" / "default.yaml"))) - paper
+    assert inherited == {"data.test_fraction", "data.split_seed"}  # the digits split only; CIFAR-10 has its own
+
+
 def test_paper_config_plans_the_whole_dag(root, tmp_path):
     for name in ("Snakefile", "rules", "config", "methods"):
         src = root / name
