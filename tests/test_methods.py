@@ -188,6 +188,8 @@ def test_a_prior_sees_only_its_declared_params():
     assert view["fisher_images"] == 8 and "lambda" not in view
     with pytest.raises(KeyError, match="reads param 'lambda'.*Prior\\(\\.\\.\\., params="):
         view["lambda"]
+    with pytest.raises(KeyError, match="reads param 'lambda'"):  # .get with a default must not hide it either
+        view.get("lambda", 1.0)
 
 
 def test_prior_fingerprints_follow_their_declared_params(tiny_config):
@@ -226,7 +228,8 @@ def test_only_stages_that_declare_the_sampler_rerun_when_it_changes(tiny_config)
 def test_undeclared_evaluation_sections_are_not_readable(tiny_config):
     from unlearnbench.method_api import GUARDED_SECTIONS, DeclaredSections, Prior
 
-    view = DeclaredSections(tiny_config, ("sampler",), "prior 'generated' of method 'sa'")
+    view = DeclaredSections(tiny_config, ("sampler",), "prior 'generated' of method 'sa'",
+                            "Prior(..., sections=...)")
     assert view["sampler"] == tiny_config["sampler"] and view["diffusion"] == tiny_config["diffusion"]
     assert view.get("performance") == tiny_config.get("performance")
     for hidden in set(GUARDED_SECTIONS) - {"sampler"}:
@@ -234,7 +237,7 @@ def test_undeclared_evaluation_sections_are_not_readable(tiny_config):
             view[hidden]
         with pytest.raises(KeyError, match="does not declare"):
             view.get(hidden)
-    unlearn_view = DeclaredSections(tiny_config, (), "unlearn() of method 'x'")
+    unlearn_view = DeclaredSections(tiny_config, (), "unlearn() of method 'x'", "SECTIONS = (...) in its method file")
     with pytest.raises(KeyError, match="SECTIONS = "):
         unlearn_view["sampler"]
     with pytest.raises(KeyError):

@@ -637,10 +637,11 @@ class Bench:
         syncs.step(0, lambda _: sample(model, schedule, labels, steps=probe_steps, eta=s["eta"], guidance_w=w,
                                        generator=torch.Generator().manual_seed(0), clip_x0=s.get("clip_x0", False),
                                        batch_size=B, device=device, autocast_dtype=dtype))
-        host_syncs = {"per_call": syncs.result()["per_step"], "sampler_steps": probe_steps, "batches": 1,
+        counted = syncs.result()
+        host_syncs = {"per_call": counted["per_step"], "sampler_steps": probe_steps, "batches": 1,
                       "expected": "1 per batch: the finished images' copy to the host; none inside the steps",
                       "how": "torch.cuda.set_sync_debug_mode('warn') over one untimed sample() call",
-                      "null_reason": syncs.result()["null_reason"]}
+                      "null_reason": counted["null_reason"]}
         t1, t2 = run(k1), run(k2)
         per_step, fixed = self._linear((k1, k2), (t1, t2))
         # The bare guided UNet forward, no sampler around it (the upper bound the sampler can reach).

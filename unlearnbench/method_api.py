@@ -56,18 +56,18 @@ def _check_sections(sections, where: str) -> None:
                         f"(the base model's sections are always visible)")
 
 
-class DeclaredSections(dict):
-    """A stage's view of the config: the evaluation-side sections it did not declare are not readable."""
+class _DeclaredView(dict):
+    """What a stage declared it reads, and nothing else: reading anything else (with [] or .get) is an error
+    that says how to declare it, never a silently stale cache."""
 
-    def __init__(self, config: dict, sections, where: str):
-        self._hidden = [s for s in GUARDED_SECTIONS if s not in sections]
-        super().__init__({k: v for k, v in config.items() if k not in self._hidden})
-        self._where = where
+    def __init__(self, full: dict, hidden, kind: str, where: str, how: str):
+        self._hidden = set(hidden)
+        super().__init__({k: v for k, v in full.items() if k not in self._hidden})
+        self._kind, self._where, self._how = kind, where, how
 
     def _refuse(self, key):
-        hint = "SECTIONS = (...) in its method file" if self._where.startswith("unlearn") else "Prior(..., sections=...)"
-        raise KeyError(f"{self._where} reads config section {key!r}, which it does not declare; declare it with "
-                       f"{hint} so that changing it reruns this stage")
+        raise KeyError(f"{self._where} reads {self._kind} {key!r}, which it does not declare; declare it with "
+                       f"{self._how} so that changing it reruns this stage")
 
     def __missing__(self, key):
         if key in self._hidden:
@@ -80,16 +80,19 @@ class DeclaredSections(dict):
         return super().get(key, default)
 
 
-class DeclaredParams(dict):
-    """A prior's view of its method's params: reading an undeclared one is an error, not a stale cache."""
+class DeclaredSections(_DeclaredView):
+    """A stage's view of the config: the evaluation-side sections it did not declare are hidden."""
+
+    def __init__(self, config: dict, sections, where: str, how: str):
+        super().__init__(config, [s for s in GUARDED_SECTIONS if s not in sections], "config section", where, how)
+
+
+class DeclaredParams(_DeclaredView):
+    """A prior's view of its method's params: only those it declared."""
 
     def __init__(self, params: dict, prior: Prior, method: str):
-        super().__init__({k: params[k] for k in prior.params})
-        self._where = f"prior {prior.name!r} of method {method!r}"
-
-    def __missing__(self, key):
-        raise KeyError(f"{self._where} reads param {key!r}, which is not in its declared params {tuple(self)}; "
-                       f"add it to Prior(..., params=...) so that changing it reruns the prior")
+        super().__init__(params, [k for k in params if k not in prior.params], "param",
+                         f"prior {prior.name!r} of method {method!r}", "Prior(..., params=...)")
 
 
 def methods_dir(explicit: str | Path | None = None) -> Path:

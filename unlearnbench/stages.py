@@ -118,9 +118,11 @@ def _context(config, method, params, data, device, seed, meter, original_dir, fo
     expect = ckpt.unet_expectations(config, data.num_classes)
     module = load_method(method)
     if prior is None:
-        config = DeclaredSections(config, module.SECTIONS, f"unlearn() of method {method!r}")
+        config = DeclaredSections(config, module.SECTIONS, f"unlearn() of method {method!r}",
+                                  "SECTIONS = (...) in its method file")
     else:
-        config = DeclaredSections(config, prior_by_name(module, prior).sections, f"prior {prior!r} of method {method!r}")
+        config = DeclaredSections(config, prior_by_name(module, prior).sections, f"prior {prior!r} of method {method!r}",
+                                  "Prior(..., sections=...)")
 
     def load_original(ema: bool = False):
         model = ckpt.load_unet(Path(original_dir) / ("unet_ema" if ema else "unet"), expect=expect)

@@ -47,12 +47,11 @@ def setup_runtime(config: dict, threads: int | None = None) -> torch.device:
 
 
 def to_device(x: torch.Tensor, device) -> torch.Tensor:
-    """Copy a host tensor to the device without making the host wait.
+    """Copy a host tensor to the GPU inside a loop without making the host wait.
 
-    From pageable memory, a host-to-GPU copy first waits for the GPU to finish its queued work (the host
-    stops queueing kernels); from pinned memory with non_blocking it is queued like a kernel. The caching
-    host allocator keeps the pinned block until the copy has run. Elsewhere a plain `.to`. For copies inside
-    loops: the allocator keeps pinned blocks cached for reuse, so a one-time copy of a dataset should use `.to`.
+    From pageable memory a host-to-GPU copy first waits for the GPU's queued work; from pinned memory with
+    non_blocking it is queued like a kernel (the caching host allocator keeps the block until it has run,
+    then caches it for reuse: one-time copies of whole datasets use a plain `.to`). Elsewhere a plain `.to`.
     """
     device = torch.device(device)
     if device.type != "cuda" or x.device.type != "cpu":
