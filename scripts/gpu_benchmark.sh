@@ -3,7 +3,7 @@
 #
 # On a machine with a GPU and the suite installed:
 #   OUT=/tmp/bench bash scripts/gpu_benchmark.sh
-# Through the device tool (a bare GPU machine with PyTorch but without diffusers/jsonschema):
+# Through the device tool (a bare GPU machine with PyTorch but without jsonschema):
 #   1. here, once (needs the pip registry):   bash scripts/gpu_benchmark.sh --fetch-wheels    # -> .whl/ (git-ignored)
 #   2. device run: command "bash scripts/gpu_benchmark.sh", carry [".whl"], timeout_s 600
 #   3. copy the markdown it writes ($OUT/gpu-<device>.md) to docs/benchmarks/, keep benchmark.json beside it.
@@ -29,12 +29,11 @@ WHEELS=${WHEELS:-.whl}
 
 if [[ "${1:-}" == "--fetch-wheels" ]]; then
   # What the device image lacks (docs: /work/.library/device/KINDS.md lists its packages), at the suite's pins,
-  # for its Python 3.12 on x86-64. Pure-Python wheels except rpds-py.
+  # for its Python 3.12 on x86-64. Pure-Python wheels except rpds-py. (No diffusers: the suite's UNet is its own.)
   mkdir -p "$WHEELS"
   "$PY" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$WHEELS" \
-    diffusers==0.42.1 importlib_metadata==10.2.0 lazy-importer==0.1.0 \
     jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1
   ls -l "$WHEELS"
   exit 0
@@ -45,12 +44,12 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 UNLEARNBENCH_QUIET=1
 
 # Packages the image lacks, from carried wheels (installed into /tmp/site, nothing else is touched).
-if ! "$PY" -c "import diffusers, jsonschema" 2>/dev/null; then
+if ! "$PY" -c "import jsonschema" 2>/dev/null; then
   if compgen -G "$WHEELS/*.whl" >/dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   else
-    echo "diffusers/jsonschema missing and no wheels in $WHEELS: run 'bash scripts/gpu_benchmark.sh --fetch-wheels'" \
+    echo "jsonschema missing and no wheels in $WHEELS: run 'bash scripts/gpu_benchmark.sh --fetch-wheels'" \
          "where pip works, and carry $WHEELS" >&2
     exit 1
   fi
@@ -63,9 +62,9 @@ status=0
   git log -1 --format='commit %H %s' 2>/dev/null || true
   nvidia-smi || true
   "$PY" - <<'EOF'
-import platform, torch, diffusers
+import platform, torch
 print("python", platform.python_version(), "| torch", torch.__version__, "| cuda", torch.version.cuda,
-      "| cudnn", torch.backends.cudnn.version(), "| diffusers", diffusers.__version__)
+      "| cudnn", torch.backends.cudnn.version())
 print("device:", torch.cuda.get_device_name() if torch.cuda.is_available() else "NO CUDA DEVICE")
 EOF
   echo "== unlearnbench benchmark --preset $PRESET --precision fp32 bf16 --steps $STEPS --warmup $WARMUP (limit ${LIMIT_S}s)"

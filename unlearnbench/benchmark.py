@@ -236,7 +236,7 @@ class RowCounter:
         self.no_grad = 0
 
     def hook(self, module, args, kwargs):
-        x = args[0] if args else kwargs.get("sample")
+        x = args[0] if args else kwargs["x"]
         if torch.is_grad_enabled():
             self.grad += int(x.shape[0])
         else:
@@ -1073,10 +1073,6 @@ def main(args) -> dict:
     from .method_api import load_method
 
     os.environ.setdefault("UNLEARNBENCH_QUIET", "1")
-    with contextlib.suppress(Exception):  # "accelerate not found" on every model load
-        from diffusers.utils import logging as diffusers_logging
-
-        diffusers_logging.set_verbosity_error()
     r = _resolve_args(args)
     config, param_source, config_path = build_config(args, r["preset"])
     device = setup_runtime(config)

@@ -1,4 +1,4 @@
-"""Checkpoints: UNets in safetensors (diffusers save_pretrained), written atomically; resumable training state."""
+"""Checkpoints: UNets in diffusers' folder format (config.json + safetensors), written atomically; resumable training state."""
 from __future__ import annotations
 
 import contextlib
@@ -56,7 +56,7 @@ def save_unet(model, folder: str | Path) -> None:
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp)
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(tmp, folder)
@@ -77,15 +77,26 @@ def folder_digest(folder: str | Path) -> str:
 
 
 def load_unet(folder: str | Path, device="cpu", expect: dict | None = None):
-    """Load a UNet saved by save_unet; a missing, corrupt or mismatched checkpoint gets an actionable error."""
-    from diffusers.models.unets.unet_2d import UNet2DModel
+    """Load a UNet saved by save_unet (or by diffusers' UNet2DModel.save_pretrained); a missing, corrupt,
+    unsupported or mismatched checkpoint gets an actionable error."""
+    from .unet import UNet, resolve_config
 
     folder = Path(folder)
     if not (folder / "config.json").exists():
         raise MissingResourceError(f"no UNet checkpoint at {folder} (config.json missing). Re-run the step that "
                                    f"trains it, or point base.checkpoint to a folder saved with save_pretrained.")
     try:
-        model = UNet2DModel.from_pretrained(folder, low_cpu_mem_usage=False)  # no accelerate needed
+        config = json.loads((folder / "config.json").read_text())
+    except ValueError as exc:
+        raise MissingResourceError(f"UNet checkpoint at {folder} is corrupt or incomplete (config.json: {exc}). "
+                                   f"Delete it and re-run the step that wrote it.") from None
+    try:
+        resolve_config({k: v for k, v in config.items() if not k.startswith("_")})
+    except ValueError as exc:
+        raise MissingResourceError(f"UNet checkpoint at {folder} cannot be used: {exc}. The suite's UNet "
+                                   f"(unlearnbench/unet.py) implements the class-conditional UNet2DModel of its presets.") from None
+    try:
+        model = UNet.from_pretrained(folder)
     except Exception as exc:
         raise MissingResourceError(f"UNet checkpoint at {folder} is corrupt or incomplete ({type(exc).__name__}: "
                                    f"{str(exc).splitlines()[0][:300]}). Delete it and re-run the step that wrote it.") from None

@@ -1,10 +1,10 @@
-"""Networks: diffusers UNet2DModel presets (class-conditional, last class index = null) and evaluation classifiers."""
+"""Networks: UNet presets (class-conditional, last class index = null; `unlearnbench.unet`) and evaluation classifiers."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-# Presets of diffusers' UNet2DModel. Each level of down blocks halves the resolution.
+# UNet2DModel arguments (`unlearnbench.unet.UNet` mirrors diffusers' class). Each level of down blocks halves the resolution.
 UNET_PRESETS = {
     # digits 8x8x1: small enough that the default benchmark runs on 2 CPU cores in minutes.
     "tiny": dict(
@@ -27,19 +27,19 @@ UNET_PRESETS = {
 
 
 def build_unet(preset: str, num_classes: int, overrides: dict | None = None):
-    from diffusers.models.unets.unet_2d import UNet2DModel
+    from .unet import UNet
 
     if preset not in UNET_PRESETS:
         raise ValueError(f"unknown UNet preset {preset!r}; allowed: {', '.join(UNET_PRESETS)}")
     kwargs = {**UNET_PRESETS[preset], **(overrides or {})}
     for key in ("block_out_channels", "down_block_types", "up_block_types"):
         kwargs[key] = tuple(kwargs[key])
-    return UNet2DModel(num_class_embeds=num_classes + 1, **kwargs)
+    return UNet(num_class_embeds=num_classes + 1, **kwargs)
 
 
 def predict_eps(model, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The one call every stage uses to get eps_theta(x_t, c, t)."""
-    return model(x, t, class_labels=labels).sample
+    return model(x, t, labels)
 
 
 def null_class(model) -> int:

@@ -257,8 +257,8 @@ def evaluate_model(config: dict, model_dir, data_path, samples_path, evaluator_d
                    presampled=None) -> dict:
     """Samples of an unlearned model (reusing those its unlearning job drew when they match), then its metrics.
 
-    The unlearning job samples while its libraries are loaded (--presample); this saves a process that
-    imports diffusers per model. Changing the sampler or the counts makes the samples mismatch, and they
+    The unlearning job samples while its model is loaded (--presample); this saves a process that loads a
+    UNet per model. Changing the sampler or the counts makes the samples mismatch, and they
     are drawn again here.
     """
     num_classes = ImageData.load(data_path).num_classes
