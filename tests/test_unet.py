@@ -124,3 +124,26 @@ def test_workflow_jobs_never_import_diffusers(tmp_path):
         "assert not loaded, loaded[:5]\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_older_diffusers_layout_is_converted_and_adopted_in_the_suites_own(tmp_path, tiny_config):
+    """A user's checkpoint as older diffusers saved it (pickled .bin weights): load_unet converts it through
+    diffusers, and adopting it as base.checkpoint re-saves it in the suite's layout, which loads directly."""
+    from unlearnbench import stages
+    from unlearnbench.unet import WEIGHTS_NAME
+
+    reference, _ = both(TINY)
+    for sub in ("unet", "unet_ema"):
+        reference.save_pretrained(tmp_path / "mine" / sub, safe_serialization=False)
+    assert not (tmp_path / "mine" / "unet" / WEIGHTS_NAME).exists()
+    converted = load_unet(tmp_path / "mine" / "unet")
+    assert all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), converted.state_dict().values()))
+
+    stages.prepare_data(tiny_config, tmp_path / "data.npz")
+    config = json.loads(json.dumps(tiny_config))
+    config["base"]["checkpoint"] = str(tmp_path / "mine")
+    record = stages.train_base(config, tmp_path / "data.npz", tmp_path / "original")
+    assert record["source"] == str((tmp_path / "mine").resolve())
+    for sub in ("unet", "unet_ema"):
+        adopted = UNet.from_pretrained(tmp_path / "original" / sub)  # no conversion needed any more
+        assert all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), adopted.state_dict().values()))

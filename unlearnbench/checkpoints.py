@@ -98,8 +98,10 @@ def load_unet(folder: str | Path, device="cpu", expect: dict | None = None):
     try:
         model = UNet.from_pretrained(folder)
     except Exception as exc:
-        raise MissingResourceError(f"UNet checkpoint at {folder} is corrupt or incomplete ({type(exc).__name__}: "
-                                   f"{str(exc).splitlines()[0][:300]}). Delete it and re-run the step that wrote it.") from None
+        model = _convert_with_diffusers(folder)
+        if model is None:
+            raise MissingResourceError(f"UNet checkpoint at {folder} is corrupt or incomplete ({type(exc).__name__}: "
+                                       f"{str(exc).splitlines()[0][:300]}). Delete it and re-run the step that wrote it.") from None
     for key, want in (expect or {}).items():
         have = model.config.get(key)
         if isinstance(have, (list, tuple)):
@@ -108,6 +110,24 @@ def load_unet(folder: str | Path, device="cpu", expect: dict | None = None):
             raise MissingResourceError(f"UNet checkpoint at {folder} does not match the config: {key} is {have}, "
                                        f"the config needs {want}. Use a checkpoint trained with this config.")
     return model.to(device)
+
+
+def _convert_with_diffusers(folder: Path):
+    """A checkpoint in a layout diffusers reads but UNet.from_pretrained does not (a pickled .bin of older
+    diffusers, attention weights under their pre-0.15 names): diffusers loads and renames it. Only for such
+    user-supplied checkpoints, so only they pay diffusers' import. None if diffusers cannot read it either."""
+    from .unet import UNet
+
+    try:
+        from diffusers.models.unets.unet_2d import UNet2DModel
+
+        theirs = UNet2DModel.from_pretrained(folder, low_cpu_mem_usage=False)
+        model = UNet(**{k: v for k, v in theirs.config.items() if not k.startswith("_")})
+        model.load_state_dict(theirs.state_dict())
+    except Exception:
+        return None
+    print(f"converted the UNet checkpoint at {folder} with diffusers (an older file layout)")
+    return model
 
 
 def unet_expectations(config: dict, num_classes: int) -> dict:

@@ -46,15 +46,9 @@ def train_base(config: dict, data_path: str | Path, out_dir: str | Path) -> dict
     expect = ckpt.unet_expectations(config, data.num_classes)
     if base.get("checkpoint"):
         src = Path(base["checkpoint"])
-        for sub in ("unet", "unet_ema"):
-            ckpt.load_unet(src / sub, expect=expect)  # validates before anything is copied
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for sub in ("unet", "unet_ema"):
-            tmp = out_dir / f".{sub}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(src / sub, tmp)
-            shutil.rmtree(out_dir / sub, ignore_errors=True)
-            tmp.replace(out_dir / sub)
+        models = {sub: ckpt.load_unet(src / sub, expect=expect) for sub in ("unet", "unet_ema")}  # both checked first
+        for sub, model in models.items():  # re-saved in the suite's layout: later jobs load it without conversion
+            ckpt.save_unet(model, out_dir / sub)
         record = {"source": str(src.resolve()), "cost": None, "steps": None}
         ckpt.write_json(out_dir / "train.json", record)
         return record
