@@ -86,6 +86,7 @@ def test_scalar_timestep_applies_to_every_image():
     ("down_block_types", ["DownBlock2D", "CrossAttnDownBlock2D"], "unsupported blocks \\['CrossAttnDownBlock2D'\\]"),
     ("time_embedding_type", "fourier", "time_embedding_type='fourier' is not supported"),
     ("num_class_embeds", None, "num_class_embeds and norm_num_groups must be set"),
+    ("_class_name", "UNet2DConditionModel", "describes a UNet2DConditionModel, not a UNet2DModel"),
 ])
 def test_unsupported_checkpoint_options_are_named(tmp_path, key, value, message):
     save_unet(build_unet("tiny", 10), tmp_path / "unet")

@@ -91,6 +91,8 @@ def load_unet(folder: str | Path, device="cpu", expect: dict | None = None):
         raise MissingResourceError(f"UNet checkpoint at {folder} is corrupt or incomplete (config.json: {exc}). "
                                    f"Delete it and re-run the step that wrote it.") from None
     try:
+        if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
+            raise ValueError(f"UNet config describes a {config['_class_name']}, not a UNet2DModel")
         resolve_config({k: v for k, v in config.items() if not k.startswith("_")})
     except ValueError as exc:
         raise MissingResourceError(f"UNet checkpoint at {folder} cannot be used: {exc}. The suite's UNet "
