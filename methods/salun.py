@@ -62,7 +62,7 @@ def top_fraction_mask(scores: dict, ratio: float) -> dict:
 
 def compute_mask(ctx):
     p = ctx.params
-    model = ctx.load_original(ema=False)
+    model = ctx.load_original(ema=False).eval()  # no dropout, as the reference's generate_mask (model.eval())
     x, y = ctx.images([ctx.forget_class])
     batches = [(x[i:i + p["mask_batch_size"]].to(ctx.device), y[i:i + p["mask_batch_size"]].to(ctx.device))
                for i in range(0, len(x), p["mask_batch_size"])]

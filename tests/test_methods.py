@@ -136,6 +136,78 @@ def test_saliency_scores_use_clipped_signed_sums():
     assert all((s >= 0).all() for s in scores.values())
 
 
+def _prior_ctx(tmp_path, originals, params, forget_class=None, priors=None, data=None):
+    """A prior's context whose load_original hands out copies of `originals[ema]` in train mode, as the stage does."""
+    import copy
+
+    from unlearnbench.cost import CostMeter
+    from unlearnbench.method_api import RunContext
+
+    return RunContext(config={"diffusion": {"loss_reduction": "sum"}, "base": {}}, params=params, data=data,
+                      schedule=Schedule(20, 1e-4, 0.02), device=torch.device("cpu"), seed=3,
+                      generator=torch.Generator().manual_seed(3), meter=CostMeter("cpu"),
+                      load_original=lambda ema=False: copy.deepcopy(originals[ema]).train(),
+                      forget_class=forget_class, priors=priors or {}, out_dir=tmp_path)
+
+
+def _with_dropout(seed):
+    torch.manual_seed(seed)
+    return build_unet("tiny", 3, {**MICRO, "dropout": 0.5})
+
+
+def test_sa_fisher_is_taken_at_theta_star_without_dropout(tmp_path):
+    """The EWC penalty anchors at theta* = the non-EMA starting weights; like the reference's save_fim (states[0],
+    model.eval()), the Fisher is taken there, without dropout, and not at the EMA weights that drew the images."""
+    import numpy as np
+
+    from unlearnbench.checkpoints import load_tensors
+    from unlearnbench.data import to_float, to_uint8
+
+    originals = {False: _with_dropout(0), True: _with_dropout(1)}
+    (tmp_path / "generated").mkdir()
+    images = to_uint8(torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    np.savez_compressed(tmp_path / "generated" / "generated.npz", images=images, labels=np.array([0, 1, 2]))
+    params = {"fisher_images": None, "fisher_timesteps": 5, "fisher_batch": 2}
+    ctx = _prior_ctx(tmp_path, originals, params, priors={"generated": tmp_path / "generated"})
+    sa.compute_fisher(ctx)
+    saved = load_tensors(tmp_path / "fisher.safetensors", torch.device("cpu"))
+
+    def fisher_of(model):
+        return sa.diagonal_fisher(model, ctx.schedule, to_float(images), torch.tensor([0, 1, 2]),
+                                  timesteps=sa.fisher_timesteps(20, 5), reduction="sum",
+                                  generator=torch.Generator().manual_seed(3), chunk=2)
+
+    at_star = fisher_of(originals[False].eval())
+    assert all(torch.allclose(saved[n], at_star[n], rtol=1e-5, atol=0) for n in at_star)
+    at_ema = fisher_of(originals[True].eval())
+    assert not all(torch.allclose(saved[n], at_ema[n], rtol=1e-3) for n in at_ema)
+
+
+def test_salun_mask_is_computed_without_dropout(tmp_path):
+    """The reference's generate_mask runs model.eval(): the saliency of the deterministic network."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from unlearnbench.checkpoints import load_tensors
+    from unlearnbench.data import to_uint8
+
+    x = to_uint8(torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    data = SimpleNamespace(train_x=x, train_y=np.array([1, 1, 1, 1, 0, 1]), num_classes=2)
+    model = _with_dropout(0)
+    params = {"mask_batch_size": 2, "mask_guidance_w": 2.0, "mask_ratio": 0.5}
+    ctx = _prior_ctx(tmp_path, {False: model}, params, forget_class=1, data=data)
+    salun.compute_mask(ctx)
+    saved = load_tensors(tmp_path / "mask.safetensors", torch.device("cpu"))
+
+    x1, _ = ctx.images([1])
+    batches = [(x1[i:i + 2], torch.ones(len(x1[i:i + 2]), dtype=torch.long)) for i in range(0, len(x1), 2)]
+    scores = salun.saliency_scores(model.eval(), ctx.schedule, batches, guidance_w=2.0, reduction="sum",
+                                   generator=torch.Generator().manual_seed(3))
+    expected = salun.top_fraction_mask(scores, 0.5)
+    assert all(torch.equal(saved[n].bool(), expected[n]) for n in expected)
+
+
 class _Crash(Exception):
     pass
 
