@@ -262,6 +262,17 @@ def test_inception_pipeline_with_stand_in_network(tmp_path):
     u8 = np.round((np.array([-1.0, 0.0, 0.5]) + 1) * 127.5)
     assert feats.shape == (3, 2048) and feats.dtype == np.float64
     np.testing.assert_allclose(feats, np.repeat(((u8 - 128) / 128)[:, None], 2048, 1), atol=1e-5)
-    rgb = torch.rand(2, 3, 5, 7) * 2 - 1
+    # Colour images, against the clean-fid pipeline written out with PIL: per-channel bicubic resize of the
+    # uint8 HWC image in float mode ("F", no re-quantisation) clipped to [0, 255] (bicubic overshoots), CHW,
+    # then the network's (x-128)/128 and the stand-in's channel means.
+    from PIL import Image
+
+    rgb = torch.rand(2, 3, 5, 7, generator=torch.Generator().manual_seed(0)) * 2 - 1
     extract = F.feature_extractor("inception", weights_dir=tmp_path, offline=True)
-    np.testing.assert_allclose(extract(rgb), F.inception_features(rgb, weights_dir=tmp_path, offline=True))
+    u8 = ((rgb + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    resized = np.stack([np.stack([np.asarray(Image.fromarray(img[:, :, ch].astype(np.float32), mode="F")
+                                             .resize((299, 299), resample=Image.BICUBIC)) for ch in range(3)])
+                        for img in u8]).clip(0, 255)
+    channel_means = ((resized.astype(np.float64) - 128) / 128).mean(axis=(2, 3))
+    expected = np.tile(channel_means, 683)[:, :2048]
+    np.testing.assert_allclose(extract(rgb), expected, rtol=1e-5, atol=1e-5)

@@ -19,6 +19,8 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from .errors import UserError
+
 DISPLAY_NAMES = {"original": "Original", "sa": "SA", "salun": "SalUn", "safemax": "SAFEMax"}
 METHOD_ORDER = list(DISPLAY_NAMES)
 UNLEARNING_REFERENCE = "safemax"  # the paper's headline ratios are relative to SAFEMax
@@ -180,6 +182,13 @@ def paper_layout_table(df: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame
     """Rows "0".."9" (classes present), "mean", "std" (ddof=1 over classes); five metric columns per method."""
     means = per_class_means(df, methods)
     classes = sorted(int(c) for c in means["forget_class"].unique())
+    # A mean over fewer classes would read like the others: refuse an incomplete method instead.
+    for method in methods:
+        have = set(means.loc[means["method"] == method, "forget_class"].astype(int))
+        if have != set(classes):
+            raise UserError(f"no metrics record of method {method!r} for forgotten class(es) "
+                             f"{sorted(set(classes) - have)}: its mean would cover other classes than the rest; "
+                             "pass every record (the workflow's aggregate rule does)")
     columns = {"forget_class": [str(c) for c in classes] + ["mean", "std"]}
     for method in methods:
         per_class = means[means["method"] == method].set_index("forget_class").reindex(classes)
