@@ -230,3 +230,35 @@ def test_sync_counter_runs_every_step_and_says_why_it_cannot_count_on_cpu():
     assert ran == [0, 1, 2, 3]
     result = counter.result()
     assert result["per_step"] is None and result["steps_watched"] == 0 and "CUDA" in result["null_reason"]
+
+
+def test_a_timeout_keeps_the_finished_half_of_a_switch_row(tmp_path, monkeypatch):
+    """`timeout --signal=INT` in a switch row's sampler (compilation can take minutes): the JSON keeps the row
+    with its method measured and says it was interrupted, and the section's time says it has no result."""
+    from types import SimpleNamespace
+
+    calls = []
+    real_sampler = benchmark.Bench.sampler
+
+    def sampler(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # fp32 row, switch row "bf16", then the "bf16 + compile" row
+            raise KeyboardInterrupt
+        return real_sampler(self, *args, **kwargs)
+
+    monkeypatch.setattr(benchmark.Bench, "sampler", sampler)
+    out = tmp_path / "b.json"
+    args = SimpleNamespace(preset="tiny", steps=1, warmup=0, methods=["safemax"], config=None, precision=["fp32"],
+                           out=str(out), device="cpu", threads=1, switches=True, budget_s=None)
+    with pytest.raises(KeyboardInterrupt):
+        benchmark.main(args)
+    saved = json.loads(out.read_text())
+    assert saved["interrupted"] is True and saved["complete"] is False
+    variants = saved["switches"]["variants"]
+    assert [v["name"] for v in variants] == ["bf16", "bf16 + compile"]
+    assert "error" not in variants[0] and variants[0]["sampler"]
+    assert _positive(variants[1]["method"]["step"]["mean_s"]) and "sampler" not in variants[1]
+    assert variants[1]["error"].startswith("interrupted")
+    assert "switch bf16 + compile sampler (interrupted)" in saved["section_s"]
+    assert "switch bf16 + compile sampler" not in saved["section_s"]
+    assert benchmark.switch_rows(saved)[1][-1].startswith("interrupted")

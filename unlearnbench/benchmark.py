@@ -8,7 +8,8 @@ a randomly initialised UNet of the preset (`paper`: the 35.7M-parameter CIFAR-10
 `tiny`: 8x8x1) saved to a temporary folder as the "original" model, synthetic uint8 images of 10
 classes, and a `RunContext` built by `stages._context`, exactly as `unlearnbench unlearn` builds it.
 
-Measured, per precision (fp32 = every switch off; tf32; bf16 = bf16 autocast + TF32):
+Measured, per precision (fp32 = bf16 autocast and TF32 off; tf32; bf16 = bf16 autocast + TF32; channels_last,
+compile and determinism as the config sets them in every row: paper.yaml has channels_last on, the rest off):
 - each method's unlearning, `warmup + steps` steps with the paper's hyper-parameters (the method's
   DEFAULTS, or --config's method_params) and batch sizes; every step is timed (CUDA events at the
   step boundaries on GPU, so no host synchronisation is added to the loop); the steady-state time
@@ -909,7 +910,7 @@ def switch_rows(report: dict) -> list[list[str]]:
         rows.append([v["name"], _fmt(step, 2, 1000), _fmt(_div(base[0], step) if base and step else None, 2),
                      _fmt(smp, 0), _fmt(_div(smp, base[1]) if base and smp and base[1] else None, 2),
                      _fmt(((v.get("method") or {}).get("cost") or {}).get("torch_peak_allocated_gb"), 2),
-                     _fmt((v.get("method") or {}).get("first_step_s"), 1), v.get("error") or ""])
+                     _fmt((v.get("method") or {}).get("first_step_s"), 1), v.get("error") or v.get("note") or ""])
     return rows
 
 
@@ -1107,6 +1108,9 @@ def main(args) -> dict:
         t0 = time.perf_counter()
         try:
             yield
+        except KeyboardInterrupt:  # its time is kept, under a name that says it has no result
+            label += " (interrupted)"
+            raise
         finally:
             report["section_s"][label] = time.perf_counter() - t0
 
@@ -1182,6 +1186,11 @@ def main(args) -> dict:
                     continue
                 cfg = variant_config(config, "bf16", change)
                 entry = {"name": label, "change": change}
+                if change.get("deterministic"):
+                    # CUBLAS_WORKSPACE_CONFIG is read when cuBLAS starts, which was before this row.
+                    entry["note"] = "deterministic kernels; cuBLAS workspace as at start"
+                # Listed before it runs: a timeout in its sampler keeps its method half (marked interrupted).
+                report["switches"]["variants"].append(entry)
                 try:
                     entry["switches"] = None
                     dev = setup_runtime(cfg)
@@ -1195,7 +1204,9 @@ def main(args) -> dict:
                         entry["sampler"] = bench.sampler(cfg, flops, peak, measured)
                 except Exception as exc:  # one variant failing (e.g. compilation) must not lose the others
                     entry["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-                report["switches"]["variants"].append(entry)
+                except KeyboardInterrupt:
+                    entry["error"] = "interrupted (timeout) before this row finished"
+                    raise
                 save()
         report["complete"] = True
     except KeyboardInterrupt:
