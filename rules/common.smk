@@ -2,8 +2,9 @@
 from pathlib import Path
 from unlearnbench.method_api import methods_dir
 from unlearnbench.workflow import method_priors, prior_dir, parse_variant, ablation_variants, fingerprint
+from unlearnbench.workflow import resolved_config_path
 
-CFG = f"{RUN}/config.yaml"
+CFG = resolved_config_path(config)
 DATA = f"{RUN}/data.npz"
 ORIGINAL = f"{RUN}/models/original"
 EVALUATOR = f"{RUN}/evaluator"

@@ -92,6 +92,19 @@ def test_changing_evaluation_reevaluates_without_retraining(test_run):
         assert not re.search(rf"^{rule}\s+\d+", out, re.M), rule
 
 
+def test_a_dry_run_with_another_config_leaves_the_jobs_config_alone(test_run):
+    """Jobs read results/<run>/configs/<hash>.yaml: previewing a change while a run goes on must not alter it."""
+    configs = test_run / "results" / "test" / "configs"
+    before = {p.name: p.read_bytes() for p in configs.iterdir()}
+    (test_run / "config" / "preview.yaml").write_text("sampler: {steps: 9}\n")
+    snakemake(test_run, "-n", "results/table.csv", "--configfile", "config/test.yaml", "config/preview.yaml")
+    after = {p.name: p.read_bytes() for p in configs.iterdir()}
+    assert len(after) == len(before) + 1 and all(after[name] == text for name, text in before.items())
+    metrics = pd.read_csv(test_run / "results" / "metrics.csv")
+    assert len(set(metrics["config_hash"])) == 1  # the records name the file their jobs read
+    assert f"{metrics['config_hash'][0]}.yaml" in before
+
+
 def test_changing_sa_lambda_keeps_its_priors(test_run):
     (test_run / "config" / "lambda.yaml").write_text("method_params: {sa: {lambda: 0.5}}\n")
     proc = snakemake(test_run, "-n", "results/table.csv", "--configfile", "config/test.yaml", "config/lambda.yaml")

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def cmd(name, help_):
         s = sub.add_parser(name, help=help_)
-        s.add_argument("--config", required=True, help="resolved run config (results/<run>/config.yaml)")
+        s.add_argument("--config", required=True, help="resolved run config (results/<run>/configs/<hash>.yaml)")
         return s
 
     s = sub.add_parser("validate-config", help="validate config files (default.yaml + the given ones)")

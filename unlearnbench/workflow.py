@@ -22,9 +22,19 @@ def load_workflow_config(config: dict) -> dict:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
-    run_dir = Path("results") / merged["run_name"]
-    write_resolved(merged, run_dir / "config.yaml")
+    write_resolved(merged, resolved_config_path(merged))
     return merged
+
+
+def resolved_config_path(config: dict) -> str:
+    """results/<run>/configs/<config_hash>.yaml, the file every job of this config reads.
+
+    Named by content: reading the Snakefile again with another config (a dry run, too) writes a new file and
+    never rewrites the one that running jobs read. The hash is the metrics records' provenance `config_hash`.
+    """
+    from .config import config_hash
+
+    return str(Path("results") / config["run_name"] / "configs" / f"{config_hash(config)}.yaml")
 
 
 # Config sections each stage's results depend on: a rule reruns when its fingerprint changes
