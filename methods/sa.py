@@ -31,6 +31,22 @@ DEFAULTS = {
     "fisher_batch": 250,        # timesteps per forward pass (memory bound)
     "checkpoint_every": 1000,   # resumable state every so many steps (0: never)
 }
+# What each value may be (JSON Schema; the config is checked against it before any job runs).
+PARAM_SCHEMA = {
+    "steps": {"type": "integer", "minimum": 1},
+    "batch_size": {"type": "integer", "minimum": 1},
+    "replay_batch_size": {"type": "integer", "minimum": 1},
+    "lr": {"type": "number", "exclusiveMinimum": 0},
+    "grad_clip": {"type": ["number", "null"], "exclusiveMinimum": 0},  # null: no clipping
+    "gamma": {"type": "number", "minimum": 0},
+    "lambda": {"type": "number", "minimum": 0},
+    "ema_decay": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+    "n_generated_per_class": {"type": "integer", "minimum": 1},
+    "fisher_images": {"type": ["integer", "null"], "minimum": 1},
+    "fisher_timesteps": {"type": ["integer", "null"], "minimum": 1},
+    "fisher_batch": {"type": "integer", "minimum": 1},
+    "checkpoint_every": {"type": "integer", "minimum": 0},
+}
 
 
 # ---------------------------------------------------------------- prior 1: generated replay set

@@ -20,6 +20,17 @@ DEFAULTS = {
     "retain_weight": 0.0,     # no retain loss on the poster
     "retain_batch_size": 128,
 }
+# What each value may be (JSON Schema; the config is checked against it before any job runs).
+PARAM_SCHEMA = {
+    "steps": {"type": "integer", "minimum": 1},
+    "batch_size": {"type": "integer", "minimum": 1},
+    "lr": {"type": "number", "exclusiveMinimum": 0},
+    "grad_clip": {"type": ["number", "null"], "exclusiveMinimum": 0},  # null: no clipping
+    "lambda": {"type": "number", "minimum": 0},
+    "target": {"enum": ["fresh_noise", "x_t"]},
+    "retain_weight": {"type": "number", "minimum": 0},
+    "retain_batch_size": {"type": "integer", "minimum": 1},
+}
 
 
 def psi(t_index: torch.Tensor, timesteps: int, lam: float) -> torch.Tensor:

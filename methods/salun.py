@@ -27,6 +27,19 @@ DEFAULTS = {
     "mask_guidance_w": 2.0,     # guided loss of the mask: eps = 3 eps_c - 2 eps_null
     "mask_batch_size": 128,
 }
+# What each value may be (JSON Schema; the config is checked against it before any job runs).
+PARAM_SCHEMA = {
+    "steps": {"type": "integer", "minimum": 1},
+    "batch_size": {"type": "integer", "minimum": 1},
+    "retain_batch_size": {"type": "integer", "minimum": 1},
+    "lr": {"type": "number", "exclusiveMinimum": 0},
+    "grad_clip": {"type": ["number", "null"], "exclusiveMinimum": 0},  # null: no clipping
+    "alpha": {"type": "number", "minimum": 0},
+    "cond_dropout": {"type": "number", "minimum": 0, "maximum": 1},
+    "mask_ratio": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+    "mask_guidance_w": {"type": "number", "minimum": 0},
+    "mask_batch_size": {"type": "integer", "minimum": 1},
+}
 
 
 def saliency_scores(model, schedule, batches, *, guidance_w: float, reduction: str, generator, amp=nullcontext) -> dict:

@@ -76,11 +76,83 @@ def test_paper_config_plans_the_whole_dag(root, tmp_path):
     assert counts["prior_shared"] == "2" and counts["prior_per_class"] == "10", counts
     assert counts["train_base"] == "1" and counts["train_evaluator"] == "1", counts
     assert "results/paper/" in out
+    # --config passes list items as text: seeds=[0,1] means two integer seeds (twice the jobs per method)
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile=config/paper.yaml",
+                           "--config", "seeds=[0,1]", "--", "results/table.csv"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert dict(re.findall(r"^(\w+)\s+(\d+)$", out, re.M))["unlearn"] == "60"
 
 
 def test_method_params_reject_unknown_keys(root):
     with pytest.raises(ConfigError, match="unknown key\\(s\\) stpes under 'method_params.safemax'; allowed: .*steps"):
         load_config(overrides={"method_params": {"safemax": {"stpes": 3}}}, methods_dir=root / "methods")
+
+
+@pytest.mark.parametrize("params, expected", [
+    ({"safemax": {"steps": 0}}, "'method_params.safemax.steps' = 0 is not allowed; allowed: type integer, >= 1"),
+    ({"safemax": {"steps": -5}}, "'method_params.safemax.steps' = -5 is not allowed"),
+    ({"safemax": {"steps": 60.5}}, "'method_params.safemax.steps' = 60.5 is not allowed; allowed: type integer"),
+    ({"safemax": {"steps": None}}, "'method_params.safemax.steps' = null is not allowed"),
+    ({"safemax": {"lr": -1}}, "'method_params.safemax.lr' = -1 is not allowed; allowed: type number, > 0"),
+    ({"safemax": {"target": "bogus"}}, "'method_params.safemax.target' = \"bogus\" is not allowed; allowed: one of"),
+    ({"salun": {"batch_size": 0}}, "'method_params.salun.batch_size' = 0 is not allowed"),
+    ({"salun": {"mask_ratio": 1.5}}, "'method_params.salun.mask_ratio' = 1.5 is not allowed; allowed: type number, > 0, <= 1"),
+    ({"salun": {"grad_clip": 0}}, "'method_params.salun.grad_clip' = 0 is not allowed"),
+    ({"sa": {"fisher_images": "many"}}, "'method_params.sa.fisher_images' = \"many\" is not allowed"),
+    ({"sa": {"ema_decay": 1.0}}, "'method_params.sa.ema_decay' = 1.0 is not allowed"),
+    ({"safemx": {"steps": 5}}, "unknown method 'safemx' under 'method_params'; allowed: sa, safemax, salun"),
+])
+def test_method_params_are_checked_against_the_methods_schemas(root, params, expected):
+    """A bad value stops the run before any job: 0 steps would pass the original model off as unlearned."""
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides={"method_params": params}, methods_dir=root / "methods")
+    assert expected in str(err.value)
+
+
+def test_ablation_is_checked_against_its_method(root):
+    with pytest.raises(ConfigError, match="'ablation.method' = 'safemx' is not a method"):
+        load_config(overrides={"ablation": {"method": "safemx"}}, methods_dir=root / "methods")
+    with pytest.raises(ConfigError, match=r"'ablation.values\[1\]' = -1 is not allowed; allowed: type number, >= 0"):
+        load_config(overrides={"ablation": {"method": "safemax", "param": "lambda", "values": [0, -1]}},
+                    methods_dir=root / "methods")
+
+
+def test_numbers_given_as_text_become_numbers(root):
+    """Snakemake's --config passes list items as text and YAML 1.1 reads 1e-3 as text: both mean numbers."""
+    config = load_config(overrides={"seeds": ["0", "1"], "base": {"lr": "1e-3"}, "run_name": "2024",
+                                    "method_params": {"safemax": {"steps": "60", "lr": "2e-4"}, "sa": {"steps": 30.0},
+                                                      "salun": {"mask_ratio": "0.25"}},
+                                    "ablation": {"values": ["0", "2.5"]}}, methods_dir=root / "methods")
+    assert config["seeds"] == [0, 1] and config["base"]["lr"] == 1e-3 and config["run_name"] == "2024"
+    assert config["method_params"]["safemax"]["steps"] == 60 and config["method_params"]["safemax"]["lr"] == 2e-4
+    assert type(config["method_params"]["sa"]["steps"]) is int and config["method_params"]["salun"]["mask_ratio"] == 0.25
+    assert config["ablation"]["values"] == [0, 2.5]
+    with pytest.raises(ConfigError, match="'seeds\\[0\\]' = \"x\" is not allowed"):
+        load_config(overrides={"seeds": ["x"]}, methods_dir=root / "methods")
+
+
+def test_a_method_without_a_schema_is_checked_by_its_defaults_types(root, tmp_path):
+    for shipped in ("sa", "salun", "safemax"):  # default.yaml sets their params
+        shutil.copy(root / "methods" / f"{shipped}.py", tmp_path)
+    (tmp_path / "plain.py").write_text('DEFAULTS = {"steps": 20, "lr": 1.0e-4, "mode": "a", "extra": None}\n'
+                                       "def unlearn(ctx):\n    pass\n")
+    ok = load_config(overrides={"methods": ["plain"], "ablation": None, "method_params": {
+        "plain": {"steps": "7", "lr": 1, "mode": "b", "extra": [1]}}}, methods_dir=tmp_path)
+    assert ok["method_params"]["plain"] == {"steps": 7, "lr": 1, "mode": "b", "extra": [1]}
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides={"methods": ["plain"], "ablation": None, "method_params": {
+            "plain": {"steps": 2.5, "lr": "fast", "mode": 3}}}, methods_dir=tmp_path)
+    for key, allowed in (("steps", "integer"), ("lr", "number"), ("mode", "string")):
+        assert f"'method_params.plain.{key}'" in str(err.value) and f"type {allowed}" in str(err.value)
+    (tmp_path / "stray.py").write_text('DEFAULTS = {"steps": 1}\nPARAM_SCHEMA = {"stesp": {}}\n'
+                                       "def unlearn(ctx):\n    pass\n")
+    from unlearnbench.errors import UserError
+    from unlearnbench.method_api import load_method
+
+    with pytest.raises(UserError, match="PARAM_SCHEMA names stesp, which DEFAULTS lacks"):
+        load_method("stray", tmp_path)
 
 
 def test_method_params_layering(tiny_config):

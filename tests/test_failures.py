@@ -1,7 +1,9 @@
 """Bad input gets a clear message that says what to do, and no Python traceback."""
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -103,3 +105,20 @@ def test_unknown_method_file(tmp_path):
     (tmp_path / "broken.py").write_text("DEFAULTS = {}\n")
     with pytest.raises(UserError, match="must define unlearn\\(ctx\\)"):
         load_method("broken", tmp_path)
+
+
+def test_a_failed_job_shows_its_error_in_snakemakes_output(root, tmp_path):
+    """Rules write their output to a log; the workflow profile (profiles/default) prints a failed job's log, so
+    the user sees the message and what to do without opening results/<run>/logs/ by hand."""
+    import shutil
+
+    for name in ("Snakefile", "rules", "config", "methods", "profiles"):
+        src = root / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    (tmp_path / "offline.yaml").write_text(f"data: {{download: false, root: {tmp_path / 'nowhere'}}}\n")
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "results/table.csv", "--configfile",
+                           "config/paper.yaml", "offline.yaml"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "Error in rule prepare_data" in out and "CIFAR-10 not found under" in out, out[-3000:]

@@ -316,3 +316,11 @@ def test_undeclared_evaluation_sections_are_not_readable(tiny_config):
         unlearn_view["no_such_key"]
     with pytest.raises(UserError, match="declarable: sampler"):
         Prior("p", lambda ctx: None, sections=("optimizer",))
+
+
+@pytest.mark.parametrize("steps", [0, -3, 2.0, True])
+def test_run_steps_refuses_a_loop_that_would_not_run(tmp_path, steps):
+    """Zero steps would hand back the original model as the unlearned one."""
+    ctx, _, _, step = _toy_run(tmp_path / "state.pt")
+    with pytest.raises(UserError, match="whole number >= 1"):
+        ctx.run_steps(steps, step, desc="toy")

@@ -1,9 +1,11 @@
 """Load, merge and validate run configs; every input error names the key, the bad value and what is allowed."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
@@ -92,14 +94,47 @@ def _allowed(error) -> str:
     return error.message
 
 
-def validate(config: dict, methods_dir: str | Path | None = None) -> dict:
-    """Validate against config/schema.yaml, then the cross-key rules; raise ConfigError listing every problem."""
+def _types(schema: dict) -> set:
+    kind = schema.get("type")
+    return set(kind if isinstance(kind, list) else [kind] if kind else [])
+
+
+def coerce(value, schema: dict):
+    """Numbers and booleans written as text become the type the schema asks for.
+
+    Snakemake's `--config seeds=[0,1]` passes list items as text, and YAML 1.1 (Snakemake's reader) reads 1e-4
+    without a dot as text; both are meant as numbers. A value the schema allows as text is left alone.
+    """
+    if isinstance(value, dict):
+        props, extra = schema.get("properties", {}), schema.get("additionalProperties")
+        return {k: coerce(v, props.get(k, extra if isinstance(extra, dict) else {})) for k, v in value.items()}
+    if isinstance(value, list):
+        return [coerce(v, schema.get("items", {})) for v in value]
+    types = _types(schema)
+    if isinstance(value, float) and "integer" in types and "number" not in types and value.is_integer():
+        return int(value)  # steps: 60.0 -> 60 (range() needs an int)
+    if not isinstance(value, str) or "string" in types:
+        return value
+    text = value.strip()
+    if "boolean" in types and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if "integer" in types:
+        with contextlib.suppress(ValueError):
+            return int(text)
+    if "number" in types:
+        with contextlib.suppress(ValueError):
+            number = float(text)
+            if math.isfinite(number):
+                return number
+    return value
+
+
+def _problems(schema: dict, instance, prefix: tuple = ()) -> list[str]:
     import jsonschema
 
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
     problems = []
-    for error in sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(map(str, e.path))):
-        key = _key_path(error.absolute_path)
+    for error in sorted(jsonschema.Draft202012Validator(schema).iter_errors(instance), key=lambda e: list(map(str, e.path))):
+        key = _key_path([*prefix, *error.absolute_path])
         if error.validator == "additionalProperties":
             extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
             problems.append(f"unknown key(s) {', '.join(extra)} under '{key}'; allowed: {_allowed(error)}")
@@ -107,48 +142,74 @@ def validate(config: dict, methods_dir: str | Path | None = None) -> dict:
             problems.append(f"'{key}': {error.message}; required: {_allowed(error)}")
         else:
             problems.append(f"'{key}' = {json.dumps(error.instance)} is not allowed; allowed: {_allowed(error)}")
+    return problems
+
+
+def validate(config: dict, methods_dir: str | Path | None = None) -> dict:
+    """Validate against config/schema.yaml, then the cross-key rules and each method's parameter schema;
+    raise ConfigError listing every problem. Returns the config with numbers given as text made numbers."""
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    config = coerce(config, schema)
+    problems = _problems(schema, config)
     if not problems:
-        problems += _cross_checks(config, methods_dir)
+        config, method_problems = _check_methods(config, methods_dir)
+        problems += method_problems + _cross_checks(config)
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
     return config
 
 
-def _cross_checks(config: dict, methods_dir) -> list[str]:
-    from .method_api import available_methods
+def _check_methods(config: dict, methods_dir) -> tuple[dict, list[str]]:
+    """The methods, method_params and the ablation against the method files: names, keys, each value's schema."""
+    from .method_api import available_methods, load_method, param_schema
 
+    problems = []
+    known = available_methods(methods_dir)
+    allowed = f"allowed: {', '.join(sorted(known))} (a method is a file methods/<name>.py)"
+    for i, name in enumerate(config["methods"]):
+        if name not in known:
+            problems.append(f"'methods[{i}]' = {name!r} is not a method; {allowed}")
+    params = dict(config.get("method_params") or {})
+    for name, given in params.items():
+        if name not in known:  # a typo here would silently leave the method at its defaults
+            problems.append(f"unknown method {name!r} under 'method_params'; {allowed}")
+            continue
+        module = load_method(name, methods_dir)
+        given = given or {}
+        unknown = sorted(set(given) - set(module.DEFAULTS))
+        if unknown:
+            problems.append(f"unknown key(s) {', '.join(unknown)} under 'method_params.{name}'; "
+                            f"allowed: {', '.join(sorted(module.DEFAULTS))}")
+        schema = {"type": "object", "properties": param_schema(module)}
+        params[name] = given = coerce({k: v for k, v in given.items() if k in module.DEFAULTS}, schema)
+        problems += _problems(schema, given, ("method_params", name))
+    config = {**config, "method_params": params}
+    abl = config.get("ablation")
+    if abl:
+        if abl.get("method") not in known:  # else the ablation figure would silently be left out
+            problems.append(f"'ablation.method' = {abl.get('method')!r} is not a method; {allowed}")
+        else:
+            module = load_method(abl["method"], methods_dir)
+            if abl.get("param") not in module.DEFAULTS:
+                problems.append(f"'ablation.param' = {abl.get('param')!r} is not a parameter of {abl['method']}; "
+                                f"allowed: {', '.join(sorted(module.DEFAULTS))}")
+            else:
+                item = param_schema(module)[abl["param"]]
+                values = [coerce(v, item) for v in abl.get("values") or []]
+                config = {**config, "ablation": {**abl, "values": values}}
+                problems += _problems({"type": "array", "items": item}, values, ("ablation", "values"))
+    return config, problems
+
+
+def _cross_checks(config: dict) -> list[str]:
     problems = []
     n_classes = NUM_CLASSES[config["dataset"]]
     for i, c in enumerate(config["forget_classes"]):
         if c >= n_classes:
             problems.append(f"'forget_classes[{i}]' = {c} is out of range; allowed: 0..{n_classes - 1} for {config['dataset']}")
-    known = available_methods(methods_dir)
-    for i, name in enumerate(config["methods"]):
-        if name not in known:
-            problems.append(f"'methods[{i}]' = {name!r} is not a method; allowed: {', '.join(sorted(known))} "
-                            f"(a method is a file methods/<name>.py)")
-    from .method_api import load_method
-
-    for name in config["methods"]:
-        if name in known:
-            defaults = load_method(name, methods_dir).DEFAULTS
-            given = (config.get("method_params") or {}).get(name) or {}
-            unknown = sorted(set(given) - set(defaults))
-            if unknown:
-                problems.append(f"unknown key(s) {', '.join(unknown)} under 'method_params.{name}'; "
-                                f"allowed: {', '.join(sorted(defaults))}")
-            for key, value in given.items():
-                default = defaults.get(key)
-                if isinstance(default, (int, float)) and not isinstance(default, bool) and value is not None \
-                        and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                    problems.append(f"'method_params.{name}.{key}' = {json.dumps(value)} is not allowed; allowed: a number "
-                                    f"(write 1.0e-4, not 1e-4, in YAML read by Snakemake)")
     abl = config.get("ablation")
-    if abl:
-        if abl.get("method") in known and abl.get("param") not in load_method(abl["method"], methods_dir).DEFAULTS:
-            problems.append(f"'ablation.param' = {abl.get('param')!r} is not a parameter of {abl['method']}")
-        if abl.get("forget_class", 0) >= n_classes:
-            problems.append(f"'ablation.forget_class' = {abl['forget_class']} is out of range 0..{n_classes - 1}")
+    if abl and abl.get("forget_class", 0) >= n_classes:
+        problems.append(f"'ablation.forget_class' = {abl['forget_class']} is out of range 0..{n_classes - 1}")
     d = config["diffusion"]
     if d["beta_start"] >= d["beta_end"]:
         problems.append(f"'diffusion.beta_start' = {d['beta_start']} must be below 'diffusion.beta_end' = {d['beta_end']}")

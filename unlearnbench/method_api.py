@@ -2,6 +2,7 @@
 
 A method file defines
     DEFAULTS: dict                      hyper-parameters (config `method_params.<name>` overrides them)
+    PARAM_SCHEMA: dict                  JSON Schema per hyper-parameter (optional; else its default's type)
     PRIORS: list[Prior]                 work done once before unlearning (optional)
     SECTIONS: tuple[str, ...]           evaluation-side config sections unlearn() reads (optional, e.g. "sampler")
     def unlearn(ctx: UnlearnContext) -> torch.nn.Module
@@ -123,6 +124,10 @@ def load_method(name: str, directory: str | Path | None = None):
     if not callable(getattr(module, "unlearn", None)):
         raise UserError(f"method file {path} must define unlearn(ctx) (see unlearnbench/method_api.py)")
     module.DEFAULTS = dict(getattr(module, "DEFAULTS", {}))
+    module.PARAM_SCHEMA = dict(getattr(module, "PARAM_SCHEMA", {}))
+    stray = sorted(set(module.PARAM_SCHEMA) - set(module.DEFAULTS))
+    if stray:
+        raise UserError(f"method file {path}: PARAM_SCHEMA names {', '.join(stray)}, which DEFAULTS lacks")
     module.PRIORS = list(getattr(module, "PRIORS", []))
     module.SECTIONS = tuple(getattr(module, "SECTIONS", ()))
     _check_sections(module.SECTIONS, f"method {name} (SECTIONS)")
@@ -132,6 +137,14 @@ def load_method(name: str, directory: str | Path | None = None):
         if missing:
             raise UserError(f"method {name}: prior {prior.name} requires unknown prior(s) {missing}")
     return module
+
+
+def param_schema(module) -> dict:
+    """JSON Schema of each hyper-parameter: the method's PARAM_SCHEMA, else the type of its default
+    (an int default takes whole numbers, a float any number, text text; a None default anything)."""
+    inferred = {bool: {"type": "boolean"}, int: {"type": "integer"}, float: {"type": "number"}, str: {"type": "string"}}
+    return {key: module.PARAM_SCHEMA.get(key, inferred.get(type(default), {}))
+            for key, default in module.DEFAULTS.items()}
 
 
 def prior_by_name(module, name: str) -> Prior:
@@ -198,6 +211,9 @@ class RunContext:
         from .checkpoints import load_state, save_state
         from .training import progress
 
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            # Zero steps would pass the original model off as an unlearned one.
+            raise UserError(f"{desc}: the number of steps must be a whole number >= 1; got {steps!r}")
         resumable = bool(checkpoint_every and self.state_path)
         start = 0
         saved = load_state(self.state_path) if resumable else None

@@ -24,8 +24,18 @@ from .training import (BatchStream, autocast, autocast_dtype, classifier_accurac
 
 
 def load_run_config(path: str | Path) -> dict:
-    """The resolved config the workflow wrote (already validated by the Snakefile)."""
-    return read_yaml(path)
+    """The config a stage runs with.
+
+    The workflow's files (results/<run>/configs/<config_hash>.yaml, validated when the Snakefile wrote them) are
+    read as they are. Any other file, e.g. for a stage run by hand, is merged onto config/default.yaml and
+    validated as the Snakefile does, so that it gets the same checks and a partial file works.
+    """
+    from .config import load_config
+
+    config = read_yaml(path)
+    if Path(path).stem == config_hash(config):
+        return config
+    return load_config(path)
 
 
 # ---------------------------------------------------------------- data and base model

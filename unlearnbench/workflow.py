@@ -18,7 +18,7 @@ def load_workflow_config(config: dict) -> dict:
         # Snakemake has merged config/default.yaml with --configfile/--config; merge again so that a
         # config given without the defaults (e.g. `snakemake --configfile x.yaml` from elsewhere) is complete.
         merged = deep_merge(read_yaml(DEFAULT_CONFIG), dict(config))
-        validate(merged)
+        merged = validate(merged)  # with numbers given as text (e.g. by --config) made numbers
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
