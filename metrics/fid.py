@@ -211,7 +211,7 @@ def inception_weights_path(weights_dir=None, offline: bool | None = None) -> Pat
     raise MissingResourceError(
         f"Inception weights '{INCEPTION_FILE}' for the FID backend 'inception' are missing from "
         f"{folder.resolve()} ({why}). Download {INCEPTION_URL} and put '{INCEPTION_FILE}' in "
-        f"{folder.resolve()}, or set {INCEPTION_DIR_ENV} to the directory that holds it, "
+        f"{folder.resolve()}, or set fid.weights_dir in the config (or {INCEPTION_DIR_ENV}) to the directory that holds it, "
         f"or use fid.backend: classifier.")
 
 

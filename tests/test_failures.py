@@ -64,7 +64,7 @@ def test_corrupt_checkpoint(tmp_path, tiny_config):
     save_unet(build_unet("tiny", 10), tmp_path / "unet")
     weights = tmp_path / "unet" / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(weights.read_bytes()[: 1000])
-    with pytest.raises(MissingResourceError, match="corrupt or incomplete.*Delete it and re-run"):
+    with pytest.raises(MissingResourceError, match="corrupt or incomplete.*delete it and re-run.*your base.checkpoint, copy it again"):
         load_unet(tmp_path / "unet")
 
 
@@ -122,3 +122,11 @@ def test_a_failed_job_shows_its_error_in_snakemakes_output(root, tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "Error in rule prepare_data" in out and "CIFAR-10 not found under" in out, out[-3000:]
+
+
+def test_forget_class_out_of_range_names_the_range():
+    from types import SimpleNamespace
+
+    with pytest.raises(UserError, match=r"forget class 12 is out of range: the dataset's classes are 0..9"):
+        stages._context({}, "safemax", {}, SimpleNamespace(num_classes=10), torch.device("cpu"), 0, None, None,
+                        forget_class=12)

@@ -76,6 +76,11 @@ def folder_digest(folder: str | Path) -> str:
     return digest.hexdigest()
 
 
+# A corrupt folder the workflow wrote is redone; a user's own checkpoint (base.checkpoint) must not be deleted.
+_REDO = ("If the workflow wrote it (under results/), delete it and re-run the step that wrote it; if it is your "
+         "base.checkpoint, copy it again from where it came from.")
+
+
 def load_unet(folder: str | Path, device="cpu", expect: dict | None = None):
     """Load a UNet saved by save_unet (or by diffusers' UNet2DModel.save_pretrained); a missing, corrupt,
     unsupported or mismatched checkpoint gets an actionable error."""
@@ -89,7 +94,7 @@ def load_unet(folder: str | Path, device="cpu", expect: dict | None = None):
         config = json.loads((folder / "config.json").read_text())
     except ValueError as exc:
         raise MissingResourceError(f"UNet checkpoint at {folder} is corrupt or incomplete (config.json: {exc}). "
-                                   f"Delete it and re-run the step that wrote it.") from None
+                                   f"{_REDO}") from None
     try:
         if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
             raise ValueError(f"UNet config describes a {config['_class_name']}, not a UNet2DModel")
@@ -103,7 +108,7 @@ def load_unet(folder: str | Path, device="cpu", expect: dict | None = None):
         model = _convert_with_diffusers(folder)
         if model is None:
             raise MissingResourceError(f"UNet checkpoint at {folder} is corrupt or incomplete ({type(exc).__name__}: "
-                                       f"{str(exc).splitlines()[0][:300]}). Delete it and re-run the step that wrote it.") from None
+                                       f"{str(exc).splitlines()[0][:300]}). {_REDO}") from None
     for key, want in (expect or {}).items():
         have = model.config.get(key)
         if isinstance(have, (list, tuple)):

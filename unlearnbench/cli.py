@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--warmup", type=int, default=3)
     s.add_argument("--methods", nargs="*", default=["safemax", "salun", "sa"])
     s.add_argument("--config", default=None, help="config whose method params/performance switches to use")
-    s.add_argument("--precision", nargs="*", default=None, help="fp32 and/or bf16")
+    s.add_argument("--precision", nargs="*", default=None, help="any of fp32, tf32, bf16 (default: fp32 bf16 on GPU, fp32 on CPU)")
     s.add_argument("--out", default=None, help="write the JSON report here")
     return p
 

@@ -119,6 +119,8 @@ def load_evaluator(folder: str | Path, device) -> torch.nn.Module:
 def _context(config, method, params, data, device, seed, meter, original_dir, forget_class=None, priors=None, out_dir=None,
              state_path=None, prior=None):
     """The RunContext of a method's stage: unlearn() if prior is None, else that prior's run()."""
+    if forget_class is not None and not 0 <= forget_class < data.num_classes:
+        raise UserError(f"forget class {forget_class} is out of range: the dataset's classes are 0..{data.num_classes - 1}")
     expect = ckpt.unet_expectations(config, data.num_classes)
     module = load_method(method)
     if prior is None:
