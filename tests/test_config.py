@@ -173,3 +173,9 @@ def test_snakemake_refuses_bad_config_before_any_job(root, tmp_path):
     assert "'forget_classes[1]' = 42 is not allowed" in out
     assert "Traceback" not in out
     assert not (root / "results" / "badrun").exists()
+    bad.write_text(f"run_name: badrun\nbase: {{checkpoint: {tmp_path / 'no-such-model'}}}\n")
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", f"--configfile={bad}",
+                           "results/table.csv"], cwd=root, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "'base.checkpoint' = " in out and "is not a folder" in out, out[-2000:]
+    assert not (root / "results" / "badrun").exists()

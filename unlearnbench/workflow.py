@@ -19,6 +19,10 @@ def load_workflow_config(config: dict) -> dict:
         # config given without the defaults (e.g. `snakemake --configfile x.yaml` from elsewhere) is complete.
         merged = deep_merge(read_yaml(DEFAULT_CONFIG), dict(config))
         merged = validate(merged)  # with numbers given as text (e.g. by --config) made numbers
+        checkpoint = merged["base"].get("checkpoint")
+        if checkpoint and not Path(checkpoint).is_dir():  # caught here, not after a cluster job has queued
+            raise UserError(f"'base.checkpoint' = {checkpoint!r} is not a folder (from {Path.cwd()}); point it to "
+                            "a trained model folder holding unet/ and unet_ema/, or set it to null to train one")
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
