@@ -112,3 +112,13 @@ def test_evaluation_reuses_matching_presamples_and_redraws_otherwise(assets, tmp
     assert not stages.presampled_matches(config, pre, tmp_path / "other_unet", 0, 2, 10)
     images, _, _ = evaluate(config, "other", model=tmp_path / "other_unet")
     assert not np.array_equal(images, reused)
+
+
+def test_samples_and_records_name_the_sampler_alike(root):
+    """The paper's 1000 steps with eta = 1 is DDPM's ancestral sampler; fewer steps (the digits config) is DDIM."""
+    from unlearnbench.config import load_config
+
+    paper = load_config(root / "config" / "paper.yaml", methods_dir=root / "methods")
+    digits = load_config(methods_dir=root / "methods")
+    assert stages.sampler_name(paper) == "ancestral" and stages.sampler_name(digits) == "ddim"
+    assert stages.sampler_name({**paper, "sampler": {**paper["sampler"], "eta": 0.0}}) == "ddim"

@@ -221,10 +221,16 @@ def sample_counts(config: dict, num_classes: int, forget_class: int | None) -> d
     return {c: ev["n_forget"] if c == forget_class else ev["n_per_remaining_class"] for c in range(num_classes)}
 
 
+def sampler_name(config: dict) -> str:
+    """'ancestral' (DDPM) when every timestep is visited with eta = 1, else 'ddim'."""
+    s = config["sampler"]
+    return "ancestral" if s["steps"] == config["diffusion"]["timesteps"] and s["eta"] == 1 else "ddim"
+
+
 def sample_meta(config: dict, model_dir, seed: int, forget_class: int | None, num_classes: int) -> dict:
     """What defines a sample set: the exact weights, the sampler, the seed and the per-class counts."""
     return {"model_dir": str(model_dir), "model_digest": ckpt.folder_digest(model_dir), "seed": seed,
-            "forget_class": forget_class, "sampler": "ddim", **config["sampler"],
+            "forget_class": forget_class, "sampler": sampler_name(config), **config["sampler"],
             "counts": {str(k): v for k, v in sample_counts(config, num_classes, forget_class).items()}}
 
 
@@ -411,7 +417,7 @@ def score_classes(config: dict, samples_path, evaluator_dir, references: dict, s
         record["provenance"] = {
             "run_name": config["run_name"], "config_hash": config_hash(config), "config_path": str(config_path or ""),
             "dataset": config["dataset"], "seed": seed,
-            "sampler": "ddim" if s["steps"] < config["diffusion"]["timesteps"] or s["eta"] != 1 else "ancestral",
+            "sampler": sampler_name(config),
             "sampler_steps": s["steps"], "eta": s["eta"], "guidance_w": s["guidance_w"],
             "n_forget_samples": int(len(forget_idx)), "n_fid_gen_per_class": ev["n_per_remaining_class"],
             "n_fid_gen": int(len(remain_idx)), "n_fid_real": int(ref["meta"]["n"]), "fid_backend": config["fid"]["backend"],
