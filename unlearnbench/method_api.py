@@ -6,7 +6,8 @@ A method file defines
     PRIORS: list[Prior]                 work done once before unlearning (optional)
     SECTIONS: tuple[str, ...]           evaluation-side config sections unlearn() reads (optional, e.g. "sampler")
     def unlearn(ctx: UnlearnContext) -> torch.nn.Module
-        runs the unlearning loop inside `with ctx.meter.timed():` and returns the model to evaluate.
+        runs the unlearning loop with ctx.run_steps(steps, step_fn, desc=...) (timed: the RTE) and returns
+        the model to evaluate.
 A prior's `run(ctx: PriorContext)` writes its files into ctx.out_dir; the workflow caches each prior as its
 own job: scope "shared" runs once for all forget classes, scope "per_class" once per forget class.
 A prior that declares the params it reads (`Prior(..., params=(...))`) reruns only when those change.
