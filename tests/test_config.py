@@ -179,3 +179,20 @@ def test_snakemake_refuses_bad_config_before_any_job(root, tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "'base.checkpoint' = " in out and "is not a folder" in out, out[-2000:]
     assert not (root / "results" / "badrun").exists()
+
+
+def test_an_ablation_whose_method_is_not_run_is_skipped_with_a_note(tmp_path, monkeypatch, capsys):
+    """`methods: [sa]` leaves SAFEMax's lambda ablation out of the figures, and says so (not silently)."""
+    from unlearnbench.workflow import ablation_variants, load_workflow_config
+
+    monkeypatch.chdir(tmp_path)  # the resolved config is written under results/<run>/configs/
+    config = load_workflow_config({"run_name": "only-sa", "methods": ["sa"]})
+    assert ablation_variants(config) == []
+    err = capsys.readouterr().err
+    assert "note: the safemax ablation (figures/only-sa/psi_ablation.png) is skipped" in err
+    assert "'safemax' is not in 'methods'" in err and "ablation: null" in err
+    for overrides in ({"methods": ["sa"], "ablation": None}, {"methods": ["sa", "safemax"]}):
+        config = load_workflow_config({"run_name": "only-sa", **overrides})
+        assert "ablation" not in capsys.readouterr().err
+    assert ablation_variants(config) == ["safemax-lambda=0", "safemax-lambda=1", "safemax-lambda=50",
+                                         "safemax-lambda=100"]

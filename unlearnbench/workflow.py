@@ -26,8 +26,21 @@ def load_workflow_config(config: dict) -> dict:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
+    note = skipped_ablation_note(merged)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     write_resolved(merged, resolved_config_path(merged))
     return merged
+
+
+def skipped_ablation_note(config: dict) -> str | None:
+    """Why the ablation figure is left out of this run's targets, if it is (its method is not run)."""
+    abl = config.get("ablation")
+    if not abl or abl["method"] in config["methods"]:
+        return None
+    return (f"the {abl['method']} ablation (figures/{config['run_name']}/psi_ablation.png) is skipped: it needs "
+            f"{abl['method']}'s main runs and '{abl['method']}' is not in 'methods'; add it to 'methods' to run the "
+            "ablation, or set 'ablation: null' to drop it without this note")
 
 
 def resolved_config_path(config: dict) -> str:
