@@ -262,3 +262,37 @@ def test_a_timeout_keeps_the_finished_half_of_a_switch_row(tmp_path, monkeypatch
     assert "switch bf16 + compile sampler (interrupted)" in saved["section_s"]
     assert "switch bf16 + compile sampler" not in saved["section_s"]
     assert benchmark.switch_rows(saved)[1][-1].startswith("interrupted")
+
+
+def _gpu_script(root, out, **env):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, **env}
+    return subprocess.run(["bash", str(root / "scripts" / "gpu_benchmark.sh")], env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_gpu_script_runs_end_to_end_on_the_tiny_preset(root, tmp_path):
+    """The device gets one try at scripts/gpu_benchmark.sh: its CPU smoke test runs the same lines."""
+    proc = _gpu_script(root, tmp_path, PRESET="tiny", STEPS="1", WARMUP="0", UNLEARNBENCH_BENCHMARK_BUDGET_S="5")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    report = json.loads((tmp_path / "benchmark.json").read_text())
+    assert report["complete"] is True and report["preset"] == "tiny"
+    assert list(report["runs"]["fp32"]["methods"]) == METHODS
+    log = (tmp_path / "benchmark.log").read_text()
+    assert "== benchmark exit status 0" in log and "complete: True" in log and "python " in log
+    (markdown,) = tmp_path.glob("cpu-*.md")
+    assert markdown.name == benchmark.default_markdown_path(report).name
+    assert "SAFEMax" in markdown.read_text()
+
+
+def test_gpu_script_without_jsonschema_or_wheels_says_what_to_do(root, tmp_path):
+    import venv
+
+    bare = tmp_path / "bare"
+    venv.create(bare, with_pip=False)  # a Python without jsonschema, as on the device image
+    proc = _gpu_script(root, tmp_path / "out", PYTHON=str(bare / "bin" / "python"), WHEELS=str(tmp_path / "none"))
+    assert proc.returncode == 1
+    assert "run 'bash scripts/gpu_benchmark.sh --fetch-wheels'" in proc.stderr and "carry" in proc.stderr
