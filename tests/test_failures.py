@@ -130,3 +130,53 @@ def test_forget_class_out_of_range_names_the_range():
     with pytest.raises(UserError, match=r"forget class 12 is out of range: the dataset's classes are 0..9"):
         stages._context({}, "safemax", {}, SimpleNamespace(num_classes=10), torch.device("cpu"), 0, None, None,
                         forget_class=12)
+
+
+def _adopted_original(tmp_path, config, poison=False):
+    """An untrained UNet of the config's shape adopted as the original model (base.checkpoint)."""
+    model = build_unet(config["model"]["preset"], 10, config["model"].get("overrides"))
+    mine = tmp_path / "mine"
+    save_unet(model, mine / "unet_ema")
+    if poison:
+        with torch.no_grad():
+            next(model.parameters()).view(-1)[:3] = float("nan")
+    save_unet(model, mine / "unet")
+    stages.prepare_data(config, tmp_path / "data.npz")
+    config["base"]["checkpoint"] = str(mine)
+    return stages.train_base(config, tmp_path / "data.npz", tmp_path / "original")
+
+
+def test_a_checkpoint_with_nan_weights_is_refused(tmp_path, tiny_config):
+    from unlearnbench.errors import DivergedError
+
+    config = json.loads(json.dumps(tiny_config))
+    with pytest.raises(DivergedError, match=r"'base.checkpoint' .*mine/unet: 3 of [\d,]+ values are NaN or inf\. "
+                                            r"Its weights are unusable"):
+        _adopted_original(tmp_path, config, poison=True)
+    assert not (tmp_path / "original" / "unet").exists()
+
+
+def test_a_diverged_unlearning_run_fails_and_saves_nothing(tmp_path, tiny_config):
+    """Before, NaN weights were saved, their samples quantised to black images, and the metrics looked real."""
+    from unlearnbench.errors import DivergedError
+
+    config = json.loads(json.dumps(tiny_config))
+    _adopted_original(tmp_path, config)
+    config["method_params"]["safemax"].update(lr=1e30, steps=3)
+    out = tmp_path / "unlearned"
+    with pytest.raises(DivergedError, match=r"safemax \(forget class 2, seed 0\) ended with non-finite weights: [\d,]+ "
+                                            r"of [\d,]+ values are NaN or inf\. Its training diverged: lower its "
+                                            r"learning rate \(method_params.safemax.lr = 1e\+30\)"):
+        stages.run_unlearning(config, "safemax", 2, 0, tmp_path / "data.npz", tmp_path / "original", out)
+    assert not out.exists()
+
+
+def test_nan_images_are_refused_not_quantised_to_black():
+    from unlearnbench.data import to_uint8
+    from unlearnbench.errors import DivergedError
+
+    images = torch.zeros(2, 1, 4, 4)
+    assert (to_uint8(images) == 128).all()
+    images[1, 0, 0, :2] = torch.tensor([float("nan"), float("inf")])
+    with pytest.raises(DivergedError, match="generated images hold 2 NaN or inf values of 32"):
+        to_uint8(images)

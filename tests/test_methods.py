@@ -212,21 +212,24 @@ class _Crash(Exception):
     pass
 
 
-def _toy_run(state_path, crash_at=None):
+def _toy_run(state_path, crash_at=None, state_key=None, nan_at=None, lr=0.1):
     from unlearnbench.cost import CostMeter
     from unlearnbench.method_api import RunContext
 
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     ctx = RunContext(config={"base": {}}, params={}, data=None, schedule=None, device=torch.device("cpu"), seed=1,
                      generator=torch.Generator().manual_seed(1), meter=CostMeter("cpu"), load_original=None,
-                     state_path=state_path)
+                     state_path=state_path, state_key=state_key, diverged_hint="Lower lr.")
     stream = ctx.stream(torch.randn(10, 4), torch.zeros(10), 3)
 
     def step(i):
         if i == crash_at:
             raise _Crash
+        if i == nan_at:
+            with torch.no_grad():
+                model.bias.fill_(float("inf"))  # as an overflow would; the next steps spread NaN
         x, _ = next(stream)
         loss = (model(x) + torch.randn(3, 1, generator=ctx.generator)).pow(2).mean()
         optimizer.zero_grad()
@@ -250,6 +253,60 @@ def test_resumed_run_ends_as_an_uninterrupted_one(tmp_path):
     ctx.run_steps(10, step, desc="resumes", checkpoint_every=3, modules={"model": model, "optimizer": optimizer})
     assert torch.equal(model.weight, reference)
     assert not state.exists() and ctx.meter.rte_s > 0
+
+
+def test_a_state_saved_by_another_config_is_not_resumed(tmp_path, capsys):
+    """A job rerun after a change of params must start over, not finish the old run's weights and optimizer."""
+    state = tmp_path / "state.pt"
+    ctx, model, _, step = _toy_run(state)
+    ctx.run_steps(10, step, desc="reference")
+    reference = model.weight.detach().clone()
+
+    ctx, model, optimizer, step = _toy_run(state, crash_at=7, state_key="lr=0.5", lr=0.5)
+    with pytest.raises(_Crash):
+        ctx.run_steps(10, step, desc="run", checkpoint_every=3, modules={"model": model, "optimizer": optimizer})
+    ctx, model, optimizer, step = _toy_run(state, state_key="lr=0.1")
+    ctx.run_steps(10, step, desc="run", checkpoint_every=3, modules={"model": model, "optimizer": optimizer})
+    out = capsys.readouterr().out
+    assert "ignoring" in out and "another config, parameters or code; starting over" in out
+    assert "resuming" not in out
+    assert torch.equal(model.weight, reference)  # what an uninterrupted run gives: nothing of the old run kept
+    # More steps asked of the same run is another run too (a schedule may depend on the total).
+    ctx, model, optimizer, step = _toy_run(state, crash_at=7, state_key="k")
+    with pytest.raises(_Crash):
+        ctx.run_steps(10, step, desc="run", checkpoint_every=3, modules={"model": model, "optimizer": optimizer})
+    ctx, model, optimizer, step = _toy_run(state, state_key="k")
+    ctx.run_steps(12, step, desc="run", checkpoint_every=3, modules={"model": model, "optimizer": optimizer})
+    assert "resuming" not in capsys.readouterr().out
+
+
+def test_divergence_stops_the_run_before_its_state_is_saved(tmp_path):
+    from unlearnbench.checkpoints import load_state
+    from unlearnbench.errors import DivergedError
+
+    state = tmp_path / "state.pt"
+    ctx, model, optimizer, step = _toy_run(state, nan_at=4, state_key="k")
+    with pytest.raises(DivergedError, match=r"run diverged by step 6 \(model\): [1-5] of 5 values are NaN or inf\. "
+                                            r"Lower lr\."):
+        ctx.run_steps(10, step, desc="run", checkpoint_every=3, modules={"model": model, "optimizer": optimizer})
+    saved = load_state(state, "k|run|steps=10")
+    assert saved["step"] == 3 and all(torch.isfinite(t).all() for t in saved["modules"]["model"].values())
+
+
+def test_require_finite_counts_against_numpy(tmp_path):
+    import numpy as np
+
+    from unlearnbench.checkpoints import require_finite
+    from unlearnbench.errors import DivergedError
+
+    a = np.zeros((3, 4), np.float32)
+    a[0, 1], a[2, 3] = np.nan, -np.inf
+    b = np.ones(5, np.float32)
+    b[4] = np.inf
+    expected = int((~np.isfinite(a)).sum() + (~np.isfinite(b)).sum())
+    with pytest.raises(DivergedError, match=f"x: {expected} of 17 values are NaN or inf. do y"):
+        require_finite([torch.from_numpy(a), torch.from_numpy(b), torch.arange(3)], "x", "do y")  # ints skipped
+    require_finite(torch.nn.Linear(3, 2), "finite", "never raised")
 
 
 def test_a_prior_sees_only_its_declared_params():

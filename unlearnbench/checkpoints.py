@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import MissingResourceError
+from .errors import DivergedError, MissingResourceError
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -49,6 +49,22 @@ def read_json(path: str | Path) -> dict:
     if not path.exists():
         raise MissingResourceError(f"{path} is missing: the step that writes it has not run or failed")
     return json.loads(path.read_text())
+
+
+def require_finite(weights, what: str, hint: str) -> None:
+    """Raise DivergedError if any of `weights` (a module's parameters and buffers, or tensors) is NaN or inf.
+
+    Why: a diverged run otherwise saves NaN weights whose samples quantise to black images, and every metric
+    downstream would look like a real (bad) result. One device sync for the whole check.
+    """
+    if isinstance(weights, torch.nn.Module):
+        weights = [*weights.parameters(), *weights.buffers()]
+    tensors = [t.detach() for t in weights if torch.is_tensor(t) and t.is_floating_point() and t.numel()]
+    if not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+        return
+    bad = sum(int((~torch.isfinite(t)).sum()) for t in tensors)
+    total = sum(t.numel() for t in tensors)
+    raise DivergedError(f"{what}: {bad:,} of {total:,} values are NaN or inf. {hint}")
 
 
 def save_unet(model, folder: str | Path) -> None:
@@ -145,24 +161,37 @@ def unet_expectations(config: dict, num_classes: int) -> dict:
             "in_channels": preset["in_channels"], "block_out_channels": list(preset["block_out_channels"])}
 
 
-def save_state(path: str | Path, state: dict) -> None:
-    """torch.save to a temporary name, then rename (resumable training state)."""
+def save_state(path: str | Path, state: dict, key: str | None = None) -> None:
+    """torch.save to a temporary name, then rename (resumable training state).
+
+    `key` names what the state belongs to (config, params, code); load_state resumes only a state of the same key.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
+    torch.save({**state, "state_key": key}, tmp)
     os.replace(tmp, path)
 
 
-def load_state(path: str | Path):
+def load_state(path: str | Path, key: str | None = None):
+    """The state saved at `path` under the same `key`, else None (training starts over and overwrites it).
+
+    Why the key: a job rerun after a config or code change would otherwise resume the half-finished run of the
+    old one (its weights, optimizer and learning rate) and pass the mixture off as a run of the new config.
+    """
     path = Path(path)
     if not path.exists():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception:
         # A state file that cannot be read is as good as none: training restarts from scratch.
+        print(f"note: ignoring {path}: it cannot be read; starting over")
         return None
+    if not isinstance(state, dict) or state.get("state_key") != key:
+        print(f"note: ignoring {path}: it was saved by a run with another config, parameters or code; starting over")
+        return None
+    return state
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import MissingResourceError
+from .errors import DivergedError, MissingResourceError
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_DIR = "cifar-10-batches-py"
@@ -56,8 +56,15 @@ def to_float(x_uint8: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def to_uint8(x: torch.Tensor | np.ndarray) -> np.ndarray:
-    """float [-1, 1] -> uint8 [0, 255], clipped (generated images may overshoot)."""
+    """float [-1, 1] -> uint8 [0, 255], clipped (generated images may overshoot).
+
+    NaN or inf is refused: cast to uint8 it would become a black pixel, and metrics of black images look real.
+    """
     x = torch.as_tensor(x).detach().float().cpu()
+    if not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).sum())
+        raise DivergedError(f"generated images hold {bad:,} NaN or inf values of {x.numel():,}: the model's weights "
+                            "or the sampler diverged (with 'performance.bf16' on, try it off); nothing was saved")
     return ((x + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
 
 

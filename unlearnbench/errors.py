@@ -10,3 +10,7 @@ class UserError(Exception):
 
 class MissingResourceError(UserError):
     """A dataset, weights file or checkpoint is missing or unusable."""
+
+
+class DivergedError(UserError):
+    """Training produced NaN or inf weights, or sampling NaN or inf images: nothing downstream may use them."""

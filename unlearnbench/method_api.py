@@ -172,6 +172,8 @@ class RunContext:
     priors: dict = field(default_factory=dict)  # prior name -> folder it wrote
     out_dir: Path | None = None  # priors only: where to write
     state_path: Path | None = None  # where run_steps keeps its resumable state
+    state_key: str | None = None  # what defines this run (config, params, seed, code): a state resumes only its own
+    diverged_hint: str = "Lower its learning rate or check its loss."  # what a DivergedError tells the user to do
     _streams: list = field(default_factory=list)
 
     @property
@@ -206,10 +208,11 @@ class RunContext:
         """Run step_fn(i) for i < steps inside the RTE timer.
 
         With checkpoint_every, the state of `modules` (models, optimizers: anything with state_dict), the
-        generators and the batch streams is saved every so many steps, outside the timer; a restarted job
-        resumes from the last save, RTE included, and ends as an uninterrupted run would.
+        generators and the batch streams is saved every so many steps, outside the timer; a restarted job of the
+        same config, params and code resumes from the last save, RTE included, and ends as an uninterrupted run
+        would. Before each save the models among `modules` must have finite weights (else DivergedError).
         """
-        from .checkpoints import load_state, save_state
+        from .checkpoints import load_state, require_finite, save_state
         from .training import progress
 
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -217,7 +220,8 @@ class RunContext:
             raise UserError(f"{desc}: the number of steps must be a whole number >= 1; got {steps!r}")
         resumable = bool(checkpoint_every and self.state_path)
         start = 0
-        saved = load_state(self.state_path) if resumable else None
+        key = f"{self.state_key}|{desc}|steps={steps}"
+        saved = load_state(self.state_path, key) if resumable else None
         if saved is not None:
             for name, module in (modules or {}).items():
                 module.load_state_dict(saved["modules"][name])
@@ -238,10 +242,13 @@ class RunContext:
                     next(it, None)
             step = end
             if resumable and step < steps:
+                for name, module in (modules or {}).items():
+                    if isinstance(module, torch.nn.Module):
+                        require_finite(module, f"{desc} diverged by step {step} ({name})", self.diverged_hint)
                 save_state(self.state_path, {
                     "step": step, "rte_s": self.meter.rte_s, "generator": self.generator.get_state(),
                     "modules": {name: m.state_dict() for name, m in (modules or {}).items()},
-                    "streams": [s.state_dict() for s in self._streams]})
+                    "streams": [s.state_dict() for s in self._streams]}, key)
         bar.close()
         if resumable and self.state_path.exists():
             self.state_path.unlink()

@@ -21,6 +21,7 @@ from .method_api import DeclaredParams, DeclaredSections, RunContext, load_metho
 from .networks import build_classifier, build_unet
 from .training import (BatchStream, autocast, autocast_dtype, classifier_accuracy, prepare_model, seed_everything, setup_runtime,
                        train_classifier, train_diffusion)
+from .workflow import fingerprint
 
 
 def load_run_config(path: str | Path) -> dict:
@@ -57,6 +58,9 @@ def train_base(config: dict, data_path: str | Path, out_dir: str | Path) -> dict
     if base.get("checkpoint"):
         src = Path(base["checkpoint"])
         models = {sub: ckpt.load_unet(src / sub, expect=expect) for sub in ("unet", "unet_ema")}  # both checked first
+        for sub, model in models.items():
+            ckpt.require_finite(model, f"'base.checkpoint' {src / sub}", "Its weights are unusable: point "
+                                "'base.checkpoint' to another trained model, or set it to null to train one.")
         for sub, model in models.items():  # re-saved in the suite's layout: later jobs load it without conversion
             ckpt.save_unet(model, out_dir / sub)
         record = {"source": str(src.resolve()), "cost": None, "steps": None}
@@ -74,6 +78,7 @@ def train_base(config: dict, data_path: str | Path, out_dir: str | Path) -> dict
             grad_clip=base.get("grad_clip"), ema_decay=base.get("ema_decay", 0.9999), cond_dropout=base.get("cond_dropout", 0.1),
             reduction=config["diffusion"]["loss_reduction"], generator=generator, warmup_steps=base.get("warmup_steps", 0),
             state_path=out_dir / "train_state.pt", checkpoint_every=base.get("checkpoint_every", 0),
+            state_key=fingerprint(config, "base"),
             amp=lambda: autocast(config, device), meter=meter)
     ckpt.save_unet(model, out_dir / "unet")
     ckpt.save_unet(ema, out_dir / "unet_ema")
@@ -98,6 +103,8 @@ def train_evaluator(config: dict, data_path: str | Path, out_dir: str | Path) ->
     train_classifier(model, to_float(data.train_x), torch.as_tensor(data.train_y), epochs=ev["epochs"],
                      batch_size=ev["batch_size"], lr=ev["lr"], generator=generator, device=device,
                      hflip=config["base"].get("hflip", False))
+    ckpt.require_finite(model, "evaluator training ended with non-finite weights",
+                        "Lower 'evaluator.lr'; nothing was saved.")
     acc = classifier_accuracy(model, to_float(data.test_x), torch.as_tensor(data.test_y))
     out_dir = Path(out_dir)
     ckpt.save_tensors(evaluator_path(out_dir), model.state_dict())
@@ -117,7 +124,7 @@ def load_evaluator(folder: str | Path, device) -> torch.nn.Module:
 
 # ---------------------------------------------------------------- priors and unlearning
 def _context(config, method, params, data, device, seed, meter, original_dir, forget_class=None, priors=None, out_dir=None,
-             state_path=None, prior=None):
+             state_path=None, prior=None, state_key=None):
     """The RunContext of a method's stage: unlearn() if prior is None, else that prior's run()."""
     if forget_class is not None and not 0 <= forget_class < data.num_classes:
         raise UserError(f"forget class {forget_class} is out of range: the dataset's classes are 0..{data.num_classes - 1}")
@@ -136,7 +143,19 @@ def _context(config, method, params, data, device, seed, meter, original_dir, fo
 
     return RunContext(config=config, params=params, data=data, schedule=Schedule.from_config(config), device=device,
                       seed=seed, generator=device_generator(seed, device), meter=meter, load_original=load_original,
-                      forget_class=forget_class, priors=priors or {}, out_dir=out_dir, state_path=state_path)
+                      forget_class=forget_class, priors=priors or {}, out_dir=out_dir, state_path=state_path,
+                      state_key=state_key, diverged_hint=diverged_hint(method, params))
+
+
+def diverged_hint(method: str, params) -> str:
+    where = f"method_params.{method}.lr = {params['lr']}" if "lr" in params else f"method_params.{method}"
+    return f"Its training diverged: lower its learning rate ({where}) or check its loss; nothing was saved."
+
+
+def method_code_digest(method: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(load_method(method).__file__).read_bytes()).hexdigest()
 
 
 def device_generator(seed: int, device: torch.device) -> torch.Generator:
@@ -192,9 +211,15 @@ def run_unlearning(config: dict, method_name: str, forget_class: int, seed: int,
     out_dir = Path(out_dir)
     with CostMeter(device) as meter:
         # The resumable state lives beside the outputs, which Snakemake removes after a failure; it does not.
+        # What the resumable state belongs to: a rerun after a change of config, params or method code starts over.
+        state_key = config_hash({"stage": fingerprint(config, "method", method_name), "params": params, "seed": seed,
+                                 "forget_class": forget_class, "code": method_code_digest(method_name)})
         ctx = _context(config, method_name, params, data, device, seed * 1000 + forget_class, meter, original_dir,
-                       forget_class, {k: Path(v) for k, v in (priors or {}).items()}, state_path=out_dir / "unlearn_state.pt")
+                       forget_class, {k: Path(v) for k, v in (priors or {}).items()}, state_path=out_dir / "unlearn_state.pt",
+                       state_key=state_key)
         model = module.unlearn(ctx)
+        ckpt.require_finite(model, f"{method_name} (forget class {forget_class}, seed {seed}) ended with non-finite "
+                            "weights", diverged_hint(method_name, params))
     cost = meter.result()
     prior_min = 0.0
     for folder in (priors or {}).values():

@@ -176,19 +176,24 @@ def progress(iterable, desc: str, total: int | None = None):
 
 
 # ---------------------------------------------------------------- base model
+_DIVERGED_BASE = ("Lower 'base.lr' or set 'base.grad_clip' (with 'performance.bf16' on, try it off); nothing was "
+                  "saved.")
+
+
 def train_diffusion(model, schedule, stream: BatchStream, *, steps: int, lr: float, grad_clip: float | None,
                     ema_decay: float, cond_dropout: float, reduction: str, generator: torch.Generator,
                     warmup_steps: int = 0, state_path: Path | None = None, checkpoint_every: int = 0,
-                    amp=nullcontext, meter=None):
-    """Train the class-conditional DDPM; resumes from `state_path` when a checkpoint is there."""
-    from .checkpoints import load_state, save_state
+                    state_key: str | None = None, amp=nullcontext, meter=None):
+    """Train the class-conditional DDPM; resumes from `state_path` when a checkpoint of the same `state_key`
+    (what defines the run) is there. Stops with DivergedError when the weights are no longer finite."""
+    from .checkpoints import load_state, require_finite, save_state
     from .diffusion import epsilon_loss
 
     ema = make_ema(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps else 1.0)
     start = 0
-    state = load_state(state_path) if state_path else None
+    state = load_state(state_path, state_key) if state_path else None
     if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
@@ -212,9 +217,13 @@ def train_diffusion(model, schedule, stream: BatchStream, *, steps: int, lr: flo
             if step % 100 == 0:
                 losses.append((step, loss.detach()))  # read after the loop: .item() here would wait for the GPU
             if state_path and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+                require_finite(model, f"base training diverged by step {step + 1}", _DIVERGED_BASE)
                 save_state(state_path, {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
                                         "scheduler": sched.state_dict(), "generator": generator.get_state(),
-                                        "stream_generator": stream.generator.get_state(), "step": step + 1})
+                                        "stream_generator": stream.generator.get_state(), "step": step + 1},
+                           state_key)
+    require_finite(model, "base training ended with non-finite weights", _DIVERGED_BASE)
+    require_finite(ema, "base training's EMA weights are not finite", _DIVERGED_BASE)
     return model, ema, [(step, float(loss)) for step, loss in losses]
 
 
