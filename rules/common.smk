@@ -2,7 +2,7 @@
 from pathlib import Path
 from unlearnbench.method_api import methods_dir
 from unlearnbench.workflow import method_priors, prior_dir, parse_variant, ablation_variants, fingerprint
-from unlearnbench.workflow import resolved_config_path
+from unlearnbench.workflow import resolved_config_path, base_checkpoint_files
 
 CFG = resolved_config_path(config)
 DATA = f"{RUN}/data.npz"

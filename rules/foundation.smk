@@ -9,7 +9,7 @@ rule prepare_data:
 
 
 rule train_base:
-    input: data=DATA
+    input: data=DATA, checkpoint=base_checkpoint_files(config)  # a user's base.checkpoint, if set
     output: f"{ORIGINAL}/train.json"
     params: fp=fp("base")
     log: f"{RUN}/logs/train_base.log"

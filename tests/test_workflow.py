@@ -64,6 +64,10 @@ def test_full_dag_produces_the_tables(test_run):
                 "n_forget_samples", "n_fid_real", "fid_backend", "device_name", "version_torch"):
         assert col in metrics.columns, col
     unlearned = metrics[metrics.method != "original"]
+    # each row names the weights it sampled: one original for both classes, a model of its own for every other row
+    assert metrics["model_digest"].str.fullmatch("[0-9a-f]{64}").all()
+    assert metrics.loc[metrics.method == "original", "model_digest"].nunique() == 1
+    assert unlearned["model_digest"].nunique() == len(unlearned)
     assert (unlearned["rte_min"] > 0).all()
     assert unlearned["gpu_peak_gb"].isna().all() and (unlearned["gpu_null_reason"] == "device is cpu").all()
     assert (metrics.loc[metrics.method == "sa", "prior_min"] > 0).all()  # SA's priors timed on their own
@@ -181,6 +185,38 @@ def test_killed_job_is_redone_and_resumes(tmp_path):
     assert "resuming base training from step" in log
     assert (workdir / "results/kill/models/original/unet_ema/diffusion_pytorch_model.safetensors").exists()
     assert not state.exists()
+
+
+def test_replacing_a_users_checkpoint_reruns_from_the_original_model(tmp_path):
+    """base.checkpoint's files are inputs of train_base: new weights at the same path are not silently ignored,
+    and the adopted weights' digests are recorded."""
+    import torch
+
+    from unlearnbench.checkpoints import folder_digest, save_unet
+    from unlearnbench.config import load_config
+    from unlearnbench.networks import build_unet
+
+    workdir = copy_workflow(tmp_path / "mine")
+    model_config = load_config(ROOT / "config" / "test.yaml")["model"]
+
+    def write_checkpoint(seed):
+        torch.manual_seed(seed)
+        model = build_unet(model_config["preset"], 10, model_config.get("overrides"))
+        for sub in ("unet", "unet_ema"):
+            save_unet(model, workdir / "mine" / sub)
+
+    write_checkpoint(0)
+    (workdir / "mine.yaml").write_text("base: {checkpoint: mine}\n")
+    args = ("--configfile", "config/test.yaml", "mine.yaml", "--", "results/test/models/original/train.json")
+    snakemake(workdir, *args)
+    record = workdir / "results/test/models/original/train.json"
+    first = json.loads(record.read_text())["source_digest"]
+    assert first == {sub: folder_digest(workdir / "mine" / sub) for sub in ("unet", "unet_ema")}
+    write_checkpoint(1)  # other weights, same path and config
+    out = snakemake(workdir, "-n", *args).stdout
+    assert re.search(r"reason: Updated input files: .*mine/unet", out), out[-2000:]
+    snakemake(workdir, *args)
+    assert json.loads(record.read_text())["source_digest"]["unet"] != first["unet"]
 
 
 def readme_method_example() -> tuple[str, str]:

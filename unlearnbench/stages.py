@@ -63,7 +63,8 @@ def train_base(config: dict, data_path: str | Path, out_dir: str | Path) -> dict
                                 "'base.checkpoint' to another trained model, or set it to null to train one.")
         for sub, model in models.items():  # re-saved in the suite's layout: later jobs load it without conversion
             ckpt.save_unet(model, out_dir / sub)
-        record = {"source": str(src.resolve()), "cost": None, "steps": None}
+        record = {"source": str(src.resolve()), "source_digest": {sub: ckpt.folder_digest(src / sub) for sub in models},
+                  "cost": None, "steps": None}
         ckpt.write_json(out_dir / "train.json", record)
         return record
     shuffle = seed_everything(base.get("seed", 0))
@@ -448,6 +449,7 @@ def score_classes(config: dict, samples_path, evaluator_dir, references: dict, s
             "n_fid_gen": int(len(remain_idx)), "n_fid_real": int(ref["meta"]["n"]), "fid_backend": config["fid"]["backend"],
             "device_name": record["cost"].get("device_name") or meta.get("device_name"),
             "sampling_device_name": meta.get("device_name"), "versions": versions(),
+            "model_digest": meta.get("model_digest"),  # the exact weights sampled (ties a row to a user's checkpoint)
         }
         if out_paths:
             ckpt.write_json(out_paths[forget_class], record)

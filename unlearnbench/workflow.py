@@ -43,6 +43,15 @@ def skipped_ablation_note(config: dict) -> str | None:
             "ablation, or set 'ablation: null' to drop it without this note")
 
 
+def base_checkpoint_files(config: dict) -> list[str]:
+    """The files of a user's base.checkpoint, as inputs of train_base: replacing them retrains nothing but reruns
+    everything downstream of the original model (Snakemake sees them newer)."""
+    checkpoint = config["base"].get("checkpoint")
+    if not checkpoint:
+        return []
+    return sorted(str(p) for sub in ("unet", "unet_ema") for p in (Path(checkpoint) / sub).glob("*") if p.is_file())
+
+
 def resolved_config_path(config: dict) -> str:
     """results/<run>/configs/<config_hash>.yaml, the file every job of this config reads.
 
