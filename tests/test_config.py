@@ -194,5 +194,7 @@ def test_an_ablation_whose_method_is_not_run_is_skipped_with_a_note(tmp_path, mo
     for overrides in ({"methods": ["sa"], "ablation": None}, {"methods": ["sa", "safemax"]}):
         config = load_workflow_config({"run_name": "only-sa", **overrides})
         assert "ablation" not in capsys.readouterr().err
-    assert ablation_variants(config) == ["safemax-lambda=0", "safemax-lambda=1", "safemax-lambda=50",
-                                         "safemax-lambda=100"]
+    # lambda = 1 is SAFEMax's own value: its main runs are that point of the ablation, not trained twice
+    assert ablation_variants(config) == ["safemax-lambda=0", "safemax-lambda=50", "safemax-lambda=100"]
+    config = load_workflow_config({"run_name": "only-sa", "method_params": {"safemax": {"lambda": 50}}})
+    assert ablation_variants(config) == ["safemax-lambda=0", "safemax-lambda=1", "safemax-lambda=100"]

@@ -100,18 +100,64 @@ def test_metrics_csv_has_one_row_per_job_and_provenance(run, tmp_path):
 
 
 def test_record_lacking_identity_or_values(tmp_path):
+    from unlearnbench.errors import UserError
+
     rng = np.random.default_rng(1)
     record = make_record("sa", "sa", 3, 0, rng)
-    del record["seed"], record["fid"], record["cost"]["gpu_peak_gb"]
-    bad = tmp_path / "seedless.json"
-    bad.write_text(json.dumps(record))
-    with pytest.raises(ValueError, match="seedless.json"):
-        report.collect_records([bad])
+    del record["seed"], record["cost"]["gpu_peak_gb"]
+    path = tmp_path / "record.json"
+
+    def collect(rec):
+        path.write_text(json.dumps(rec))
+        return report.collect_records([path])
+
+    with pytest.raises(UserError, match="record.json lacks seed"):
+        collect(record)
     record["seed"] = 0
-    good = tmp_path / "good.json"
-    good.write_text(json.dumps(record))
-    row = report.collect_records([good]).iloc[0]
-    assert np.isnan(row["fid"]) and np.isnan(row["gpu_peak_gb"])
+    row = collect(record).iloc[0]
+    assert np.isnan(row["gpu_peak_gb"]) and row["fid"] == record["fid"]  # GPU memory is optional (CPU jobs)
+    # A measured metric missing or not a number would otherwise drop out of a mean without a word.
+    for key, value in (("fid", None), ("UA", float("nan"))):
+        with pytest.raises(UserError, match=f"record.json has no value for {key}: .*delete the record and rerun"):
+            collect({**record, key: value})
+    with pytest.raises(UserError, match="has no value for rte_min"):
+        collect({**record, "cost": {**record["cost"], "rte_min": None, "rte_s": None}})
+    assert np.isnan(collect({**record, "method": "original", "variant": "original", "cost": {}}).iloc[0]["rte_min"])
+    with pytest.raises(UserError, match="record.json: 'UA' = 'n/a' is not a number"):
+        collect({**record, "UA": "n/a"})
+
+
+def test_a_record_passed_twice_is_refused(tmp_path):
+    from unlearnbench.errors import UserError
+
+    _, paths = write_records(tmp_path)
+    again = tmp_path / "copy.json"
+    again.write_text(paths[5].read_text())
+    with pytest.raises(UserError, match=r"two metrics records of \{'method': 'sa', 'variant': 'sa', 'forget_class': 2, "
+                                        r"'seed': 1\}: .*seed1.json and .*copy.json"):
+        report.collect_records([*paths, again])
+
+
+def test_a_seed_missing_for_one_class_is_refused(tmp_path):
+    from unlearnbench.errors import UserError
+
+    records, paths = write_records(tmp_path)
+    kept = [p for p, r in zip(paths, records) if not (r["variant"] == "salun" and r["forget_class"] == 4 and r["seed"] == 1)]
+    df = report.collect_records(kept)
+    with pytest.raises(UserError, match=r"method 'salun' lacks the records of seed\(s\) \{4: \[1\]\}"):
+        report.paper_layout_table(df, METHODS)
+
+
+def test_a_value_missing_for_one_seed_leaves_the_cell_and_mean_empty(run):
+    _, df, _ = run
+    df = df.copy()
+    row = (df["method"] == "safemax") & (df["forget_class"] == 7) & (df["seed"] == 1)
+    df.loc[row, "gpu_peak_gb"] = np.nan  # e.g. one seed ran on a CPU
+    table = report.paper_layout_table(df, METHODS).set_index("forget_class")
+    column = table["SAFEMax GPU [GB]"]
+    assert np.isnan(column["7"]) and np.isnan(column["mean"]) and np.isnan(column["std"])
+    assert not np.isnan(column["6"])  # the other classes keep their seed means
+    assert not np.isnan(table["SA GPU [GB]"]["mean"])
 
 
 def test_table_layout_and_statistics(run):
@@ -348,3 +394,32 @@ def test_psi_ablation_rows(run):
     assert sorted(rows["value"].unique()) == [0.0, 1.0, 50.0, 100.0]
     assert set(rows["forget_class"]) == {0}
     assert len(rows[rows["value"] == 1.0]) == len(SEEDS)
+
+
+def test_aggregate_refuses_records_that_are_not_the_configs(tmp_path, capsys):
+    """The CLI's aggregate checks the records against forget_classes x seeds x methods of its config."""
+    from unlearnbench.cli import main as cli_main
+
+    _, paths = write_records(tmp_path / "records")
+    rng = np.random.default_rng(2)
+    for c in CLASSES:  # the workflow scores the original for every seed
+        path = tmp_path / "records" / "metrics" / "original" / f"class{c}" / "seed1.json"
+        path.write_text(json.dumps(make_record("original", "original", c, 1, rng)))
+        paths.append(path)
+    config = tmp_path / "config.yaml"
+
+    def aggregate(classes, seeds, records):
+        config.write_text(f"run_name: agg\nforget_classes: {classes}\nseeds: {seeds}\n")
+        return cli_main(["aggregate", "--config", str(config), "--records", *map(str, records),
+                         "--out-dir", str(tmp_path / "out")])
+
+    assert aggregate(list(CLASSES), list(SEEDS), paths) == 0
+    assert (tmp_path / "out" / "table.csv").exists()
+    without_9 = [p for p in paths if "class9" not in str(p)]
+    capsys.readouterr()
+    assert aggregate(list(CLASSES), list(SEEDS), without_9) == 2  # every method lacks class 9
+    assert "error: no record for original class 9 seed 0, original class 9 seed 1, sa class 9 seed 0" in \
+        capsys.readouterr().err
+    assert aggregate(list(CLASSES)[:9], [0], paths) == 2  # class 9 and seed 1 are not the config's
+    err = capsys.readouterr().err
+    assert "error: a record outside the config's forget_classes/seeds for original class 0 seed 1" in err

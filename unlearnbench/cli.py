@@ -190,10 +190,11 @@ def run(args) -> None:
         stages.summarize_original(config, args.samples, args.evaluator, args.records,
                                   str(Path(args.evaluator) / "evaluator.json"), args.out)
     elif c == "aggregate":
-        from .report import collect_records, write_metrics_csv, write_reports
+        from .report import check_coverage, collect_records, write_metrics_csv, write_reports
 
         out = Path(args.out_dir)
         df = collect_records(args.records)
+        check_coverage(df, ["original", *config["methods"]], config["forget_classes"], config["seeds"])
         write_metrics_csv(df, out / "metrics.csv")
         write_reports(out / "metrics.csv", out, ["original", *config["methods"]])
     elif c == "aggregate-ablation":

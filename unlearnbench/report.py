@@ -52,6 +52,10 @@ RECORD_COLUMNS = [
     "torch_peak_allocated_gb", "host_rss_peak_gb", "device_name",
 ]
 _REQUIRED = ("method", "forget_class", "seed")
+_IDENTITY = ["method", "variant", "forget_class", "seed"]
+# Every evaluation writes these, and every unlearning job its RTE: a record without one is broken, and a mean
+# taken without it would silently cover fewer classes or seeds than the others.
+_MEASURED = ("fid", "H", "UA")
 _TOP_LEVEL = ("fid", "kid", "H", "UA", "forget_prob", "remaining_acc", "prior_min")
 _FROM_COST = ("rte_min", "gpu_peak_gb", "gpu_peak_source", "gpu_null_reason",
               "torch_peak_allocated_gb", "host_rss_peak_gb", "device_name")
@@ -111,15 +115,16 @@ def load_paper_numbers() -> pd.DataFrame:
 
 
 def _flatten_record(record: Mapping, source) -> dict:
-    """One tidy row from one metrics record; missing values become NaN, identity keys are mandatory."""
+    """One tidy row from one metrics record. Identity keys and the measured metrics are mandatory, numbers must
+    be numbers; optional values (GPU memory on a CPU, priors) may be missing and become NaN."""
     missing = [key for key in _REQUIRED if record.get(key) is None]
     if missing:
-        raise ValueError(f"metrics record {source} lacks {', '.join(missing)}")
+        raise UserError(f"metrics record {source} lacks {', '.join(missing)}")
     try:
         row = {"method": str(record["method"]), "variant": str(record.get("variant") or record["method"]),
                "forget_class": int(record["forget_class"]), "seed": int(record["seed"])}
     except (TypeError, ValueError) as err:
-        raise ValueError(f"metrics record {source}: forget_class and seed must be integers ({err})") from None
+        raise UserError(f"metrics record {source}: forget_class and seed must be integers ({err})") from None
     cost = record.get("cost") or {}
     provenance = record.get("provenance") or {}
     row.update({key: record.get(key) for key in _TOP_LEVEL})
@@ -128,6 +133,18 @@ def _flatten_record(record: Mapping, source) -> dict:
         row["rte_min"] = cost["rte_s"] / 60.0
     if row["device_name"] is None:
         row["device_name"] = provenance.get("device_name")
+    for key in _NUMERIC:
+        if row[key] is not None:
+            try:
+                row[key] = float(row[key])
+            except (TypeError, ValueError):
+                raise UserError(f"metrics record {source}: {key!r} = {row[key]!r} is not a number") from None
+    absent = [key for key in _MEASURED if _is_missing(row[key])]
+    if row["method"] != "original" and _is_missing(row["rte_min"]):
+        absent.append("rte_min")
+    if absent:
+        raise UserError(f"metrics record {source} has no value for {', '.join(absent)}: the job that wrote it did "
+                        "not finish measuring; delete the record and rerun the workflow, which redoes it")
     for key, value in provenance.items():
         if key == "versions" and isinstance(value, Mapping):
             row.update({f"version_{pkg}": version for pkg, version in value.items()})
@@ -139,20 +156,41 @@ def _flatten_record(record: Mapping, source) -> dict:
 
 def collect_records(paths: Iterable) -> pd.DataFrame:
     """Per-job metrics JSON records -> one tidy row each, in method, variant, class, seed order."""
-    rows = []
+    rows, sources = [], {}
     for path in paths:
         with open(path, encoding="utf-8") as f:
-            rows.append(_flatten_record(json.load(f), path))
+            row = _flatten_record(json.load(f), path)
+        key = tuple(row[k] for k in _IDENTITY)
+        if key in sources:  # averaged in, it would weigh one job twice (or mix two runs' results)
+            raise UserError(f"two metrics records of {dict(zip(_IDENTITY, key))}: {sources[key]} and {path}; "
+                            "pass each job's record once, from one run")
+        sources[key] = path
+        rows.append(row)
     extra = list(dict.fromkeys(key for row in rows for key in row if key not in RECORD_COLUMNS))
     df = pd.DataFrame(rows, columns=RECORD_COLUMNS + extra)
     for column in _NUMERIC:
-        df[column] = pd.to_numeric(df[column], errors="coerce").astype(float)
+        df[column] = df[column].astype(float)
     if df.empty:
         return df
     order = pd.DataFrame({"rank": df["method"].map(_method_rank), "side": df["variant"] != df["method"]})
     df = pd.concat([order, df], axis=1)
     df = df.sort_values(["rank", "method", "side", "variant", "forget_class", "seed"], kind="stable")
     return df.drop(columns=["rank", "side"]).reset_index(drop=True)
+
+
+def check_coverage(df: pd.DataFrame, methods: Sequence[str], classes: Sequence[int], seeds: Sequence[int]) -> None:
+    """The main records must be exactly methods x classes x seeds: a table of other classes or seeds than the
+    config's, or of fewer, would read like the configured one."""
+    main = df[df["variant"] == df["method"]]
+    have = set(zip(main["method"], main["forget_class"].astype(int), main["seed"].astype(int)))
+    want = {(m, int(c), int(s)) for m in methods for c in classes for s in seeds}
+    for problem, keys in (("no record", want - have), ("a record outside the config's forget_classes/seeds",
+                                                        {k for k in have - want if k[0] in methods})):
+        if keys:
+            listed = ", ".join(f"{m} class {c} seed {s}" for m, c, s in sorted(keys)[:6])
+            more = f" and {len(keys) - 6} more" if len(keys) > 6 else ""
+            raise UserError(f"{problem} for {listed}{more}; the tables need one record per method, forgotten class "
+                            "and seed of the config (the workflow's aggregate rule passes exactly these)")
 
 
 def write_metrics_csv(df: pd.DataFrame, path) -> None:
@@ -168,7 +206,9 @@ def per_class_means(df: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
     """Seed-averaged metrics per (method, forget_class), main variants only: the paper's unit is the class."""
     main = df[df["method"].isin(methods) & (df["variant"] == df["method"])]
     columns = [metric.column for metric in METRICS]
-    means = main.groupby(["method", "forget_class"], as_index=False)[columns].mean()
+    # skipna=False: a value missing for one seed (e.g. GPU memory of a CPU job) leaves the cell empty, not
+    # the mean of the other seeds.
+    means = main.groupby(["method", "forget_class"], as_index=False)[columns].mean(skipna=False)
     # The original's cost record is its base training: no unlearning cost to set beside the others.
     means.loc[means["method"] == "original", [RTE.column, GPU.column]] = np.nan
     return means
@@ -189,12 +229,21 @@ def paper_layout_table(df: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame
             raise UserError(f"no metrics record of method {method!r} for forgotten class(es) "
                              f"{sorted(set(classes) - have)}: its mean would cover other classes than the rest; "
                              "pass every record (the workflow's aggregate rule does)")
+    main = df[df["method"].isin(methods) & (df["variant"] == df["method"])]
+    for method, rows in main.groupby("method"):
+        seeds = rows.groupby("forget_class")["seed"].apply(frozenset)
+        if seeds.nunique() > 1:  # a class averaged over fewer seeds would read like the others
+            every = frozenset().union(*seeds)
+            short = {int(c): sorted(every - s) for c, s in seeds.items() if s != every}
+            raise UserError(f"method {method!r} lacks the records of seed(s) {short} (forgotten class: missing "
+                            "seeds); pass every record (the workflow's aggregate rule does)")
     columns = {"forget_class": [str(c) for c in classes] + ["mean", "std"]}
     for method in methods:
         per_class = means[means["method"] == method].set_index("forget_class").reindex(classes)
         for metric in METRICS:
             values = per_class[metric.column].astype(float)
-            columns[column_name(method, metric)] = [*values, values.mean(), values.std(ddof=1)]
+            columns[column_name(method, metric)] = [*values, values.mean(skipna=False),
+                                                    values.std(ddof=1, skipna=False)]
     return pd.DataFrame(columns)
 
 
@@ -377,7 +426,7 @@ def write_reports(metrics_csv, out_dir, methods: Sequence[str] | None = None) ->
     out_dir = Path(out_dir)
     table = paper_layout_table(metrics, methods)
     main = metrics[metrics["variant"] == metrics["method"]]
-    prior_min = main.groupby("method")["prior_min"].mean().dropna().to_dict()
+    prior_min = main.groupby("method")["prior_min"].mean(skipna=False).dropna().to_dict()
     paths = {name: out_dir / name for name in
              ("table.csv", "table1.md", "table1.tex", "table2.md", "table2.tex", "comparison.md")}
     with atomic_output(paths["table.csv"]) as tmp:

@@ -21,7 +21,7 @@ from .method_api import DeclaredParams, DeclaredSections, RunContext, load_metho
 from .networks import build_classifier, build_unet
 from .training import (BatchStream, autocast, autocast_dtype, classifier_accuracy, prepare_model, seed_everything, setup_runtime,
                        train_classifier, train_diffusion)
-from .workflow import fingerprint
+from .workflow import fingerprint, main_param_value
 
 
 def load_run_config(path: str | Path) -> dict:
@@ -494,8 +494,7 @@ def render_figures(config: dict, kind: str, *, metrics=None, samples=None, forge
         figures.sample_grid(dict(zip(labels, samples)), forget_class, out, n=config["evaluation"].get("grid_images", 16))
     elif kind == "ablation":
         abl = config["ablation"]
-        module = load_method(abl["method"])
-        main_value = method_params(config, abl["method"], module.DEFAULTS)[abl["param"]]
+        main_value = main_param_value(config, abl["method"], abl["param"])
         figures.psi_ablation(pd.read_csv(metrics), out, method=abl["method"], param=abl["param"], main_value=main_value,
                              forget_class=abl["forget_class"])
     else:

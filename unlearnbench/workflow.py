@@ -125,4 +125,14 @@ def ablation_variants(config: dict) -> list[str]:
     abl = config.get("ablation")
     if not abl or abl["method"] not in config["methods"]:  # the ablation figure needs its method's main runs
         return []
-    return [variant_name(abl["method"], abl["param"], v) for v in abl["values"]]
+    # The main run already is the point at the method's own value: training it again would count it twice.
+    main_value = main_param_value(config, abl["method"], abl["param"])
+    return [variant_name(abl["method"], abl["param"], v) for v in abl["values"] if float(v) != float(main_value)]
+
+
+def main_param_value(config: dict, method: str, param: str):
+    """The value of `param` in the method's main runs (its DEFAULTS, then method_params)."""
+    from .config import method_params
+    from .method_api import load_method
+
+    return method_params(config, method, load_method(method).DEFAULTS)[param]
