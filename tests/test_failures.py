@@ -1,6 +1,7 @@
 """Bad input gets a clear message that says what to do, and no Python traceback."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -180,3 +181,92 @@ def test_nan_images_are_refused_not_quantised_to_black():
     images[1, 0, 0, :2] = torch.tensor([float("nan"), float("inf")])
     with pytest.raises(DivergedError, match="generated images hold 2 NaN or inf values of 32"):
         to_uint8(images)
+
+
+AUTHOR_MISTAKES = {
+    "no_return": "def unlearn(ctx):\n    model = ctx.load_original()\n    ctx.run_steps(1, lambda i: None, desc='x')\n",
+    "state_dict": "def unlearn(ctx):\n    model = ctx.load_original()\n    ctx.run_steps(1, lambda i: None, desc='x')\n"
+                  "    return model.state_dict()\n",
+    "untimed": "def unlearn(ctx):\n    return ctx.load_original(ema=True)\n",
+    "reads_prior": "def unlearn(ctx):\n    return ctx.priors['stats']\n",
+    "reads_sampler": "def unlearn(ctx):\n    return ctx.config['sampler']\n",
+}
+
+
+@pytest.mark.parametrize("name, message", [
+    ("no_return", "unlearn() of method 'no_return' returned NoneType; it must return the unlearned UNet"),
+    ("state_dict", "unlearn() of method 'state_dict' returned OrderedDict"),
+    ("untimed", "unlearn() of method 'untimed' ran no timed step: run its loop through ctx.run_steps"),
+    ("reads_prior", "ctx.priors['stats']: this stage did not require prior 'stats'"),
+    ("reads_sampler", "unlearn() of method 'reads_sampler' reads config section 'sampler', which it does not declare"),
+])
+def test_a_method_authors_mistakes_are_named_and_nothing_is_saved(tmp_path, tiny_config, monkeypatch, name, message):
+    """Before: the base model scored as unlearned with RTE 0 (untimed), or a bare TypeError/KeyError traceback."""
+    monkeypatch.chdir(tmp_path)  # methods/ of the working directory, as in a user's workflow copy
+    (tmp_path / "methods").mkdir()
+    (tmp_path / "methods" / f"{name}.py").write_text(AUTHOR_MISTAKES[name])
+    config = json.loads(json.dumps(tiny_config))
+    _adopted_original(tmp_path, config)
+    with pytest.raises(UserError) as err:
+        stages.run_unlearning(config, name, 2, 0, tmp_path / "data.npz", tmp_path / "original", tmp_path / "out")
+    assert message in str(err.value) and not str(err.value).startswith("'")  # not a KeyError's quoted text
+    assert not (tmp_path / "out" / "unet").exists()
+
+
+@pytest.mark.parametrize("body, message", [
+    ("    pass\n", "prior 'stats' of method 'm' wrote nothing to ctx.out_dir"),
+    ("    (ctx.out_dir / 'stats.txt').write_text('1')\n", "prior 'stats' of method 'm' timed nothing"),
+])
+def test_a_prior_that_writes_or_times_nothing_is_refused(tmp_path, tiny_config, monkeypatch, body, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "methods").mkdir()
+    (tmp_path / "methods" / "m.py").write_text(
+        "from unlearnbench.method_api import Prior\n\ndef stats(ctx):\n" + body +
+        "\nPRIORS = [Prior('stats', stats)]\n\ndef unlearn(ctx):\n    pass\n")
+    config = json.loads(json.dumps(tiny_config))
+    _adopted_original(tmp_path, config)
+    with pytest.raises(UserError, match=re.escape(message)):
+        stages.run_prior(config, "m", "stats", tmp_path / "data.npz", tmp_path / "original", tmp_path / "prior")
+    assert not (tmp_path / "prior").exists()
+
+
+@pytest.mark.parametrize("source, message", [
+    ("import no_such_package\n", "No module named 'no_such_package'"),
+    ("DEFAULTS = {}\n", "must define unlearn(ctx)"),
+    ("from unlearnbench.method_api import Prior\nPRIORS = [Prior('a', print, requires=('b',)), "
+     "Prior('b', print, requires=('a',))]\ndef unlearn(ctx): pass\n", "priors require each other in a cycle: a -> b -> a"),
+    ("from unlearnbench.method_api import Prior\nPRIORS = [Prior('a', print, scope='per_class'), "
+     "Prior('b', print, requires=('a',))]\ndef unlearn(ctx): pass\n",
+     "prior 'b' is shared but requires per-class prior(s) ['a']"),
+    ("from unlearnbench.method_api import Prior\nDEFAULTS = {'batch_size': 4}\nPRIORS = [Prior('a', print, "
+     "params=('batchsize',))]\ndef unlearn(ctx): pass\n", "prior 'a' declares params ['batchsize'], which DEFAULTS lacks"),
+    ("from unlearnbench.method_api import Prior\nPRIORS = [Prior('MyPrior', print)]\ndef unlearn(ctx): pass\n",
+     "prior 'MyPrior': a prior's name is lower-case letters"),
+])
+def test_a_broken_method_file_is_refused_every_time(tmp_path, source, message):
+    """A failed load leaves no half-initialised module behind for the next caller to use."""
+    from unlearnbench.method_api import load_method
+
+    (tmp_path / "broken.py").write_text(source)
+    for _ in range(2):
+        with pytest.raises(Exception, match=re.escape(message)):
+            load_method("broken", tmp_path)
+
+
+def test_original_cannot_name_a_method(tmp_path):
+    from unlearnbench.method_api import load_method
+
+    (tmp_path / "original.py").write_text("def unlearn(ctx): pass\n")
+    with pytest.raises(UserError, match="'original' cannot name a method"):
+        load_method("original", tmp_path)
+
+
+def test_an_ablation_of_a_param_a_prior_reads_is_refused(root):
+    """SalUn's mask is made once, with the main mask_ratio: an ablation of it would reuse that mask."""
+    from unlearnbench.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="'ablation.param' = 'mask_ratio' is read by prior\\(s\\) mask of salun"):
+        load_config(overrides={"ablation": {"method": "salun", "param": "mask_ratio", "values": [0.1, 0.9],
+                                            "forget_class": 0}}, methods_dir=root / "methods")
+    load_config(overrides={"ablation": {"method": "salun", "param": "alpha", "values": [0.1], "forget_class": 0}},
+                methods_dir=root / "methods")  # unlearn() alone reads alpha

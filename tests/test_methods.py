@@ -231,6 +231,7 @@ def _toy_run(state_path, crash_at=None, state_key=None, nan_at=None, lr=0.1):
             with torch.no_grad():
                 model.bias.fill_(float("inf"))  # as an overflow would; the next steps spread NaN
         x, _ = next(stream)
+        x = torch.nn.functional.dropout(x, 0.5)  # torch's global RNG, as nn.Dropout: part of the resumable state
         loss = (model(x) + torch.randn(3, 1, generator=ctx.generator)).pow(2).mean()
         optimizer.zero_grad()
         loss.backward()
@@ -239,18 +240,20 @@ def _toy_run(state_path, crash_at=None, state_key=None, nan_at=None, lr=0.1):
     return ctx, model, optimizer, step
 
 
-def test_resumed_run_ends_as_an_uninterrupted_one(tmp_path):
+def test_resumed_run_ends_as_an_uninterrupted_one(tmp_path, capsys):
     state = tmp_path / "state.pt"
     ctx, model, _, step = _toy_run(state)
-    ctx.run_steps(10, step, desc="reference")
+    ctx.run_steps(10, step, desc="run")
     reference = model.weight.detach().clone()
 
     ctx, model, optimizer, step = _toy_run(state, crash_at=7)
     with pytest.raises(_Crash):
-        ctx.run_steps(10, step, desc="crashes", checkpoint_every=3, modules={"model": model, "optimizer": optimizer})
+        ctx.run_steps(10, step, desc="run", checkpoint_every=3, modules={"model": model, "optimizer": optimizer})
     assert state.exists()
-    ctx, model, optimizer, step = _toy_run(state)
-    ctx.run_steps(10, step, desc="resumes", checkpoint_every=3, modules={"model": model, "optimizer": optimizer})
+    ctx, model, optimizer, step = _toy_run(state)  # a new job: torch's global RNG starts from its seed again
+    capsys.readouterr()
+    ctx.run_steps(10, step, desc="run", checkpoint_every=3, modules={"model": model, "optimizer": optimizer})
+    assert "resuming run from step 6" in capsys.readouterr().out
     assert torch.equal(model.weight, reference)
     assert not state.exists() and ctx.meter.rte_s > 0
 

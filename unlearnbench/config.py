@@ -193,6 +193,12 @@ def _check_methods(config: dict, methods_dir) -> tuple[dict, list[str]]:
             if abl.get("param") not in module.DEFAULTS:
                 problems.append(f"'ablation.param' = {abl.get('param')!r} is not a parameter of {abl['method']}; "
                                 f"allowed: {', '.join(sorted(module.DEFAULTS))}")
+            elif readers := [p.name for p in module.PRIORS if p.params is None or abl["param"] in p.params]:
+                # Priors are made once per method (per class), for its main params: ablation runs reuse them.
+                problems.append(f"'ablation.param' = {abl['param']!r} is read by prior(s) {', '.join(readers)} of "
+                                f"{abl['method']}, which are made once with the main value, not per ablation value: "
+                                "ablate a parameter that only unlearn() reads (a prior declares what it reads with "
+                                "Prior(..., params=...))")
             else:
                 item = param_schema(module)[abl["param"]]
                 values = [coerce(v, item) for v in abl.get("values") or []]

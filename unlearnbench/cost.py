@@ -99,6 +99,7 @@ class CostMeter:
         self._ru_exit: int | None = None
         self._torch_peaks: tuple[int, int] | None = None
         self._timing = False
+        self.timed_blocks = 0  # how many timed() blocks ran: a stage that timed none has no RTE to report
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -149,6 +150,7 @@ class CostMeter:
         finally:
             self._sync()
             self.rte_s += time.perf_counter() - start
+            self.timed_blocks += 1
             self._timing = False
 
     def _sync(self) -> None:

@@ -14,3 +14,9 @@ class MissingResourceError(UserError):
 
 class DivergedError(UserError):
     """Training produced NaN or inf weights, or sampling NaN or inf images: nothing downstream may use them."""
+
+
+class UndeclaredError(UserError, KeyError):
+    """A method's stage read a config section, param or prior it did not declare (a KeyError too, for `.get`)."""
+
+    __str__ = Exception.__str__  # KeyError's would quote the whole message

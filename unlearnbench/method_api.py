@@ -20,6 +20,7 @@ the sampler re-evaluates every model but retrains only what draws images with it
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from .errors import UserError
+from .errors import UndeclaredError, UserError
 
 PACKAGE_METHODS_DIR = Path(__file__).resolve().parent.parent / "methods"
 # Config sections that shape evaluation, not the base model: a method's stage reads one only if it declares it.
@@ -68,7 +69,7 @@ class _DeclaredView(dict):
         self._kind, self._where, self._how = kind, where, how
 
     def _refuse(self, key):
-        raise KeyError(f"{self._where} reads {self._kind} {key!r}, which it does not declare; declare it with "
+        raise UndeclaredError(f"{self._where} reads {self._kind} {key!r}, which it does not declare; declare it with "
                        f"{self._how} so that changing it reruns this stage")
 
     def __missing__(self, key):
@@ -97,6 +98,31 @@ class DeclaredParams(_DeclaredView):
                          f"prior {prior.name!r} of method {method!r}", "Prior(..., params=...)")
 
 
+class _Priors(dict):
+    """prior name -> folder; a name the stage did not require is an error that says how to require it."""
+
+    def __missing__(self, key):
+        raise UndeclaredError(f"ctx.priors[{key!r}]: this stage did not require prior {key!r}; list it in "
+                              f"Prior(..., requires=(...)) of the prior that reads it (unlearn() gets every prior of "
+                              f"its method; it has {sorted(self) or 'none'})")
+
+
+def global_rng_state() -> dict:
+    """torch's global generators (CPU, and CUDA where used): dropout and any torch.rand without a generator."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_global_rng_state(state: dict | None) -> None:
+    if not state:
+        return
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def methods_dir(explicit: str | Path | None = None) -> Path:
     """methods/ of the working directory (a user's workflow copy) first, else the installed one."""
     if explicit:
@@ -118,10 +144,25 @@ def load_method(name: str, directory: str | Path | None = None):
     module_name = f"unlearnbench_methods.{name}"
     if module_name in sys.modules and getattr(sys.modules[module_name], "__file__", None) == str(path):
         return sys.modules[module_name]
+    if not re.fullmatch(NAME_PATTERN, name) or name == "original":
+        raise UserError(f"method file {path}: {name!r} cannot name a method (lower-case letters, digits and _, "
+                        "starting with a letter; 'original' is the base model's); rename the file")
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+        _check_interface(module, name, path)
+    except BaseException:
+        del sys.modules[module_name]  # never serve a half-initialised method to the next caller
+        raise
+    return module
+
+
+NAME_PATTERN = "[a-z][a-z0-9_]*"  # method and prior names: they are path parts and Snakemake wildcards
+
+
+def _check_interface(module, name: str, path: Path) -> None:
     if not callable(getattr(module, "unlearn", None)):
         raise UserError(f"method file {path} must define unlearn(ctx) (see unlearnbench/method_api.py)")
     module.DEFAULTS = dict(getattr(module, "DEFAULTS", {}))
@@ -132,12 +173,35 @@ def load_method(name: str, directory: str | Path | None = None):
     module.PRIORS = list(getattr(module, "PRIORS", []))
     module.SECTIONS = tuple(getattr(module, "SECTIONS", ()))
     _check_sections(module.SECTIONS, f"method {name} (SECTIONS)")
-    names = [p.name for p in module.PRIORS]
+    priors = {p.name: p for p in module.PRIORS}
+    if len(priors) != len(module.PRIORS):
+        raise UserError(f"method {name}: two priors share a name in PRIORS")
     for prior in module.PRIORS:
-        missing = [r for r in prior.requires if r not in names]
+        where = f"method file {path}: prior {prior.name!r}"
+        if not re.fullmatch(NAME_PATTERN, prior.name):
+            raise UserError(f"{where}: a prior's name is lower-case letters, digits and _, starting with a letter")
+        missing = [r for r in prior.requires if r not in priors]
         if missing:
             raise UserError(f"method {name}: prior {prior.name} requires unknown prior(s) {missing}")
-    return module
+        per_class = [r for r in prior.requires if prior.scope == "shared" and priors[r].scope == "per_class"]
+        if per_class:
+            raise UserError(f"{where} is shared but requires per-class prior(s) {per_class}; make it per_class")
+        unknown = [k for k in (prior.params or ()) if k not in module.DEFAULTS]
+        if unknown:
+            raise UserError(f"{where} declares params {unknown}, which DEFAULTS lacks")
+    done: set[str] = set()
+
+    def visit(prior_name: str, chain: tuple[str, ...]) -> None:  # depth-first: a cycle never finishes
+        if prior_name in chain:
+            raise UserError(f"method file {path}: priors require each other in a cycle: "
+                            f"{' -> '.join((*chain, prior_name))}")
+        if prior_name not in done:
+            for required in priors[prior_name].requires:
+                visit(required, (*chain, prior_name))
+            done.add(prior_name)
+
+    for prior_name in priors:
+        visit(prior_name, ())
 
 
 def param_schema(module) -> dict:
@@ -175,6 +239,9 @@ class RunContext:
     state_key: str | None = None  # what defines this run (config, params, seed, code): a state resumes only its own
     diverged_hint: str = "Lower its learning rate or check its loss."  # what a DivergedError tells the user to do
     _streams: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.priors = _Priors(self.priors)
 
     @property
     def num_classes(self) -> int:
@@ -226,6 +293,7 @@ class RunContext:
             for name, module in (modules or {}).items():
                 module.load_state_dict(saved["modules"][name])
             self.generator.set_state(saved["generator"])
+            set_global_rng_state(saved["global_rng"])
             for stream, state in zip(self._streams, saved["streams"]):
                 stream.load_state_dict(state)
             start = saved["step"]
@@ -247,6 +315,7 @@ class RunContext:
                         require_finite(module, f"{desc} diverged by step {step} ({name})", self.diverged_hint)
                 save_state(self.state_path, {
                     "step": step, "rte_s": self.meter.rte_s, "generator": self.generator.get_state(),
+                    "global_rng": global_rng_state(),  # what dropout draws from
                     "modules": {name: m.state_dict() for name, m in (modules or {}).items()},
                     "streams": [s.state_dict() for s in self._streams]}, key)
         bar.close()

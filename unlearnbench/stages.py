@@ -190,11 +190,20 @@ def run_prior(config: dict, method_name: str, prior_name: str, data_path, origin
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    seed = config["seeds"][0] * 1000 + (forget_class if forget_class is not None else 999)
+    # Not from config["seeds"]: a prior is made once for all seeds, and `seeds` is not part of its fingerprint,
+    # so a cached prior must not depend on it.
+    seed = forget_class if forget_class is not None else 999
     with CostMeter(device) as meter:
         ctx = _context(config, method_name, params, data, device, seed, meter, original_dir, forget_class,
                        {k: Path(v) for k, v in (required or {}).items()}, tmp, prior=prior_name)
         prior.run(ctx)
+    where = f"prior {prior_name!r} of method {method_name!r}"
+    if not any(tmp.iterdir()):
+        raise UserError(f"{where} wrote nothing to ctx.out_dir ({tmp}): unlearn() would find no prior; save its "
+                        "result there")
+    if meter.timed_blocks == 0:
+        raise UserError(f"{where} timed nothing, so its cost would read 0 min: wrap its computation (not its file "
+                        "writing) in `with ctx.meter.timed():`")
     cost = meter.result()
     cost["requires"] = sorted(required or {})
     ckpt.write_json(tmp / "cost.json", cost)
@@ -219,6 +228,12 @@ def run_unlearning(config: dict, method_name: str, forget_class: int, seed: int,
                        forget_class, {k: Path(v) for k, v in (priors or {}).items()}, state_path=out_dir / "unlearn_state.pt",
                        state_key=state_key)
         model = module.unlearn(ctx)
+        if not isinstance(model, torch.nn.Module) or not hasattr(model, "save_pretrained"):
+            raise UserError(f"unlearn() of method {method_name!r} returned {type(model).__name__}; it must return "
+                            "the unlearned UNet (the model it got from ctx.load_original, trained)")
+        if meter.timed_blocks == 0:  # e.g. the original returned untouched: RTE 0 and the base model's metrics
+            raise UserError(f"unlearn() of method {method_name!r} ran no timed step: run its loop through "
+                            "ctx.run_steps(steps, step_fn, desc=...), which times it (the RTE)")
         ckpt.require_finite(model, f"{method_name} (forget class {forget_class}, seed {seed}) ended with non-finite "
                             "weights", diverged_hint(method_name, params))
     cost = meter.result()

@@ -188,6 +188,7 @@ def train_diffusion(model, schedule, stream: BatchStream, *, steps: int, lr: flo
     (what defines the run) is there. Stops with DivergedError when the weights are no longer finite."""
     from .checkpoints import load_state, require_finite, save_state
     from .diffusion import epsilon_loss
+    from .method_api import global_rng_state, set_global_rng_state
 
     ema = make_ema(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
@@ -201,6 +202,7 @@ def train_diffusion(model, schedule, stream: BatchStream, *, steps: int, lr: flo
         sched.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
         stream.generator.set_state(state["stream_generator"])
+        set_global_rng_state(state.get("global_rng"))  # dropout's
         start = state["step"]
         print(f"resuming base training from step {start} ({state_path})")
     model.train()
@@ -220,7 +222,8 @@ def train_diffusion(model, schedule, stream: BatchStream, *, steps: int, lr: flo
                 require_finite(model, f"base training diverged by step {step + 1}", _DIVERGED_BASE)
                 save_state(state_path, {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
                                         "scheduler": sched.state_dict(), "generator": generator.get_state(),
-                                        "stream_generator": stream.generator.get_state(), "step": step + 1},
+                                        "stream_generator": stream.generator.get_state(), "step": step + 1,
+                                        "global_rng": global_rng_state()},
                            state_key)
     require_finite(model, "base training ended with non-finite weights", _DIVERGED_BASE)
     require_finite(ema, "base training's EMA weights are not finite", _DIVERGED_BASE)
