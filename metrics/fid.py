@@ -152,6 +152,9 @@ def load_statistics(path) -> dict:
     if not path.is_file():
         raise MissingResourceError(f"FID statistics file not found: {path}")
     with np.load(path, allow_pickle=False) as z:
+        if not {"mu", "sigma"} <= set(z.files):
+            raise MissingResourceError(f"{path} holds no FID statistics (it has {sorted(z.files)}); pass a file "
+                                       "written by `unlearnbench fid-reference`")
         out = {k: z[k] for k in z.files if k != "meta"}
         out["meta"] = json.loads(str(z["meta"])) if "meta" in z.files else {}
     return out

@@ -29,8 +29,10 @@ wildcard_constraints:
 
 
 def method_file(method):
-    """methods/<name>.py as an input: editing a method reruns its priors and unlearning jobs."""
-    return str(methods_dir() / f"{method}.py")
+    """methods/<name>.py as an input: editing a method reruns its priors and unlearning jobs. Relative to the
+    workflow folder when inside it, so that moving the folder does not change the jobs' inputs (and rerun them)."""
+    path = methods_dir() / f"{method}.py"
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
 def prior_outputs(method, forget_class=None, only=None):

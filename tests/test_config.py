@@ -198,3 +198,16 @@ def test_an_ablation_whose_method_is_not_run_is_skipped_with_a_note(tmp_path, mo
     assert ablation_variants(config) == ["safemax-lambda=0", "safemax-lambda=50", "safemax-lambda=100"]
     config = load_workflow_config({"run_name": "only-sa", "method_params": {"safemax": {"lambda": 50}}})
     assert ablation_variants(config) == ["safemax-lambda=0", "safemax-lambda=1", "safemax-lambda=100"]
+
+
+def test_a_config_that_is_not_yaml_text_is_refused(tmp_path):
+    from unlearnbench.config import read_yaml
+
+    binary = tmp_path / "data.npz"
+    binary.write_bytes(b"PK\x03\x04\xff\xfe\x00binary")
+    with pytest.raises(ConfigError, match="data.npz is not a text file; pass a YAML config"):
+        read_yaml(binary)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("seeds: [0, 1\n")
+    with pytest.raises(ConfigError, match="broken.yaml is not valid YAML"):
+        read_yaml(broken)

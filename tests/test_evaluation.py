@@ -122,3 +122,23 @@ def test_samples_and_records_name_the_sampler_alike(root):
     digits = load_config(methods_dir=root / "methods")
     assert stages.sampler_name(paper) == "ancestral" and stages.sampler_name(digits) == "ddim"
     assert stages.sampler_name({**paper, "sampler": {**paper["sampler"], "eta": 0.0}}) == "ddim"
+
+
+def test_a_score_of_mismatched_files_is_refused(assets, tmp_path):
+    """By hand, `score --forget-class 3 --reference class0.npz` on a class-0 model's samples wrote a record
+    claiming class 3; the wrong file kinds gave bare KeyErrors."""
+    config, tmp = assets
+    refs = {c: tmp_path / f"ref{c}.npz" for c in (0, 3)}
+    stages.reference_statistics(config, tmp / "data.npz", tmp / "evaluator", refs)
+    stages.generate_samples(config, tmp / "unet", tmp_path / "forgot0.npz", 0, 0, 10)
+    record = stages.score(config, tmp_path / "forgot0.npz", tmp / "evaluator", refs[0], 0, 0, "sa", "sa")
+    assert record["forget_class"] == 0
+    with pytest.raises(UserError, match=r"scoring forgotten class 3: .*ref0.npz leaves out class 0; the samples "
+                                        r".*forgot0.npz are of a model that forgot class 0"):
+        stages.score(config, tmp_path / "forgot0.npz", tmp / "evaluator", refs[0], 3, 0, "sa", "sa")
+    with pytest.raises(UserError, match="ref0.npz has classifier features, the config inception"):
+        stages._check_pairing(refs[0], load_statistics(refs[0])["meta"], "s", {}, 0, "inception")
+    with pytest.raises(UserError, match="data.npz is not a samples file"):
+        stages.load_samples(tmp / "data.npz")
+    with pytest.raises(UserError, match="forgot0.npz holds no FID statistics"):
+        load_statistics(tmp_path / "forgot0.npz")

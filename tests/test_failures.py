@@ -270,3 +270,57 @@ def test_an_ablation_of_a_param_a_prior_reads_is_refused(root):
                                             "forget_class": 0}}, methods_dir=root / "methods")
     load_config(overrides={"ablation": {"method": "salun", "param": "alpha", "values": [0.1], "forget_class": 0}},
                 methods_dir=root / "methods")  # unlearn() alone reads alpha
+
+
+def test_an_unlearning_state_resumes_only_from_the_same_original_and_priors(tmp_path, tiny_config):
+    """Regenerated priors (e.g. after a sampler change) or a new original model restart a killed SA run; before,
+    it resumed with steps trained on the old ones."""
+    config = json.loads(json.dumps(tiny_config))
+    _adopted_original(tmp_path, config)
+    for name in ("generated", "fisher"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "cost.json").write_text("{}")
+    priors = {"generated": tmp_path / "generated", "fisher": tmp_path / "fisher"}
+    params = {"steps": 4}
+
+    def key():
+        return stages.unlearning_state_key(config, "sa", params, 0, 2, tmp_path / "original", priors)
+
+    before = key()
+    assert key() == before  # nothing changed: the killed run resumes
+    (tmp_path / "fisher" / "fisher.safetensors").write_bytes(b"new")
+    changed_prior = key()
+    assert changed_prior != before
+    save_unet(build_unet(config["model"]["preset"], 10, config["model"].get("overrides")), tmp_path / "original" / "unet")
+    assert key() != changed_prior  # same config, other original weights
+    assert stages.unlearning_state_key(config, "sa", {"steps": 5}, 0, 2, tmp_path / "original", priors) != key()
+
+
+def test_unlearning_by_hand_without_the_priors_says_which_to_pass(tmp_path, tiny_config):
+    with pytest.raises(UserError, match="method 'sa' needs its prior\\(s\\) generated, fisher: pass --priors "
+                                        "generated=DIR fisher=DIR"):
+        stages.run_unlearning(tiny_config, "sa", 0, 0, tmp_path / "data.npz", tmp_path / "original", tmp_path / "out")
+
+
+def test_a_failed_write_leaves_no_temporary_file_and_names_a_full_disk(tmp_path, monkeypatch):
+    import errno
+
+    from unlearnbench import checkpoints
+
+    def full(obj, path, *args, **kwargs):
+        Path(path).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(UserError, match="could not write .*: no space left on its disk"):
+        checkpoints.save_state(tmp_path / "state.pt", {"step": 1})
+    assert list(tmp_path.iterdir()) == []  # before: a stray .state.pt.tmp-<pid> (hundreds of MB at paper scale)
+
+    def broken(obj, path, *args, **kwargs):
+        Path(path).write_bytes(b"partial")
+        raise RuntimeError("some other failure")
+
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(RuntimeError, match="some other failure"):  # not called a full disk
+        checkpoints.save_state(tmp_path / "state.pt", {"step": 1})
+    assert list(tmp_path.iterdir()) == []

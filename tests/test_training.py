@@ -1,4 +1,5 @@
 """BatchStream: epochs, horizontal flips and resumption (the batches every training loop draws)."""
+import pytest
 import torch
 
 from unlearnbench.training import BatchStream
@@ -81,3 +82,55 @@ def test_state_saved_without_epoch_flips_resumes_with_a_new_epoch():
     resumed.load_state_dict(state)
     items, _, _ = draw(resumed, 10)
     assert sorted(items[:N]) == list(range(N))  # a whole fresh epoch, nothing lost or repeated within it
+
+
+class _Killed(Exception):
+    pass
+
+
+class _DyingStream(BatchStream):
+    """Raises on its `die_at`-th draw, as a job killed mid-run."""
+
+    def __init__(self, *args, die_at=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.draws, self.die_at = 0, die_at
+
+    def __next__(self):
+        if self.draws == self.die_at:
+            raise _Killed
+        self.draws += 1
+        return super().__next__()
+
+
+def _train(state_path, die_at=None, meter=None):
+    from unlearnbench.diffusion import Schedule
+    from unlearnbench.networks import build_unet
+    from unlearnbench.training import train_diffusion
+
+    torch.manual_seed(0)
+    model = build_unet("tiny", 3, {"block_out_channels": (8, 8), "norm_num_groups": 4, "sample_size": 4,
+                                   "down_block_types": ("DownBlock2D", "DownBlock2D"),
+                                   "up_block_types": ("UpBlock2D", "UpBlock2D"), "dropout": 0.3})
+    images = torch.randn(10, 1, 4, 4)
+    data = _DyingStream(images, torch.arange(10) % 3, 4, torch.Generator().manual_seed(1), torch.device("cpu"),
+                        hflip=True, die_at=die_at)  # batch 4 of 10 images: a kill falls inside an epoch
+    return train_diffusion(model, Schedule(20, 1e-4, 0.02), data, steps=9, lr=1e-3, grad_clip=1.0, ema_decay=0.9,
+                           cond_dropout=0.1, reduction="mean", generator=torch.Generator().manual_seed(2),
+                           state_path=state_path, checkpoint_every=3, state_key="k", meter=meter)
+
+
+def test_resumed_base_training_ends_as_an_uninterrupted_one(tmp_path, capsys):
+    """Weights, EMA, RTE and loss trace: before, the epoch's order and position, dropout's RNG, the RTE and the
+    losses before the kill were lost, and the resumed model differed."""
+    from unlearnbench.cost import CostMeter
+
+    reference, reference_ema, reference_losses = _train(None)
+    with pytest.raises(_Killed):
+        _train(tmp_path / "state.pt", die_at=7)
+    meter = CostMeter("cpu")
+    model, ema, losses = _train(tmp_path / "state.pt", meter=meter)
+    assert "resuming base training from step 6" in capsys.readouterr().out
+    for a, b in ((model, reference), (ema, reference_ema)):
+        assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    assert losses == reference_losses and losses[0][0] == 0
+    assert meter.rte_s > 0 and meter.timed_blocks == 1  # the resumed job timed steps 6-8, plus the saved RTE

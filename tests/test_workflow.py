@@ -86,6 +86,14 @@ def test_second_invocation_does_nothing(test_run):
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
+def test_a_moved_workflow_folder_reruns_nothing(test_run, tmp_path):
+    """Inputs are relative to the folder (the method files were absolute: a move reran every method job)."""
+    moved = tmp_path / "moved"
+    shutil.copytree(test_run, moved, symlinks=True)
+    proc = snakemake(moved, "-n", "--configfile=config/test.yaml", "results/table.csv")
+    assert "Nothing to be done" in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-3000:]
+
+
 def test_changing_evaluation_reevaluates_without_retraining(test_run):
     (test_run / "config" / "eval16.yaml").write_text("evaluation: {n_forget: 16}\n")
     # --configfile takes several files: the target goes before it
@@ -185,6 +193,34 @@ def test_killed_job_is_redone_and_resumes(tmp_path):
     assert "resuming base training from step" in log
     assert (workdir / "results/kill/models/original/unet_ema/diffusion_pytorch_model.safetensors").exists()
     assert not state.exists()
+
+
+def test_a_job_outliving_a_killed_snakemake_is_redone_by_the_next_plain_run(tmp_path):
+    """The job finishes after Snakemake was killed, so Snakemake never marked its output complete: the workflow
+    profile (rerun-incomplete) redoes it, where plain Snakemake stops with IncompleteFilesException."""
+    workdir = copy_workflow(tmp_path / "orphan")
+    shutil.copytree(ROOT / "profiles", workdir / "profiles")
+    target = "results/test/models/original/train.json"
+    env = {**os.environ, "UNLEARNBENCH_QUIET": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", "--configfile=config/test.yaml", target],
+                            cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    state = workdir / "results/test/models/original/train_state.pt"
+    deadline = time.time() + 300
+    while not state.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert state.exists(), "base training never started"
+    proc.kill()  # Snakemake only: its job goes on and writes its output
+    proc.wait()
+    deadline = time.time() + 300
+    while not (workdir / target).exists() and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(1)
+    snakemake(workdir, "--unlock", "--configfile=config/test.yaml")
+    plain = snakemake(workdir, "--workflow-profile", "none", "--configfile=config/test.yaml", target, check=False)
+    assert plain.returncode != 0 and "IncompleteFilesException" in plain.stdout + plain.stderr
+    redone = snakemake(workdir, "--configfile=config/test.yaml", target)
+    assert re.search(r"Finished jobid: \d+ \(Rule: train_base\)", redone.stdout + redone.stderr)
 
 
 def test_replacing_a_users_checkpoint_reruns_from_the_original_model(tmp_path):

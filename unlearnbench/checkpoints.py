@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import DivergedError, MissingResourceError
+from .errors import DivergedError, MissingResourceError, UserError
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -19,16 +20,39 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # unique: parallel writers
-    try:
+    with removed_on_failure(Path(tmp)):
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def removed_on_failure(tmp: Path):
+    """Delete the temporary file or folder `tmp` if writing it fails (nothing stray is left: at paper scale a
+    state file is hundreds of MB), and name a full disk as such instead of a library's stream error."""
+    try:
+        yield
+    except BaseException as exc:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        if isinstance(exc, Exception) and _disk_full(tmp.parent, exc):
+            raise UserError(f"could not write {tmp.parent}: no space left on its disk "
+                            f"({shutil.disk_usage(tmp.parent).free / 1e6:.0f} MB free); free some and rerun") from exc
         raise
+
+
+def _disk_full(folder: Path, exc: Exception) -> bool:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    try:  # torch.save and safetensors report a full disk as a RuntimeError of their own
+        return shutil.disk_usage(folder).free < 64 * 2**20
+    except OSError:
+        return False
 
 
 def write_json(path: str | Path, record: dict, *, allow_nan: bool = True) -> None:
@@ -72,10 +96,11 @@ def save_unet(model, folder: str | Path) -> None:
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    with removed_on_failure(tmp):
+        model.save_pretrained(tmp)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
 
 
 def folder_digest(folder: str | Path) -> str:
@@ -169,8 +194,9 @@ def save_state(path: str | Path, state: dict, key: str | None = None) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({**state, "state_key": key}, tmp)
-    os.replace(tmp, path)
+    with removed_on_failure(tmp):
+        torch.save({**state, "state_key": key}, tmp)
+        os.replace(tmp, path)
 
 
 def load_state(path: str | Path, key: str | None = None):
@@ -200,8 +226,9 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
+    with removed_on_failure(tmp):
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+        os.replace(tmp, path)
 
 
 def load_tensors(path: str | Path, device="cpu") -> dict[str, torch.Tensor]:

@@ -6,7 +6,6 @@ import copy
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 
 import yaml
@@ -56,6 +55,8 @@ def read_yaml(path: str | Path) -> dict:
         data = parse_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not a text file; pass a YAML config") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values")
     return data
@@ -245,10 +246,9 @@ def write_resolved(config: dict, path: str | Path) -> bool:
     text = yaml.safe_dump(config, sort_keys=False)
     if path.exists() and path.read_text() == text:
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # unique: cluster jobs may write at once
-    tmp.write_text(text)
-    tmp.replace(path)
+    from .checkpoints import atomic_write_text
+
+    atomic_write_text(path, text)  # a unique temporary name (cluster jobs may write at once), removed on failure
     return True
 
 

@@ -212,18 +212,31 @@ def run_prior(config: dict, method_name: str, prior_name: str, data_path, origin
     return cost
 
 
+def unlearning_state_key(config: dict, method: str, params: dict, seed: int, forget_class: int, original_dir,
+                         priors: dict | None) -> str:
+    """What a resumable unlearning state belongs to: its config, params, seed, class and method code, and what
+    it starts from (the original weights, the priors' files). A rerun after any of them changed starts over."""
+    return config_hash({"stage": fingerprint(config, "method", method), "params": params, "seed": seed,
+                        "forget_class": forget_class, "code": method_code_digest(method),
+                        "original": [ckpt.folder_digest(Path(original_dir) / sub) for sub in ("unet", "unet_ema")],
+                        "priors": {k: ckpt.folder_digest(v) for k, v in sorted((priors or {}).items())}})
+
+
 def run_unlearning(config: dict, method_name: str, forget_class: int, seed: int, data_path, original_dir, out_dir,
                    priors: dict | None = None, overrides: dict | None = None) -> dict:
     module = load_method(method_name)
+    missing = [p.name for p in module.PRIORS if p.name not in (priors or {})]
+    if missing:
+        raise UserError(f"method {method_name!r} needs its prior(s) {', '.join(missing)}: pass "
+                        f"--priors {' '.join(f'{name}=DIR' for name in missing)} with the folders `unlearnbench prior` "
+                        "wrote (the workflow passes them)")
     params = method_params(config, method_name, module.DEFAULTS, overrides)
     data = ImageData.load(data_path)
     device = setup_runtime(config)
     out_dir = Path(out_dir)
     with CostMeter(device) as meter:
         # The resumable state lives beside the outputs, which Snakemake removes after a failure; it does not.
-        # What the resumable state belongs to: a rerun after a change of config, params or method code starts over.
-        state_key = config_hash({"stage": fingerprint(config, "method", method_name), "params": params, "seed": seed,
-                                 "forget_class": forget_class, "code": method_code_digest(method_name)})
+        state_key = unlearning_state_key(config, method_name, params, seed, forget_class, original_dir, priors)
         ctx = _context(config, method_name, params, data, device, seed * 1000 + forget_class, meter, original_dir,
                        forget_class, {k: Path(v) for k, v in (priors or {}).items()}, state_path=out_dir / "unlearn_state.pt",
                        state_key=state_key)
@@ -339,6 +352,9 @@ def load_samples(path) -> tuple[np.ndarray, np.ndarray, dict]:
     if not path.exists():
         raise MissingResourceError(f"samples {path} are missing: run the sampling step first")
     with np.load(path) as f:
+        if not {"images", "labels", "meta"} <= set(f.files):
+            raise UserError(f"{path} is not a samples file (it holds {sorted(f.files)}); pass one written by "
+                            "`unlearnbench sample` or `evaluate`")
         return f["images"], f["labels"], json.loads(str(f["meta"]))
 
 
@@ -414,6 +430,23 @@ def score(config: dict, samples_path, evaluator_dir, reference_path, forget_clas
                          cost_path, {forget_class: out_path} if out_path else None, config_path)[0]
 
 
+def _check_pairing(reference_path, ref_meta: dict, samples_path, samples_meta: dict, forget_class: int,
+                   backend: str) -> None:
+    """The files a score pairs must be of the class it scores: a hand-run score given another class's reference
+    or samples would write a plausible record of the wrong class."""
+    problems = []
+    if ref_meta.get("forget_class") != forget_class:
+        problems.append(f"the FID reference {reference_path} leaves out class {ref_meta.get('forget_class')}")
+    if ref_meta.get("backend") != backend:
+        problems.append(f"the FID reference {reference_path} has {ref_meta.get('backend')} features, the config "
+                        f"{backend}")
+    if samples_meta.get("forget_class") not in (None, forget_class):  # None: the original's, scored for every class
+        problems.append(f"the samples {samples_path} are of a model that forgot class {samples_meta['forget_class']}")
+    if problems:
+        raise UserError(f"scoring forgotten class {forget_class}: {'; '.join(problems)}; pass the files of that "
+                        "class (the workflow does)")
+
+
 def score_classes(config: dict, samples_path, evaluator_dir, references: dict, seed: int, method: str, variant: str,
                   cost_path=None, out_paths: dict | None = None, config_path=None) -> list[dict]:
     """Metrics of one model's saved samples for each forget class in `references` ({class: reference npz}).
@@ -441,6 +474,7 @@ def score_classes(config: dict, samples_path, evaluator_dir, references: dict, s
                                      for c in np.unique(labels) if c != forget_class])
         probs_f, probs_r = probs[forget_idx], probs[remain_idx]
         ref = load_statistics(reference_path)
+        _check_pairing(reference_path, ref["meta"], samples_path, meta, forget_class, config["fid"]["backend"])
         mu, sigma = feature_statistics(features[remain_idx])
         record = {
             "method": method, "variant": variant, "forget_class": forget_class, "seed": seed,

@@ -194,37 +194,50 @@ def train_diffusion(model, schedule, stream: BatchStream, *, steps: int, lr: flo
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps else 1.0)
     start = 0
-    state = load_state(state_path, state_key) if state_path else None
+    resumable = bool(state_path and checkpoint_every)
+    state = load_state(state_path, state_key) if resumable else None
+    losses = []
     if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
-        stream.generator.set_state(state["stream_generator"])
-        set_global_rng_state(state.get("global_rng"))  # dropout's
+        stream.load_state_dict(state["stream"])  # the epoch's order and position, not only its generator
+        set_global_rng_state(state["global_rng"])  # dropout's
         start = state["step"]
+        losses = [tuple(item) for item in state["losses"]]
+        if meter:
+            meter.rte_s += state["rte_s"]
         print(f"resuming base training from step {start} ({state_path})")
     model.train()
-    timer = meter.timed() if meter else nullcontext()
-    losses = []
-    with timer:
-        for step in progress(range(start, steps), "base training", total=steps - start):
-            x0, y = next(stream)
-            with amp():
-                loss = epsilon_loss(model, schedule, x0, y, reduction=reduction, cond_dropout=cond_dropout, generator=generator)
-            optimizer_step(optimizer, loss, model.parameters(), grad_clip)
-            sched.step()
-            ema_update(ema, model, ema_decay)
-            if step % 100 == 0:
-                losses.append((step, loss.detach()))  # read after the loop: .item() here would wait for the GPU
-            if state_path and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
-                require_finite(model, f"base training diverged by step {step + 1}", _DIVERGED_BASE)
-                save_state(state_path, {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                                        "scheduler": sched.state_dict(), "generator": generator.get_state(),
-                                        "stream_generator": stream.generator.get_state(), "step": step + 1,
-                                        "global_rng": global_rng_state()},
-                           state_key)
+    bar = progress(range(start, steps), "base training", total=steps - start)
+    ticks = iter(bar)
+    step = start
+    while step < steps:
+        end = min(steps, step + checkpoint_every) if resumable else steps
+        with meter.timed() if meter else nullcontext():  # the state saves below stay outside the RTE
+            for i in range(step, end):
+                x0, y = next(stream)
+                with amp():
+                    loss = epsilon_loss(model, schedule, x0, y, reduction=reduction, cond_dropout=cond_dropout,
+                                        generator=generator)
+                optimizer_step(optimizer, loss, model.parameters(), grad_clip)
+                sched.step()
+                ema_update(ema, model, ema_decay)
+                if i % 100 == 0:
+                    losses.append((i, loss.detach()))  # read at saves and at the end: .item() would wait for the GPU
+                next(ticks, None)
+        step = end
+        if resumable and step < steps:
+            require_finite(model, f"base training diverged by step {step}", _DIVERGED_BASE)
+            losses = [(i, float(value)) for i, value in losses]
+            save_state(state_path, {"model": model.state_dict(), "ema": ema.state_dict(),
+                                    "optimizer": optimizer.state_dict(), "scheduler": sched.state_dict(),
+                                    "generator": generator.get_state(), "stream": stream.state_dict(),
+                                    "global_rng": global_rng_state(), "step": step, "losses": losses,
+                                    "rte_s": meter.rte_s if meter else 0.0}, state_key)
+    bar.close()
     require_finite(model, "base training ended with non-finite weights", _DIVERGED_BASE)
     require_finite(ema, "base training's EMA weights are not finite", _DIVERGED_BASE)
     return model, ema, [(step, float(loss)) for step, loss in losses]
