@@ -163,6 +163,19 @@ def test_independent_runs_give_identical_metrics(test_run, tmp_path):
         assert {k: a[k] for k in METRICS} == {k: b[k] for k in METRICS}, target
 
 
+def start_snakemake_until(workdir: Path, configfile: str, target: str, state: Path) -> subprocess.Popen:
+    """Snakemake in the background (its own process group), returned once base training saved `state`."""
+    env = {**os.environ, "UNLEARNBENCH_QUIET": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", f"--configfile={configfile}", target],
+                            cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while not state.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert state.exists(), "no resumable checkpoint was written"
+    return proc
+
+
 def test_killed_job_is_redone_and_resumes(tmp_path):
     workdir = copy_workflow(tmp_path / "kill")
     (workdir / "config" / "kill.yaml").write_text(
@@ -171,15 +184,8 @@ def test_killed_job_is_redone_and_resumes(tmp_path):
         " down_block_types: [DownBlock2D, DownBlock2D], up_block_types: [UpBlock2D, UpBlock2D]}}\n"
         "base: {steps: 3000, checkpoint_every: 50}\n")
     target = "results/kill/models/original/train.json"
-    env = {**os.environ, "UNLEARNBENCH_QUIET": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", "--configfile=config/kill.yaml", target],
-                            cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
     state = workdir / "results/kill/models/original/train_state.pt"
-    deadline = time.time() + 300
-    while not state.exists() and time.time() < deadline:
-        time.sleep(0.5)
-    assert state.exists(), "no resumable checkpoint was written"
+    proc = start_snakemake_until(workdir, "config/kill.yaml", target, state)
     import psutil
 
     jobs = [p for p in psutil.Process(proc.pid).children(recursive=True) if "train-base" in " ".join(p.cmdline())]
@@ -201,15 +207,7 @@ def test_a_job_outliving_a_killed_snakemake_is_redone_by_the_next_plain_run(tmp_
     workdir = copy_workflow(tmp_path / "orphan")
     shutil.copytree(ROOT / "profiles", workdir / "profiles")
     target = "results/test/models/original/train.json"
-    env = {**os.environ, "UNLEARNBENCH_QUIET": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", "--configfile=config/test.yaml", target],
-                            cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    state = workdir / "results/test/models/original/train_state.pt"
-    deadline = time.time() + 300
-    while not state.exists() and time.time() < deadline:
-        time.sleep(0.2)
-    assert state.exists(), "base training never started"
+    proc = start_snakemake_until(workdir, "config/test.yaml", target, workdir / "results/test/models/original/train_state.pt")
     proc.kill()  # Snakemake only: its job goes on and writes its output
     proc.wait()
     deadline = time.time() + 300
