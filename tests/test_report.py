@@ -423,3 +423,20 @@ def test_aggregate_refuses_records_that_are_not_the_configs(tmp_path, capsys):
     assert aggregate(list(CLASSES)[:9], [0], paths) == 2  # class 9 and seed 1 are not the config's
     err = capsys.readouterr().err
     assert "error: a record outside the config's forget_classes/seeds for original class 0 seed 1" in err
+
+
+def test_an_ablation_of_another_method_gets_no_paper_points(run, tmp_path, monkeypatch):
+    """The paper's points belong to SAFEMax's lambda only; a user's own ablation is labelled by its parameter."""
+    _, metrics, _ = run
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig))
+    figures.psi_ablation(metrics, tmp_path / "psi.png", main_value=1.0)
+    own = metrics.copy()
+    own.loc[own["variant"].str.startswith("safemax-"), "variant"] = own["variant"].str.replace("lambda", "lr")
+    figures.psi_ablation(own, tmp_path / "lr.png", method="safemax", param="lr", main_value=1.0)
+    psi, lr = drawn
+    assert len(psi.axes) == 3 and len(lr.axes) == 2  # the paper's FID twin axis only for lambda
+    assert "paper (CIFAR-10)" in [t.get_text() for t in psi.axes[0].get_legend().get_texts()]
+    assert [t.get_text() for t in lr.axes[0].get_legend().get_texts()] == ["this run"]
+    assert lr.axes[0].get_xlabel() == "lr" and "ψ" in psi.axes[0].get_xlabel()
+    assert [t.get_text() for t in lr.axes[0].get_xticklabels()] == ["0", "1", "50", "100"]

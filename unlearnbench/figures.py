@@ -147,12 +147,14 @@ def _ablation_rows(df: pd.DataFrame, method: str, param: str, main_value: float,
 
 def psi_ablation(df: pd.DataFrame, out_path, method: str = "safemax", param: str = "lambda",
                  main_value: float = 1.0, forget_class: int | None = None) -> None:
-    """UA and FID against the psi scheduler's lambda, with the paper's CIFAR-10 points overlaid."""
+    """UA and FID against the ablated parameter; for SAFEMax's lambda (the psi scheduler), with the paper's
+    CIFAR-10 points overlaid (a user's own ablation gets no paper points and its parameter's name)."""
     rows = _ablation_rows(df, method, param, main_value, forget_class)
     summary = rows.groupby("value")[[UA.column, FID.column]].agg(["mean", "std"])
-    values = sorted(set(summary.index) | set(PAPER_PSI_ABLATION["value"]))
+    is_psi = (method, param) == ("safemax", "lambda")  # the paper's ablation; any other is a user's own
+    paper = PAPER_PSI_ABLATION.set_index("value") if is_psi else PAPER_PSI_ABLATION.iloc[:0].set_index("value")
+    values = sorted(set(summary.index) | set(paper.index))
     position = {v: i for i, v in enumerate(values)}
-    paper = PAPER_PSI_ABLATION.set_index("value")
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8))
     for ax, metric in zip(axes, (UA, FID)):
         handles = []
@@ -164,17 +166,17 @@ def psi_ablation(df: pd.DataFrame, out_path, method: str = "safemax", param: str
         else:
             ax.text(0.5, 0.5, "no ablation runs", ha="center", va="center", transform=ax.transAxes)
         # The paper's FID lives on another scale (Inception features, CIFAR-10): give it its own axis.
-        paper_ax = ax.twinx() if metric is FID else ax
-        known = paper[metric.column].dropna()
-        handles.append(paper_ax.scatter([position[v] for v in known.index], known, marker="s", s=50,
-                                        facecolors="none", edgecolors="tab:red", linewidths=1.5,
-                                        label="paper (CIFAR-10)", zorder=3))
-        if metric is FID:
-            paper_ax.set_ylabel("paper FID (CIFAR-10)", color="tab:red")
-            paper_ax.tick_params(axis="y", colors="tab:red")
+        if is_psi:
+            paper_ax = ax.twinx() if metric is FID else ax
+            known = paper[metric.column].dropna()
+            handles.append(paper_ax.scatter([position[v] for v in known.index], known, marker="s", s=50,
+                                            facecolors="none", edgecolors="tab:red", linewidths=1.5,
+                                            label="paper (CIFAR-10)", zorder=3))
+            if metric is FID:
+                paper_ax.set_ylabel("paper FID (CIFAR-10)", color="tab:red")
+                paper_ax.tick_params(axis="y", colors="tab:red")
         ax.set_xticks(range(len(values)), [f"{v:g}" for v in values])
-        symbol = "λ" if param == "lambda" else param
-        ax.set_xlabel(f"{symbol}  (ψ(t) = exp(−{symbol}·t/T))")
+        ax.set_xlabel("λ  (ψ(t) = exp(−λ·t/T))" if is_psi else param)
         ax.set_ylabel(metric.label)
         ax.set_title(f"{display_name(method)}: {metric.label}")
         ax.grid(alpha=0.3)
