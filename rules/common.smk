@@ -1,6 +1,6 @@
 # Shared paths and input functions for the rules.
 from pathlib import Path
-from unlearnbench.method_api import methods_dir
+from unlearnbench.method_api import methods_dir, NAME_PATTERN
 from unlearnbench.workflow import method_priors, prior_dir, parse_variant, ablation_variants, fingerprint
 from unlearnbench.workflow import resolved_config_path, base_checkpoint_files
 
@@ -21,9 +21,9 @@ def fp(stage, method=None, prior=None):
     return fingerprint(config, stage, method, prior)
 
 wildcard_constraints:
-    method="[a-z][a-z0-9_]*",
-    variant="(?!original)[a-z][a-z0-9_]*(-[A-Za-z0-9_]+=[-0-9.e]+)?",  # "original" has rules of its own
-    prior="[a-z][a-z0-9_]*",
+    method=NAME_PATTERN,
+    variant=f"(?!original){NAME_PATTERN}(-[A-Za-z0-9_]+=[-0-9.e]+)?",  # "original" has rules of its own
+    prior=NAME_PATTERN,
     c="[0-9]+",
     s="[0-9]+",
 

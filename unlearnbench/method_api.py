@@ -69,8 +69,8 @@ class _DeclaredView(dict):
         self._kind, self._where, self._how = kind, where, how
 
     def _refuse(self, key):
-        raise UndeclaredError(f"{self._where} reads {self._kind} {key!r}, which it does not declare; declare it with "
-                       f"{self._how} so that changing it reruns this stage")
+        raise UndeclaredError(f"{self._where} reads {self._kind} {key!r}, which it does not declare; declare it "
+                              f"with {self._how} so that changing it reruns this stage")
 
     def __missing__(self, key):
         if key in self._hidden:
