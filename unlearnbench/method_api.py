@@ -280,7 +280,7 @@ class RunContext:
         would. Before each save the models among `modules` must have finite weights (else DivergedError).
         """
         from .checkpoints import load_state, require_finite, save_state
-        from .training import progress
+        from .training import run_in_chunks
 
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             # Zero steps would pass the original model off as an unlearned one.
@@ -299,26 +299,18 @@ class RunContext:
             start = saved["step"]
             self.meter.rte_s += saved["rte_s"]
             print(f"resuming {desc} from step {start} ({self.state_path})")
-        bar = progress(range(start, steps), desc)
-        it = iter(bar)
-        step = start
-        while step < steps:
-            end = min(steps, step + checkpoint_every) if resumable else steps
-            with self.meter.timed():
-                for i in range(step, end):
-                    step_fn(i)
-                    next(it, None)
-            step = end
-            if resumable and step < steps:
-                for name, module in (modules or {}).items():
-                    if isinstance(module, torch.nn.Module):
-                        require_finite(module, f"{desc} diverged by step {step} ({name})", self.diverged_hint)
-                save_state(self.state_path, {
-                    "step": step, "rte_s": self.meter.rte_s, "generator": self.generator.get_state(),
-                    "global_rng": global_rng_state(),  # what dropout draws from
-                    "modules": {name: m.state_dict() for name, m in (modules or {}).items()},
-                    "streams": [s.state_dict() for s in self._streams]}, key)
-        bar.close()
+
+        def save(step):
+            for name, module in (modules or {}).items():
+                if isinstance(module, torch.nn.Module):
+                    require_finite(module, f"{desc} diverged by step {step} ({name})", self.diverged_hint)
+            save_state(self.state_path, {
+                "step": step, "rte_s": self.meter.rte_s, "generator": self.generator.get_state(),
+                "global_rng": global_rng_state(),  # what dropout draws from
+                "modules": {name: m.state_dict() for name, m in (modules or {}).items()},
+                "streams": [s.state_dict() for s in self._streams]}, key)
+
+        run_in_chunks(start, steps, checkpoint_every if resumable else 0, step_fn, save, desc=desc, meter=self.meter)
         if resumable and self.state_path.exists():
             self.state_path.unlink()
 

@@ -175,6 +175,24 @@ def progress(iterable, desc: str, total: int | None = None):
     return tqdm(iterable, desc=desc, total=total, mininterval=5, disable=os.environ.get("UNLEARNBENCH_QUIET") == "1")
 
 
+def run_in_chunks(start: int, steps: int, every: int, step_fn, save, *, desc: str, meter=None) -> None:
+    """step_fn(i) for start <= i < steps, timed by `meter` (the RTE), with save(step) after every `every` steps
+    (0: never) outside the timer. The loop of base training and of every method's ctx.run_steps."""
+    bar = progress(range(start, steps), desc, total=steps - start)
+    ticks = iter(bar)
+    step = start
+    while step < steps:
+        end = min(steps, step + every) if every else steps
+        with meter.timed() if meter else nullcontext():
+            for i in range(step, end):
+                step_fn(i)
+                next(ticks, None)
+        step = end
+        if every and step < steps:
+            save(step)
+    bar.close()
+
+
 # ---------------------------------------------------------------- base model
 _DIVERGED_BASE = ("Lower 'base.lr' or set 'base.grad_clip' (with 'performance.bf16' on, try it off); nothing was "
                   "saved.")
@@ -211,33 +229,28 @@ def train_diffusion(model, schedule, stream: BatchStream, *, steps: int, lr: flo
             meter.rte_s += state["rte_s"]
         print(f"resuming base training from step {start} ({state_path})")
     model.train()
-    bar = progress(range(start, steps), "base training", total=steps - start)
-    ticks = iter(bar)
-    step = start
-    while step < steps:
-        end = min(steps, step + checkpoint_every) if resumable else steps
-        with meter.timed() if meter else nullcontext():  # the state saves below stay outside the RTE
-            for i in range(step, end):
-                x0, y = next(stream)
-                with amp():
-                    loss = epsilon_loss(model, schedule, x0, y, reduction=reduction, cond_dropout=cond_dropout,
-                                        generator=generator)
-                optimizer_step(optimizer, loss, model.parameters(), grad_clip)
-                sched.step()
-                ema_update(ema, model, ema_decay)
-                if i % 100 == 0:
-                    losses.append((i, loss.detach()))  # read at saves and at the end: .item() would wait for the GPU
-                next(ticks, None)
-        step = end
-        if resumable and step < steps:
-            require_finite(model, f"base training diverged by step {step}", _DIVERGED_BASE)
-            losses = [(i, float(value)) for i, value in losses]
-            save_state(state_path, {"model": model.state_dict(), "ema": ema.state_dict(),
-                                    "optimizer": optimizer.state_dict(), "scheduler": sched.state_dict(),
-                                    "generator": generator.get_state(), "stream": stream.state_dict(),
-                                    "global_rng": global_rng_state(), "step": step, "losses": losses,
-                                    "rte_s": meter.rte_s if meter else 0.0}, state_key)
-    bar.close()
+
+    def train_step(i):
+        x0, y = next(stream)
+        with amp():
+            loss = epsilon_loss(model, schedule, x0, y, reduction=reduction, cond_dropout=cond_dropout, generator=generator)
+        optimizer_step(optimizer, loss, model.parameters(), grad_clip)
+        sched.step()
+        ema_update(ema, model, ema_decay)
+        if i % 100 == 0:
+            losses.append((i, loss.detach()))  # read at saves and at the end: .item() would wait for the GPU
+
+    def save(step):
+        require_finite(model, f"base training diverged by step {step}", _DIVERGED_BASE)
+        losses[:] = [(i, float(value)) for i, value in losses]
+        save_state(state_path, {"model": model.state_dict(), "ema": ema.state_dict(),
+                                "optimizer": optimizer.state_dict(), "scheduler": sched.state_dict(),
+                                "generator": generator.get_state(), "stream": stream.state_dict(),
+                                "global_rng": global_rng_state(), "step": step, "losses": losses,
+                                "rte_s": meter.rte_s if meter else 0.0}, state_key)
+
+    run_in_chunks(start, steps, checkpoint_every if resumable else 0, train_step, save, desc="base training",
+                  meter=meter)
     require_finite(model, "base training ended with non-finite weights", _DIVERGED_BASE)
     require_finite(ema, "base training's EMA weights are not finite", _DIVERGED_BASE)
     return model, ema, [(step, float(loss)) for step, loss in losses]
