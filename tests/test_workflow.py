@@ -163,6 +163,16 @@ def test_independent_runs_give_identical_metrics(test_run, tmp_path):
         assert {k: a[k] for k in METRICS} == {k: b[k] for k in METRICS}, target
 
 
+def write_short_base_training(workdir: Path) -> None:
+    """config/kill.yaml: base training alone, on a smaller UNet, a few seconds long with a resumable state every
+    25 steps, so that a test can kill it between its first state and its end (175 steps later)."""
+    (workdir / "config" / "kill.yaml").write_text(
+        "run_name: kill\n"
+        "model: {overrides: {block_out_channels: [8, 8], norm_num_groups: 4,"
+        " down_block_types: [DownBlock2D, DownBlock2D], up_block_types: [UpBlock2D, UpBlock2D]}}\n"
+        "base: {steps: 200, checkpoint_every: 25}\n")
+
+
 def start_snakemake_until(workdir: Path, configfile: str, target: str, state: Path) -> subprocess.Popen:
     """Snakemake in the background (its own process group), returned once base training saved `state`."""
     env = {**os.environ, "UNLEARNBENCH_QUIET": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
@@ -178,11 +188,7 @@ def start_snakemake_until(workdir: Path, configfile: str, target: str, state: Pa
 
 def test_killed_job_is_redone_and_resumes(tmp_path):
     workdir = copy_workflow(tmp_path / "kill")
-    (workdir / "config" / "kill.yaml").write_text(
-        "run_name: kill\n"
-        "model: {overrides: {block_out_channels: [8, 8], norm_num_groups: 4,"
-        " down_block_types: [DownBlock2D, DownBlock2D], up_block_types: [UpBlock2D, UpBlock2D]}}\n"
-        "base: {steps: 3000, checkpoint_every: 50}\n")
+    write_short_base_training(workdir)
     target = "results/kill/models/original/train.json"
     state = workdir / "results/kill/models/original/train_state.pt"
     proc = start_snakemake_until(workdir, "config/kill.yaml", target, state)
@@ -206,18 +212,19 @@ def test_a_job_outliving_a_killed_snakemake_is_redone_by_the_next_plain_run(tmp_
     profile (rerun-incomplete) redoes it, where plain Snakemake stops with IncompleteFilesException."""
     workdir = copy_workflow(tmp_path / "orphan")
     shutil.copytree(ROOT / "profiles", workdir / "profiles")
-    target = "results/test/models/original/train.json"
-    proc = start_snakemake_until(workdir, "config/test.yaml", target, workdir / "results/test/models/original/train_state.pt")
+    write_short_base_training(workdir)
+    target = "results/kill/models/original/train.json"
+    proc = start_snakemake_until(workdir, "config/kill.yaml", target, workdir / "results/kill/models/original/train_state.pt")
     proc.kill()  # Snakemake only: its job goes on and writes its output
     proc.wait()
     deadline = time.time() + 300
     while not (workdir / target).exists() and time.time() < deadline:
         time.sleep(0.5)
     time.sleep(1)
-    snakemake(workdir, "--unlock", "--configfile=config/test.yaml")
-    plain = snakemake(workdir, "--workflow-profile", "none", "--configfile=config/test.yaml", target, check=False)
+    snakemake(workdir, "--unlock", "--configfile=config/kill.yaml")
+    plain = snakemake(workdir, "--workflow-profile", "none", "--configfile=config/kill.yaml", target, check=False)
     assert plain.returncode != 0 and "IncompleteFilesException" in plain.stdout + plain.stderr
-    redone = snakemake(workdir, "--configfile=config/test.yaml", target)
+    redone = snakemake(workdir, "--configfile=config/kill.yaml", target)
     assert re.search(r"Finished jobid: \d+ \(Rule: train_base\)", redone.stdout + redone.stderr)
 
 
