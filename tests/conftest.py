@@ -21,3 +21,23 @@ def tiny_config():
     from unlearnbench.config import load_config
 
     return load_config(ROOT / "config" / "test.yaml", methods_dir=ROOT / "methods")
+
+
+@pytest.fixture
+def write_miniature_cifar10():
+    """A writer of CIFAR-10 in its official python format (data_batch_1..5, test_batch) with `per_batch` random
+    images each, every class equally often; it returns {file name: (images, labels)}."""
+    import numpy as np
+
+    from unlearnbench.data import CIFAR10_DIR, CIFAR10_TEST, CIFAR10_TRAIN, write_cifar_batch
+
+    def write(root: Path, per_batch: int = 20) -> dict:
+        rng = np.random.default_rng(0)
+        expected = {}
+        for name in CIFAR10_TRAIN + CIFAR10_TEST:
+            images = rng.integers(0, 256, (per_batch, 3, 32, 32), dtype=np.uint8)
+            labels = rng.permutation(np.arange(per_batch) % 10)
+            write_cifar_batch(root / CIFAR10_DIR / name, images, labels)
+            expected[name] = (images, labels)
+        return expected
+    return write

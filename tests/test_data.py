@@ -2,8 +2,7 @@
 import numpy as np
 import pytest
 
-from unlearnbench.data import (CIFAR10_DIR, CIFAR10_TEST, CIFAR10_TRAIN, ImageData, load_cifar10, load_digits,
-                               to_float, to_uint8, write_cifar_batch)
+from unlearnbench.data import CIFAR10_DIR, ImageData, load_cifar10, load_digits, to_float, to_uint8
 from unlearnbench.errors import MissingResourceError
 
 
@@ -24,19 +23,8 @@ def test_uint8_round_trip():
     assert np.array_equal(to_uint8(to_float(u)), u)
 
 
-def _write_miniature_cifar(root, per_batch=20):
-    rng = np.random.default_rng(0)
-    expected = {}
-    for name in CIFAR10_TRAIN + CIFAR10_TEST:
-        images = rng.integers(0, 256, (per_batch, 3, 32, 32), dtype=np.uint8)
-        labels = rng.integers(0, 10, per_batch)
-        write_cifar_batch(root / CIFAR10_DIR / name, images, labels)
-        expected[name] = (images, labels)
-    return expected
-
-
-def test_cifar10_loader_reads_the_official_format(tmp_path):
-    expected = _write_miniature_cifar(tmp_path)
+def test_cifar10_loader_reads_the_official_format(tmp_path, write_miniature_cifar10):
+    expected = write_miniature_cifar10(tmp_path)
     data = load_cifar10(tmp_path, download=False)
     assert data.train_x.shape == (100, 3, 32, 32) and data.test_x.shape == (20, 3, 32, 32)
     assert np.array_equal(data.train_x[:20], expected["data_batch_1"][0])
@@ -66,8 +54,8 @@ def test_cifar10_download_failure_is_a_clear_error(tmp_path, monkeypatch):
         load_cifar10(tmp_path, download=True)
 
 
-def test_corrupt_cifar_file_is_reported(tmp_path):
-    _write_miniature_cifar(tmp_path)
+def test_corrupt_cifar_file_is_reported(tmp_path, write_miniature_cifar10):
+    write_miniature_cifar10(tmp_path)
     (tmp_path / CIFAR10_DIR / "data_batch_3").write_bytes(b"not a pickle")
     with pytest.raises(MissingResourceError, match="unreadable"):
         load_cifar10(tmp_path)

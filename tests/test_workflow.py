@@ -279,3 +279,45 @@ def test_readme_add_a_method_walkthrough(test_run):
     assert name in set(metrics["method"])
     rows = metrics[metrics.method == name]
     assert len(rows) == 2 and (rows["rte_min"] > 0).all() and rows[METRICS].notna().all().all()
+
+
+def test_paper_config_runs_end_to_end_on_a_miniature_cifar10(tmp_path, write_miniature_cifar10):
+    """config/paper.yaml's own code paths, which the digits runs never take, through the real DAG on CPU: CIFAR-10
+    read from its official files, the paper UNet's four levels with attention and dropout, flips, the ResNet-18
+    evaluator, the 1000-step schedule with the ancestral sampler, and the three methods on 32x32 RGB. Only sizes,
+    step counts and the device are shrunk (Inception weights cannot be fetched here: FID uses the evaluator)."""
+    import numpy as np
+
+    workdir = copy_workflow(tmp_path / "cifar")
+    write_miniature_cifar10(tmp_path / "cifar10", per_batch=40)
+    (workdir / "config" / "cpu.yaml").write_text(
+        f"run_name: cifar-cpu\ndata: {{root: {tmp_path / 'cifar10'}, download: false}}\n"
+        "device: cpu\nthreads: 1\nforget_classes: [0]\n"
+        "model: {overrides: {block_out_channels: [16, 16, 16, 16], norm_num_groups: 4, attention_head_dim: 16}}\n"
+        "base: {steps: 20, checkpoint_every: 10, batch_size: 16, warmup_steps: 2}\n"
+        "evaluator: {epochs: 1, batch_size: 32}\n"
+        "sampler: {steps: 4, batch_size: 64}\n"
+        "evaluation: {n_forget: 8, n_per_remaining_class: 4, n_real_per_class: 10}\n"
+        "fid: {backend: classifier}\n"
+        "method_params:\n"
+        "  safemax: {steps: 3, batch_size: 8}\n"
+        "  salun: {steps: 3, batch_size: 8, retain_batch_size: 8, mask_batch_size: 8}\n"
+        "  sa: {steps: 3, batch_size: 8, replay_batch_size: 8, n_generated_per_class: 2, fisher_images: 4,"
+        " fisher_timesteps: 4, fisher_batch: 2, checkpoint_every: 2}\n"
+        "performance: {bf16: false, tf32: false, channels_last: false}\n")
+    snakemake(workdir, "--configfile", "config/paper.yaml", "config/cpu.yaml", "--",
+              "results/table.csv", "figures/cifar-cpu/samples_class0.png")
+    run = workdir / "results" / "cifar-cpu"
+    assert np.load(run / "data.npz")["train_x"].shape == (200, 3, 32, 32)
+    unet = json.loads((run / "models/original/unet/config.json").read_text())
+    assert unet["in_channels"] == 3 and unet["dropout"] == 0.1 and len(unet["down_block_types"]) == 4
+    assert "AttnDownBlock2D" in unet["down_block_types"]
+    assert json.loads((run / "evaluator/evaluator.json").read_text())["arch"] == "resnet18"
+    metrics = pd.read_csv(workdir / "results" / "metrics.csv")
+    assert set(metrics["method"]) == {"original", "sa", "salun", "safemax"} and len(metrics) == 4
+    assert (metrics["dataset"] == "cifar10").all() and (metrics["eta"] == 1.0).all()
+    assert (metrics["sampler_steps"] == 4).all() and (metrics["guidance_w"] == 2.0).all()
+    assert np.isfinite(metrics[METRICS].to_numpy(float)).all()
+    samples = np.load(run / "samples/safemax/class0/seed0.npz")["images"]
+    assert samples.dtype == np.uint8 and samples.shape[1:] == (3, 32, 32)
+    assert (workdir / "figures/cifar-cpu/samples_class0.png").stat().st_size > 0
