@@ -440,3 +440,71 @@ def test_an_ablation_of_another_method_gets_no_paper_points(run, tmp_path, monke
     assert [t.get_text() for t in lr.axes[0].get_legend().get_texts()] == ["this run"]
     assert lr.axes[0].get_xlabel() == "lr" and "ψ" in psi.axes[0].get_xlabel()
     assert [t.get_text() for t in lr.axes[0].get_xticklabels()] == ["0", "1", "50", "100"]
+
+
+def test_paper_means_cover_the_runs_classes_only(run):
+    """A run on classes 0 and 1 is set beside the paper's classes 0 and 1, not its 10-class means."""
+    _, metrics, _ = run
+    table = report.paper_layout_table(metrics[metrics["forget_class"].isin([0, 1])], METHODS)
+    value = report.paper_comparison(table, METHODS).set_index(["method", "quantity"])
+    paper = report.load_paper_numbers().set_index(["method", "forget_class"])
+    for method, metric, column in [("safemax", "UA [%]", "UA"), ("sa", "FID", "fid"), ("salun", "RTE [min]", "rte_min")]:
+        expected = (paper.loc[(method, 0), column] + paper.loc[(method, 1), column]) / 2
+        assert np.isclose(value.loc[(method, metric), "paper"], expected), (method, metric)
+    ratio = (paper.loc[("sa", 0), "rte_min"] + paper.loc[("sa", 1), "rte_min"]) / (
+        paper.loc[("safemax", 0), "rte_min"] + paper.loc[("safemax", 1), "rte_min"])
+    assert np.isclose(value.loc[("sa", report.RTE_RATIO), "paper"], ratio)
+    text = report.render_comparison(report.paper_comparison(table, METHODS), classes=report.run_classes(table))
+    assert "classes 0, 1 only" in text
+
+
+def test_costs_from_mixed_devices_or_switches_are_flagged(tmp_path):
+    """Device and speed switches do not rerun finished jobs: a table whose costs mix setups says so."""
+    _, paths = write_records(tmp_path)
+    for path in paths:
+        record = json.loads(path.read_text())
+        record["cost"]["speed_switches"] = "bf16_autocast+tf32"
+        if record["forget_class"] == 3 and record["method"] == "sa":
+            record["cost"]["device_name"] = "NVIDIA A100"
+        path.write_text(json.dumps(record))
+    metrics = report.collect_records(paths)
+    assert set(metrics["speed_switches"]) == {"bf16_autocast+tf32"}
+    note = report.mixed_cost_note(metrics, METHODS)
+    assert "2 setups" in note and "H100 / bf16_autocast+tf32 (58 jobs)" in note and "NVIDIA A100" in note
+    report.write_metrics_csv(metrics, tmp_path / "metrics.csv")
+    written = report.write_reports(tmp_path / "metrics.csv", tmp_path / "reports", METHODS)
+    assert note in written["table1.md"].read_text() and note in written["comparison.md"].read_text()
+    same = metrics.copy()
+    same["device_name"] = "H100"
+    assert report.mixed_cost_note(same, METHODS) is None
+    same.loc[same["method"] == "salun", "speed_switches"] = "none"
+    assert "none (20 jobs)" in report.mixed_cost_note(same, METHODS)
+
+
+def test_cost_bars_do_not_average_over_fewer_classes(run, monkeypatch, tmp_path):
+    """As in the tables: a class without a GPU value makes the bar n/a instead of the mean of the others."""
+    records, metrics, _ = run
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig))
+    holed = metrics.copy()
+    holed.loc[(holed["method"] == "sa") & (holed["forget_class"] == 3), "gpu_peak_gb"] = np.nan
+    figures.cost_bars(holed, METHODS, tmp_path / "cost.png")
+    gpu_ax = drawn[0].axes[1]
+    heights = [bar.get_height() for bar in gpu_ax.patches]  # SA, SalUn, SAFEMax
+    assert heights[0] == 0.0 and "n/a" in [t.get_text() for t in gpu_ax.texts]
+    assert np.isclose(heights[1], seed_averaged(records, "salun", "gpu_peak_gb").mean())
+
+
+def test_psi_ablation_of_another_class_gets_no_paper_points(run, monkeypatch, tmp_path):
+    """The paper's psi points are for class 0: an ablation on class 3 is drawn alone, and the title says so."""
+    _, metrics, _ = run
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig))
+    moved = metrics.copy()
+    moved.loc[moved["variant"].str.startswith("safemax-"), "forget_class"] = 3
+    figures.psi_ablation(moved, tmp_path / "psi3.png", main_value=1.0, forget_class=3)
+    figures.psi_ablation(metrics, tmp_path / "psi0.png", main_value=1.0, forget_class=0)
+    psi3, psi0 = drawn
+    assert len(psi3.axes) == 2 and [t.get_text() for t in psi3.axes[0].get_legend().get_texts()] == ["this run"]
+    assert psi3._suptitle.get_text() == "Forgotten class 3"
+    assert len(psi0.axes) == 3 and psi0._suptitle.get_text() == "Forgotten class 0"

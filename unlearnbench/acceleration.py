@@ -65,3 +65,8 @@ def effective_switches(config: dict, device) -> dict:
         "deterministic": bool(config.get("deterministic", True)),
         "cudnn_benchmark": on_gpu and not config.get("deterministic", True),
     }
+
+
+def switches_label(switches: dict) -> str:
+    """The speed switches in effect as one report cell, e.g. 'bf16_autocast+tf32+channels_last', or 'none'."""
+    return "+".join(name for name, on in switches.items() if on and name != "deterministic") or "none"

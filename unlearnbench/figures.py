@@ -20,6 +20,7 @@ from .report import FID, GPU, RTE, UA, atomic_output, display_name, per_class_me
 DPI = 150
 METHOD_COLORS = {"original": "tab:gray", "sa": "tab:blue", "salun": "tab:orange", "safemax": "tab:green"}
 # The paper's psi ablation on CIFAR-10 class 0 (PROTOCOL.md section 1); FID not reported for 50 and 100.
+PAPER_PSI_CLASS = 0
 PAPER_PSI_ABLATION = pd.DataFrame({"value": [0.0, 1.0, 50.0, 100.0],
                                    "UA": [100.0, 100.0, 98.8, 83.8],
                                    "fid": [13.89, 13.11, np.nan, np.nan]})
@@ -74,9 +75,11 @@ def sample_grid(sample_files: Mapping[str, object], forget_class: int, out_path,
 
 
 def _class_summary(df: pd.DataFrame, methods: Sequence[str], column: str) -> pd.DataFrame:
-    """Mean and std over classes (of seed-averaged values) of one metric, per method, in `methods` order."""
+    """Mean and std over classes (of seed-averaged values) of one metric, per method, in `methods` order.
+    skipna=False, as in the tables: a class without a value makes the bar n/a, not a mean of the others."""
     grouped = per_class_means(df, methods).groupby("method")[column]
-    return pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=1)}).reindex(methods)
+    return pd.DataFrame({"mean": grouped.mean(skipna=False),
+                         "std": grouped.std(ddof=1, skipna=False)}).reindex(methods)
 
 
 def cost_bars(df: pd.DataFrame, methods: Sequence[str], out_path) -> None:
@@ -147,12 +150,14 @@ def _ablation_rows(df: pd.DataFrame, method: str, param: str, main_value: float,
 
 def psi_ablation(df: pd.DataFrame, out_path, method: str = "safemax", param: str = "lambda",
                  main_value: float = 1.0, forget_class: int | None = None) -> None:
-    """UA and FID against the ablated parameter; for SAFEMax's lambda (the psi scheduler), with the paper's
-    CIFAR-10 points overlaid (a user's own ablation gets no paper points and its parameter's name)."""
+    """UA and FID against the ablated parameter; for SAFEMax's lambda (the psi scheduler) on class 0, with the
+    paper's CIFAR-10 points overlaid (another class or a user's own ablation gets no paper points)."""
     rows = _ablation_rows(df, method, param, main_value, forget_class)
     summary = rows.groupby("value")[[UA.column, FID.column]].agg(["mean", "std"])
-    is_psi = (method, param) == ("safemax", "lambda")  # the paper's ablation; any other is a user's own
-    paper = PAPER_PSI_ABLATION.set_index("value") if is_psi else PAPER_PSI_ABLATION.iloc[:0].set_index("value")
+    is_psi = (method, param) == ("safemax", "lambda")
+    classes = sorted(int(c) for c in rows["forget_class"].unique())
+    with_paper = is_psi and classes == [PAPER_PSI_CLASS]  # the paper ablated class 0 only
+    paper = PAPER_PSI_ABLATION.set_index("value") if with_paper else PAPER_PSI_ABLATION.iloc[:0].set_index("value")
     values = sorted(set(summary.index) | set(paper.index))
     position = {v: i for i, v in enumerate(values)}
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8))
@@ -166,7 +171,7 @@ def psi_ablation(df: pd.DataFrame, out_path, method: str = "safemax", param: str
         else:
             ax.text(0.5, 0.5, "no ablation runs", ha="center", va="center", transform=ax.transAxes)
         # The paper's FID lives on another scale (Inception features, CIFAR-10): give it its own axis.
-        if is_psi:
+        if with_paper:
             paper_ax = ax.twinx() if metric is FID else ax
             known = paper[metric.column].dropna()
             handles.append(paper_ax.scatter([position[v] for v in known.index], known, marker="s", s=50,
@@ -181,5 +186,7 @@ def psi_ablation(df: pd.DataFrame, out_path, method: str = "safemax", param: str
         ax.set_title(f"{display_name(method)}: {metric.label}")
         ax.grid(alpha=0.3)
         ax.legend(handles=handles, fontsize=8, loc="best")
+    if classes:
+        fig.suptitle(f"Forgotten class{'es' if len(classes) > 1 else ''} {', '.join(map(str, classes))}")
     fig.tight_layout()
     _save(fig, out_path)

@@ -49,7 +49,7 @@ RECORD_COLUMNS = [
     "method", "variant", "forget_class", "seed",
     "fid", "kid", "H", "UA", "forget_prob", "remaining_acc",
     "rte_min", "prior_min", "gpu_peak_gb", "gpu_peak_source", "gpu_null_reason",
-    "torch_peak_allocated_gb", "host_rss_peak_gb", "device_name",
+    "torch_peak_allocated_gb", "host_rss_peak_gb", "device_name", "speed_switches",
 ]
 _REQUIRED = ("method", "forget_class", "seed")
 _IDENTITY = ["method", "variant", "forget_class", "seed"]
@@ -58,7 +58,7 @@ _IDENTITY = ["method", "variant", "forget_class", "seed"]
 _MEASURED = ("fid", "H", "UA")
 _TOP_LEVEL = ("fid", "kid", "H", "UA", "forget_prob", "remaining_acc", "prior_min")
 _FROM_COST = ("rte_min", "gpu_peak_gb", "gpu_peak_source", "gpu_null_reason",
-              "torch_peak_allocated_gb", "host_rss_peak_gb", "device_name")
+              "torch_peak_allocated_gb", "host_rss_peak_gb", "device_name", "speed_switches")
 _NUMERIC = ("fid", "kid", "H", "UA", "forget_prob", "remaining_acc", "rte_min", "prior_min",
             "gpu_peak_gb", "torch_peak_allocated_gb", "host_rss_peak_gb")
 
@@ -345,11 +345,12 @@ def paper_comparison(table: pd.DataFrame, methods: Sequence[str],
                      prior_min: Mapping[str, float] | None = None) -> pd.DataFrame:
     """This run's class means beside the paper's, and both sides' ratios to SAFEMax.
 
-    Columns: method, quantity, this_run, paper (from the paper's tables), paper_claim (the
-    poster's headline figure, where it states one). `prior_min` (minutes per method) adds the
-    ratio counting priors, the poster's 230x for SA.
+    Columns: method, quantity, this_run, paper (the paper's tables, averaged over the same forgotten
+    classes as this run), paper_claim (the poster's headline figure, where it states one). `prior_min`
+    (minutes per method) adds the ratio counting priors, the poster's 230x for SA.
     """
-    paper = load_paper_numbers().groupby("method").mean(numeric_only=True)
+    paper = load_paper_numbers()
+    paper = paper[paper["forget_class"].isin(run_classes(table))].groupby("method").mean(numeric_only=True)
     means_row = table.set_index("forget_class").loc["mean"]
     run_mean = {m: {metric.label: float(means_row[column_name(m, metric)]) for metric in METRICS} for m in methods}
     paper_mean = {m: {metric.label: float(paper.loc[m, metric.paper_column]) if m in paper.index else np.nan
@@ -371,6 +372,11 @@ def paper_comparison(table: pd.DataFrame, methods: Sequence[str],
     return df
 
 
+def run_classes(table: pd.DataFrame) -> list[int]:
+    """The forgotten classes of a paper-layout table (its rows before "mean" and "std")."""
+    return [int(c) for c in table["forget_class"] if str(c) not in ("mean", "std")]
+
+
 def _format_quantity(quantity: str, value: float) -> str:
     if _is_missing(value):
         return "–"
@@ -382,14 +388,21 @@ def _format_quantity(quantity: str, value: float) -> str:
     return f"{value:.{decimals}f}"
 
 
-def render_comparison(comparison: pd.DataFrame, scale_note: str | None = None) -> str:
+def render_comparison(comparison: pd.DataFrame, scale_note: str | None = None, classes: Sequence[int] | None = None,
+                      cost_note: str | None = None) -> str:
     """Markdown: the comparison table, with the caveat that this run's scale may not be the paper's."""
+    classes = list(range(10)) if classes is None else list(classes)
+    over = ("all 10 classes, as this run" if len(classes) == 10 else
+            f"class{'es' if len(classes) > 1 else ''} {', '.join(map(str, classes))} only, as this run")
     lines = ["# This run vs the paper", "",
-             "Means over forgotten classes (seed-averaged). The paper's numbers are CIFAR-10 with a ~36M-parameter "
+             "Means over forgotten classes (seed-averaged); the paper's are over "
+             f"{over}. The paper's numbers are CIFAR-10 with a ~36M-parameter "
              "DDPM, 1000-step sampling and Inception FID; this run's scale (dataset, model, sampler, FID features, "
              "hardware) may differ, so compare directions and ratios rather than absolute values."]
     if scale_note:
         lines += ["", f"This run: {scale_note}."]
+    if cost_note:
+        lines += ["", f"**{cost_note}**"]
     lines += ["", "| Method | Quantity | This run | Paper (tables) | Paper (claim) |", "|---|---|---:|---:|---:|"]
     for row in comparison.itertuples(index=False):
         cells = [display_name(row.method), row.quantity] + [
@@ -398,8 +411,8 @@ def render_comparison(comparison: pd.DataFrame, scale_note: str | None = None) -
     lines += ["", f"Ratios are relative to {display_name(UNLEARNING_REFERENCE)}; the claims are the poster's headline "
               "(SA 30x slower, 230x with its priors; SalUn 2x slower; 45% / 59% less GPU memory than SA / SalUn). "
               "The paper's RTE is taken to be minutes and GPU memory GB. The paper's means are computed from its "
-              "per-class numbers; two of its printed summary cells disagree with them (SalUn mean RTE printed 11.81, "
-              "computed 11.88; SAFEMax FID std printed 0.32, computed 1.48)."]
+              "per-class numbers (the claims are over all 10 classes); two of its printed summary cells disagree "
+              "with them (SalUn mean RTE printed 11.81, computed 11.88; SAFEMax FID std printed 0.32, computed 1.48)."]
     return "\n".join(lines) + "\n"
 
 
@@ -407,7 +420,8 @@ def render_comparison(comparison: pd.DataFrame, scale_note: str | None = None) -
 
 
 def _scale_note(metrics: pd.DataFrame) -> str:
-    keys = ["dataset", "sampler", "sampler_steps", "guidance_w", "fid_backend", "n_fid_gen_per_class", "device_name"]
+    keys = ["dataset", "sampler", "sampler_steps", "guidance_w", "fid_backend", "n_fid_gen_per_class", "device_name",
+            "speed_switches"]
     parts = []
     for key in keys:
         if key in metrics.columns:
@@ -415,6 +429,24 @@ def _scale_note(metrics: pd.DataFrame) -> str:
             if len(values):
                 parts.append(f"{key} = {', '.join(sorted(values))}")
     return "; ".join(parts)
+
+
+def mixed_cost_note(metrics: pd.DataFrame, methods: Sequence[str]) -> str | None:
+    """A warning when the unlearning costs averaged in the tables were measured on different hardware or with
+    different speed switches (device and `performance` do not rerun finished jobs: results agree up to rounding,
+    their RTE and memory do not)."""
+    unlearned = metrics[metrics["method"].isin(methods) & (metrics["method"] != "original")
+                        & (metrics["variant"] == metrics["method"])]  # what the tables average
+    keys = [key for key in ("device_name", "speed_switches") if key in unlearned.columns]
+    if unlearned.empty or not keys:
+        return None
+    setups = unlearned[keys].map(lambda v: "unknown" if _is_missing(v) else str(v)).value_counts()
+    if len(setups) < 2:
+        return None
+    parts = "; ".join(f"{' / '.join(setup)} ({count} jobs)" for setup, count in setups.items())
+    return (f"The unlearning costs (RTE, GPU) mix {len(setups)} setups ({' / '.join(keys)}): {parts}. Their means "
+            "are not one machine's cost: rerun the jobs of the others (`snakemake --forcerun unlearn ...`) to compare "
+            "on one setup.")
 
 
 def write_reports(metrics_csv, out_dir, methods: Sequence[str] | None = None) -> dict[str, Path]:
@@ -431,10 +463,14 @@ def write_reports(metrics_csv, out_dir, methods: Sequence[str] | None = None) ->
              ("table.csv", "table1.md", "table1.tex", "table2.md", "table2.tex", "comparison.md")}
     with atomic_output(paths["table.csv"]) as tmp:
         table.to_csv(tmp, index=False, float_format="%.5g")  # 5 significant digits: readable, no false precision
-    _write_text(paths["table1.md"], render_table1(table, methods, "markdown"))
-    _write_text(paths["table1.tex"], render_table1(table, methods, "latex"))
+    cost_note = mixed_cost_note(metrics, methods)
+    if cost_note:
+        print(f"warning: {cost_note}")
+    _write_text(paths["table1.md"], render_table1(table, methods, "markdown") + (f"\n{cost_note}\n" if cost_note else ""))
+    _write_text(paths["table1.tex"], render_table1(table, methods, "latex") + (f"% {cost_note}\n" if cost_note else ""))
     _write_text(paths["table2.md"], render_table2(table, methods, "markdown"))
     _write_text(paths["table2.tex"], render_table2(table, methods, "latex"))
     _write_text(paths["comparison.md"],
-                render_comparison(paper_comparison(table, methods, prior_min), _scale_note(metrics)))
+                render_comparison(paper_comparison(table, methods, prior_min), _scale_note(metrics),
+                                  run_classes(table), cost_note))
     return paths

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from . import checkpoints as ckpt
+from .acceleration import effective_switches, switches_label
 from .config import config_hash, method_params, read_yaml
 from .cost import CostMeter, device_name
 from .data import ImageData, load_dataset, to_float, to_uint8
@@ -206,6 +207,7 @@ def run_prior(config: dict, method_name: str, prior_name: str, data_path, origin
                         "writing) in `with ctx.meter.timed():`")
     cost = meter.result()
     cost["requires"] = sorted(required or {})
+    cost["speed_switches"] = switches_label(effective_switches(config, device))
     ckpt.write_json(tmp / "cost.json", cost)
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.replace(out_dir)
@@ -254,7 +256,8 @@ def run_unlearning(config: dict, method_name: str, forget_class: int, seed: int,
     for folder in (priors or {}).values():
         prior_min += ckpt.read_json(Path(folder) / "cost.json")["rte_min"]
     record = {"method": method_name, "forget_class": forget_class, "seed": seed, "params": params,
-              "prior_min": prior_min if priors else None, **cost}
+              "prior_min": prior_min if priors else None, **cost,
+              "speed_switches": switches_label(effective_switches(config, device))}
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt.save_unet(model, out_dir / "unet")
     ckpt.write_json(out_dir / "cost.json", record)
@@ -486,7 +489,7 @@ def score_classes(config: dict, samples_path, evaluator_dir, references: dict, s
         }
         record["cost"] = {k: cost.get(k) for k in ("rte_s", "rte_min", "gpu_peak_gb", "gpu_peak_source", "gpu_null_reason",
                                                    "torch_peak_allocated_gb", "torch_peak_reserved_gb", "host_rss_peak_gb",
-                                                   "device", "device_name", "units")}
+                                                   "device", "device_name", "speed_switches", "units")}
         record["prior_min"] = cost.get("prior_min")
         record["params"] = cost.get("params")
         record["provenance"] = {
