@@ -2,7 +2,7 @@
 from pathlib import Path
 from unlearnbench.method_api import methods_dir, NAME_PATTERN
 from unlearnbench.workflow import method_priors, prior_dir, parse_variant, ablation_variants, fingerprint
-from unlearnbench.workflow import resolved_config_path, base_checkpoint_files
+from unlearnbench.workflow import resolved_config_path, base_checkpoint_files, suite_code, workflow_relative
 
 CFG = resolved_config_path(config)
 DATA = f"{RUN}/data.npz"
@@ -14,6 +14,10 @@ METHODS = config["methods"]
 ABLATION = ablation_variants(config)
 CLI = "unlearnbench"
 THREADS = config.get("threads", 1)
+# The suite's code that decides a result, as inputs of the cheap jobs that compute it (docs/architecture.md).
+METRICS_CODE = suite_code("metrics")
+REPORT_CODE = suite_code("unlearnbench.report")
+FIGURES_CODE = suite_code("unlearnbench.report", "unlearnbench.figures")
 
 
 def fp(stage, method=None, prior=None):
@@ -29,10 +33,8 @@ wildcard_constraints:
 
 
 def method_file(method):
-    """methods/<name>.py as an input: editing a method reruns its priors and unlearning jobs. Relative to the
-    workflow folder when inside it, so that moving the folder does not change the jobs' inputs (and rerun them)."""
-    path = methods_dir() / f"{method}.py"
-    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+    """methods/<name>.py as an input: editing a method reruns its priors and unlearning jobs."""
+    return workflow_relative(methods_dir() / f"{method}.py")
 
 
 def prior_outputs(method, forget_class=None, only=None):

@@ -4,7 +4,7 @@ REFERENCE_CLASSES = sorted(set(CLASSES) | ({config["ablation"]["forget_class"]} 
 
 
 rule fid_reference:
-    input: data=DATA, evaluator=f"{EVALUATOR}/evaluator.json"
+    input: data=DATA, evaluator=f"{EVALUATOR}/evaluator.json", code=METRICS_CODE
     output: expand(f"{RUN}/fid_reference/class{{c}}.npz", c=REFERENCE_CLASSES)
     params: fp=fp("evaluate"), classes=" ".join(map(str, REFERENCE_CLASSES))
     log: f"{RUN}/logs/fid_reference.log"
@@ -30,6 +30,7 @@ rule score_original:
     input:
         samples=f"{RUN}/samples/original/seed{{s}}.npz", evaluator=f"{EVALUATOR}/evaluator.json",
         references=expand(f"{RUN}/fid_reference/class{{c}}.npz", c=CLASSES), cost=f"{ORIGINAL}/train.json",
+        code=METRICS_CODE,
     output: expand(f"{RUN}/metrics/original/class{{c}}/seed{{s}}.json", c=CLASSES, allow_missing=True)
     params: fp=fp("evaluate"), classes=" ".join(map(str, CLASSES))
     log: f"{RUN}/logs/score/original_seed{{s}}.log"
@@ -47,6 +48,7 @@ rule evaluate_unlearned:
         data=DATA, cost=f"{RUN}/models/{{variant}}/class{{c}}/seed{{s}}/cost.json",
         presampled=f"{RUN}/models/{{variant}}/class{{c}}/seed{{s}}/eval_samples.npz",
         evaluator=f"{EVALUATOR}/evaluator.json", reference=f"{RUN}/fid_reference/class{{c}}.npz",
+        code=METRICS_CODE,
     output:
         samples=f"{RUN}/samples/{{variant}}/class{{c}}/seed{{s}}.npz",
         record=f"{RUN}/metrics/{{variant}}/class{{c}}/seed{{s}}.json",
@@ -63,7 +65,7 @@ rule evaluate_unlearned:
 rule summarize_original:
     input:
         samples=f"{RUN}/samples/original/seed{SEEDS[0]}.npz", evaluator=f"{EVALUATOR}/evaluator.json",
-        records=expand(f"{RUN}/metrics/original/class{{c}}/seed{SEEDS[0]}.json", c=CLASSES),
+        records=expand(f"{RUN}/metrics/original/class{{c}}/seed{SEEDS[0]}.json", c=CLASSES), code=METRICS_CODE,
     output: f"{RUN}/original.json"
     log: f"{RUN}/logs/summarize_original.log"
     shell:

@@ -6,7 +6,7 @@ TABLES = ["metrics.csv", "table.csv", "table1.md", "table1.tex", "table2.md", "t
 
 
 rule aggregate:
-    input: records=MAIN_RECORDS
+    input: records=MAIN_RECORDS, code=REPORT_CODE
     output: [f"{RUN}/{name}" for name in TABLES]
     log: f"{RUN}/logs/aggregate.log"
     shell: "{CLI} aggregate --config {CFG} --records {input.records} --out-dir {RUN} > {log} 2>&1"
@@ -27,7 +27,9 @@ rule publish:
 
 
 rule ablation_table:
-    input: records=ABLATION_RECORDS + expand(f"{RUN}/metrics/{config['ablation']['method']}/class{config['ablation']['forget_class']}/seed{{s}}.json", s=SEEDS) if ABLATION else []
+    input:
+        records=ABLATION_RECORDS + expand(f"{RUN}/metrics/{config['ablation']['method']}/class{config['ablation']['forget_class']}/seed{{s}}.json", s=SEEDS) if ABLATION else [],
+        code=REPORT_CODE,
     output: f"{RUN}/ablation.csv"
     log: f"{RUN}/logs/ablation_table.log"
     shell: "{CLI} aggregate-ablation --config {CFG} --records {input.records} --out {output} > {log} 2>&1"
@@ -41,7 +43,7 @@ rule figures:
 
 
 rule figure_summary:
-    input: metrics=f"{RUN}/metrics.csv"
+    input: metrics=f"{RUN}/metrics.csv", code=FIGURES_CODE
     output: f"{FIGS}/cost.png", f"{FIGS}/per_class.png"
     log: f"{RUN}/logs/figures_summary.log"
     shell: "{CLI} figures --config {CFG} --metrics {input.metrics} --out-dir {FIGS} --kind summary > {log} 2>&1"
@@ -51,6 +53,7 @@ rule figure_samples:
     input:
         samples=lambda w: [f"{RUN}/samples/original/seed{SEEDS[0]}.npz"]
         + [f"{RUN}/samples/{m}/class{w.c}/seed{SEEDS[0]}.npz" for m in METHODS],
+        code=FIGURES_CODE,
     output: f"{FIGS}/samples_class{{c}}.png"
     log: f"{RUN}/logs/figures_samples_class{{c}}.log"
     shell:
@@ -59,7 +62,7 @@ rule figure_samples:
 
 
 rule figure_ablation:
-    input: table=f"{RUN}/ablation.csv"
+    input: table=f"{RUN}/ablation.csv", code=FIGURES_CODE
     output: f"{FIGS}/psi_ablation.png"
     log: f"{RUN}/logs/figures_ablation.log"
     shell: "{CLI} figures --config {CFG} --metrics {input.table} --out {output} --kind ablation > {log} 2>&1"

@@ -33,8 +33,18 @@ def copy_workflow(dest: Path) -> Path:
     return dest
 
 
+def copy_library(workdir: Path) -> None:
+    """A private copy of the suite's packages (with the config/ and methods/ they find beside them) in workdir/lib,
+    which `snakemake()` puts first on the jobs' PYTHONPATH: a test may edit the suite's code there without touching
+    the checkout."""
+    for package in ("unlearnbench", "metrics", "methods", "config"):
+        shutil.copytree(ROOT / package, workdir / "lib" / package, ignore=shutil.ignore_patterns("__pycache__"))
+
+
 def snakemake(workdir: Path, *args, timeout=900, check=True):
     env = {**os.environ, "UNLEARNBENCH_QUIET": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    if (workdir / "lib").is_dir():
+        env["PYTHONPATH"] = str(workdir / "lib")
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *args], cwd=workdir, env=env,
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
@@ -46,6 +56,7 @@ def snakemake(workdir: Path, *args, timeout=900, check=True):
 @pytest.fixture(scope="module")
 def test_run(tmp_path_factory):
     workdir = copy_workflow(tmp_path_factory.mktemp("workflow"))
+    copy_library(workdir)
     snakemake(workdir, "--configfile=config/test.yaml", "results/table.csv")
     return workdir
 
@@ -70,6 +81,7 @@ def test_full_dag_produces_the_tables(test_run):
     assert unlearned["model_digest"].nunique() == len(unlearned)
     assert (unlearned["rte_min"] > 0).all()
     assert unlearned["gpu_peak_gb"].isna().all() and (unlearned["gpu_null_reason"] == "device is cpu").all()
+    assert (unlearned["speed_switches"] == "none").all()  # on CPU no performance switch acts
     assert (metrics.loc[metrics.method == "sa", "prior_min"] > 0).all()  # SA's priors timed on their own
     assert metrics[METRICS].notna().all().all()
     for name in ("evaluator.json", "original.json", "table1.md", "table1.tex", "table2.md", "comparison.md"):
@@ -139,18 +151,35 @@ def test_changing_the_sampler_retrains_only_what_samples_with_it(test_run):
         assert not re.search(rf"^{rule}\s+\d+", out, re.M), rule
 
 
-def test_editing_a_method_file_reruns_its_jobs(test_run):
-    source = test_run / "methods" / "safemax.py"
+def dry_run_after_editing(workdir: Path, relative: str, *targets: str) -> str:
+    """The plan of `snakemake -n` once `relative` (a file of the workflow or its lib/) has changed; the edit is undone."""
+    source = workdir / relative
     text, before = source.read_text(), source.stat()
     source.write_text(text + "# an edit\n")  # Snakemake compares checksums: touching alone changes nothing
     try:
-        proc = snakemake(test_run, "-n", "results/table.csv", "--configfile=config/test.yaml")
+        proc = snakemake(workdir, "-n", "--configfile=config/test.yaml", *targets)
     finally:
         source.write_text(text)
         os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns))
-    out = proc.stdout + proc.stderr
+    return proc.stdout + proc.stderr
+
+
+def test_editing_a_method_file_reruns_its_jobs(test_run):
+    out = dry_run_after_editing(test_run, "methods/safemax.py", "results/table.csv")
     assert re.search(r"^unlearn\s+2$", out, re.M), out[-3000:]  # safemax on classes 0 and 1, nothing else
     assert not re.search(r"^prior_(shared|per_class)\s+\d+", out, re.M), out[-3000:]
+
+
+def test_editing_the_suites_metric_or_report_code_redoes_what_it_computes(test_run):
+    out = dry_run_after_editing(test_run, "lib/metrics/forgetting.py", "results/table.csv")
+    assert "Updated input files: lib/metrics/forgetting.py" in out  # the private copy is what the jobs import
+    for rule, count in (("fid_reference", 1), ("score_original", 1), ("evaluate_unlearned", 6), ("aggregate", 1)):
+        assert re.search(rf"^{rule}\s+{count}$", out, re.M), (rule, out[-3000:])
+    for rule in ("train_base", "train_evaluator", "unlearn", "prior_shared", "prior_per_class", "sample_original"):
+        assert not re.search(rf"^{rule}\s+\d+", out, re.M), rule
+    out = dry_run_after_editing(test_run, "lib/unlearnbench/report.py", "results/table.csv")
+    assert re.search(r"^aggregate\s+1$", out, re.M), out[-3000:]
+    assert not re.search(r"^(evaluate_unlearned|score_original|fid_reference)\s+\d+", out, re.M), out[-3000:]
 
 
 def test_independent_runs_give_identical_metrics(test_run, tmp_path):

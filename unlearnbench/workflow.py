@@ -52,6 +52,29 @@ def base_checkpoint_files(config: dict) -> list[str]:
     return sorted(str(p) for sub in ("unet", "unet_ema") for p in (Path(checkpoint) / sub).glob("*") if p.is_file())
 
 
+def workflow_relative(path) -> str:
+    """A path as a rule input: relative to the workflow folder when inside it, so that moving the folder does not
+    change the jobs' inputs (and rerun them); absolute otherwise (e.g. an installed package's files)."""
+    path = Path(path).resolve()
+    cwd = Path.cwd().resolve()
+    return str(path.relative_to(cwd)) if path.is_relative_to(cwd) else str(path)
+
+
+def suite_code(*modules: str) -> list[str]:
+    """The source files of the suite's modules ("metrics": every file of the package; "unlearnbench.report": one)
+    as rule inputs, so that editing the code that computes a result reruns the jobs that computed it."""
+    import importlib.util
+
+    files = []
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        if spec.submodule_search_locations:
+            files += sorted(p for folder in spec.submodule_search_locations for p in Path(folder).glob("*.py"))
+        else:
+            files.append(Path(spec.origin))
+    return [workflow_relative(p) for p in files]
+
+
 def resolved_config_path(config: dict) -> str:
     """results/<run>/configs/<config_hash>.yaml, the file every job of this config reads.
 
