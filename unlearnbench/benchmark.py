@@ -96,12 +96,16 @@ PRECISIONS = {  # precision -> performance switches it sets (the others come fro
 PROFILES = {
     "tiny": {"method_batches": {"batch_size": 16, "replay_batch_size": 16, "retain_batch_size": 16,
                                 "mask_batch_size": 16},
-             "sampler_batch": 20, "sampler_steps": (1, 2), "gen_steps": (1, 2), "fisher_images": (1, 1),
-             "fisher_timesteps": 100, "mask_batches": (1, 2), "per_class": 64, "flops_gpu_matmul": False},
+             # Sizes 1 and 8 (4): a CPU's timing spikes of tens of ms must not swamp the difference of two runs.
+             "sampler_batch": 20, "sampler_steps": (1, 8), "gen_steps": (1, 8), "fisher_images": (1, 1),
+             "fisher_timesteps": 100, "mask_batches": (1, 4), "per_class": 64, "flops_gpu_matmul": False},
     "paper": {"method_batches": {}, "sampler_batch": None, "sampler_steps": (1, 4), "gen_steps": (1, 4),
               "fisher_images": (1, 2), "fisher_timesteps": None, "mask_batches": (1, 4), "per_class": None,
               "flops_gpu_matmul": True},
 }
+
+# Each point of a two-point fit is the fastest of this many runs: the minimum is robust to one-off stalls.
+TIMING_REPEATS = 3
 
 # Switch ablation (GPU): each row changes one switch of the bf16 row.
 SWITCH_VARIANTS = (  # compile second: the most informative row, and the slowest (a time budget may cut the rest)
@@ -529,9 +533,12 @@ class Bench:
         return meter.result()
 
     @staticmethod
-    def _linear(sizes: tuple[int, int], times: tuple[float, float]) -> tuple[float, float]:
-        """(marginal time per unit, fixed time) from two runs of different sizes."""
+    def _linear(sizes: tuple[int, int], times: tuple[float, float]) -> tuple[float | None, float | None]:
+        """(marginal time per unit, fixed time) from two runs of different sizes; (None, None) when the larger
+        run was not slower (timing noise larger than the work: a projection from it would be meaningless)."""
         per_unit = (times[1] - times[0]) / (sizes[1] - sizes[0])
+        if not per_unit > 0:
+            return None, None
         return per_unit, times[0] - per_unit * sizes[0]
 
     def prior_generated(self, cfg: dict, tag: str) -> tuple[dict, Path]:
@@ -539,23 +546,31 @@ class Bench:
         k1, k2 = self.profile["gen_steps"]
         n_per_class = self.sampler_batch // 10
         params = self.params("sa", n_generated_per_class=n_per_class)
-        runs, folder = [], None
-        for k, timed in ((1, False), (k1, True), (k2, True)):
+        def run(k: int, folder: Path) -> dict:
             c = copy.deepcopy(cfg)
             c["sampler"]["steps"], c["sampler"]["batch_size"] = k, self.sampler_batch
-            folder = self.workdir / f"sa_generated_{tag}_k{k}_{'t' if timed else 'w'}"
-            cost = self._prior_run("sa", "generated", c, params, folder)
-            if timed:
-                runs.append({"sampler_steps": k, "images": self.sampler_batch, "rte_s": cost["rte_s"], "cost": cost})
+            return self._prior_run("sa", "generated", c, params, folder)
+
+        run(1, self.workdir / f"sa_generated_{tag}_warmup")
+        runs, folder = [], None
+        for k in (k1, k2):
+            folder = self.workdir / f"sa_generated_{tag}_k{k}"
+            cost = min((run(k, folder) for _ in range(TIMING_REPEATS)), key=lambda x: x["rte_s"])
+            runs.append({"sampler_steps": k, "images": self.sampler_batch, "rte_s": cost["rte_s"],
+                         "repeats": TIMING_REPEATS, "cost": cost})
         units = (runs[0]["images"] * k1, runs[1]["images"] * k2)
         per_unit, fixed = self._linear(units, (runs[0]["rte_s"], runs[1]["rte_s"]))
         paper = PAPER_PRIOR_SIZES["sa.generated"]
-        projected = per_unit * paper["paper_units"] + max(fixed, 0.0) * (5000 / self.sampler_batch)
+        projected = (per_unit * paper["paper_units"] + max(fixed, 0.0) * (5000 / self.sampler_batch)
+                     if per_unit is not None else None)
         return ({"units": paper["units"], "paper_size": paper["paper_size"], "runs": runs,
-                 "method": "two runs of the real prior (k1, k2 sampler steps, one batch of images) after a "
-                           "warm-up run; marginal time per image-step = difference / extra image-steps",
+                 "method": f"two runs of the real prior (k1, k2 sampler steps, one batch of images; the fastest of "
+                           f"{TIMING_REPEATS} each) after a warm-up run; marginal time per image-step = difference / "
+                           "extra image-steps",
                  "per_unit_s": per_unit, "fixed_s": fixed, "units_per_s": _div(1.0, per_unit),
-                 "projected_s": projected, "projected_min": projected / 60.0, "cost": runs[-1]["cost"]},
+                 "projected_s": projected, "projected_min": _div(projected, 60.0), "cost": runs[-1]["cost"],
+                 "null_reason": None if per_unit is not None else "the k2 run was not slower than the k1 run "
+                                                                   "(timing noise): raise gen_steps"},
                 folder)
 
     def prior_fisher(self, cfg: dict, tag: str, generated: Path) -> tuple[dict, Path]:
@@ -590,21 +605,27 @@ class Bench:
         b1, b2 = self.profile["mask_batches"]
         params = self.params("salun")
         mb = int(params["mask_batch_size"])
-        runs, folder = [], None
-        for batches, timed in ((b1, False), (b1, True), (b2, True)):
+        def run(batches: int, folder: Path) -> dict:
             data = synthetic_data(self.shape, 2, forget_class=self.forget_class, forget_count=batches * mb)
-            folder = self.workdir / f"salun_mask_{tag}_b{batches}_{'t' if timed else 'w'}"
-            cost = self._prior_run("salun", "mask", cfg, params, folder, data=data)
-            if timed:
-                runs.append({"images": batches * mb, "rte_s": cost["rte_s"], "cost": cost})
+            return self._prior_run("salun", "mask", cfg, params, folder, data=data)
+
+        run(b1, self.workdir / f"salun_mask_{tag}_warmup")
+        runs, folder = [], None
+        for batches in (b1, b2):
+            folder = self.workdir / f"salun_mask_{tag}_b{batches}"
+            cost = min((run(batches, folder) for _ in range(TIMING_REPEATS)), key=lambda x: x["rte_s"])
+            runs.append({"images": batches * mb, "rte_s": cost["rte_s"], "repeats": TIMING_REPEATS, "cost": cost})
         per_unit, fixed = self._linear((runs[0]["images"], runs[1]["images"]), (runs[0]["rte_s"], runs[1]["rte_s"]))
         paper = PAPER_PRIOR_SIZES["salun.mask"]
-        projected = per_unit * paper["paper_units"] + max(fixed, 0.0)
+        projected = per_unit * paper["paper_units"] + max(fixed, 0.0) if per_unit is not None else None
         return ({"units": paper["units"], "paper_size": paper["paper_size"], "runs": runs,
-                 "method": "two runs of the real prior (b1, b2 batches of the forget class) after a warm-up run; "
-                           "fixed part (global top-k) = intercept, marginal = slope",
+                 "method": f"two runs of the real prior (b1, b2 batches of the forget class; the fastest of "
+                           f"{TIMING_REPEATS} each) after a warm-up run; fixed part (global top-k) = intercept, "
+                           "marginal = slope",
                  "per_unit_s": per_unit, "fixed_s": fixed, "units_per_s": _div(1.0, per_unit),
-                 "projected_s": projected, "projected_min": projected / 60.0, "cost": runs[-1]["cost"]}, folder)
+                 "projected_s": projected, "projected_min": _div(projected, 60.0), "cost": runs[-1]["cost"],
+                 "null_reason": None if per_unit is not None else "the b2 run was not slower than the b1 run "
+                                                                   "(timing noise): raise mask_batches"}, folder)
 
     # -- evaluation sampler
     def sampler(self, cfg: dict, flops: dict | None, peak: float | None, measured_peak: float | None) -> dict:
@@ -643,7 +664,7 @@ class Bench:
                       "expected": "1 per batch: the finished images' copy to the host; none inside the steps",
                       "how": "torch.cuda.set_sync_debug_mode('warn') over one untimed sample() call",
                       "null_reason": counted["null_reason"]}
-        t1, t2 = run(k1), run(k2)
+        t1, t2 = (min(run(k) for _ in range(TIMING_REPEATS)) for k in (k1, k2))
         per_step, fixed = self._linear((k1, k2), (t1, t2))
         # The bare guided UNet forward, no sampler around it (the upper bound the sampler can reach).
         x = torch.randn(B, *self.shape, device=device)
@@ -662,7 +683,7 @@ class Bench:
             return time.perf_counter() - start
 
         forward(1)
-        f1, f2 = forward(k1), forward(k2)
+        f1, f2 = (min(forward(k) for _ in range(TIMING_REPEATS)) for k in (k1, k2))
         fwd_per_step, _ = self._linear((k1, k2), (f1, f2))
         image_steps = _div(B, per_step)
         fwd_image_steps = _div(B, fwd_per_step)
@@ -784,7 +805,8 @@ def summarize(runs: dict, paper: dict) -> dict:
         alloc = {m: (e.get("cost") or {}).get("torch_peak_allocated_gb") for m, e in methods.items()}
         priors = run.get("priors", {})
         sa_priors = None
-        if "sa.generated" in priors and "sa.fisher" in priors:
+        if "sa.generated" in priors and "sa.fisher" in priors and None not in (
+                priors["sa.generated"]["projected_min"], priors["sa.fisher"]["projected_min"]):
             sa_priors = priors["sa.generated"]["projected_min"] + priors["sa.fisher"]["projected_min"]
         s = {}
         for other in ("sa", "salun"):
