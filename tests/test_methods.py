@@ -378,6 +378,31 @@ def test_undeclared_evaluation_sections_are_not_readable(tiny_config):
         Prior("p", lambda ctx: None, sections=("optimizer",))
 
 
+def test_run_scope_keys_are_hidden_from_every_stage(tiny_config):
+    """Another method's params, the run's classes and seeds are not in any stage's fingerprint: a prior reading
+    `method_params.sa.lambda` behind its Prior(params=...) would stay cached when lambda changes."""
+    from unlearnbench.method_api import RUN_SCOPE_KEYS, DeclaredSections
+
+    view = DeclaredSections(tiny_config, ("sampler",), "prior 'fisher' of method 'sa'", "Prior(..., sections=...)")
+    assert set(RUN_SCOPE_KEYS) == {"method_params", "methods", "forget_classes", "seeds", "ablation"}
+    for key in RUN_SCOPE_KEYS:
+        assert key in tiny_config and key not in view
+        with pytest.raises(KeyError, match=f"reads config key '{key}', which describes the whole run"):
+            view.get(key)
+    with pytest.raises(KeyError, match="use ctx.params"):
+        view["method_params"]
+    with pytest.raises(KeyError, match="use ctx.forget_class"):
+        view["forget_classes"]
+
+
+def test_a_resumable_loop_must_name_what_it_restores(tmp_path):
+    """checkpoint_every without modules= would resume the step count onto freshly loaded weights."""
+    ctx, _, _, step = _toy_run(tmp_path / "state.pt")
+    with pytest.raises(UserError, match="checkpoint_every needs modules="):
+        ctx.run_steps(10, step, desc="toy", checkpoint_every=3)
+    assert not (tmp_path / "state.pt").exists()
+
+
 @pytest.mark.parametrize("steps", [0, -3, 2.0, True])
 def test_run_steps_refuses_a_loop_that_would_not_run(tmp_path, steps):
     """Zero steps would hand back the original model as the unlearned one."""

@@ -422,7 +422,14 @@ def test_aggregate_refuses_records_that_are_not_the_configs(tmp_path, capsys):
         capsys.readouterr().err
     assert aggregate(list(CLASSES)[:9], [0], paths) == 2  # class 9 and seed 1 are not the config's
     err = capsys.readouterr().err
-    assert "error: a record outside the config's forget_classes/seeds for original class 0 seed 1" in err
+    assert "error: a record outside the config's methods, forget_classes and seeds for original class 0 seed 1" in err
+    other = tmp_path / "records" / "metrics" / "gradient_ascent" / "class0" / "seed0.json"
+    other.parent.mkdir(parents=True)
+    other.write_text(json.dumps({**make_record("sa", "sa", 0, 0, rng), "method": "gradient_ascent",
+                                 "variant": "gradient_ascent"}))
+    assert aggregate(list(CLASSES), list(SEEDS), paths + [other]) == 2  # a method the config does not list
+    assert "outside the config's methods, forget_classes and seeds for gradient_ascent class 0 seed 0" in \
+        capsys.readouterr().err
 
 
 def test_an_ablation_of_another_method_gets_no_paper_points(run, tmp_path, monkeypatch):

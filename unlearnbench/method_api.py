@@ -33,6 +33,12 @@ from .errors import UndeclaredError, UserError
 PACKAGE_METHODS_DIR = Path(__file__).resolve().parent.parent / "methods"
 # Config sections that shape evaluation, not the base model: a method's stage reads one only if it declares it.
 GUARDED_SECTIONS = ("sampler", "evaluation", "evaluator", "fid")
+# Keys that describe the whole run, not one stage: a stage has its own share of them as ctx.params,
+# ctx.forget_class and ctx.generator (its seed). Reading another method's params or the run's class list would
+# make a cached result depend on what its fingerprint does not hold.
+RUN_SCOPE_KEYS = {"method_params": "ctx.params (its method's params)", "methods": None,
+                  "forget_classes": "ctx.forget_class", "seeds": "ctx.generator (seeded by the job's seed)",
+                  "ablation": None}
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,11 @@ class _DeclaredView(dict):
         self._kind, self._where, self._how = kind, where, how
 
     def _refuse(self, key):
+        if self._kind == "config section" and key in RUN_SCOPE_KEYS:
+            instead = RUN_SCOPE_KEYS[key]
+            raise UndeclaredError(f"{self._where} reads config key {key!r}, which describes the whole run, not this "
+                                  f"stage (its result would not rerun when it changes)"
+                                  + (f"; use {instead}" if instead else ""))
         raise UndeclaredError(f"{self._where} reads {self._kind} {key!r}, which it does not declare; declare it "
                               f"with {self._how} so that changing it reruns this stage")
 
@@ -84,10 +95,12 @@ class _DeclaredView(dict):
 
 
 class DeclaredSections(_DeclaredView):
-    """A stage's view of the config: the evaluation-side sections it did not declare are hidden."""
+    """A stage's view of the config: the evaluation-side sections it did not declare, and the run-scope keys,
+    are hidden."""
 
     def __init__(self, config: dict, sections, where: str, how: str):
-        super().__init__(config, [s for s in GUARDED_SECTIONS if s not in sections], "config section", where, how)
+        hidden = [s for s in GUARDED_SECTIONS if s not in sections] + list(RUN_SCOPE_KEYS)
+        super().__init__(config, hidden, "config section", where, how)
 
 
 class DeclaredParams(_DeclaredView):
@@ -285,6 +298,10 @@ class RunContext:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             # Zero steps would pass the original model off as an unlearned one.
             raise UserError(f"{desc}: the number of steps must be a whole number >= 1; got {steps!r}")
+        if checkpoint_every and not modules:
+            # A resumed run would restore its step count and generators onto freshly loaded weights.
+            raise UserError(f"{desc}: checkpoint_every needs modules={{name: object}} with every model and optimizer "
+                            "the loop changes (their state_dict is what a resumed run restores)")
         resumable = bool(checkpoint_every and self.state_path)
         start = 0
         key = f"{self.state_key}|{desc}|steps={steps}"
