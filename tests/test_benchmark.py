@@ -296,3 +296,21 @@ def test_gpu_script_without_jsonschema_or_wheels_says_what_to_do(root, tmp_path)
     proc = _gpu_script(root, tmp_path / "out", PYTHON=str(bare / "bin" / "python"), WHEELS=str(tmp_path / "none"))
     assert proc.returncode == 1
     assert "run 'bash scripts/gpu_benchmark.sh --fetch-wheels'" in proc.stderr and "carry" in proc.stderr
+
+
+def test_a_fit_swamped_by_noise_is_null_with_its_reason(report):
+    """A two-point fit whose larger run was not slower gives no rate (never a negative one), and the tables say why."""
+    import copy
+
+    assert benchmark.Bench._linear((1, 8), (0.30, 0.25)) == (None, None)
+    per_unit, fixed = benchmark.Bench._linear((1, 8), (0.1, 0.8))
+    assert per_unit == pytest.approx(0.1) and fixed == pytest.approx(0.0)
+    noisy = copy.deepcopy(report)
+    prior = noisy["runs"]["fp32"]["priors"]["salun.mask"]
+    prior.update(per_unit_s=None, units_per_s=None, projected_s=None, projected_min=None,
+                 null_reason=benchmark.NOISY_FIT)
+    noisy["runs"]["fp32"]["sampler"].update(image_steps_per_s=None, null_reason=benchmark.NOISY_FIT)
+    mask_row = next(r for r in benchmark.prior_rows(noisy, "fp32") if r[0] == "salun.mask")
+    assert mask_row[3] == f"- ({benchmark.NOISY_FIT})"
+    sampler_row = next(r for r in benchmark.sampler_rows(noisy) if r[0] == "fp32")
+    assert sampler_row[2] == f"- ({benchmark.NOISY_FIT})"

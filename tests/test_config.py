@@ -4,6 +4,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -211,3 +212,18 @@ def test_a_config_that_is_not_yaml_text_is_refused(tmp_path):
     broken.write_text("seeds: [0, 1\n")
     with pytest.raises(ConfigError, match="broken.yaml is not valid YAML"):
         read_yaml(broken)
+
+
+def test_rule_inputs_keep_a_linked_methods_folder_relative(tmp_path, monkeypatch):
+    """A methods/ folder that is a symlink stays `methods/<name>.py` (resolving it would change, and rerun, every
+    method job); files outside the workflow folder are absolute."""
+    from unlearnbench.workflow import workflow_relative
+
+    (tmp_path / "real_methods").mkdir()
+    (tmp_path / "real_methods" / "sa.py").write_text("")
+    (tmp_path / "wf").mkdir()
+    (tmp_path / "wf" / "methods").symlink_to(tmp_path / "real_methods")
+    monkeypatch.chdir(tmp_path / "wf")
+    assert workflow_relative(Path.cwd() / "methods" / "sa.py") == "methods/sa.py"
+    assert workflow_relative("methods/sa.py") == "methods/sa.py"
+    assert workflow_relative(tmp_path / "real_methods" / "sa.py") == str(tmp_path / "real_methods" / "sa.py")

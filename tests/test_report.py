@@ -486,6 +486,19 @@ def test_costs_from_mixed_devices_or_switches_are_flagged(tmp_path):
     assert report.mixed_cost_note(same, METHODS) is None
     same.loc[same["method"] == "salun", "speed_switches"] = "none"
     assert "none (20 jobs)" in report.mixed_cost_note(same, METHODS)
+    same.loc[same["method"] == "salun", "speed_switches"] = np.nan  # records from before the switches were kept
+    assert report.mixed_cost_note(same, METHODS) is None
+
+
+def test_a_gpu_panel_with_a_class_unmeasured_says_so(run, monkeypatch, tmp_path):
+    """Every method lacking GPU memory for one class: the panel must not claim a CPU run."""
+    _, metrics, _ = run
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig))
+    holed = metrics.copy()
+    holed.loc[holed["forget_class"] == 3, "gpu_peak_gb"] = np.nan
+    figures.cost_bars(holed, METHODS, tmp_path / "cost.png")
+    assert [t.get_text() for t in drawn[0].axes[1].texts] == ["not measured for every class: see the table"]
 
 
 def test_cost_bars_do_not_average_over_fewer_classes(run, monkeypatch, tmp_path):

@@ -197,6 +197,7 @@ def write_short_base_training(workdir: Path) -> None:
     25 steps, so that a test can kill it between its first state and its end (175 steps later)."""
     (workdir / "config" / "kill.yaml").write_text(
         "run_name: kill\n"
+        "device: cpu\n"  # a GPU would finish the 175 steps before the test could kill the job
         "model: {overrides: {block_out_channels: [8, 8], norm_num_groups: 4,"
         " down_block_types: [DownBlock2D, DownBlock2D], up_block_types: [UpBlock2D, UpBlock2D]}}\n"
         "base: {steps: 200, checkpoint_every: 25}\n")
@@ -313,8 +314,9 @@ def test_readme_add_a_method_walkthrough(test_run):
 def test_paper_config_runs_end_to_end_on_a_miniature_cifar10(tmp_path, write_miniature_cifar10):
     """config/paper.yaml's own code paths, which the digits runs never take, through the real DAG on CPU: CIFAR-10
     read from its official files, the paper UNet's four levels with attention and dropout, flips, the ResNet-18
-    evaluator, the 1000-step schedule with the ancestral sampler, and the three methods on 32x32 RGB. Only sizes,
-    step counts and the device are shrunk (Inception weights cannot be fetched here: FID uses the evaluator)."""
+    evaluator, the 1000-step schedule with the stochastic (eta = 1) sampler, and the three methods on 32x32 RGB.
+    Only sizes, step counts and the device are shrunk: the sampler takes 4 of the 1000 steps (the paper's
+    ancestral sampler is that sampler over all of them), and FID uses the evaluator (no Inception weights here)."""
     import numpy as np
 
     workdir = copy_workflow(tmp_path / "cifar")

@@ -106,6 +106,8 @@ PROFILES = {
 
 # Each point of a two-point fit is the fastest of this many runs: the minimum is robust to one-off stalls.
 TIMING_REPEATS = 3
+NOISY_FIT = ("the larger run was not slower than the smaller one (timing noise larger than the work): rerun on a "
+             "quiet machine")
 
 # Switch ablation (GPU): each row changes one switch of the bf16 row.
 SWITCH_VARIANTS = (  # compile second: the most informative row, and the slowest (a time budget may cut the rest)
@@ -569,8 +571,7 @@ class Bench:
                            "extra image-steps",
                  "per_unit_s": per_unit, "fixed_s": fixed, "units_per_s": _div(1.0, per_unit),
                  "projected_s": projected, "projected_min": _div(projected, 60.0), "cost": runs[-1]["cost"],
-                 "null_reason": None if per_unit is not None else "the k2 run was not slower than the k1 run "
-                                                                   "(timing noise): raise gen_steps"},
+                 "null_reason": None if per_unit is not None else NOISY_FIT},
                 folder)
 
     def prior_fisher(self, cfg: dict, tag: str, generated: Path) -> tuple[dict, Path]:
@@ -624,8 +625,7 @@ class Bench:
                            "marginal = slope",
                  "per_unit_s": per_unit, "fixed_s": fixed, "units_per_s": _div(1.0, per_unit),
                  "projected_s": projected, "projected_min": _div(projected, 60.0), "cost": runs[-1]["cost"],
-                 "null_reason": None if per_unit is not None else "the b2 run was not slower than the b1 run "
-                                                                   "(timing noise): raise mask_batches"}, folder)
+                 "null_reason": None if per_unit is not None else NOISY_FIT}, folder)
 
     # -- evaluation sampler
     def sampler(self, cfg: dict, flops: dict | None, peak: float | None, measured_peak: float | None) -> dict:
@@ -690,6 +690,7 @@ class Bench:
         per_image_step_flops = flops["guided_step_per_image"] if flops else None
         out = {"batch_images": B, "unet_rows_per_step": 2 * B if w else B, "guidance_w": w,
                "steps_timed": [k1, k2], "run_s": [t1, t2], "per_step_s": per_step, "fixed_s": fixed,
+               "null_reason": None if per_step is not None else NOISY_FIT,
                "host_syncs": host_syncs,
                "image_steps_per_s": image_steps,
                "guided_forward": {"per_step_s": fwd_per_step, "image_steps_per_s": fwd_image_steps},
@@ -874,7 +875,9 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 def prior_rows(report: dict, precision: str) -> list[list[str]]:
     rows = []
     for name, e in report["runs"][precision].get("priors", {}).items():
-        rows.append([name, e["units"], _fmt(e.get("units_per_s"), 1), _fmt(e.get("projected_min"), 1),
+        rows.append([name, e["units"], _fmt(e.get("units_per_s"), 1),
+                     _fmt(e.get("projected_min"), 1) if e.get("projected_min") is not None
+                     else f"- ({e.get('null_reason') or 'not measured'})",
                      _fmt((e.get("cost") or {}).get("gpu_peak_gb"), 2), e["paper_size"]])
     return rows
 
@@ -887,7 +890,9 @@ def sampler_rows(report: dict) -> list[list[str]]:
     for precision, run in report["runs"].items():
         s = run.get("sampler")
         if s:
-            rows.append([precision, str(s["batch_images"]), _fmt(s["image_steps_per_s"], 0),
+            rows.append([precision, str(s["batch_images"]),
+                         _fmt(s["image_steps_per_s"], 0) if s["image_steps_per_s"] is not None
+                         else f"- ({s.get('null_reason') or 'not measured'})",
                          _fmt(s["guided_forward"]["image_steps_per_s"], 0), _fmt(s.get("sampler_overhead_fraction"), pct=True),
                          _fmt(s.get("achieved_tflops"), 1), _fmt(s.get("fraction_of_bf16_peak"), pct=True),
                          _fmt(s.get("projected_eval_sampling_min_per_job"), 1),

@@ -91,7 +91,9 @@ def cost_bars(df: pd.DataFrame, methods: Sequence[str], out_path) -> None:
         summary = _class_summary(df, methods, metric.column)
         ax.set_title(title)
         if summary["mean"].isna().all():
-            message = "no GPU measurement (CPU run)" if metric is GPU else "no measurement"
+            measured = per_class_means(df, methods)[metric.column].notna().any()
+            message = ("not measured for every class: see the table" if measured
+                       else "no GPU measurement (CPU run)" if metric is GPU else "no measurement")
             ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)
             ax.set_xticks([])
             ax.set_yticks([])

@@ -438,11 +438,10 @@ def mixed_cost_note(metrics: pd.DataFrame, methods: Sequence[str]) -> str | None
     unlearned = metrics[metrics["method"].isin(methods) & (metrics["method"] != "original")
                         & (metrics["variant"] == metrics["method"])]  # what the tables average
     keys = [key for key in ("device_name", "speed_switches") if key in unlearned.columns]
-    if unlearned.empty or not keys:
+    # A missing value (a record from before speed_switches were recorded) is no evidence of another setup.
+    if unlearned.empty or not any(unlearned[key].dropna().astype(str).nunique() > 1 for key in keys):
         return None
     setups = unlearned[keys].map(lambda v: "unknown" if _is_missing(v) else str(v)).value_counts()
-    if len(setups) < 2:
-        return None
     parts = "; ".join(f"{' / '.join(setup)} ({count} jobs)" for setup, count in setups.items())
     return (f"The unlearning costs (RTE, GPU) mix {len(setups)} setups ({' / '.join(keys)}): {parts}. Their means "
             "are not one machine's cost: rerun the jobs of the others (`snakemake --forcerun unlearn ...`) to compare "

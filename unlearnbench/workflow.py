@@ -1,6 +1,7 @@
 """What the Snakefile needs at parse time: validated config, paths of one run, the methods' priors."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -54,9 +55,10 @@ def base_checkpoint_files(config: dict) -> list[str]:
 
 def workflow_relative(path) -> str:
     """A path as a rule input: relative to the workflow folder when inside it, so that moving the folder does not
-    change the jobs' inputs (and rerun them); absolute otherwise (e.g. an installed package's files)."""
-    path = Path(path).resolve()
-    cwd = Path.cwd().resolve()
+    change the jobs' inputs (and rerun them); absolute otherwise (e.g. an installed package's files). Symlinks are
+    kept as they are: resolving a linked methods/ folder would change every method job's input, and rerun it."""
+    path = Path(os.path.abspath(path))
+    cwd = Path.cwd()
     return str(path.relative_to(cwd)) if path.is_relative_to(cwd) else str(path)
 
 
