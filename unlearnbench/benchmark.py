@@ -548,6 +548,7 @@ class Bench:
         k1, k2 = self.profile["gen_steps"]
         n_per_class = self.sampler_batch // 10
         params = self.params("sa", n_generated_per_class=n_per_class)
+
         def run(k: int, folder: Path) -> dict:
             c = copy.deepcopy(cfg)
             c["sampler"]["steps"], c["sampler"]["batch_size"] = k, self.sampler_batch
@@ -606,6 +607,7 @@ class Bench:
         b1, b2 = self.profile["mask_batches"]
         params = self.params("salun")
         mb = int(params["mask_batch_size"])
+
         def run(batches: int, folder: Path) -> dict:
             data = synthetic_data(self.shape, 2, forget_class=self.forget_class, forget_count=batches * mb)
             return self._prior_run("salun", "mask", cfg, params, folder, data=data)

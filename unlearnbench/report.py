@@ -392,11 +392,11 @@ def render_comparison(comparison: pd.DataFrame, scale_note: str | None = None, c
                       cost_note: str | None = None) -> str:
     """Markdown: the comparison table, with the caveat that this run's scale may not be the paper's."""
     classes = list(range(10)) if classes is None else list(classes)
-    over = ("all 10 classes, as this run" if len(classes) == 10 else
-            f"class{'es' if len(classes) > 1 else ''} {', '.join(map(str, classes))} only, as this run")
+    over = ("all 10" if len(classes) == 10 else
+            f"class{'es' if len(classes) > 1 else ''} {', '.join(map(str, classes))} only")
     lines = ["# This run vs the paper", "",
-             "Means over forgotten classes (seed-averaged); the paper's are over "
-             f"{over}. The paper's numbers are CIFAR-10 with a ~36M-parameter "
+             "Means over forgotten classes (seed-averaged); the paper's are over the same classes as this run's "
+             f"({over}). The paper's numbers are CIFAR-10 with a ~36M-parameter "
              "DDPM, 1000-step sampling and Inception FID; this run's scale (dataset, model, sampler, FID features, "
              "hardware) may differ, so compare directions and ratios rather than absolute values."]
     if scale_note:
