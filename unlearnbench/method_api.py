@@ -75,11 +75,6 @@ class _DeclaredView(dict):
         self._kind, self._where, self._how = kind, where, how
 
     def _refuse(self, key):
-        if self._kind == "config section" and key in RUN_SCOPE_KEYS:
-            instead = RUN_SCOPE_KEYS[key]
-            raise UndeclaredError(f"{self._where} reads config key {key!r}, which describes the whole run, not this "
-                                  f"stage (its result would not rerun when it changes)"
-                                  + (f"; use {instead}" if instead else ""))
         raise UndeclaredError(f"{self._where} reads {self._kind} {key!r}, which it does not declare; declare it "
                               f"with {self._how} so that changing it reruns this stage")
 
@@ -101,6 +96,13 @@ class DeclaredSections(_DeclaredView):
     def __init__(self, config: dict, sections, where: str, how: str):
         hidden = [s for s in GUARDED_SECTIONS if s not in sections] + list(RUN_SCOPE_KEYS)
         super().__init__(config, hidden, "config section", where, how)
+
+    def _refuse(self, key):
+        if key not in RUN_SCOPE_KEYS:
+            super()._refuse(key)
+        instead = RUN_SCOPE_KEYS[key]
+        raise UndeclaredError(f"{self._where} reads config key {key!r}, which describes the whole run, not this "
+                              "stage (its result would not rerun when it changes)" + (f"; use {instead}" if instead else ""))
 
 
 class DeclaredParams(_DeclaredView):
