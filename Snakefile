@@ -3,7 +3,7 @@
 from unlearnbench.workflow import load_workflow_config, PUBLISHED
 
 configfile: "config/default.yaml"
-config = load_workflow_config(config)
+config = load_workflow_config(config, workflow.configfiles)
 RUN = f"results/{config['run_name']}"
 FIGS = f"figures/{config['run_name']}"
 

@@ -180,6 +180,13 @@ def test_snakemake_refuses_bad_config_before_any_job(root, tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "'base.checkpoint' = " in out and "is not a folder" in out, out[-2000:]
     assert not (root / "results" / "badrun").exists()
+    # Snakemake reads an overlay's repeated key as its last value; the workflow refuses it
+    bad.write_text("run_name: badrun\nseeds: [0]\nthreads: 1\nseeds: [0, 1]\n")
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", f"--configfile={bad}",
+                           "results/table.csv"], cwd=root, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "key 'seeds' is given twice (first on line 2)" in out, out[-2000:]
+    assert not (root / "results" / "badrun").exists()
 
 
 def test_an_ablation_whose_method_is_not_run_is_skipped_with_a_note(tmp_path, monkeypatch, capsys):
@@ -210,8 +217,18 @@ def test_a_config_that_is_not_yaml_text_is_refused(tmp_path):
         read_yaml(binary)
     broken = tmp_path / "broken.yaml"
     broken.write_text("seeds: [0, 1\n")
-    with pytest.raises(ConfigError, match="broken.yaml is not valid YAML"):
+    with pytest.raises(ConfigError, match="broken.yaml is not valid YAML: line 2, column 1: expected ','"):
         read_yaml(broken)
+    # PyYAML alone keeps the second value; the first would be lost without a word
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("method_params:\n  salun:\n    steps: 2\n    lr: 1.0e-4\n    steps: 5\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml is not valid YAML: line 5, column 5: key 'steps' is given twice "
+                                          r"\(first on line 3\)"):
+        read_yaml(twice)
+    # the same key in different mappings, and YAML merge keys, are fine
+    fine = tmp_path / "fine.yaml"
+    fine.write_text("a: &base {steps: 1}\nb: {<<: *base, steps: 2}\nc: {steps: 3}\n")
+    assert read_yaml(fine) == {"a": {"steps": 1}, "b": {"steps": 2}, "c": {"steps": 3}}
 
 
 def test_rule_inputs_keep_a_linked_methods_folder_relative(tmp_path, monkeypatch):

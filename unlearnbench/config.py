@@ -34,7 +34,21 @@ def deep_merge(base: dict, override: dict) -> dict:
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads 1e-4 as a number (YAML 1.1 needs a dot: 1.0e-4, else it is text)."""
+    """SafeLoader that also reads 1e-4 as a number (YAML 1.1 needs a dot: 1.0e-4, else it is text) and refuses a key
+    given twice in one mapping (PyYAML keeps the last silently, so an overlay's first value would be lost unseen)."""
+
+    def construct_mapping(self, node, deep=False):
+        first_line = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # left to SafeLoader: a merge (<<) may restate keys, by design
+            key = self.construct_object(key_node)
+            if key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (first on line {first_line[key]}); keep one",
+                    key_node.start_mark)
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(
@@ -54,7 +68,10 @@ def read_yaml(path: str | Path) -> dict:
     try:
         data = parse_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or exc
+        raise ConfigError(f"config file {path} is not valid YAML: {where}{problem}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not a text file; pass a YAML config") from None
     if not isinstance(data, dict):

@@ -13,9 +13,13 @@ PUBLISHED = ("metrics.csv", "table.csv", "table1.md", "table1.tex", "table2.md",
              "evaluator.json", "original.json")
 
 
-def load_workflow_config(config: dict) -> dict:
-    """Validate Snakemake's merged config; on bad input print the problems and stop before any job runs."""
+def load_workflow_config(config: dict, configfiles=()) -> dict:
+    """Validate Snakemake's merged config; on bad input print the problems and stop before any job runs.
+    `configfiles` (Snakemake's, in order) are re-read only to refuse a key given twice, which Snakemake's own
+    reading lets pass, keeping the last value."""
     try:
+        for path in configfiles:
+            read_yaml(path)
         # Snakemake has merged config/default.yaml with --configfile/--config; merge again so that a
         # config given without the defaults (e.g. `snakemake --configfile x.yaml` from elsewhere) is complete.
         merged = deep_merge(read_yaml(DEFAULT_CONFIG), dict(config))
