@@ -86,6 +86,26 @@ def test_guidance_batches_conditional_and_null_passes():
     assert torch.allclose(eps[:, 0, 0, 0], 3 * torch.tensor([1.0, 2, 3]) - 2 * 10)
 
 
+def test_guidance_combines_bf16_passes_in_fp32():
+    """Under bf16 autocast the UNet's outputs are bf16; 3 eps_c - 2 eps_null is formed in fp32 (exact here), where
+    bf16 arithmetic would round 3 * 1.0078125 to a 1/64 grid."""
+    from unlearnbench.diffusion import guided_eps
+
+    class HalfPrecision(torch.nn.Module):
+        config = type("C", (), {"num_class_embeds": 11})()
+
+        def forward(self, x, t, class_labels):
+            conditional = (class_labels != 10).view(-1, 1, 1, 1)
+            return torch.where(conditional, 1.0078125, 1.0).expand_as(x).to(torch.bfloat16)
+
+    eps = guided_eps(HalfPrecision(), torch.zeros(2, 1, 2, 2), torch.zeros(2, dtype=torch.long), torch.tensor([0, 1]),
+                     w=2.0)
+    assert eps.dtype == torch.float32
+    assert torch.equal(eps, torch.full((2, 1, 2, 2), 1.0234375))
+    bf16_arithmetic = 3 * torch.tensor(1.0078125, dtype=torch.bfloat16) - 2 * torch.tensor(1.0, dtype=torch.bfloat16)
+    assert float(bf16_arithmetic) != 1.0234375  # the test can tell the two apart
+
+
 def test_label_dropout_rate_and_null_index():
     labels = torch.zeros(20000, dtype=torch.long)
     dropped = drop_labels(labels, 0.1, 10, torch.Generator().manual_seed(0))
