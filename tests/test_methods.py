@@ -208,6 +208,35 @@ def test_salun_mask_is_computed_without_dropout(tmp_path):
     assert all(torch.equal(saved[n].bool(), expected[n]) for n in expected)
 
 
+@pytest.mark.parametrize("hflip", [True, False])
+def test_sa_replay_is_flipped_as_the_training_data(tmp_path, hflip):
+    """The reference's replay loader flips the generated images when the data flip (random_flip: CIFAR-10)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from unlearnbench.checkpoints import save_tensors
+    from unlearnbench.data import to_uint8
+
+    model = micro_unet()
+    for name in ("generated", "fisher"):
+        (tmp_path / name).mkdir()
+    images = to_uint8(torch.rand(4, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    np.savez_compressed(tmp_path / "generated" / "generated.npz", images=images, labels=np.array([0, 1, 2, 2]))
+    save_tensors(tmp_path / "fisher" / "fisher.safetensors",
+                 {n: torch.zeros_like(q) for n, q in model.named_parameters()})
+    params = {**sa.DEFAULTS, "steps": 1, "batch_size": 2, "replay_batch_size": 2}
+    ctx = _prior_ctx(tmp_path, {False: model, True: model}, params, forget_class=0,
+                     priors={"generated": tmp_path / "generated", "fisher": tmp_path / "fisher"},
+                     data=SimpleNamespace(image_shape=(1, 4, 4)))
+    ctx.config["base"]["hflip"] = hflip
+    streams = []
+    real_stream = ctx.stream
+    ctx.stream = lambda x, y, batch_size, hflip=False: streams.append((len(x), hflip)) or real_stream(x, y, batch_size, hflip)
+    sa.unlearn(ctx)
+    assert streams == [(3, hflip)]  # the three replay images of the remaining classes
+
+
 class _Crash(Exception):
     pass
 
