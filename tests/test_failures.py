@@ -70,9 +70,34 @@ def test_corrupt_checkpoint(tmp_path, tiny_config):
 
 
 def test_mismatched_checkpoint(tmp_path, tiny_config):
+    expect = unet_expectations(tiny_config, 10)
     save_unet(build_unet("tiny", 5), tmp_path / "unet")  # 5 classes, the config has 10
-    with pytest.raises(MissingResourceError, match="does not match the config: num_class_embeds is 6, the config needs 11"):
-        load_unet(tmp_path / "unet", expect=unet_expectations(tiny_config, 10))
+    with pytest.raises(MissingResourceError, match="is not the config's model: num_class_embeds is 6, the config needs 11"):
+        load_unet(tmp_path / "unet", expect=expect)
+    # every architecture key counts, dropout too (diffusers' default is 0.0, the paper UNet's 0.1)
+    save_unet(build_unet("tiny", 10, {"layers_per_block": 2, "dropout": 0.3}), tmp_path / "deeper")
+    with pytest.raises(MissingResourceError, match="layers_per_block is 2, the config needs 1; dropout is 0.3, the "
+                                                   "config needs 0.0. .*model.overrides"):
+        load_unet(tmp_path / "deeper", expect=expect)
+    # ... and an equivalent spelling is the same model
+    save_unet(build_unet("tiny", 10, {"act_fn": "swish", "attn_norm_num_groups": 8, "num_train_timesteps": 1000}),
+              tmp_path / "same")
+    assert load_unet(tmp_path / "same", expect=expect).config.act_fn == "swish"
+    overlay = json.loads(json.dumps(tiny_config))
+    overlay["model"]["overrides"] = {"layers_per_block": 2, "dropout": 0.3}
+    load_unet(tmp_path / "deeper", expect=unet_expectations(overlay, 10))
+    paper = build_unet("paper", 10)
+    save_unet(paper, tmp_path / "paper")
+    load_unet(tmp_path / "paper", expect=unet_expectations({"model": {"preset": "paper"}}, 10))
+
+
+def test_weights_that_do_not_fit_their_config_json(tmp_path):
+    save_unet(build_unet("tiny", 10), tmp_path / "unet")
+    config = json.loads((tmp_path / "unet" / "config.json").read_text())
+    (tmp_path / "unet" / "config.json").write_text(json.dumps({**config, "layers_per_block": 2}))
+    with pytest.raises(MissingResourceError, match=r"its weights do not fit its config.json \(Missing key\(s\) in "
+                                                   r"state_dict: .*one save_pretrained"):
+        load_unet(tmp_path / "unet")
 
 
 def test_user_supplied_checkpoint_is_checked_before_use(tmp_path, tiny_config):
@@ -81,7 +106,8 @@ def test_user_supplied_checkpoint_is_checked_before_use(tmp_path, tiny_config):
     stages.prepare_data(tiny_config, tmp_path / "data.npz")
     config = json.loads(json.dumps(tiny_config))
     config["base"]["checkpoint"] = str(tmp_path / "mine")
-    with pytest.raises(MissingResourceError, match="does not match the config"):
+    with pytest.raises(MissingResourceError, match="is not the config's model: num_class_embeds is 6, .* trained on this "
+                                                   "dataset's classes"):
         stages.train_base(config, tmp_path / "data.npz", tmp_path / "original")
     assert not (tmp_path / "original" / "unet").exists()
 
@@ -190,6 +216,12 @@ AUTHOR_MISTAKES = {
     "untimed": "def unlearn(ctx):\n    return ctx.load_original(ema=True)\n",
     "reads_prior": "def unlearn(ctx):\n    return ctx.priors['stats']\n",
     "reads_sampler": "def unlearn(ctx):\n    return ctx.config['sampler']\n",
+    "no_op": "def unlearn(ctx):\n    model = ctx.load_original(ema=True)\n    ctx.run_steps(3, lambda i: None, desc='x')\n"
+             "    return model\n",
+    "other_copy": "import torch\n\ndef unlearn(ctx):\n    model, other = ctx.load_original(), ctx.load_original()\n"
+                  "    opt = torch.optim.SGD(other.parameters(), lr=0.1)\n\n    def step(i):\n"
+                  "        opt.zero_grad()\n        sum(p.sum() for p in other.parameters()).backward()\n"
+                  "        opt.step()\n\n    ctx.run_steps(2, step, desc='x')\n    return model\n",
 }
 
 
@@ -199,6 +231,9 @@ AUTHOR_MISTAKES = {
     ("untimed", "unlearn() of method 'untimed' ran no timed step: run its loop through ctx.run_steps"),
     ("reads_prior", "ctx.priors['stats']: this stage did not require prior 'stats'"),
     ("reads_sampler", "unlearn() of method 'reads_sampler' reads config section 'sampler', which it does not declare"),
+    ("no_op", "unlearn() of method 'no_op' returned the original model's weights (unet/) unchanged"),  # = unet_ema/ here
+    ("other_copy", "unlearn() of method 'other_copy' returned the original model's weights (unet/) unchanged: its "
+                   "loop changed nothing. Check that its optimizer holds the parameters of the model it returns"),
 ])
 def test_a_method_authors_mistakes_are_named_and_nothing_is_saved(tmp_path, tiny_config, monkeypatch, name, message):
     """Before: the base model scored as unlearned with RTE 0 (untimed), or a bare TypeError/KeyError traceback."""

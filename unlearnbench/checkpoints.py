@@ -148,16 +148,51 @@ def load_unet(folder: str | Path, device="cpu", expect: dict | None = None):
     except Exception as exc:
         model = _convert_with_diffusers(folder)
         if model is None:
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            if isinstance(exc, RuntimeError) and lines and "loading state_dict" in lines[0]:
+                raise MissingResourceError(
+                    f"UNet checkpoint at {folder}: its weights do not fit its config.json ({'; '.join(lines[1:3])[:400]}). "
+                    "The two must come from one save_pretrained of the same model.") from None
             raise MissingResourceError(f"UNet checkpoint at {folder} is corrupt or incomplete ({type(exc).__name__}: "
-                                       f"{str(exc).splitlines()[0][:300]}). {_REDO}") from None
-    for key, want in (expect or {}).items():
-        have = model.config.get(key)
-        if isinstance(have, (list, tuple)):
-            have, want = list(have), list(want)
-        if have != want:
-            raise MissingResourceError(f"UNet checkpoint at {folder} does not match the config: {key} is {have}, "
-                                       f"the config needs {want}. Use a checkpoint trained with this config.")
+                                       f"{(lines or [''])[0][:300]}). {_REDO}") from None
+    if expect:
+        have = _architecture(model.config)
+        differ = {key: f"{key} is {have.get(key)!r}, the config needs {want!r}"
+                  for key, want in _architecture(expect).items() if have.get(key) != want}
+        if differ:
+            if "num_class_embeds" in differ:  # fixed by the data, not by the model section
+                fix = "Use a checkpoint trained on this dataset's classes (num_class_embeds = classes + 1 null label)."
+            else:
+                fix = ("Use a checkpoint of the config's architecture, or describe this one in the config's "
+                       "model.overrides (its keys are those of config.json, e.g. {dropout: 0.1}).")
+            raise MissingResourceError(f"UNet checkpoint at {folder} is not the config's model: "
+                                       f"{'; '.join(differ.values())}. {fix}")
     return model.to(device)
+
+
+def _architecture(config: dict) -> dict:
+    """A resolved UNet config with equivalent spellings made equal: what decides the network's computation."""
+    arch = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in config.items() if not k.startswith("_")}
+    arch.pop("num_train_timesteps", None)  # used by learned time embeddings only, which the UNet does not support
+    arch["act_fn"] = "silu" if arch.get("act_fn") == "swish" else arch.get("act_fn")
+    arch["time_embedding_dim"] = arch.get("time_embedding_dim") or arch["block_out_channels"][0] * 4
+    arch["attn_norm_num_groups"] = arch.get("attn_norm_num_groups") or arch["norm_num_groups"]
+    return arch
+
+
+def same_weights(model, folder: str | Path) -> bool:
+    """Whether `model` holds exactly the weights saved in the UNet folder (bit for bit, every tensor)."""
+    from safetensors.torch import load_file
+
+    from .unet import WEIGHTS_NAME
+
+    path = Path(folder) / WEIGHTS_NAME
+    if not path.exists():
+        return False
+    saved = load_file(str(path))
+    mine = model.state_dict()
+    return saved.keys() == mine.keys() and all(
+        saved[k].dtype == v.dtype and torch.equal(saved[k], v.detach().cpu()) for k, v in mine.items())
 
 
 def _convert_with_diffusers(folder: Path):
@@ -179,11 +214,12 @@ def _convert_with_diffusers(folder: Path):
 
 
 def unet_expectations(config: dict, num_classes: int) -> dict:
+    """The full UNet config the run's model section builds: a checkpoint used in its place must match all of it."""
     from .networks import UNET_PRESETS
+    from .unet import resolve_config
 
     preset = {**UNET_PRESETS[config["model"]["preset"]], **(config["model"].get("overrides") or {})}
-    return {"num_class_embeds": num_classes + 1, "sample_size": preset["sample_size"],
-            "in_channels": preset["in_channels"], "block_out_channels": list(preset["block_out_channels"])}
+    return dict(resolve_config({**preset, "num_class_embeds": num_classes + 1}))
 
 
 def save_state(path: str | Path, state: dict, key: str | None = None) -> None:

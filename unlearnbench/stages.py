@@ -251,6 +251,12 @@ def run_unlearning(config: dict, method_name: str, forget_class: int, seed: int,
                             "ctx.run_steps(steps, step_fn, desc=...), which times it (the RTE)")
         ckpt.require_finite(model, f"{method_name} (forget class {forget_class}, seed {seed}) ended with non-finite "
                             "weights", diverged_hint(method_name, params))
+    for weights in ("unet", "unet_ema"):  # else the original would be scored as unlearned
+        if ckpt.same_weights(model, Path(original_dir) / weights):
+            raise UserError(f"unlearn() of method {method_name!r} returned the original model's weights "
+                            f"({weights}/) unchanged: its loop changed nothing. Check that its optimizer holds the "
+                            "parameters of the model it returns and that each step calls optimizer.step() (a zero "
+                            "learning rate or an all-zero mask also leave it unchanged)")
     cost = meter.result()
     prior_min = 0.0
     for folder in (priors or {}).values():
