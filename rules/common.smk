@@ -3,11 +3,17 @@ from pathlib import Path
 from unlearnbench.method_api import methods_dir, NAME_PATTERN
 from unlearnbench.workflow import method_priors, prior_dir, parse_variant, ablation_variants, fingerprint
 from unlearnbench.workflow import resolved_config_path, base_checkpoint_files, suite_code, workflow_relative
+from unlearnbench.workflow import UNET_FILES, EVALUATOR_WEIGHTS
 
 CFG = resolved_config_path(config)
 DATA = f"{RUN}/data.npz"
 ORIGINAL = f"{RUN}/models/original"
 EVALUATOR = f"{RUN}/evaluator"
+# weights: declared beside each job's record, so that a lost folder gets its job redone
+ORIGINAL_WEIGHTS = expand(f"{ORIGINAL}/{{sub}}/{{name}}", sub=("unet", "unet_ema"), name=UNET_FILES)
+EVALUATOR_MODEL = f"{EVALUATOR}/{EVALUATOR_WEIGHTS}"
+MODEL = f"{RUN}/models/{{variant}}/class{{c}}/seed{{s}}"  # an unlearned model's folder
+MODEL_WEIGHTS = expand(f"{MODEL}/unet/{{name}}", name=UNET_FILES, allow_missing=True)
 CLASSES = config["forget_classes"]
 SEEDS = config["seeds"]
 METHODS = config["methods"]

@@ -7,7 +7,9 @@ def _requires(w, forget_class=None):
 
 
 rule prior_shared:
-    input: data=DATA, original=f"{ORIGINAL}/train.json", required=_requires, code=lambda w: method_file(w.method)
+    input:
+        data=DATA, original=f"{ORIGINAL}/train.json", weights=ORIGINAL_WEIGHTS, required=_requires,
+        code=lambda w: method_file(w.method),
     output: f"{RUN}/priors/{{method}}/{{prior}}/shared/cost.json"
     params: fp=lambda w: fp("method", w.method, w.prior), requires=lambda w, input: prior_flags(input.required)
     log: f"{RUN}/logs/prior/{{method}}_{{prior}}.log"
@@ -19,7 +21,8 @@ rule prior_shared:
 
 rule prior_per_class:
     input:
-        data=DATA, original=f"{ORIGINAL}/train.json", required=lambda w: _requires(w, int(w.c)),
+        data=DATA, original=f"{ORIGINAL}/train.json", weights=ORIGINAL_WEIGHTS,
+        required=lambda w: _requires(w, int(w.c)),
         code=lambda w: method_file(w.method),
     output: f"{RUN}/priors/{{method}}/{{prior}}/class{{c}}/cost.json"
     params: fp=lambda w: fp("method", w.method, w.prior), requires=lambda w, input: prior_flags(input.required)
@@ -32,13 +35,13 @@ rule prior_per_class:
 
 rule unlearn:
     input:
-        data=DATA, original=f"{ORIGINAL}/train.json",
+        data=DATA, original=f"{ORIGINAL}/train.json", weights=ORIGINAL_WEIGHTS,
         priors=lambda w: prior_outputs(parse_variant(w.variant)[0], int(w.c)),
         code=lambda w: method_file(parse_variant(w.variant)[0]),
     output:
-        cost=f"{RUN}/models/{{variant}}/class{{c}}/seed{{s}}/cost.json",
+        cost=f"{MODEL}/cost.json", weights=MODEL_WEIGHTS,
         # drawn after the timed loop while the model is loaded; evaluate_unlearned reuses them if they match
-        presample=f"{RUN}/models/{{variant}}/class{{c}}/seed{{s}}/eval_samples.npz",
+        presample=f"{MODEL}/eval_samples.npz",
     params:
         fp=lambda w: fp("method", parse_variant(w.variant)[0]),
         method=lambda w: parse_variant(w.variant)[0],

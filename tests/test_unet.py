@@ -148,3 +148,13 @@ def test_older_diffusers_layout_is_converted_and_adopted_in_the_suites_own(tmp_p
     for sub in ("unet", "unet_ema"):
         adopted = UNet.from_pretrained(tmp_path / "original" / sub)  # no conversion needed any more
         assert all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), adopted.state_dict().values()))
+
+
+def test_the_workflow_declares_the_files_a_saved_model_has(tmp_path):
+    """rules/*.smk declare a UNet's files as outputs and inputs by these names: they must be what save_unet writes."""
+    from unlearnbench.checkpoints import save_unet
+    from unlearnbench.networks import build_unet
+    from unlearnbench.workflow import UNET_FILES
+
+    save_unet(build_unet("tiny", 10), tmp_path / "unet")
+    assert sorted(p.name for p in (tmp_path / "unet").iterdir()) == sorted(UNET_FILES)

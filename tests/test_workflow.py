@@ -116,6 +116,24 @@ def test_changing_evaluation_reevaluates_without_retraining(test_run):
         assert not re.search(rf"^{rule}\s+\d+", out, re.M), rule
 
 
+def test_lost_weights_are_remade_by_their_job_not_a_load_error(test_run, tmp_path):
+    """Weights are declared files: a model folder deleted after its job finished (to free disk, say) gets that job
+    redone when a later change needs the model, instead of failing the job that loads it."""
+    run = test_run / "results" / "test"
+    lost = [run / "models" / "sa" / "class1" / "seed0" / "unet", run / "evaluator" / "model.safetensors"]
+    for i, path in enumerate(lost):
+        path.rename(tmp_path / str(i))
+    try:
+        (test_run / "config" / "eval12.yaml").write_text("evaluation: {n_forget: 12}\n")
+        proc = snakemake(test_run, "-n", "results/table.csv", "--configfile", "config/test.yaml", "config/eval12.yaml")
+        out = proc.stdout + proc.stderr
+        assert re.search(r"^unlearn\s+1$", out, re.M) and re.search(r"^train_evaluator\s+1$", out, re.M), out[-3000:]
+        assert not re.search(r"^(train_base|prior_shared|prior_per_class)\s+\d+", out, re.M), out[-3000:]
+    finally:
+        for i, path in enumerate(lost):
+            (tmp_path / str(i)).rename(path)
+
+
 def test_a_dry_run_with_another_config_leaves_the_jobs_config_alone(test_run):
     """Jobs read results/<run>/configs/<hash>.yaml: previewing a change while a run goes on must not alter it."""
     configs = test_run / "results" / "test" / "configs"

@@ -22,7 +22,7 @@ from .method_api import DeclaredParams, DeclaredSections, RunContext, load_metho
 from .networks import build_classifier, build_unet
 from .training import (BatchStream, autocast, autocast_dtype, classifier_accuracy, prepare_model, seed_everything, setup_runtime,
                        train_classifier, train_diffusion)
-from .workflow import fingerprint, main_param_value
+from .workflow import EVALUATOR_WEIGHTS, fingerprint, main_param_value
 
 
 def load_run_config(path: str | Path) -> dict:
@@ -92,7 +92,7 @@ def train_base(config: dict, data_path: str | Path, out_dir: str | Path) -> dict
 
 
 def evaluator_path(folder: str | Path) -> Path:
-    return Path(folder) / "model.safetensors"
+    return Path(folder) / EVALUATOR_WEIGHTS
 
 
 def train_evaluator(config: dict, data_path: str | Path, out_dir: str | Path) -> dict:

@@ -8,6 +8,12 @@ from pathlib import Path
 from .config import deep_merge, read_yaml, validate, write_resolved, DEFAULT_CONFIG
 from .errors import UserError
 
+# The files of a saved UNet folder (save_pretrained; unet.WEIGHTS_NAME) and the evaluator's weights:
+# outputs of the jobs that write them and inputs of the jobs that load them, so that weights lost after their job
+# finished get that job redone, not a load error in the next.
+UNET_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
+EVALUATOR_WEIGHTS = "model.safetensors"
+
 # Files of results/<run>/ copied to results/ so `snakemake results/table.csv` works for any config.
 PUBLISHED = ("metrics.csv", "table.csv", "table1.md", "table1.tex", "table2.md", "table2.tex", "comparison.md",
              "evaluator.json", "original.json")
