@@ -17,7 +17,7 @@ from unlearnbench.config import ConfigError, load_config, method_params
     ({"forget_classes": ["a"]}, "'forget_classes[0]' = \"a\" is not allowed; allowed: type integer"),
     ({"seeds": [0, 0]}, "'seeds' = [0, 0] is not allowed; allowed: no repeated entries"),
     ({"methods": ["nope"]}, "'methods[0]' = 'nope' is not a method; allowed: sa, safemax, salun"),
-    ({"methods": "safemax"}, "'methods' = \"safemax\" is not allowed; allowed: type array"),
+    ({"methods": "safemax"}, "'methods' = \"safemax\" is not allowed; allowed: type array (a list, even of one: [safemax]"),
     ({"sampler": {"steps": 0}}, "'sampler.steps' = 0 is not allowed; allowed: type integer, >= 1"),
     ({"sampler": {"steps": 2000}}, "'sampler.steps' = 2000 exceeds 'diffusion.timesteps' = 1000"),
     ({"fid": {"backend": "clip"}}, "'fid.backend' = \"clip\" is not allowed; allowed: one of 'classifier', 'inception'"),

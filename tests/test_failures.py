@@ -288,6 +288,23 @@ def test_a_broken_method_file_is_refused_every_time(tmp_path, source, message):
             load_method("broken", tmp_path)
 
 
+def test_a_broken_listed_method_is_a_config_problem(tmp_path, root):
+    """Listed in 'methods' (not only under method_params), a broken file is named when the config is validated,
+    before any job, not by a traceback from some rule's input function."""
+    import shutil
+
+    from unlearnbench.config import ConfigError, load_config
+
+    shutil.copytree(root / "methods", tmp_path / "methods")
+    (tmp_path / "methods" / "syntax.py").write_text("DEFAULTS = {\n")
+    (tmp_path / "methods" / "imports.py").write_text("import no_such_package\ndef unlearn(ctx): pass\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides={"methods": ["sa", "syntax", "imports"]}, methods_dir=tmp_path / "methods")
+    assert (f"method file {tmp_path / 'methods' / 'syntax.py'} cannot be loaded: SyntaxError: '{{' was never closed "
+            "(line 1); fix it, or take 'syntax' out of 'methods'") in str(err.value)
+    assert "imports.py cannot be loaded: ModuleNotFoundError: No module named 'no_such_package'" in str(err.value)
+
+
 def test_original_cannot_name_a_method(tmp_path):
     from unlearnbench.method_api import load_method
 

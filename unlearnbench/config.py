@@ -159,7 +159,11 @@ def _problems(schema: dict, instance, prefix: tuple = ()) -> list[str]:
         elif error.validator == "required":
             problems.append(f"'{key}': {error.message}; required: {_allowed(error)}")
         else:
-            problems.append(f"'{key}' = {json.dumps(error.instance)} is not allowed; allowed: {_allowed(error)}")
+            hint = ""
+            if error.validator == "type" and "array" in _types(error.schema) and not isinstance(error.instance, list):
+                cli = "" if "." in key or "[" in key else f"; on the command line --config {key}=[{error.instance}]"
+                hint = f" (a list, even of one: [{error.instance}]{cli})"
+            problems.append(f"'{key}' = {json.dumps(error.instance)} is not allowed; allowed: {_allowed(error)}{hint}")
     return problems
 
 
@@ -179,20 +183,44 @@ def validate(config: dict, methods_dir: str | Path | None = None) -> dict:
 
 def _check_methods(config: dict, methods_dir) -> tuple[dict, list[str]]:
     """The methods, method_params and the ablation against the method files: names, keys, each value's schema."""
+    from . import method_api
     from .method_api import available_methods, load_method, param_schema
 
     problems = []
     known = available_methods(methods_dir)
     allowed = f"allowed: {', '.join(sorted(known))} (a method is a file methods/<name>.py)"
+    modules = {}
+
+    def loaded(name):
+        """The method's module, or None with the reason among the problems (once): a broken method file is a
+        config problem here, not a traceback from inside some rule's input function later."""
+        if name not in modules:
+            try:
+                modules[name] = load_method(name, methods_dir)
+            except UserError as exc:
+                modules[name] = None
+                problems.append(str(exc))
+            except Exception as exc:  # its code: a syntax error, a failing import, ...
+                modules[name] = None
+                where = f" (line {exc.lineno})" if isinstance(exc, SyntaxError) and exc.lineno else ""
+                path = method_api.methods_dir(methods_dir) / f"{name}.py"
+                problems.append(f"method file {path} cannot be loaded: {type(exc).__name__}: "
+                                f"{getattr(exc, 'msg', None) or exc}{where}; fix it, or take {name!r} out of 'methods'")
+        return modules[name]
+
     for i, name in enumerate(config["methods"]):
         if name not in known:
             problems.append(f"'methods[{i}]' = {name!r} is not a method; {allowed}")
+        else:
+            loaded(name)
     params = dict(config.get("method_params") or {})
     for name, given in params.items():
         if name not in known:  # a typo here would silently leave the method at its defaults
             problems.append(f"unknown method {name!r} under 'method_params'; {allowed}")
             continue
-        module = load_method(name, methods_dir)
+        module = loaded(name)
+        if module is None:
+            continue
         given = given or {}
         unknown = sorted(set(given) - set(module.DEFAULTS))
         if unknown:
@@ -206,8 +234,9 @@ def _check_methods(config: dict, methods_dir) -> tuple[dict, list[str]]:
     if abl:
         if abl.get("method") not in known:  # else the ablation figure would silently be left out
             problems.append(f"'ablation.method' = {abl.get('method')!r} is not a method; {allowed}")
+        elif (module := loaded(abl["method"])) is None:
+            pass
         else:
-            module = load_method(abl["method"], methods_dir)
             if abl.get("param") not in module.DEFAULTS:
                 problems.append(f"'ablation.param' = {abl.get('param')!r} is not a parameter of {abl['method']}; "
                                 f"allowed: {', '.join(sorted(module.DEFAULTS))}")
