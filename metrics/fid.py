@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from metrics.forgetting import as_float_images, batched_outputs
+from unlearnbench.files import ordinary_permissions
 from unlearnbench.errors import MissingResourceError
 
 FID_BACKENDS = ("classifier", "inception")
@@ -139,6 +140,7 @@ def save_statistics(path, mu, sigma, **meta) -> Path:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64),
                      meta=np.array(json.dumps(rest, sort_keys=True)), **arrays)
+        ordinary_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -188,6 +190,7 @@ def _download(url: str, dest: Path) -> None:
         with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp, os.fdopen(fd, "wb") as fh:
             while chunk := resp.read(1 << 20):
                 fh.write(chunk)
+        ordinary_permissions(tmp)
         os.replace(tmp, dest)
     finally:
         Path(tmp).unlink(missing_ok=True)

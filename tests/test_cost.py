@@ -202,3 +202,26 @@ def test_cost_record_written_atomically(tmp_path, monkeypatch):
     with pytest.raises(ValueError):  # strict JSON on request
         checkpoints.write_json(tmp_path / "nan.json", {"rte_s": float("nan")}, allow_nan=False)
     assert list(tmp_path.glob("*nan.json*")) == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_get_the_mode_of_ordinary_new_files(tmp_path, umask):
+    """The atomic writers go through mkstemp, which makes files private (0600): on a shared results folder
+    collaborators could not read cost.json, metric records, tables or FID statistics."""
+    import numpy as np
+
+    from metrics.fid import save_statistics
+    from unlearnbench import checkpoints
+    from unlearnbench.report import atomic_output
+
+    previous = os.umask(umask)
+    try:
+        checkpoints.write_json(tmp_path / "cost.json", {"rte_s": 1.0})
+        with atomic_output(tmp_path / "table.csv") as tmp:
+            tmp.write_text("a,b\n")
+        save_statistics(tmp_path / "class0.npz", np.zeros(2), np.eye(2), n=2)
+        (tmp_path / "plain.txt").write_text("")  # the reference: an ordinary new file
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {name: 0o666 & ~umask for name in ("cost.json", "table.csv", "class0.npz", "plain.txt")}

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from .errors import DivergedError, MissingResourceError, UserError
+from .files import ordinary_permissions
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -25,6 +26,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        ordinary_permissions(tmp)
         os.replace(tmp, path)
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
+from .files import ordinary_permissions
 
 DISPLAY_NAMES = {"original": "Original", "sa": "SA", "salun": "SalUn", "safemax": "SAFEMax"}
 METHOD_ORDER = list(DISPLAY_NAMES)
@@ -93,7 +94,7 @@ def atomic_output(path):
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o644)
+        ordinary_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
