@@ -56,8 +56,13 @@ def test_cifar10_download_failure_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_corrupt_cifar_file_is_reported(tmp_path, write_miniature_cifar10):
     write_miniature_cifar10(tmp_path)
-    (tmp_path / CIFAR10_DIR / "data_batch_3").write_bytes(b"not a pickle")
-    with pytest.raises(MissingResourceError, match="unreadable"):
+    batch = tmp_path / CIFAR10_DIR / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[:1000])  # an interrupted copy
+    with pytest.raises(MissingResourceError, match=f"CIFAR-10 file {batch} is unreadable \\(UnpicklingError: "
+                                                   ".*truncated.*Replace it with the one from https://"):
+        load_cifar10(tmp_path)
+    batch.write_bytes(b"not a pickle")
+    with pytest.raises(MissingResourceError, match=f"CIFAR-10 file {batch} is unreadable"):
         load_cifar10(tmp_path)
 
 

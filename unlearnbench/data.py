@@ -116,11 +116,17 @@ def load_cifar10(root: str | Path, download: bool = False) -> ImageData:
         missing = [n for n in CIFAR10_TRAIN + CIFAR10_TEST if not (folder / n).exists()]
     if missing:
         raise MissingResourceError(_missing_cifar_message(root, "missing " + ", ".join(missing)))
-    try:
-        train = [_read_cifar_batch(folder / n) for n in CIFAR10_TRAIN]
-        test = _read_cifar_batch(folder / CIFAR10_TEST[0])
-    except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as exc:
-        raise MissingResourceError(_missing_cifar_message(root, f"unreadable file: {exc}")) from None
+    batches = {}
+    for name in CIFAR10_TRAIN + CIFAR10_TEST:
+        try:
+            batches[name] = _read_cifar_batch(folder / name)
+        except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as exc:
+            raise MissingResourceError(
+                f"CIFAR-10 file {folder / name} is unreadable ({type(exc).__name__}: {exc}): a truncated or "
+                f"foreign file. Replace it with the one from {CIFAR10_URL} (extract the archive again), or delete "
+                f"{folder} to have it downloaded anew (data.download: true).") from None
+    train = [batches[n] for n in CIFAR10_TRAIN]
+    test = batches[CIFAR10_TEST[0]]
     return ImageData(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), test[0], test[1])
 
 
