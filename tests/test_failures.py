@@ -83,10 +83,15 @@ def test_mismatched_checkpoint(tmp_path, tiny_config):
     save_unet(build_unet("tiny", 10, {"act_fn": "swish", "attn_norm_num_groups": 8, "num_train_timesteps": 1000}),
               tmp_path / "same")
     assert load_unet(tmp_path / "same", expect=expect).config.act_fn == "swish"
+    save_unet(build_unet("tiny", 10, {"attention_head_dim": 32}), tmp_path / "one_head")  # = None at 32 channels
+    load_unet(tmp_path / "one_head", expect=expect)
+    save_unet(build_unet("tiny", 10, {"attention_head_dim": 16}), tmp_path / "two_heads")
+    with pytest.raises(MissingResourceError, match=r"attention_head_sizes is \{'down': \[16\], 'mid': 16"):
+        load_unet(tmp_path / "two_heads", expect=expect)
     overlay = json.loads(json.dumps(tiny_config))
     overlay["model"]["overrides"] = {"layers_per_block": 2, "dropout": 0.3}
     load_unet(tmp_path / "deeper", expect=unet_expectations(overlay, 10))
-    paper = build_unet("paper", 10)
+    paper = build_unet("paper", 10, {"attention_head_dim": None})  # diffusers' spelling of one 256-channel head
     save_unet(paper, tmp_path / "paper")
     load_unet(tmp_path / "paper", expect=unet_expectations({"model": {"preset": "paper"}}, 10))
 
@@ -159,11 +164,16 @@ def test_forget_class_out_of_range_names_the_range():
                         forget_class=12)
 
 
-def _adopted_original(tmp_path, config, poison=False):
-    """An untrained UNet of the config's shape adopted as the original model (base.checkpoint)."""
+def _adopted_original(tmp_path, config, poison=False, distinct_ema=False):
+    """An untrained UNet of the config's shape adopted as the original model (base.checkpoint); its EMA weights
+    equal the raw ones unless `distinct_ema`."""
     model = build_unet(config["model"]["preset"], 10, config["model"].get("overrides"))
     mine = tmp_path / "mine"
-    save_unet(model, mine / "unet_ema")
+    if distinct_ema:
+        torch.manual_seed(1)
+        save_unet(build_unet(config["model"]["preset"], 10, config["model"].get("overrides")), mine / "unet_ema")
+    else:
+        save_unet(model, mine / "unet_ema")
     if poison:
         with torch.no_grad():
             next(model.parameters()).view(-1)[:3] = float("nan")
@@ -231,7 +241,7 @@ AUTHOR_MISTAKES = {
     ("untimed", "unlearn() of method 'untimed' ran no timed step: run its loop through ctx.run_steps"),
     ("reads_prior", "ctx.priors['stats']: this stage did not require prior 'stats'"),
     ("reads_sampler", "unlearn() of method 'reads_sampler' reads config section 'sampler', which it does not declare"),
-    ("no_op", "unlearn() of method 'no_op' returned the original model's weights (unet/) unchanged"),  # = unet_ema/ here
+    ("no_op", "unlearn() of method 'no_op' returned the original model's weights (unet_ema/) unchanged"),
     ("other_copy", "unlearn() of method 'other_copy' returned the original model's weights (unet/) unchanged: its "
                    "loop changed nothing. Check that its optimizer holds the parameters of the model it returns"),
 ])
@@ -241,7 +251,7 @@ def test_a_method_authors_mistakes_are_named_and_nothing_is_saved(tmp_path, tiny
     (tmp_path / "methods").mkdir()
     (tmp_path / "methods" / f"{name}.py").write_text(AUTHOR_MISTAKES[name])
     config = json.loads(json.dumps(tiny_config))
-    _adopted_original(tmp_path, config)
+    _adopted_original(tmp_path, config, distinct_ema=True)
     with pytest.raises(UserError) as err:
         stages.run_unlearning(config, name, 2, 0, tmp_path / "data.npz", tmp_path / "original", tmp_path / "out")
     assert message in str(err.value) and not str(err.value).startswith("'")  # not a KeyError's quoted text

@@ -179,6 +179,12 @@ def _architecture(config: dict) -> dict:
     arch["act_fn"] = "silu" if arch.get("act_fn") == "swish" else arch.get("act_fn")
     arch["time_embedding_dim"] = arch.get("time_embedding_dim") or arch["block_out_channels"][0] * 4
     arch["attn_norm_num_groups"] = arch.get("attn_norm_num_groups") or arch["norm_num_groups"]
+    # attention_head_dim None means one head over the block's channels: compare the head sizes actually used
+    chans, head = arch["block_out_channels"], arch.pop("attention_head_dim", None)
+    sizes = {"down": [head or ch for ch, kind in zip(chans, arch["down_block_types"]) if kind.startswith("Attn")],
+             "mid": (head or chans[-1]) if arch.get("add_attention", True) else None,
+             "up": [head or ch for ch, kind in zip(reversed(chans), arch["up_block_types"]) if kind.startswith("Attn")]}
+    arch["attention_head_sizes"] = sizes
     return arch
 
 
@@ -192,7 +198,7 @@ def same_weights(model, folder: str | Path) -> bool:
     if not path.exists():
         return False
     saved = load_file(str(path))
-    mine = model.state_dict()
+    mine = getattr(model, "_orig_mod", model).state_dict()  # torch.compile(model) prefixes its keys
     return saved.keys() == mine.keys() and all(
         saved[k].dtype == v.dtype and torch.equal(saved[k], v.detach().cpu()) for k, v in mine.items())
 
