@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from metrics.forgetting import as_float_images, batched_outputs
-from unlearnbench.files import ordinary_permissions
+from unlearnbench.files import atomic_output, ordinary_permissions
 from unlearnbench.errors import MissingResourceError
 
 FID_BACKENDS = ("classifier", "inception")
@@ -135,16 +135,9 @@ def save_statistics(path, mu, sigma, **meta) -> Path:
         raise ValueError("meta key 'meta' is reserved")
     arrays = {k: np.asarray(v) for k, v in meta.items() if isinstance(v, (np.ndarray, torch.Tensor))}
     rest = {k: v for k, v in meta.items() if k not in arrays}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64),
-                     meta=np.array(json.dumps(rest, sort_keys=True)), **arrays)
-        ordinary_permissions(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:  # a file object: np.savez would add .npz to a name
+        np.savez(fh, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64),
+                 meta=np.array(json.dumps(rest, sort_keys=True)), **arrays)
     return path
 
 

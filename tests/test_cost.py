@@ -212,7 +212,7 @@ def test_written_files_get_the_mode_of_ordinary_new_files(tmp_path, umask):
 
     from metrics.fid import save_statistics
     from unlearnbench import checkpoints
-    from unlearnbench.report import atomic_output
+    from unlearnbench.files import atomic_output
 
     previous = os.umask(umask)
     try:

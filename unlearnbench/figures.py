@@ -15,7 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .report import FID, GPU, RTE, UA, atomic_output, display_name, per_class_means  # noqa: E402
+from .files import atomic_output  # noqa: E402
+from .report import FID, GPU, RTE, UA, display_name, per_class_means  # noqa: E402
 
 DPI = 150
 METHOD_COLORS = {"original": "tab:gray", "sa": "tab:blue", "salun": "tab:orange", "safemax": "tab:green"}

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
@@ -20,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
-from .files import ordinary_permissions
+from .files import atomic_output
 
 DISPLAY_NAMES = {"original": "Original", "sa": "SA", "salun": "SalUn", "safemax": "SAFEMax"}
 METHOD_ORDER = list(DISPLAY_NAMES)
@@ -85,20 +82,6 @@ def _method_rank(method: str) -> int:
 # ---------------------------------------------------------------------------- files
 
 
-@contextmanager
-def atomic_output(path):
-    """Yield a temporary path beside `path`, moved into place only on success: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        ordinary_permissions(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _write_text(path, text: str) -> None:
