@@ -132,6 +132,12 @@ def test_numbers_given_as_text_become_numbers(root):
     assert config["ablation"]["values"] == [0, 2.5]
     with pytest.raises(ConfigError, match="'seeds\\[0\\]' = \"x\" is not allowed"):
         load_config(overrides={"seeds": ["x"]}, methods_dir=root / "methods")
+    # ... and `--config 'base={checkpoint: null}'` means null, where the key allows it, not a folder named "null"
+    config = load_config(overrides={"base": {"checkpoint": "null"}, "method_params": {"sa": {"fisher_images": "~"}}},
+                         methods_dir=root / "methods")
+    assert config["base"]["checkpoint"] is None and config["method_params"]["sa"]["fisher_images"] is None
+    with pytest.raises(ConfigError, match="'seeds' = \"null\" is not allowed; allowed: type array$"):
+        load_config(overrides={"seeds": "null"}, methods_dir=root / "methods")
 
 
 def test_a_method_without_a_schema_is_checked_by_its_defaults_types(root, tmp_path):

@@ -118,7 +118,7 @@ def _types(schema: dict) -> set:
 
 
 def coerce(value, schema: dict):
-    """Numbers and booleans written as text become the type the schema asks for.
+    """Numbers, booleans and null written as text become the type the schema asks for.
 
     Snakemake's `--config seeds=[0,1]` passes list items as text, and YAML 1.1 (Snakemake's reader) reads 1e-4
     without a dot as text; both are meant as numbers. A value the schema allows as text is left alone.
@@ -131,6 +131,8 @@ def coerce(value, schema: dict):
     types = _types(schema)
     if isinstance(value, float) and "integer" in types and "number" not in types and value.is_integer():
         return int(value)  # steps: 60.0 -> 60 (range() needs an int)
+    if isinstance(value, str) and "null" in types and value.strip() in ("null", "~"):
+        return None  # --config reads every value as text: `base={checkpoint: null}` means null, not a folder
     if not isinstance(value, str) or "string" in types:
         return value
     text = value.strip()
@@ -160,7 +162,9 @@ def _problems(schema: dict, instance, prefix: tuple = ()) -> list[str]:
             problems.append(f"'{key}': {error.message}; required: {_allowed(error)}")
         else:
             hint = ""
-            if error.validator == "type" and "array" in _types(error.schema) and not isinstance(error.instance, list):
+            value = error.instance
+            if (error.validator == "type" and "array" in _types(error.schema) and isinstance(value, (str, int, float))
+                    and " " not in str(value) and str(value) not in ("", "null", "~")):
                 cli = "" if "." in key or "[" in key else f"; on the command line --config {key}=[{error.instance}]"
                 hint = f" (a list, even of one: [{error.instance}]{cli})"
             problems.append(f"'{key}' = {json.dumps(error.instance)} is not allowed; allowed: {_allowed(error)}{hint}")
