@@ -148,7 +148,7 @@ def unlearn(ctx):
     gen_x, gen_y = load_generated(ctx.priors["generated"])
     keep = gen_y != ctx.forget_class
     # flipped as the training data (base.hflip), as the reference's replay loader (random_flip on CIFAR-10)
-    replay = ctx.stream(gen_x[keep], gen_y[keep], p["replay_batch_size"], hflip=ctx.config["base"].get("hflip", False))
+    replay = ctx.stream(gen_x[keep], gen_y[keep], p["replay_batch_size"], hflip=ctx.hflip)
     optimizer = torch.optim.Adam(model.parameters(), lr=p["lr"])
     shape = (p["batch_size"], *ctx.data.image_shape)
     forget_labels = torch.full((p["batch_size"],), ctx.forget_class, device=ctx.device, dtype=torch.long)

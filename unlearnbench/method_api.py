@@ -273,9 +273,14 @@ class RunContext:
         x, y = class_subset(self.data.train_x, self.data.train_y, classes)
         return to_float(x), torch.as_tensor(y)
 
+    @property
+    def hflip(self) -> bool:
+        """Whether training images are randomly mirrored (base.hflip: CIFAR-10 yes, digits no)."""
+        return self.config["base"].get("hflip", False)
+
     def batches(self, classes, batch_size: int):
-        """Endless seeded batches of real images of the given classes, on the device."""
-        return self.stream(*self.images(classes), batch_size, hflip=self.config["base"].get("hflip", False))
+        """Endless seeded batches of real images of the given classes, on the device (flipped as `hflip` says)."""
+        return self.stream(*self.images(classes), batch_size, hflip=self.hflip)
 
     def stream(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, hflip: bool = False):
         """Endless seeded batches of the given images; its position is part of run_steps' resumable state."""
