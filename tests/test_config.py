@@ -250,3 +250,18 @@ def test_rule_inputs_keep_a_linked_methods_folder_relative(tmp_path, monkeypatch
     assert workflow_relative(Path.cwd() / "methods" / "sa.py") == "methods/sa.py"
     assert workflow_relative("methods/sa.py") == "methods/sa.py"
     assert workflow_relative(tmp_path / "real_methods" / "sa.py") == str(tmp_path / "real_methods" / "sa.py")
+
+
+def test_an_unwritable_results_folder_is_named(tmp_path, monkeypatch, capsys):
+    """The Snakefile writes the resolved config first: a folder it may not write is an error, not a traceback."""
+    import unlearnbench.workflow as workflow
+
+    def refuse(config, path):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(workflow, "write_resolved", refuse)
+    with pytest.raises(SystemExit):
+        workflow.load_workflow_config({"run_name": "locked"})
+    err = capsys.readouterr().err
+    assert "error: cannot write the run's config to results/locked/configs/" in err
+    assert "(Permission denied: results/locked/configs/" in err and "make results/locked/ writable" in err

@@ -40,7 +40,13 @@ def load_workflow_config(config: dict, configfiles=()) -> dict:
     note = skipped_ablation_note(merged)
     if note:
         print(f"note: {note}", file=sys.stderr)
-    write_resolved(merged, resolved_config_path(merged))
+    path = resolved_config_path(merged)
+    try:
+        write_resolved(merged, path)
+    except PermissionError as exc:
+        print(f"error: cannot write the run's config to {path} ({exc.strerror}: {exc.filename}): make "
+              f"results/{merged['run_name']}/ writable, or set another run_name", file=sys.stderr)
+        sys.exit(1)
     return merged
 
 
