@@ -82,8 +82,6 @@ def _method_rank(method: str) -> int:
 # ---------------------------------------------------------------------------- files
 
 
-
-
 def _write_text(path, text: str) -> None:
     with atomic_output(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
