@@ -9,9 +9,10 @@ CFG = resolved_config_path(config)
 DATA = f"{RUN}/data.npz"
 ORIGINAL = f"{RUN}/models/original"
 EVALUATOR = f"{RUN}/evaluator"
-# weights: declared beside each job's record, so that a lost folder gets its job redone
-ORIGINAL_WEIGHTS = expand(f"{ORIGINAL}/{{sub}}/{{name}}", sub=("unet", "unet_ema"), name=UNET_FILES)
-EVALUATOR_MODEL = f"{EVALUATOR}/{EVALUATOR_WEIGHTS}"
+# A model's record and its weight files, declared so that weights lost after their job get that job redone
+ORIGINAL_FILES = [f"{ORIGINAL}/train.json",
+                  *expand(f"{ORIGINAL}/{{sub}}/{{name}}", sub=("unet", "unet_ema"), name=UNET_FILES)]
+EVALUATOR_FILES = [f"{EVALUATOR}/evaluator.json", f"{EVALUATOR}/{EVALUATOR_WEIGHTS}"]
 MODEL = f"{RUN}/models/{{variant}}/class{{c}}/seed{{s}}"  # an unlearned model's folder
 MODEL_WEIGHTS = expand(f"{MODEL}/unet/{{name}}", name=UNET_FILES, allow_missing=True)
 CLASSES = config["forget_classes"]

@@ -4,7 +4,7 @@ REFERENCE_CLASSES = sorted(set(CLASSES) | ({config["ablation"]["forget_class"]} 
 
 
 rule fid_reference:
-    input: data=DATA, evaluator=f"{EVALUATOR}/evaluator.json", evaluator_model=EVALUATOR_MODEL, code=METRICS_CODE
+    input: data=DATA, evaluator=EVALUATOR_FILES, code=METRICS_CODE
     output: expand(f"{RUN}/fid_reference/class{{c}}.npz", c=REFERENCE_CLASSES)
     params: fp=fp("evaluate"), classes=" ".join(map(str, REFERENCE_CLASSES))
     log: f"{RUN}/logs/fid_reference.log"
@@ -15,7 +15,7 @@ rule fid_reference:
 
 
 rule sample_original:
-    input: data=DATA, model=f"{ORIGINAL}/train.json", weights=ORIGINAL_WEIGHTS
+    input: data=DATA, model=ORIGINAL_FILES
     output: f"{RUN}/samples/original/seed{{s}}.npz"
     params: fp=fp("evaluate")
     log: f"{RUN}/logs/sample/original_seed{{s}}.log"
@@ -29,7 +29,7 @@ rule score_original:
     """The original model's metrics for every forget class, from one sample set, in one job."""
     input:
         samples=f"{RUN}/samples/original/seed{{s}}.npz",
-        evaluator=f"{EVALUATOR}/evaluator.json", evaluator_model=EVALUATOR_MODEL,
+        evaluator=EVALUATOR_FILES,
         references=expand(f"{RUN}/fid_reference/class{{c}}.npz", c=CLASSES), cost=f"{ORIGINAL}/train.json",
         code=METRICS_CODE,
     output: expand(f"{RUN}/metrics/original/class{{c}}/seed{{s}}.json", c=CLASSES, allow_missing=True)
@@ -47,7 +47,7 @@ rule evaluate_unlearned:
     then its metrics from the saved samples."""
     input:
         data=DATA, cost=f"{MODEL}/cost.json", weights=MODEL_WEIGHTS, presampled=f"{MODEL}/eval_samples.npz",
-        evaluator=f"{EVALUATOR}/evaluator.json", evaluator_model=EVALUATOR_MODEL,
+        evaluator=EVALUATOR_FILES,
         reference=f"{RUN}/fid_reference/class{{c}}.npz",
         code=METRICS_CODE,
     output:
@@ -66,7 +66,7 @@ rule evaluate_unlearned:
 rule summarize_original:
     input:
         samples=f"{RUN}/samples/original/seed{SEEDS[0]}.npz",
-        evaluator=f"{EVALUATOR}/evaluator.json", evaluator_model=EVALUATOR_MODEL,
+        evaluator=EVALUATOR_FILES,
         records=expand(f"{RUN}/metrics/original/class{{c}}/seed{SEEDS[0]}.json", c=CLASSES), code=METRICS_CODE,
     output: f"{RUN}/original.json"
     log: f"{RUN}/logs/summarize_original.log"

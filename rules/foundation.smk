@@ -10,7 +10,7 @@ rule prepare_data:
 
 rule train_base:
     input: data=DATA, checkpoint=base_checkpoint_files(config)  # a user's base.checkpoint, if set
-    output: record=f"{ORIGINAL}/train.json", weights=ORIGINAL_WEIGHTS
+    output: ORIGINAL_FILES
     params: fp=fp("base")
     log: f"{RUN}/logs/train_base.log"
     threads: THREADS
@@ -19,7 +19,7 @@ rule train_base:
 
 rule train_evaluator:
     input: data=DATA
-    output: record=f"{EVALUATOR}/evaluator.json", weights=EVALUATOR_MODEL
+    output: EVALUATOR_FILES
     params: fp=fp("evaluator")
     log: f"{RUN}/logs/train_evaluator.log"
     threads: THREADS

@@ -8,7 +8,7 @@ def _requires(w, forget_class=None):
 
 rule prior_shared:
     input:
-        data=DATA, original=f"{ORIGINAL}/train.json", weights=ORIGINAL_WEIGHTS, required=_requires,
+        data=DATA, original=ORIGINAL_FILES, required=_requires,
         code=lambda w: method_file(w.method),
     output: f"{RUN}/priors/{{method}}/{{prior}}/shared/cost.json"
     params: fp=lambda w: fp("method", w.method, w.prior), requires=lambda w, input: prior_flags(input.required)
@@ -21,7 +21,7 @@ rule prior_shared:
 
 rule prior_per_class:
     input:
-        data=DATA, original=f"{ORIGINAL}/train.json", weights=ORIGINAL_WEIGHTS,
+        data=DATA, original=ORIGINAL_FILES,
         required=lambda w: _requires(w, int(w.c)),
         code=lambda w: method_file(w.method),
     output: f"{RUN}/priors/{{method}}/{{prior}}/class{{c}}/cost.json"
@@ -35,7 +35,7 @@ rule prior_per_class:
 
 rule unlearn:
     input:
-        data=DATA, original=f"{ORIGINAL}/train.json", weights=ORIGINAL_WEIGHTS,
+        data=DATA, original=ORIGINAL_FILES,
         priors=lambda w: prior_outputs(parse_variant(w.variant)[0], int(w.c)),
         code=lambda w: method_file(parse_variant(w.variant)[0]),
     output:

@@ -276,7 +276,9 @@ def test_a_prior_that_writes_or_times_nothing_is_refused(tmp_path, tiny_config, 
 
 
 @pytest.mark.parametrize("source, message", [
-    ("import no_such_package\n", "No module named 'no_such_package'"),
+    ("import no_such_package\n", "broken.py cannot be loaded: ModuleNotFoundError: No module named 'no_such_package' "
+                                  "(line 1); fix it, or take 'broken' out of 'methods'"),
+    ("DEFAULTS = {}\nSTEPS = 1 / 0\n", "broken.py cannot be loaded: ZeroDivisionError: division by zero (line 2)"),
     ("DEFAULTS = {}\n", "must define unlearn(ctx)"),
     ("from unlearnbench.method_api import Prior\nPRIORS = [Prior('a', print, requires=('b',)), "
      "Prior('b', print, requires=('a',))]\ndef unlearn(ctx): pass\n", "priors require each other in a cycle: a -> b -> a"),
@@ -289,12 +291,13 @@ def test_a_prior_that_writes_or_times_nothing_is_refused(tmp_path, tiny_config, 
      "prior 'MyPrior': a prior's name is lower-case letters"),
 ])
 def test_a_broken_method_file_is_refused_every_time(tmp_path, source, message):
-    """A failed load leaves no half-initialised module behind for the next caller to use."""
+    """A failed load is a UserError naming the file (a job prints it without a traceback), and leaves no
+    half-initialised module behind for the next caller to use."""
     from unlearnbench.method_api import load_method
 
     (tmp_path / "broken.py").write_text(source)
     for _ in range(2):
-        with pytest.raises(Exception, match=re.escape(message)):
+        with pytest.raises(UserError, match=re.escape(message)):
             load_method("broken", tmp_path)
 
 

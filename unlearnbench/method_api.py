@@ -166,12 +166,27 @@ def load_method(name: str, directory: str | Path | None = None):
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     try:
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:  # its own code: a syntax error, a failing import, ... named, not a traceback
+            raise UserError(f"method file {path} cannot be loaded: {type(exc).__name__}: "
+                            f"{getattr(exc, 'msg', None) or exc}{_line_in(path, exc)}; fix it, or take {name!r} "
+                            "out of 'methods'") from exc
         _check_interface(module, name, path)
     except BaseException:
         del sys.modules[module_name]  # never serve a half-initialised method to the next caller
         raise
     return module
+
+
+def _line_in(path: Path, exc: Exception) -> str:
+    """' (line n)': where in the method file its loading failed, if it did there."""
+    import traceback
+
+    if isinstance(exc, SyntaxError) and exc.lineno and exc.filename == str(path):
+        return f" (line {exc.lineno})"
+    lines = [frame.lineno for frame in traceback.extract_tb(exc.__traceback__) if frame.filename == str(path)]
+    return f" (line {lines[-1]})" if lines else ""
 
 
 NAME_PATTERN = "[a-z][a-z0-9_]*"  # method and prior names: they are path parts and Snakemake wildcards
