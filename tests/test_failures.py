@@ -275,6 +275,37 @@ def test_a_prior_that_writes_or_times_nothing_is_refused(tmp_path, tiny_config, 
     assert not (tmp_path / "prior").exists()
 
 
+def test_a_prior_file_lost_after_its_job_is_named_with_what_to_do(tmp_path, tiny_config, monkeypatch):
+    """A prior job's output is its cost.json: a file of the folder deleted or cut short later is not redone by a
+    plain rerun, so the next job names it and says to delete the folder (before: "re-run the step that writes it")."""
+    from unlearnbench.errors import MissingResourceError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "methods").mkdir()
+    (tmp_path / "methods" / "m.py").write_text(
+        "from unlearnbench.method_api import Prior\n\ndef stats(ctx):\n    with ctx.meter.timed():\n"
+        "        (ctx.out_dir / 'stats.txt').write_text('12345')\n\nPRIORS = [Prior('stats', stats)]\n\n"
+        "def unlearn(ctx):\n    raise RuntimeError('reached unlearn')\n")
+    config = json.loads(json.dumps(tiny_config))
+    _adopted_original(tmp_path, config)
+    stages.run_prior(config, "m", "stats", tmp_path / "data.npz", tmp_path / "original", tmp_path / "prior")
+    priors = {"stats": tmp_path / "prior"}
+
+    def unlearn():
+        stages.run_unlearning(config, "m", 2, 0, tmp_path / "data.npz", tmp_path / "original", tmp_path / "out", priors)
+
+    with pytest.raises(RuntimeError, match="reached unlearn"):  # intact: the check lets it through
+        unlearn()
+    (tmp_path / "prior" / "stats.txt").write_text("12")
+    with pytest.raises(MissingResourceError, match=re.escape(
+            f"prior 'stats' in {tmp_path / 'prior'} no longer holds what its job wrote: stats.txt (2 bytes, written 5). "
+            f"Delete the folder {tmp_path / 'prior'} and run snakemake again")):
+        unlearn()
+    (tmp_path / "prior" / "stats.txt").unlink()
+    with pytest.raises(MissingResourceError, match=re.escape("stats.txt (missing)")):
+        unlearn()
+
+
 @pytest.mark.parametrize("source, message", [
     ("import no_such_package\n", "broken.py cannot be loaded: ModuleNotFoundError: No module named 'no_such_package' "
                                   "(line 1); fix it, or take 'broken' out of 'methods'"),

@@ -182,6 +182,7 @@ def run_prior(config: dict, method_name: str, prior_name: str, data_path, origin
               forget_class: int | None = None, required: dict | None = None) -> dict:
     module = load_method(method_name)
     prior = prior_by_name(module, prior_name)
+    check_priors(required)
     params = method_params(config, method_name, module.DEFAULTS)
     if prior.params is not None:
         params = DeclaredParams(params, prior, method_name)
@@ -207,11 +208,36 @@ def run_prior(config: dict, method_name: str, prior_name: str, data_path, origin
                         "writing) in `with ctx.meter.timed():`")
     cost = meter.result()
     cost["requires"] = sorted(required or {})
+    cost["files"] = prior_files(tmp)
     cost["speed_switches"] = switches_label(effective_switches(config, device))
     ckpt.write_json(tmp / "cost.json", cost)
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.replace(out_dir)
     return cost
+
+
+def prior_files(folder) -> dict[str, int]:
+    """A prior folder's files (but cost.json) and their sizes, as its job wrote them."""
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != "cost.json"}
+
+
+def check_priors(priors: dict | None) -> None:
+    """Each prior folder still holds the files its job recorded. Its job's output is cost.json alone, so a file
+    deleted or cut short later would otherwise fail to load with advice that a plain rerun cannot follow."""
+    for name, folder in (priors or {}).items():
+        folder = Path(folder)
+        recorded = ckpt.read_json(folder / "cost.json").get("files")
+        if recorded is None:  # written by an older version, which did not record them
+            continue
+        have = prior_files(folder)
+        lost = [f"{f} ({'missing' if f not in have else f'{have[f]} bytes, written {size}'})"
+                for f, size in recorded.items() if have.get(f) != size]
+        if lost:
+            raise MissingResourceError(
+                f"prior {name!r} in {folder} no longer holds what its job wrote: {', '.join(lost)}. Delete the "
+                f"folder {folder} and run snakemake again: it redoes the prior and what was made from it")
 
 
 def unlearning_state_key(config: dict, method: str, params: dict, seed: int, forget_class: int, original_dir,
@@ -232,6 +258,7 @@ def run_unlearning(config: dict, method_name: str, forget_class: int, seed: int,
         raise UserError(f"method {method_name!r} needs its prior(s) {', '.join(missing)}: pass "
                         f"--priors {' '.join(f'{name}=DIR' for name in missing)} with the folders `unlearnbench prior` "
                         "wrote (the workflow passes them)")
+    check_priors(priors)
     params = method_params(config, method_name, module.DEFAULTS, overrides)
     data = ImageData.load(data_path)
     device = setup_runtime(config)
