@@ -12,6 +12,7 @@ include: "rules/foundation.smk"
 include: "rules/unlearning.smk"
 include: "rules/evaluation.smk"
 include: "rules/report.smk"
+include: "rules/guidance.smk"
 
 
 rule all:

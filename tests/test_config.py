@@ -16,7 +16,7 @@ from unlearnbench.config import ConfigError, load_config, method_params
     ({"forget_classes": [0, 12]}, "'forget_classes[1]' = 12 is not allowed; allowed: type integer, >= 0, <= 9"),
     ({"forget_classes": ["a"]}, "'forget_classes[0]' = \"a\" is not allowed; allowed: type integer"),
     ({"seeds": [0, 0]}, "'seeds' = [0, 0] is not allowed; allowed: no repeated entries"),
-    ({"methods": ["nope"]}, "'methods[0]' = 'nope' is not a method; allowed: sa, safemax, salun"),
+    ({"methods": ["nope"]}, "'methods[0]' = 'nope' is not a method; allowed: finetune, sa, safemax, salun"),
     ({"methods": "safemax"}, "'methods' = \"safemax\" is not allowed; allowed: type array (a list, even of one: [safemax]"),
     ({"sampler": {"steps": 0}}, "'sampler.steps' = 0 is not allowed; allowed: type integer, >= 1"),
     ({"sampler": {"steps": 2000}}, "'sampler.steps' = 2000 exceeds 'diffusion.timesteps' = 1000"),
@@ -103,7 +103,7 @@ def test_method_params_reject_unknown_keys(root):
     ({"salun": {"grad_clip": 0}}, "'method_params.salun.grad_clip' = 0 is not allowed"),
     ({"sa": {"fisher_images": "many"}}, "'method_params.sa.fisher_images' = \"many\" is not allowed"),
     ({"sa": {"ema_decay": 1.0}}, "'method_params.sa.ema_decay' = 1.0 is not allowed"),
-    ({"safemx": {"steps": 5}}, "unknown method 'safemx' under 'method_params'; allowed: sa, safemax, salun"),
+    ({"safemx": {"steps": 5}}, "unknown method 'safemx' under 'method_params'; allowed: finetune, sa, safemax, salun"),
 ])
 def test_method_params_are_checked_against_the_methods_schemas(root, params, expected):
     """A bad value stops the run before any job: 0 steps would pass the original model off as unlearned."""
@@ -141,7 +141,7 @@ def test_numbers_given_as_text_become_numbers(root):
 
 
 def test_a_method_without_a_schema_is_checked_by_its_defaults_types(root, tmp_path):
-    for shipped in ("sa", "salun", "safemax"):  # default.yaml sets their params
+    for shipped in ("sa", "salun", "safemax", "finetune"):  # default.yaml sets their params
         shutil.copy(root / "methods" / f"{shipped}.py", tmp_path)
     (tmp_path / "plain.py").write_text('DEFAULTS = {"steps": 20, "lr": 1.0e-4, "mode": "a", "extra": None}\n'
                                        "def unlearn(ctx):\n    pass\n")
@@ -265,3 +265,15 @@ def test_an_unwritable_results_folder_is_named(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "error: cannot write the run's config to results/locked/configs/" in err
     assert "(Permission denied: results/locked/configs/" in err and "make results/locked/ writable" in err
+
+
+def test_guidance_sweep_weights_are_checked_and_keep_their_digits(root):
+    from unlearnbench.workflow import guidance_labels
+
+    with pytest.raises(ConfigError, match=r"'guidance_sweep\[1\]' = -1 is not allowed"):
+        load_config(overrides={"guidance_sweep": [0, -1]}, methods_dir=root / "methods")
+    config = load_config(overrides={"guidance_sweep": [0, 0.5, 2, 4, 0.1234567]}, methods_dir=root / "methods")
+    # the sampler's own w = 2 is the main evaluation; a label is a path part that reads back as the same weight
+    assert guidance_labels(config) == ["0", "0.5", "4", "0.1234567"]
+    assert [float(w) for w in guidance_labels(config)] == [0, 0.5, 4, 0.1234567]
+    assert guidance_labels(load_config(overrides={"guidance_sweep": None}, methods_dir=root / "methods")) == []

@@ -132,7 +132,7 @@ def test_out_of_memory_names_the_batch_size_keys(monkeypatch, capsys):
 def test_unknown_method_file(tmp_path):
     from unlearnbench.method_api import load_method
 
-    with pytest.raises(UserError, match="method 'nope' not found: no file .*nope.py. Available: sa, safemax, salun"):
+    with pytest.raises(UserError, match="method 'nope' not found: no file .*nope.py. Available: finetune, sa, safemax, salun"):
         load_method("nope")
     (tmp_path / "broken.py").write_text("DEFAULTS = {}\n")
     with pytest.raises(UserError, match="must define unlearn\\(ctx\\)"):
@@ -420,3 +420,18 @@ def test_a_failed_write_leaves_no_temporary_file_and_names_a_full_disk(tmp_path,
     with pytest.raises(RuntimeError, match="some other failure"):  # not called a full disk
         checkpoints.save_state(tmp_path / "state.pt", {"step": 1})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_guidance_sweep_by_hand_names_what_it_needs(tmp_path, tiny_config):
+    with pytest.raises(UserError, match=r"guidance weight -1.0: it is a finite number >= 0"):
+        stages.with_guidance(tiny_config, -1.0)
+    with pytest.raises(UserError, match=r"2 guidance weights and 1 forget classes need 2 --samples and 2 --out paths"):
+        stages.evaluate_at_weights(tiny_config, [0.0, 1.0], tmp_path / "m", tmp_path / "data.npz", tmp_path / "ev",
+                                   {0: tmp_path / "ref.npz"}, 0, "safemax", "safemax", None, [tmp_path / "s.npz"],
+                                   [tmp_path / "a.json"])
+    with pytest.raises(UserError, match=r"an unlearned model \(safemax\) forgot one class; got --forget-class \[0, 1\]"):
+        stages.evaluate_at_weights(tiny_config, [0.0], tmp_path / "m", tmp_path / "data.npz", tmp_path / "ev",
+                                   {0: tmp_path / "r0.npz", 1: tmp_path / "r1.npz"}, 0, "safemax", "safemax", None,
+                                   [tmp_path / "s.npz"], [tmp_path / "a.json", tmp_path / "b.json"])
+    assert stages.with_guidance(tiny_config, 0)["sampler"]["guidance_w"] == 0.0
+    assert tiny_config["sampler"]["guidance_w"] == 2.0  # the run's own config is left as it was

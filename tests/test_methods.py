@@ -1,4 +1,4 @@
-"""The three methods' building blocks against independent computations on tiny models."""
+"""The methods' building blocks (and the FT control's) against independent computations on tiny models."""
 import math
 
 import pytest
@@ -413,7 +413,7 @@ def test_run_scope_keys_are_hidden_from_every_stage(tiny_config):
     from unlearnbench.method_api import RUN_SCOPE_KEYS, DeclaredSections
 
     view = DeclaredSections(tiny_config, ("sampler",), "prior 'fisher' of method 'sa'", "Prior(..., sections=...)")
-    assert set(RUN_SCOPE_KEYS) == {"method_params", "methods", "forget_classes", "seeds", "ablation"}
+    assert set(RUN_SCOPE_KEYS) == {"method_params", "methods", "forget_classes", "seeds", "ablation", "guidance_sweep"}
     for key in RUN_SCOPE_KEYS:
         assert key in tiny_config and key not in view
         with pytest.raises(KeyError, match=f"reads config key '{key}', which describes the whole run"):
@@ -438,3 +438,33 @@ def test_run_steps_refuses_a_loop_that_would_not_run(tmp_path, steps):
     ctx, _, _, step = _toy_run(tmp_path / "state.pt")
     with pytest.raises(UserError, match="whole number >= 1"):
         ctx.run_steps(steps, step, desc="toy")
+
+
+def test_finetune_never_reads_the_forgotten_class_unlike_safemax(tmp_path):
+    """FT, the control, trains on the remaining classes only: whatever the forgotten class's images are, it ends
+    at the same weights. SAFEMax, run the same way, does not (so the comparison can fail)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from unlearnbench.data import to_uint8
+
+    finetune = load_method("finetune")
+    rng = torch.Generator().manual_seed(0)
+    x = to_uint8(torch.rand(12, 1, 4, 4, generator=rng) * 2 - 1)
+    y = np.array([0, 1, 2] * 4)
+    other_x = x.copy()
+    other_x[y == 1] = to_uint8(torch.rand(4, 1, 4, 4, generator=rng) * 2 - 1)
+    original = micro_unet(0)
+
+    def weights_after(method, images, params):
+        ctx = _prior_ctx(tmp_path, {False: original}, {"steps": 3, "lr": 1e-2, "grad_clip": 1.0, **params},
+                         forget_class=1, data=SimpleNamespace(train_x=images, train_y=y, num_classes=3))
+        return torch.cat([p.detach().flatten() for p in method.unlearn(ctx).parameters()])
+
+    ft = {"batch_size": 4, "cond_dropout": 0.0}
+    start = torch.cat([p.detach().flatten() for p in original.parameters()])
+    assert not torch.equal(weights_after(finetune, x, ft), start)
+    assert torch.equal(weights_after(finetune, x, ft), weights_after(finetune, other_x, ft))
+    sm = {"batch_size": 4, "lambda": 1.0, "target": "fresh_noise", "retain_weight": 1.0, "retain_batch_size": 4}
+    assert not torch.equal(weights_after(safemax, x, sm), weights_after(safemax, other_x, sm))

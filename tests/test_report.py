@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from unlearnbench import figures, report
+from unlearnbench.errors import UserError
 
 METHODS = ["original", "sa", "salun", "safemax"]
 UNLEARNING = ["sa", "salun", "safemax"]
@@ -528,3 +529,65 @@ def test_psi_ablation_of_another_class_gets_no_paper_points(run, monkeypatch, tm
     assert len(psi3.axes) == 2 and [t.get_text() for t in psi3.axes[0].get_legend().get_texts()] == ["this run"]
     assert psi3._suptitle.get_text() == "Forgotten class 3"
     assert len(psi0.axes) == 3 and psi0._suptitle.get_text() == "Forgotten class 0"
+
+
+def write_guidance_records(root, weights=(0.0, 2.0), methods=("original", "safemax"), classes=(0, 1, 2), seeds=(0, 1)):
+    """Records of each guidance weight under guidance/w<w>/ (the main weight's under metrics/, as in a run)."""
+    rng = np.random.default_rng(1)
+    records, paths = [], []
+    for w in weights:
+        for method in methods:
+            for c in classes:
+                for s in seeds:
+                    record = make_record(method, method, c, s, rng)
+                    record["provenance"]["guidance_w"] = w
+                    path = root / ("metrics" if w == 2.0 else f"guidance/w{w:g}/metrics") / method / f"class{c}" / f"seed{s}.json"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_text(json.dumps(record))
+                    records.append(record)
+                    paths.append(path)
+    return records, paths
+
+
+def test_guidance_table_against_numpy(tmp_path):
+    records, paths = write_guidance_records(tmp_path)
+    table = report.guidance_table(paths, ["original", "safemax"], [0, 1, 2], [0, 1])
+    assert list(table.columns[:3]) == ["method", "guidance_w", "forget_class"] and len(table) == 2 * 2 * 3
+    assert table["method"].tolist()[:6] == ["original"] * 6  # the original first, then the methods
+
+    def seed_mean(method, w, c, column):
+        return np.mean([r[column] for r in records if (r["method"], r["provenance"]["guidance_w"], r["forget_class"])
+                        == (method, w, c)])
+
+    for row in table.itertuples():
+        for column in report.GUIDANCE_COLUMNS:
+            assert getattr(row, column) == pytest.approx(seed_mean(row.method, row.guidance_w, row.forget_class, column))
+    summary = report.guidance_summary(table).set_index(["method", "guidance_w"])
+    per_class = [seed_mean("safemax", 0.0, c, "fid") for c in (0, 1, 2)]
+    assert summary.at[("safemax", 0.0), "fid_mean"] == pytest.approx(np.mean(per_class))
+    assert summary.at[("safemax", 0.0), "fid_std"] == pytest.approx(np.std(per_class, ddof=1))
+    text = report.render_guidance(report.guidance_summary(table), 2.0)
+    assert "| | w = 0 | w = 2 (main) |" in text
+    fid_rows = markdown_rows(text[text.index("**FID"):text.index("**KID")])
+    assert fid_rows["SAFEMax"][0] == f"{np.mean(per_class):.2f} ± {np.std(per_class, ddof=1):.2f}"
+
+
+def test_guidance_table_refuses_a_weight_missing_cells_or_records_without_a_weight(tmp_path):
+    _, paths = write_guidance_records(tmp_path)
+    incomplete = [p for p in paths if not ("w0" in str(p) and "class2" in str(p) and "safemax" in str(p))]
+    with pytest.raises(UserError, match=r"guidance weight 0: no record for safemax class 2 seed 0"):
+        report.guidance_table(incomplete, ["original", "safemax"], [0, 1, 2], [0, 1])
+    record = json.loads(paths[0].read_text())
+    del record["provenance"]["guidance_w"]
+    paths[0].write_text(json.dumps(record))
+    with pytest.raises(UserError, match=r"does not say its guidance weight"):
+        report.guidance_table(paths, ["original", "safemax"], [0, 1, 2], [0, 1])
+
+
+def test_guidance_figure_and_tables_are_written(tmp_path):
+    _, paths = write_guidance_records(tmp_path, weights=(0.0, 1.0, 2.0))
+    out = report.write_guidance_tables(paths, ["original", "safemax"], [0, 1, 2], [0, 1], 2.0, tmp_path)
+    table = pd.read_csv(out["guidance.csv"])
+    assert sorted(table["guidance_w"].unique()) == [0.0, 1.0, 2.0]
+    figures.guidance_curves(table, tmp_path / "guidance.png", 2.0)
+    assert (tmp_path / "guidance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -93,6 +93,31 @@ def test_full_dag_produces_the_tables(test_run):
     assert len(list((results / "test" / "priors" / "salun" / "mask").glob("class*/cost.json"))) == 2
 
 
+def test_guidance_sweep_reevaluates_every_main_model_at_each_weight(test_run):
+    """results/<run>/guidance.csv (not a default target): the main models, none retrained, sampled again at w = 0;
+    the sampler's own w = 2 is the main evaluation itself."""
+    import numpy as np
+
+    proc = snakemake(test_run, "--configfile=config/test.yaml", "results/test/guidance.csv", "figures/test/guidance.png")
+    out = proc.stdout + proc.stderr
+    for rule, count in (("sweep_original", 1), ("sweep_unlearned", 6), ("guidance_table", 1), ("figure_guidance", 1)):
+        assert re.search(rf"^{rule}\s+{count}$", out, re.M), (rule, out[-3000:])
+    for rule in ("train_base", "unlearn", "prior_shared", "prior_per_class", "evaluate_unlearned", "score_original"):
+        assert not re.search(rf"^{rule}\s+\d+", out, re.M), rule
+    table = pd.read_csv(test_run / "results/test/guidance.csv").set_index(["guidance_w", "method", "forget_class"])
+    main = pd.read_csv(test_run / "results/test/metrics.csv").set_index(["method", "forget_class"])
+    assert sorted(table.index.get_level_values(0).unique()) == [0.0, 2.0]
+    assert len(table) == 2 * 4 * 2  # weights x (original + 3 methods) x classes
+    for column in ("fid", "H", "UA", "remaining_acc"):
+        assert np.allclose(table.loc[2.0][column].sort_index(), main[column].sort_index()), column
+    assert (table.loc[0.0]["fid"].sort_index() != main["fid"].sort_index()).all()  # other samples, other FIDs
+    record = json.loads((test_run / "results/test/guidance/w0/metrics/safemax/class0/seed0.json").read_text())
+    assert record["provenance"]["guidance_w"] == 0.0
+    with np.load(test_run / "results/test/guidance/w0/samples/safemax/class0/seed0.npz") as f:
+        assert json.loads(str(f["meta"]))["guidance_w"] == 0.0
+    assert (test_run / "figures/test/guidance.png").stat().st_size > 0
+
+
 def test_second_invocation_does_nothing(test_run):
     proc = snakemake(test_run, "--configfile=config/test.yaml", "results/table.csv")
     assert "Nothing to be done" in proc.stdout + proc.stderr

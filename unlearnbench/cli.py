@@ -104,6 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, required=True)
     s.add_argument("--presampled", help="samples drawn by the unlearning job, reused when they match the config")
 
+    s = cmd("evaluate-guidance", "sample and score one model at each of several guidance weights (the sweep)")
+    for a in ("--model", "--data", "--evaluator", "--method", "--variant"):
+        s.add_argument(a, required=True)
+    s.add_argument("--cost")
+    s.add_argument("--weights", type=float, nargs="+", required=True, metavar="W")
+    s.add_argument("--forget-class", type=int, nargs="+", required=True,
+                   help="the class the model forgot; for the original (variant original) every class it is scored for")
+    s.add_argument("--reference", nargs="+", required=True, help="one per forget class, in the same order")
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--samples", nargs="+", required=True, help="one npz per weight, in the same order")
+    s.add_argument("--out", nargs="+", required=True, help="one record per weight and class, weight by weight")
+
     s = cmd("summarize-original", "results/original.json")
     for a in ("--samples", "--evaluator", "--out"):
         s.add_argument(a, required=True)
@@ -117,13 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--records", nargs="+", required=True)
     s.add_argument("--out", required=True)
 
+    s = cmd("aggregate-guidance", "the main models' metrics at every guidance weight: guidance.csv and .md")
+    s.add_argument("--records", nargs="+", required=True, help="records of every weight (the main run's included)")
+    s.add_argument("--out-dir", required=True)
+
     s = cmd("figures", "render figures from aggregated results and saved samples (no model is run)")
-    s.add_argument("--kind", required=True, choices=["summary", "samples", "ablation"])
-    s.add_argument("--metrics", help="metrics.csv (summary) or ablation.csv (ablation)")
+    s.add_argument("--kind", required=True, choices=["summary", "samples", "ablation", "guidance"])
+    s.add_argument("--metrics", help="metrics.csv (summary), ablation.csv (ablation) or guidance.csv (guidance)")
     s.add_argument("--samples", nargs="*", help="samples npz: the original's first, then one per method")
     s.add_argument("--forget-class", type=int)
     s.add_argument("--out-dir", help="summary: folder of cost.png and per_class.png")
-    s.add_argument("--out", help="samples/ablation: the PNG to write")
+    s.add_argument("--out", help="samples/ablation/guidance: the PNG to write")
 
     s = sub.add_parser("benchmark", help="cost benchmark of each method's unlearning (synthetic data)")
     s.add_argument("--preset", default=None, help="tiny or paper (default: paper on GPU, tiny on CPU)")
@@ -186,6 +202,10 @@ def run(args) -> None:
         stages.evaluate_model(config, args.model, args.data, args.samples, args.evaluator, args.reference,
                               args.forget_class, args.seed, args.method, args.variant, args.cost, args.out, args.config,
                               args.presampled)
+    elif c == "evaluate-guidance":
+        (references,) = _per_class(args, "reference")
+        stages.evaluate_at_weights(config, args.weights, args.model, args.data, args.evaluator, references, args.seed,
+                                   args.method, args.variant, args.cost, args.samples, args.out, args.config)
     elif c == "summarize-original":
         stages.summarize_original(config, args.samples, args.evaluator, args.records,
                                   str(Path(args.evaluator) / "evaluator.json"), args.out)
@@ -201,6 +221,11 @@ def run(args) -> None:
         from .report import collect_records, write_metrics_csv
 
         write_metrics_csv(collect_records(args.records), args.out)
+    elif c == "aggregate-guidance":
+        from .report import write_guidance_tables
+
+        write_guidance_tables(args.records, ["original", *config["methods"]], config["forget_classes"], config["seeds"],
+                              config["sampler"]["guidance_w"], args.out_dir)
     elif c == "figures":
         stages.render_figures(config, args.kind, metrics=args.metrics, samples=args.samples,
                               forget_class=args.forget_class, out_dir=args.out_dir, out=args.out)

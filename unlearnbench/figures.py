@@ -193,3 +193,33 @@ def psi_ablation(df: pd.DataFrame, out_path, method: str = "safemax", param: str
         fig.suptitle(f"Forgotten class{'es' if len(classes) > 1 else ''} {', '.join(map(str, classes))}")
     fig.tight_layout()
     _save(fig, out_path)
+
+
+def guidance_curves(table: pd.DataFrame, out_path, main_w: float) -> None:
+    """FID, UA and the remaining classes' recognition against the guidance weight w, one line per method
+    (mean ± std over forgotten classes, from guidance.csv); the main run's w dashed."""
+    from .report import guidance_summary
+
+    summary = guidance_summary(table)
+    methods = list(dict.fromkeys(summary["method"]))
+    panels = (("fid", f"{FID.label} (remaining classes)"), ("UA", f"{UA.label} (forgotten class)"),
+              ("remaining_acc", "remaining classes recognised [%]"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(12.0, 3.6))
+    for ax, (column, label) in zip(axes, panels):
+        for i, method in enumerate(methods):
+            rows = summary[summary["method"] == method]
+            ax.errorbar(rows["guidance_w"], rows[f"{column}_mean"], yerr=rows[f"{column}_std"].fillna(0.0), fmt="o-",
+                        capsize=3, color=_color(method, i), label=display_name(method))
+        ax.axvline(main_w, color="0.5", linestyle="--", linewidth=1)
+        ax.set_xlabel("guidance weight w")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if column != "fid":
+            ax.set_ylim(-3, 103)  # percentages; a std bar may reach past them
+    if (summary["fid_mean"] > 0).all():
+        axes[0].set_yscale("log")  # one method's FID may be 10-100x the others'
+    axes[0].legend(fontsize=8, loc="best")
+    fig.suptitle(f"Main models sampled at each guidance weight: eps = (1 + w) eps_c − w eps_null (dashed: the main "
+                 f"w = {main_w:g}); mean ± std over forgotten classes", fontsize=10)
+    fig.tight_layout()
+    _save(fig, out_path)

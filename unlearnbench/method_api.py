@@ -38,7 +38,7 @@ GUARDED_SECTIONS = ("sampler", "evaluation", "evaluator", "fid")
 # make a cached result depend on what its fingerprint does not hold.
 RUN_SCOPE_KEYS = {"method_params": "ctx.params (its method's params)", "methods": None,
                   "forget_classes": "ctx.forget_class", "seeds": "ctx.generator (seeded by the job's seed)",
-                  "ablation": None}
+                  "ablation": None, "guidance_sweep": None}
 
 
 @dataclass(frozen=True)

@@ -455,3 +455,86 @@ def write_reports(metrics_csv, out_dir, methods: Sequence[str] | None = None) ->
                 render_comparison(paper_comparison(table, methods, prior_min), _scale_note(metrics),
                                   run_classes(table), cost_note))
     return paths
+
+
+# ---------------------------------------------------------------------------- guidance sweep
+
+# What the sweep shows per guidance weight: FID and KID of the remaining classes, what the forgotten class became.
+GUIDANCE_COLUMNS = ["fid", "kid", "H", "UA", "remaining_acc"]
+GUIDANCE_LABELS = {"fid": "FID (remaining classes)", "kid": "KID (remaining classes)", "H": "H [nats] (forgotten class)",
+                   "UA": "UA [%]", "remaining_acc": "remaining classes recognised [%]"}
+GUIDANCE_FORMATS = {"fid": ".2f", "kid": ".4g", "H": ".3f", "UA": ".1f", "remaining_acc": ".1f"}
+
+
+def guidance_records(paths: Iterable) -> dict[float, list]:
+    """Metrics records grouped by the guidance weight they were sampled with (their provenance says it)."""
+    groups: dict[float, list] = {}
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            w = (json.load(f).get("provenance") or {}).get("guidance_w")
+        if w is None:
+            raise UserError(f"metrics record {path} does not say its guidance weight (provenance.guidance_w); "
+                            "rerun the job that wrote it")
+        groups.setdefault(float(w), []).append(path)
+    return dict(sorted(groups.items()))
+
+
+def guidance_table(paths: Iterable, methods: Sequence[str], classes: Sequence[int], seeds: Sequence[int]) -> pd.DataFrame:
+    """Seed-averaged metrics per (method, guidance weight, forget class); every weight must cover exactly the
+    config's methods, classes and seeds, so that each point of a curve averages the same cells."""
+    frames = []
+    for w, group in guidance_records(paths).items():
+        df = collect_records(group)
+        try:
+            check_coverage(df, methods, classes, seeds)
+        except UserError as err:
+            raise UserError(f"guidance weight {w:g}: {err}") from None
+        frames.append(df.assign(guidance_w=w))
+    df = pd.concat(frames, ignore_index=True)
+    df = df[df["variant"] == df["method"]]
+    means = df.groupby(["method", "guidance_w", "forget_class"], as_index=False)[GUIDANCE_COLUMNS].mean(skipna=False)
+    means["rank"] = means["method"].map(_method_rank)
+    return means.sort_values(["rank", "method", "guidance_w", "forget_class"]).drop(columns="rank").reset_index(drop=True)
+
+
+def guidance_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sample std (ddof=1) over forgotten classes per (method, guidance weight)."""
+    summary = table.groupby(["method", "guidance_w"], sort=False)[GUIDANCE_COLUMNS].agg(["mean", "std"])
+    summary.columns = [f"{column}_{stat}" for column, stat in summary.columns]
+    return summary.reset_index()
+
+
+def _mean_std(mean: float, std: float, fmt: str) -> str:
+    if _is_missing(mean):
+        return "–"
+    return f"{mean:{fmt}}" if _is_missing(std) else f"{mean:{fmt}} ± {std:{fmt}}"  # one class: no std
+
+
+def render_guidance(summary: pd.DataFrame, main_w: float) -> str:
+    """One markdown table per metric: methods in rows, guidance weights in columns, mean ± std over classes."""
+    weights = sorted(summary["guidance_w"].unique())
+    methods = list(dict.fromkeys(summary["method"]))
+    header = "| | " + " | ".join(f"w = {w:g}" + (" (main)" if w == main_w else "") for w in weights) + " |"
+    lines = ["Every main model sampled again at each guidance weight w (eps = (1 + w) eps_c - w eps_null), with the "
+             "main run's seeds and sample counts. Mean ± std over forgotten classes.", ""]
+    for column in GUIDANCE_COLUMNS:
+        fmt = GUIDANCE_FORMATS[column]
+        lines += [f"**{GUIDANCE_LABELS[column]}**", "", header, "|---|" + "---:|" * len(weights)]
+        for method in methods:
+            rows = summary[summary["method"] == method].set_index("guidance_w")
+            cells = [_mean_std(rows.at[w, column + "_mean"], rows.at[w, column + "_std"], fmt)
+                     if w in rows.index else "–" for w in weights]
+            lines.append(f"| {display_name(method)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_guidance_tables(paths: Iterable, methods: Sequence[str], classes: Sequence[int], seeds: Sequence[int],
+                          main_w: float, out_dir) -> dict[str, Path]:
+    """guidance.csv (per method, weight and class) and guidance.md (means ± std), written atomically."""
+    table = guidance_table(paths, methods, classes, seeds)
+    out = {"guidance.csv": Path(out_dir) / "guidance.csv", "guidance.md": Path(out_dir) / "guidance.md"}
+    with atomic_output(out["guidance.csv"]) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+    _write_text(out["guidance.md"], render_guidance(guidance_summary(table), float(main_w)))
+    return out

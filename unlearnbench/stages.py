@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 import shutil
 import zipfile
@@ -317,6 +318,14 @@ def sampler_name(config: dict) -> str:
     return "ancestral" if s["steps"] == config["diffusion"]["timesteps"] and s["eta"] == 1 else "ddim"
 
 
+def with_guidance(config: dict, guidance_w: float) -> dict:
+    """The config with the sampler's guidance weight set to `guidance_w` (a guidance-sweep evaluation).
+    Records then carry that w and the hash of this config, not the run's."""
+    if not (math.isfinite(guidance_w) and guidance_w >= 0):
+        raise UserError(f"guidance weight {guidance_w}: it is a finite number >= 0 (0 is unguided)")
+    return {**config, "sampler": {**config["sampler"], "guidance_w": float(guidance_w)}}
+
+
 def sample_meta(config: dict, model_dir, seed: int, forget_class: int | None, num_classes: int) -> dict:
     """What defines a sample set: the exact weights, the sampler, the seed and the per-class counts."""
     return {"model_dir": str(model_dir), "model_digest": ckpt.folder_digest(model_dir), "seed": seed,
@@ -372,6 +381,29 @@ def evaluate_model(config: dict, model_dir, data_path, samples_path, evaluator_d
         generate_samples(config, model_dir, samples_path, seed, forget_class, num_classes)
     return score(config, samples_path, evaluator_dir, reference_path, forget_class, seed, method, variant, cost_path,
                  out_path, config_path)
+
+
+def evaluate_at_weights(config: dict, weights, model_dir, data_path, evaluator_dir, references: dict, seed: int,
+                        method: str, variant: str, cost_path, samples_paths, out_paths, config_path=None) -> list[dict]:
+    """One model sampled and scored at each guidance weight (the guidance sweep), in one process: `samples_paths`
+    has one file per weight, `out_paths` one record per weight and class of `references`, weight by weight.
+    The original model (variant "original") is sampled once per weight for every class, as in its main evaluation."""
+    classes = list(references)
+    if len(samples_paths) != len(weights) or len(out_paths) != len(weights) * len(classes):
+        raise UserError(f"{len(weights)} guidance weights and {len(classes)} forget classes need {len(weights)} "
+                        f"--samples and {len(weights) * len(classes)} --out paths (weight by weight), got "
+                        f"{len(samples_paths)} and {len(out_paths)}")
+    if variant != "original" and len(classes) != 1:
+        raise UserError(f"an unlearned model ({variant}) forgot one class; got --forget-class {classes}")
+    num_classes = ImageData.load(data_path).num_classes
+    records = []
+    for i, (w, samples_path) in enumerate(zip(weights, samples_paths)):
+        at_w = with_guidance(config, float(w))
+        generate_samples(at_w, model_dir, samples_path, seed, None if variant == "original" else classes[0], num_classes)
+        outs = dict(zip(classes, out_paths[i * len(classes):(i + 1) * len(classes)]))
+        records += score_classes(at_w, samples_path, evaluator_dir, references, seed, method, variant, cost_path, outs,
+                                 config_path)
+    return records
 
 
 def save_samples(path, images: np.ndarray, labels: np.ndarray, meta: dict) -> None:
@@ -582,5 +614,7 @@ def render_figures(config: dict, kind: str, *, metrics=None, samples=None, forge
         main_value = main_param_value(config, abl["method"], abl["param"])
         figures.psi_ablation(pd.read_csv(metrics), out, method=abl["method"], param=abl["param"], main_value=main_value,
                              forget_class=abl["forget_class"])
+    elif kind == "guidance":
+        figures.guidance_curves(pd.read_csv(metrics), out, config["sampler"]["guidance_w"])
     else:
         raise UserError(f"unknown figure kind {kind!r}")

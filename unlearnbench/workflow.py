@@ -171,6 +171,17 @@ def ablation_variants(config: dict) -> list[str]:
     return [variant_name(abl["method"], abl["param"], v) for v in abl["values"] if float(v) != float(main_value)]
 
 
+def guidance_labels(config: dict) -> list[str]:
+    """Path labels (w<label>) of the guidance_sweep weights that need evaluations of their own: all but the
+    sampler's own weight, whose records are the main run's."""
+    main = float(config["sampler"]["guidance_w"])
+
+    def label(w: float) -> str:  # 0.5 -> "0.5", 1.0 -> "1"; a weight %g would round keeps all its digits
+        return f"{w:g}" if float(f"{w:g}") == w else repr(w)
+
+    return [label(float(w)) for w in config.get("guidance_sweep") or [] if float(w) != main]
+
+
 def main_param_value(config: dict, method: str, param: str):
     """The value of `param` in the method's main runs (its DEFAULTS, then method_params)."""
     from .config import method_params

@@ -1,0 +1,43 @@
+"""Fine-tuning (FT), a control rather than an unlearning method: keep training on the remaining classes only.
+
+Not in the paper. It is SAFEMax's retain term with the forget term removed (same loss, batches, optimiser and
+clipping), so the two differ only in the forget objective. Whatever FT also does to FID on the remaining
+classes comes from the extra training, not from unlearning; the forgotten class is forgotten, if at all,
+only by drift. Run it beside the others with `--config methods=[sa,salun,safemax,finetune]`.
+"""
+import torch
+
+from unlearnbench.diffusion import epsilon_loss
+from unlearnbench.training import optimizer_step
+
+DEFAULTS = {
+    "steps": 1000,            # SAFEMax's
+    "batch_size": 128,        # images of the remaining classes per step
+    "lr": 1.0e-4,
+    "grad_clip": 1.0,
+    "cond_dropout": 0.0,      # 0 as in SAFEMax's retain term; 0.1 would be the base model's training
+}
+PARAM_SCHEMA = {
+    "steps": {"type": "integer", "minimum": 1},
+    "batch_size": {"type": "integer", "minimum": 1},
+    "lr": {"type": "number", "exclusiveMinimum": 0},
+    "grad_clip": {"type": ["number", "null"], "exclusiveMinimum": 0},  # null: no clipping
+    "cond_dropout": {"type": "number", "minimum": 0, "maximum": 1},
+}
+
+
+def unlearn(ctx):
+    p = ctx.params
+    model = ctx.load_original(ema=False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=p["lr"])
+    retain = ctx.batches(ctx.remaining_classes(), p["batch_size"])
+
+    def step(_):
+        x, y = next(retain)
+        with ctx.autocast():
+            loss = epsilon_loss(model, ctx.schedule, x, y, reduction=ctx.reduction, cond_dropout=p["cond_dropout"],
+                                generator=ctx.generator)
+        optimizer_step(optimizer, loss, model.parameters(), p["grad_clip"])
+
+    ctx.run_steps(p["steps"], step, desc="finetune")
+    return model

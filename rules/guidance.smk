@@ -1,0 +1,60 @@
+# Guidance sweep (not a default target: snakemake --cores all results/<run>/guidance.csv): every main model
+# sampled and scored again at each weight of guidance_sweep, one job per model for all its weights (a process
+# per weight and model would cost more than the sampling on digits); the sampler's own weight is the main
+# evaluation. Records and samples: guidance/w<w>/metrics/..., guidance/w<w>/samples/... (as under the run).
+SWEEP_WEIGHTS = guidance_labels(config)
+SWEEP = f"{RUN}/guidance"
+SWEEP_RECORDS = [f"{SWEEP}/w{w}/metrics/{v}/class{c}/seed{s}.json"
+                 for w in SWEEP_WEIGHTS for v in ["original", *METHODS] for c in CLASSES for s in SEEDS]
+
+
+if SWEEP_WEIGHTS:  # else no rule: their outputs would be empty, and the table is the main run's alone
+    rule sweep_original:
+        """The original model: one sample set per weight, scored for every forget class (as score_original)."""
+        input:
+            data=DATA, model=ORIGINAL_FILES, evaluator=EVALUATOR_FILES, cost=f"{ORIGINAL}/train.json",
+            references=expand(f"{RUN}/fid_reference/class{{c}}.npz", c=CLASSES), code=METRICS_CODE,
+        output:  # weight by weight, as the command reads them
+            samples=[f"{SWEEP}/w{w}/samples/original/seed{{s}}.npz" for w in SWEEP_WEIGHTS],
+            records=[f"{SWEEP}/w{w}/metrics/original/class{c}/seed{{s}}.json" for w in SWEEP_WEIGHTS for c in CLASSES],
+        params: fp=fp("evaluate"), classes=" ".join(map(str, CLASSES)), weights=" ".join(SWEEP_WEIGHTS)
+        log: f"{RUN}/logs/guidance/original_seed{{s}}.log"
+        threads: THREADS
+        shell:
+            "{CLI} evaluate-guidance --config {CFG} --weights {params.weights} --model {ORIGINAL}/unet_ema"
+            " --data {input.data} --evaluator {EVALUATOR} --reference {input.references} --cost {input.cost}"
+            " --method original --variant original --forget-class {params.classes} --seed {wildcards.s}"
+            " --samples {output.samples} --out {output.records} > {log} 2>&1"
+
+
+    rule sweep_unlearned:
+        input:
+            data=DATA, cost=f"{MODEL}/cost.json", weights=MODEL_WEIGHTS, evaluator=EVALUATOR_FILES,
+            reference=f"{RUN}/fid_reference/class{{c}}.npz", code=METRICS_CODE,
+        output:
+            samples=[f"{SWEEP}/w{w}/samples/{{variant}}/class{{c}}/seed{{s}}.npz" for w in SWEEP_WEIGHTS],
+            records=[f"{SWEEP}/w{w}/metrics/{{variant}}/class{{c}}/seed{{s}}.json" for w in SWEEP_WEIGHTS],
+        params:
+            fp=lambda w: fp("evaluate", parse_variant(w.variant)[0]), method=lambda w: parse_variant(w.variant)[0],
+            weights=" ".join(SWEEP_WEIGHTS),
+        log: f"{RUN}/logs/guidance/{{variant}}_class{{c}}_seed{{s}}.log"
+        threads: THREADS
+        shell:
+            "{CLI} evaluate-guidance --config {CFG} --weights {params.weights} --model $(dirname {input.cost})/unet"
+            " --data {input.data} --evaluator {EVALUATOR} --reference {input.reference} --cost {input.cost}"
+            " --method {params.method} --variant {wildcards.variant} --forget-class {wildcards.c} --seed {wildcards.s}"
+            " --samples {output.samples} --out {output.records} > {log} 2>&1"
+
+
+rule guidance_table:
+    input: records=MAIN_RECORDS + SWEEP_RECORDS, code=REPORT_CODE
+    output: f"{RUN}/guidance.csv", f"{RUN}/guidance.md"
+    log: f"{RUN}/logs/guidance/table.log"
+    shell: "{CLI} aggregate-guidance --config {CFG} --records {input.records} --out-dir {RUN} > {log} 2>&1"
+
+
+rule figure_guidance:
+    input: table=f"{RUN}/guidance.csv", code=FIGURES_CODE
+    output: f"{FIGS}/guidance.png"
+    log: f"{RUN}/logs/figures_guidance.log"
+    shell: "{CLI} figures --config {CFG} --metrics {input.table} --out {output} --kind guidance > {log} 2>&1"
