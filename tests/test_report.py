@@ -577,10 +577,13 @@ def test_guidance_table_refuses_a_weight_missing_cells_or_records_without_a_weig
     incomplete = [p for p in paths if not ("w0" in str(p) and "class2" in str(p) and "safemax" in str(p))]
     with pytest.raises(UserError, match=r"guidance weight 0: no record for safemax class 2 seed 0"):
         report.guidance_table(incomplete, ["original", "safemax"], [0, 1, 2], [0, 1])
+    with pytest.raises(UserError, match=r"two metrics records of .*'method': 'original'.*w0/metrics"):  # same weight
+        report.guidance_table([*paths, paths[0]], ["original", "safemax"], [0, 1, 2], [0, 1])
     record = json.loads(paths[0].read_text())
     del record["provenance"]["guidance_w"]
     paths[0].write_text(json.dumps(record))
-    with pytest.raises(UserError, match=r"does not say its guidance weight"):
+    with pytest.raises(UserError, match=r"1 metrics record\(s\) do not say their guidance weight \(provenance.guidance_w\), "
+                                        r"e.g. original class 0 seed 0"):
         report.guidance_table(paths, ["original", "safemax"], [0, 1, 2], [0, 1])
 
 

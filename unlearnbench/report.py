@@ -142,7 +142,8 @@ def collect_records(paths: Iterable) -> pd.DataFrame:
     for path in paths:
         with open(path, encoding="utf-8") as f:
             row = _flatten_record(json.load(f), path)
-        key = tuple(row[k] for k in _IDENTITY)
+        # A model scored at another guidance weight (the sweep) is another measurement, not a second copy.
+        key = tuple(row.get(k) for k in (*_IDENTITY, "guidance_w"))
         if key in sources:  # averaged in, it would weigh one job twice (or mix two runs' results)
             raise UserError(f"two metrics records of {dict(zip(_IDENTITY, key))}: {sources[key]} and {path}; "
                             "pass each job's record once, from one run")
@@ -466,31 +467,23 @@ GUIDANCE_LABELS = {"fid": "FID (remaining classes)", "kid": "KID (remaining clas
 GUIDANCE_FORMATS = {"fid": ".2f", "kid": ".4g", "H": ".3f", "UA": ".1f", "remaining_acc": ".1f"}
 
 
-def guidance_records(paths: Iterable) -> dict[float, list]:
-    """Metrics records grouped by the guidance weight they were sampled with (their provenance says it)."""
-    groups: dict[float, list] = {}
-    for path in paths:
-        with open(path, encoding="utf-8") as f:
-            w = (json.load(f).get("provenance") or {}).get("guidance_w")
-        if w is None:
-            raise UserError(f"metrics record {path} does not say its guidance weight (provenance.guidance_w); "
-                            "rerun the job that wrote it")
-        groups.setdefault(float(w), []).append(path)
-    return dict(sorted(groups.items()))
-
-
 def guidance_table(paths: Iterable, methods: Sequence[str], classes: Sequence[int], seeds: Sequence[int]) -> pd.DataFrame:
-    """Seed-averaged metrics per (method, guidance weight, forget class); every weight must cover exactly the
-    config's methods, classes and seeds, so that each point of a curve averages the same cells."""
-    frames = []
-    for w, group in guidance_records(paths).items():
-        df = collect_records(group)
+    """Seed-averaged metrics per (method, guidance weight, forget class) from records of several weights (their
+    provenance says which); every weight must cover exactly the config's methods, classes and seeds, so that each
+    point of a curve averages the same cells."""
+    df = collect_records(paths)
+    unweighted = df[df["guidance_w"].isna()] if "guidance_w" in df else df
+    if len(unweighted):
+        first = unweighted.iloc[0]
+        raise UserError(f"{len(unweighted)} metrics record(s) do not say their guidance weight (provenance.guidance_w), "
+                        f"e.g. {first['variant']} class {first['forget_class']} seed {first['seed']}; rerun the jobs "
+                        "that wrote them")
+    df["guidance_w"] = df["guidance_w"].astype(float)
+    for w, group in df.groupby("guidance_w"):
         try:
-            check_coverage(df, methods, classes, seeds)
+            check_coverage(group, methods, classes, seeds)
         except UserError as err:
             raise UserError(f"guidance weight {w:g}: {err}") from None
-        frames.append(df.assign(guidance_w=w))
-    df = pd.concat(frames, ignore_index=True)
     df = df[df["variant"] == df["method"]]
     means = df.groupby(["method", "guidance_w", "forget_class"], as_index=False)[GUIDANCE_COLUMNS].mean(skipna=False)
     means["rank"] = means["method"].map(_method_rank)
