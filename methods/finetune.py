@@ -10,6 +10,8 @@ import torch
 from unlearnbench.diffusion import epsilon_loss
 from unlearnbench.training import optimizer_step
 
+DISPLAY_NAME = "FT"
+CONTROL = True  # a reference point: shown in the tables, never marked best
 DEFAULTS = {
     "steps": 1000,            # SAFEMax's
     "batch_size": 128,        # images of the remaining classes per step

@@ -16,6 +16,7 @@ from unlearnbench.diffusion import epsilon_loss, randn_like, sample
 from unlearnbench.method_api import Prior
 from unlearnbench.training import autocast_dtype, ema_update, make_ema, optimizer_step
 
+DISPLAY_NAME = "SA"
 DEFAULTS = {
     "steps": 20000,
     "batch_size": 128,          # surrogate (forget) batch

@@ -10,6 +10,7 @@ from unlearnbench.diffusion import epsilon_loss, randn_like, reduce_squared_erro
 from unlearnbench.networks import predict_eps
 from unlearnbench.training import optimizer_step
 
+DISPLAY_NAME = "SAFEMax"
 DEFAULTS = {
     "steps": 1000,            # inferred from the reported RTE (PROTOCOL.md section 3)
     "batch_size": 128,

@@ -15,6 +15,7 @@ from unlearnbench.method_api import Prior
 from unlearnbench.networks import predict_eps
 from unlearnbench.training import optimizer_step
 
+DISPLAY_NAME = "SalUn"
 DEFAULTS = {
     "steps": 1000,
     "batch_size": 128,          # forget batch

@@ -320,6 +320,8 @@ def test_a_prior_file_lost_after_its_job_is_named_with_what_to_do(tmp_path, tiny
      "params=('batchsize',))]\ndef unlearn(ctx): pass\n", "prior 'a' declares params ['batchsize'], which DEFAULTS lacks"),
     ("from unlearnbench.method_api import Prior\nPRIORS = [Prior('MyPrior', print)]\ndef unlearn(ctx): pass\n",
      "prior 'MyPrior': a prior's name is lower-case letters"),
+    ("DISPLAY_NAME = 3\ndef unlearn(ctx): pass\n", "DISPLAY_NAME must be a non-empty string, got 3"),
+    ("CONTROL = 'yes'\ndef unlearn(ctx): pass\n", "CONTROL must be True or False, got 'yes'"),
 ])
 def test_a_broken_method_file_is_refused_every_time(tmp_path, source, message):
     """A failed load is a UserError naming the file (a job prints it without a traceback), and leaves no
@@ -347,6 +349,22 @@ def test_a_broken_listed_method_is_a_config_problem(tmp_path, root):
     assert (f"method file {tmp_path / 'methods' / 'syntax.py'} cannot be loaded: SyntaxError: '{{' was never closed "
             "(line 1); fix it, or take 'syntax' out of 'methods'") in str(err.value)
     assert "imports.py cannot be loaded: ModuleNotFoundError: No module named 'no_such_package'" in str(err.value)
+
+
+def test_two_methods_shown_under_one_name_are_a_config_problem(tmp_path, root):
+    """Their columns in the tables would be one: the later would overwrite the earlier."""
+    import shutil
+
+    from unlearnbench.config import ConfigError, load_config
+
+    shutil.copytree(root / "methods", tmp_path / "methods")
+    (tmp_path / "methods" / "sa_v2.py").write_text("DISPLAY_NAME = 'SA'\ndef unlearn(ctx): pass\n")
+    (tmp_path / "methods" / "base.py").write_text("DISPLAY_NAME = 'Original'\ndef unlearn(ctx): pass\n")
+    for methods, message in ((["sa", "sa_v2"], "methods 'sa' and 'sa_v2' are both called 'SA' in the tables"),
+                             (["base"], "methods 'original' and 'base' are both called 'Original'")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config(overrides={"methods": methods}, methods_dir=tmp_path / "methods")
+    load_config(overrides={"methods": ["sa_v2"]}, methods_dir=tmp_path / "methods")  # alone, its name is free
 
 
 def test_original_cannot_name_a_method(tmp_path):

@@ -11,6 +11,7 @@ from unlearnbench import figures, report
 from unlearnbench.errors import UserError
 
 METHODS = ["original", "sa", "salun", "safemax"]
+LABELS = {"original": "Original", "sa": "SA", "salun": "SalUn", "safemax": "SAFEMax"}  # the paper's names
 UNLEARNING = ["sa", "salun", "safemax"]
 CLASSES = range(10)
 SEEDS = (0, 1)
@@ -164,13 +165,13 @@ def test_a_value_missing_for_one_seed_leaves_the_cell_and_mean_empty(run):
 def test_table_layout_and_statistics(run):
     records, _, table = run
     assert list(table["forget_class"]) == [str(c) for c in CLASSES] + ["mean", "std"]
-    expected = ["forget_class"] + [f"{report.DISPLAY_NAMES[m]} {label}" for m in METHODS for label in TABLE_METRICS]
+    expected = ["forget_class"] + [f"{LABELS[m]} {label}" for m in METHODS for label in TABLE_METRICS]
     assert list(table.columns) == expected
     indexed = table.set_index("forget_class")
     for method in METHODS:
         for label, column in TABLE_METRICS.items():
             per_class = seed_averaged(records, method, column)
-            name = f"{report.DISPLAY_NAMES[method]} {label}"
+            name = f"{LABELS[method]} {label}"
             np.testing.assert_allclose(indexed[name].iloc[:10], per_class)
             np.testing.assert_allclose(indexed.loc["mean", name], np.mean(per_class))
             np.testing.assert_allclose(indexed.loc["std", name], np.std(per_class, ddof=1))
@@ -230,6 +231,30 @@ def test_every_method_tied_at_the_best_value_is_bold(tmp_path):
     h, ua = row[0::2], row[1::2]  # per method: H, UA (original, SA, SalUn, SAFEMax)
     assert ua == ["0.00", "**100.00**", "99.90", "**100.00**"]
     assert h == ["1.000", "**1.000**", "**1.000**", "**1.000**"]
+
+
+def test_a_control_keeps_its_columns_but_is_never_bold(tmp_path):
+    """FT (methods/finetune.py: DISPLAY_NAME "FT", CONTROL) has the best FID and RTE here, yet the bold goes to the
+    best unlearning method; a method without a file is shown by its name and competes."""
+    rng = np.random.default_rng(3)
+    values = {"original": (5.0, 900.0), "sa": (15.0, 170.0), "safemax": (12.0, 6.0), "finetune": (3.0, 1.0),
+              "mystery": (14.0, 50.0)}
+    paths = []
+    for method, (fid, rte) in values.items():
+        record = make_record("sa" if method != "original" else "original", method, 0, 0, rng)
+        record.update(method=method, fid=fid)
+        record["cost"]["rte_min"] = rte
+        paths.append(tmp_path / f"{method}.json")
+        paths[-1].write_text(json.dumps(record))
+    methods = list(values)
+    table = report.paper_layout_table(report.collect_records(paths), methods)
+    assert {"FT FID", "mystery FID", "SAFEMax FID"} <= set(table.columns)
+    text = report.render_table1(table, methods, "markdown")
+    fid, rte = markdown_rows(text)["0"][0::3], markdown_rows(text)["0"][1::3]
+    assert fid == ["5.00", "15.00", "**12.00**", "3.00", "14.00"]
+    assert rte == ["–", "170.000", "**6.000**", "1.000", "50.000"]
+    assert "FT: control, never bold" in text
+    assert r"\textbf{3.00}" not in report.render_table1(table, methods, "latex")
 
 
 def test_latex_uses_booktabs(run):

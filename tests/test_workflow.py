@@ -219,3 +219,5 @@ def test_readme_add_a_method_walkthrough(test_run):
     assert name in set(metrics["method"])
     rows = metrics[metrics.method == name]
     assert len(rows) == 2 and (rows["rte_min"] > 0).all() and rows[METRICS].notna().all().all()
+    label = re.search(r'DISPLAY_NAME = "([^"]+)"', code).group(1)
+    assert f"{label} FID" in pd.read_csv(test_run / "results" / "table.csv").columns

@@ -187,7 +187,7 @@ def validate(config: dict, methods_dir: str | Path | None = None) -> dict:
 
 def _check_methods(config: dict, methods_dir) -> tuple[dict, list[str]]:
     """The methods, method_params and the ablation against the method files: names, keys, each value's schema."""
-    from .method_api import available_methods, load_method, param_schema
+    from .method_api import available_methods, check_labels, load_method, param_schema
 
     problems = []
     known = available_methods(methods_dir)
@@ -210,6 +210,11 @@ def _check_methods(config: dict, methods_dir) -> tuple[dict, list[str]]:
             problems.append(f"'methods[{i}]' = {name!r} is not a method; {allowed}")
         else:
             loaded(name)
+    if all(modules.get(name) for name in config["methods"]):
+        try:
+            check_labels(config["methods"], methods_dir)
+        except UserError as exc:
+            problems.append(str(exc))
     params = dict(config.get("method_params") or {})
     for name, given in params.items():
         if name not in known:  # a typo here would silently leave the method at its defaults

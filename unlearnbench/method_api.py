@@ -5,6 +5,9 @@ A method file defines
     PARAM_SCHEMA: dict                  JSON Schema per hyper-parameter (optional; else its default's type)
     PRIORS: list[Prior]                 work done once before unlearning (optional)
     SECTIONS: tuple[str, ...]           evaluation-side config sections unlearn() reads (optional, e.g. "sampler")
+    DISPLAY_NAME: str                   what tables and figures call it (optional; else the file's name)
+    CONTROL: bool                       a reference point, not an unlearning method (optional, e.g. FT): its
+                                        columns are shown but never marked best
     def unlearn(ctx: UnlearnContext) -> torch.nn.Module
         runs the unlearning loop with ctx.run_steps(steps, step_fn, desc=...) (timed: the RTE) and returns
         the model to evaluate.
@@ -179,6 +182,36 @@ def load_method(name: str, directory: str | Path | None = None):
     return module
 
 
+def _present_method(name: str, directory=None):
+    """The method's module, or None where its file is gone (tables redrawn from another run's metrics.csv)."""
+    return load_method(name, directory) if (methods_dir(directory) / f"{name}.py").exists() else None
+
+
+def method_label(name: str, directory=None) -> str:
+    """What tables and figures call a method: its file's DISPLAY_NAME, else its name."""
+    if name == "original":
+        return "Original"
+    module = _present_method(name, directory)
+    return module.DISPLAY_NAME if module else name
+
+
+def is_control(name: str, directory=None) -> bool:
+    """Whether a method is a control (CONTROL = True in its file), never marked as the best unlearning method."""
+    module = None if name == "original" else _present_method(name, directory)
+    return bool(module and module.CONTROL)
+
+
+def check_labels(names, directory=None) -> None:
+    """Two methods shown under one name would share the tables' columns: one would overwrite the other."""
+    seen: dict[str, str] = {}
+    for name in ("original", *names):
+        label = method_label(name, directory)
+        if seen.get(label, name) != name:
+            raise UserError(f"methods {seen[label]!r} and {name!r} are both called {label!r} in the tables; give one "
+                            "of them another DISPLAY_NAME in its file")
+        seen[label] = name
+
+
 def _line_in(path: Path, exc: Exception) -> str:
     """' (line n)': where in the method file its loading failed, if it did there."""
     import traceback
@@ -200,6 +233,12 @@ def _check_interface(module, name: str, path: Path) -> None:
     stray = sorted(set(module.PARAM_SCHEMA) - set(module.DEFAULTS))
     if stray:
         raise UserError(f"method file {path}: PARAM_SCHEMA names {', '.join(stray)}, which DEFAULTS lacks")
+    module.DISPLAY_NAME = getattr(module, "DISPLAY_NAME", name)
+    if not isinstance(module.DISPLAY_NAME, str) or not module.DISPLAY_NAME.strip():
+        raise UserError(f"method file {path}: DISPLAY_NAME must be a non-empty string, got {module.DISPLAY_NAME!r}")
+    module.CONTROL = getattr(module, "CONTROL", False)
+    if not isinstance(module.CONTROL, bool):
+        raise UserError(f"method file {path}: CONTROL must be True or False, got {module.CONTROL!r}")
     module.PRIORS = list(getattr(module, "PRIORS", []))
     module.SECTIONS = tuple(getattr(module, "SECTIONS", ()))
     _check_sections(module.SECTIONS, f"method {name} (SECTIONS)")

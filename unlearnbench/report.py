@@ -18,9 +18,9 @@ import pandas as pd
 
 from .errors import UserError
 from .files import atomic_output
+from .method_api import check_labels, is_control, method_label
 
-DISPLAY_NAMES = {"original": "Original", "sa": "SA", "salun": "SalUn", "safemax": "SAFEMax"}
-METHOD_ORDER = list(DISPLAY_NAMES)
+METHOD_ORDER = ["original", "sa", "salun", "safemax"]  # the paper's column order; other methods follow by name
 UNLEARNING_REFERENCE = "safemax"  # the paper's headline ratios are relative to SAFEMax
 
 
@@ -72,7 +72,7 @@ PAPER_CLAIMS = {
 
 
 def display_name(method: str) -> str:
-    return DISPLAY_NAMES.get(method, method)
+    return method_label(method)  # its file's DISPLAY_NAME
 
 
 def _method_rank(method: str) -> int:
@@ -203,6 +203,7 @@ def column_name(method: str, metric: Metric) -> str:
 
 def paper_layout_table(df: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
     """Rows "0".."9" (classes present), "mean", "std" (ddof=1 over classes); five metric columns per method."""
+    check_labels([m for m in methods if m != "original"])  # one column per method, none overwriting another
     means = per_class_means(df, methods)
     classes = sorted(int(c) for c in means["forget_class"].unique())
     # A mean over fewer classes would read like the others: refuse an incomplete method instead.
@@ -238,9 +239,10 @@ def _is_missing(value) -> bool:
 
 
 def _best_methods(row: pd.Series, methods: Sequence[str], metric: Metric) -> set[str]:
-    """Methods holding the row's best value at display precision; none when fewer than two compete."""
-    values = {m: round(float(row[column_name(m, metric)]), metric.decimals)
-              for m in methods if m != "original" and not _is_missing(float(row[column_name(m, metric)]))}
+    """Unlearning methods holding the row's best value at display precision (the original and controls do not
+    compete); none when fewer than two compete."""
+    values = {m: round(float(row[column_name(m, metric)]), metric.decimals) for m in methods
+              if m != "original" and not is_control(m) and not _is_missing(float(row[column_name(m, metric)]))}
     if len(values) < 2:
         return set()
     best = min(values.values()) if metric.lower_is_better else max(values.values())
@@ -279,8 +281,10 @@ def _render(table: pd.DataFrame, methods: Sequence[str], metrics: Sequence[Metri
         lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
         lines += ["| " + " | ".join(cell or "–" for cell in cells) + " |" for cells in body]
         directions = ", ".join(f"{m.label} {'lower' if m.lower_is_better else 'higher'}" for m in metrics)
-        lines += ["", f"Best unlearning method per row in bold ({directions} is better). "
-                  "mean and std (sample, ddof=1) over forgotten classes of seed-averaged values; "
+        controls = [display_name(m) for m in methods if is_control(m)]
+        lines += ["", f"Best unlearning method per row in bold ({directions} is better"
+                  + (f"; {', '.join(controls)}: control{'s' if len(controls) > 1 else ''}, never bold" if controls else "")
+                  + "). mean and std (sample, ddof=1) over forgotten classes of seed-averaged values; "
                   "– = not measured."]
         return "\n".join(lines) + "\n"
     if fmt == "latex":

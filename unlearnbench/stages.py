@@ -607,7 +607,7 @@ def render_figures(config: dict, kind: str, *, metrics=None, samples=None, forge
         figures.cost_bars(df, methods, Path(out_dir) / "cost.png")
         figures.per_class_metrics(df, ["original", *methods], Path(out_dir) / "per_class.png")
     elif kind == "samples":
-        labels = ["Original", *(display_name(m) for m in methods)]
+        labels = [display_name(m) for m in ("original", *methods)]
         figures.sample_grid(dict(zip(labels, samples)), forget_class, out, n=config["evaluation"].get("grid_images", 16))
     elif kind == "ablation":
         abl = config["ablation"]
