@@ -204,7 +204,7 @@ def readme_method_example() -> tuple[str, str]:
     """The file name and code of the README's 'Add a method' example."""
     text = (ROOT / "README.md").read_text()
     section = text[text.index("## Add a method"):]
-    name = re.search(r"`methods/([a-z_]+)\.py`", section).group(1)
+    name = re.search(r"Save as `methods/([a-z_]+)\.py`", section).group(1)
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     command = re.search(r"```bash\n(snakemake [^\n]*)\n```", section).group(1)
     return name, code, command
