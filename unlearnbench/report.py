@@ -22,6 +22,7 @@ from .method_api import check_labels, is_control, method_label
 
 METHOD_ORDER = ["original", "sa", "salun", "safemax"]  # the paper's column order; other methods follow by name
 UNLEARNING_REFERENCE = "safemax"  # the paper's headline ratios are relative to SAFEMax
+display_name = method_label  # a method file's DISPLAY_NAME
 
 
 class Metric(NamedTuple):
@@ -69,10 +70,6 @@ PAPER_CLAIMS = {
     ("sa", RTE_RATIO): 30.0, ("sa", RTE_WITH_PRIORS_RATIO): 230.0, ("salun", RTE_RATIO): 2.0,
     ("sa", GPU_SAVING): 45.0, ("salun", GPU_SAVING): 59.0,
 }
-
-
-def display_name(method: str) -> str:
-    return method_label(method)  # its file's DISPLAY_NAME
 
 
 def _method_rank(method: str) -> int:
