@@ -200,8 +200,8 @@ def test_independent_runs_give_identical_metrics(test_run, tmp_path):
         assert {k: a[k] for k in METRICS} == {k: b[k] for k in METRICS}, target
 
 
-def readme_method_example() -> tuple[str, str]:
-    """The file name and code of the README's 'Add a method' example."""
+def readme_method_example() -> tuple[str, str, str]:
+    """The file name, code and command of the README's "Add a method" example."""
     text = (ROOT / "README.md").read_text()
     section = text[text.index("## Add a method"):]
     name = re.search(r"Save as `methods/([a-z_]+)\.py`", section).group(1)
