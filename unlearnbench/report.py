@@ -278,11 +278,10 @@ def _render(table: pd.DataFrame, methods: Sequence[str], metrics: Sequence[Metri
         lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
         lines += ["| " + " | ".join(cell or "–" for cell in cells) + " |" for cells in body]
         directions = ", ".join(f"{m.label} {'lower' if m.lower_is_better else 'higher'}" for m in metrics)
-        controls = [display_name(m) for m in methods if is_control(m)]
-        lines += ["", f"Best unlearning method per row in bold ({directions} is better"
-                  + (f"; {', '.join(controls)}: control{'s' if len(controls) > 1 else ''}, never bold" if controls else "")
-                  + "). mean and std (sample, ddof=1) over forgotten classes of seed-averaged values; "
-                  "– = not measured."]
+        controls = ", ".join(display_name(m) for m in methods if is_control(m))
+        not_bold = f"; {controls}: control, never bold" if controls else ""
+        lines += ["", f"Best unlearning method per row in bold ({directions} is better{not_bold}). "
+                  "mean and std (sample, ddof=1) over forgotten classes of seed-averaged values; – = not measured."]
         return "\n".join(lines) + "\n"
     if fmt == "latex":
         width = len(metrics)

@@ -176,7 +176,7 @@ def guidance_labels(config: dict) -> list[str]:
     sampler's own weight, whose records are the main run's."""
     main = float(config["sampler"]["guidance_w"])
 
-    def label(w: float) -> str:  # 0.5 -> "0.5", 1.0 -> "1"; a weight %g would round keeps all its digits
+    def label(w: float) -> str:  # 0.5 -> "0.5", 1.0 -> "1"; a weight that %g would round keeps all its digits
         return f"{w:g}" if float(f"{w:g}") == w else repr(w)
 
     return [label(float(w)) for w in config.get("guidance_sweep") or [] if float(w) != main]
