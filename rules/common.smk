@@ -3,7 +3,9 @@ from pathlib import Path
 from unlearnbench.method_api import methods_dir, NAME_PATTERN
 from unlearnbench.workflow import method_priors, prior_dir, parse_variant, ablation_variants, fingerprint
 from unlearnbench.workflow import resolved_config_path, base_checkpoint_files, suite_code, workflow_relative, guidance_labels
+from unlearnbench.workflow import imported_model_files
 from unlearnbench.workflow import UNET_FILES, EVALUATOR_WEIGHTS
+from unlearnbench.config import evaluated_methods
 
 CFG = resolved_config_path(config)
 DATA = f"{RUN}/data.npz"
@@ -17,7 +19,8 @@ MODEL = f"{RUN}/models/{{variant}}/class{{c}}/seed{{s}}"  # an unlearned model's
 MODEL_WEIGHTS = expand(f"{MODEL}/unet/{{name}}", name=UNET_FILES, allow_missing=True)
 CLASSES = config["forget_classes"]
 SEEDS = config["seeds"]
-METHODS = config["methods"]
+METHODS = evaluated_methods(config)  # the suite's methods, then the imported models
+IMPORTED = list(config.get("imported") or {})
 ABLATION = ablation_variants(config)
 CLI = "unlearnbench"
 THREADS = config.get("threads", 1)

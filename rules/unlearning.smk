@@ -1,4 +1,5 @@
-# Priors (cached: shared ones once per run, per-class ones once per forget class) and unlearning runs.
+# Priors (cached: shared ones once per run, per-class ones once per forget class), unlearning runs, and the
+# unlearned models imported from elsewhere (config `imported`), which take the unlearning runs' place.
 
 
 def _requires(w, forget_class=None):
@@ -53,3 +54,21 @@ rule unlearn:
         "{CLI} unlearn --config {CFG} --method {params.method} --forget-class {wildcards.c} --seed {wildcards.s}"
         " --data {input.data} --original {ORIGINAL} --priors {params.priors} --set {params.overrides}"
         " --out $(dirname {output.cost}) --presample {output.presample} > {log} 2>&1"
+
+
+ruleorder: import_model > unlearn  # an imported name has no method file to run
+
+
+rule import_model:
+    input:
+        data=DATA, original=ORIGINAL_FILES,
+        model=lambda w: imported_model_files(config, w.variant, int(w.c), int(w.s)),
+    output: cost=f"{MODEL}/cost.json", weights=MODEL_WEIGHTS, presample=f"{MODEL}/eval_samples.npz"
+    wildcard_constraints: variant="|".join(IMPORTED) or "(?!)"  # (?!): no name matches when none is imported
+    params: fp=lambda w: fp("method", w.variant)
+    log: f"{RUN}/logs/import/{{variant}}_class{{c}}_seed{{s}}.log"
+    threads: THREADS
+    shell:
+        "{CLI} import-model --config {CFG} --name {wildcards.variant} --forget-class {wildcards.c} --seed {wildcards.s}"
+        " --data {input.data} --original {ORIGINAL} --out $(dirname {output.cost}) --presample {output.presample}"
+        " > {log} 2>&1"

@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -142,8 +143,6 @@ def test_unknown_method_file(tmp_path):
 def test_a_failed_job_shows_its_error_in_snakemakes_output(root, tmp_path):
     """Rules write their output to a log; the workflow profile (profiles/default) prints a failed job's log, so
     the user sees the message and what to do without opening results/<run>/logs/ by hand."""
-    import shutil
-
     for name in ("Snakefile", "rules", "config", "methods", "profiles"):
         src = root / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
@@ -337,8 +336,6 @@ def test_a_broken_method_file_is_refused_every_time(tmp_path, source, message):
 def test_a_broken_listed_method_is_a_config_problem(tmp_path, root):
     """Listed in 'methods' (not only under method_params), a broken file is named when the config is validated,
     before any job, not by a traceback from some rule's input function."""
-    import shutil
-
     from unlearnbench.config import ConfigError, load_config
 
     shutil.copytree(root / "methods", tmp_path / "methods")
@@ -353,8 +350,6 @@ def test_a_broken_listed_method_is_a_config_problem(tmp_path, root):
 
 def test_two_methods_shown_under_one_name_are_a_config_problem(tmp_path, root):
     """Their columns in the tables would be one: the later would overwrite the earlier."""
-    import shutil
-
     from unlearnbench.config import ConfigError, load_config
 
     shutil.copytree(root / "methods", tmp_path / "methods")
@@ -453,3 +448,47 @@ def test_a_guidance_sweep_by_hand_names_what_it_needs(tmp_path, tiny_config):
                                    [tmp_path / "s.npz"], [tmp_path / "a.json", tmp_path / "b.json"])
     assert stages.with_guidance(tiny_config, 0)["sampler"]["guidance_w"] == 0.0
     assert tiny_config["sampler"]["guidance_w"] == 2.0  # the run's own config is left as it was
+
+
+@pytest.mark.parametrize("imported, message", [
+    ({"sa": "theirs/class{forget_class}/unet"}, "'imported.sa': 'sa' is the name of a method file; give the imported "
+                                                "models another name (e.g. sa_imported)"),
+    ({"original": "theirs/class{forget_class}/unet"}, "'original' is the name of the base model"),
+    ({"theirs": "theirs/unet"}, "lacks {forget_class}: a model forgets one class"),
+    ({"theirs": "theirs/class{forget_class}/{run}"}, "has unknown field(s) {run}; allowed: {forget_class}, {seed}"),
+    ({"theirs": "theirs/class{forget_class/unet"}, "is not a folder pattern"),
+    ({"Theirs": "theirs/class{forget_class}/unet"}, "'imported' = \"Theirs\" is not allowed"),
+])
+def test_a_bad_imported_model_entry_is_a_config_problem(imported, message):
+    from unlearnbench.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(overrides={"imported": imported})
+
+
+def test_imported_models_missing_on_disk_are_named_before_any_job_runs(tmp_path, tiny_config):
+    from unlearnbench.workflow import check_imported_models
+
+    save_unet(build_unet("tiny", 10), tmp_path / "theirs" / "class0" / "unet")
+    config = {**tiny_config, "imported": {"theirs": str(tmp_path / "theirs" / "class{forget_class}" / "unet")}}
+    with pytest.raises(UserError, match=r"'imported' names 1 model\(s\) that are not there .*: no \S*theirs/class1/unet/"
+                                        r"config.json\. Each is the folder of a UNet"):
+        check_imported_models(config)  # forget_classes [0, 1]: class 1's folder is missing
+    save_unet(build_unet("tiny", 10), tmp_path / "theirs" / "class1" / "unet")
+    check_imported_models(config)
+
+
+def test_an_imported_model_is_checked_against_the_run_before_use(tmp_path, tiny_config):
+    """The wrong folder fails its job with what to do, and nothing is saved: not the config's model, or the original."""
+    config = json.loads(json.dumps(tiny_config))
+    _adopted_original(tmp_path, config)
+    config["imported"] = {"theirs": str(tmp_path / "theirs" / "class{forget_class}" / "unet")}
+    save_unet(build_unet("tiny", 5), tmp_path / "theirs" / "class0" / "unet")
+    shutil.copytree(tmp_path / "original" / "unet", tmp_path / "theirs" / "class1" / "unet")
+    out = tmp_path / "imported"
+    with pytest.raises(MissingResourceError, match="theirs/class0/unet is not the config's model: num_class_embeds is 6"):
+        stages.import_model(config, "theirs", 0, 0, tmp_path / "data.npz", tmp_path / "original", out)
+    with pytest.raises(UserError, match=r"theirs/class1/unet \(theirs, forget class 1\) holds the run's original model "
+                                        r"\(unet/\) unchanged: point 'imported.theirs' to the unlearned models"):
+        stages.import_model(config, "theirs", 1, 0, tmp_path / "data.npz", tmp_path / "original", out)
+    assert not out.exists()

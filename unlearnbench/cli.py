@@ -74,6 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--presample", help="also draw the evaluation samples of the unlearned model into this npz "
                                        "(outside RTE); `evaluate --presampled` reuses them when they still match")
 
+    s = cmd("import-model", "adopt an unlearned model made outside the suite (config `imported`) for evaluation")
+    s.add_argument("--name", required=True)
+    s.add_argument("--forget-class", type=int, required=True)
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--original", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--presample", help="also draw its evaluation samples into this npz, as `unlearn --presample`")
+
     s = cmd("sample", "generate evaluation images of a model")
     s.add_argument("--model", required=True, help="a UNet folder (unet/ or unet_ema/)")
     s.add_argument("--seed", type=int, required=True)
@@ -152,8 +161,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _presample(config: dict, args) -> None:
+    """--presample: the evaluation samples of the model just saved in --out, drawn while this process runs."""
+    if args.presample:
+        from .data import ImageData
+        from .stages import generate_samples
+
+        generate_samples(config, Path(args.out) / "unet", args.presample, args.seed, args.forget_class,
+                         ImageData.load(args.data).num_classes)
+
+
 def run(args) -> None:
     from . import stages
+    from .config import evaluated_methods
 
     if args.command == "validate-config":
         from .config import load_config, write_resolved
@@ -182,11 +202,10 @@ def run(args) -> None:
     elif c == "unlearn":
         stages.run_unlearning(config, args.method, args.forget_class, args.seed, args.data, args.original, args.out,
                               _pairs(args.priors), stages.parse_overrides(args.set))
-        if args.presample:
-            from .data import ImageData
-
-            stages.generate_samples(config, Path(args.out) / "unet", args.presample, args.seed, args.forget_class,
-                                    ImageData.load(args.data).num_classes)
+        _presample(config, args)
+    elif c == "import-model":
+        stages.import_model(config, args.name, args.forget_class, args.seed, args.data, args.original, args.out)
+        _presample(config, args)
     elif c == "sample":
         from .data import ImageData
 
@@ -214,9 +233,10 @@ def run(args) -> None:
 
         out = Path(args.out_dir)
         df = collect_records(args.records)
-        check_coverage(df, ["original", *config["methods"]], config["forget_classes"], config["seeds"])
+        methods = ["original", *evaluated_methods(config)]
+        check_coverage(df, methods, config["forget_classes"], config["seeds"])
         write_metrics_csv(df, out / "metrics.csv")
-        write_reports(out / "metrics.csv", out, ["original", *config["methods"]])
+        write_reports(out / "metrics.csv", out, methods)
     elif c == "aggregate-ablation":
         from .report import collect_records, write_metrics_csv
 
@@ -224,7 +244,7 @@ def run(args) -> None:
     elif c == "aggregate-guidance":
         from .report import write_guidance_tables
 
-        write_guidance_tables(args.records, ["original", *config["methods"]], config["forget_classes"], config["seeds"],
+        write_guidance_tables(args.records, ["original", *evaluated_methods(config)], config["forget_classes"], config["seeds"],
                               config["sampler"]["guidance_w"], args.out_dir)
     elif c == "figures":
         stages.render_figures(config, args.kind, metrics=args.metrics, samples=args.samples,

@@ -6,6 +6,7 @@ import copy
 import hashlib
 import json
 import math
+import string
 from pathlib import Path
 
 import yaml
@@ -212,9 +213,10 @@ def _check_methods(config: dict, methods_dir) -> tuple[dict, list[str]]:
             loaded(name)
     if all(modules.get(name) for name in config["methods"]):
         try:
-            check_labels(config["methods"], methods_dir)
+            check_labels(evaluated_methods(config), methods_dir)
         except UserError as exc:
             problems.append(str(exc))
+    problems += _imported_problems(config, known)
     params = dict(config.get("method_params") or {})
     for name, given in params.items():
         if name not in known:  # a typo here would silently leave the method at its defaults
@@ -252,6 +254,43 @@ def _check_methods(config: dict, methods_dir) -> tuple[dict, list[str]]:
                 config = {**config, "ablation": {**abl, "values": values}}
                 problems += _problems({"type": "array", "items": item}, values, ("ablation", "values"))
     return config, problems
+
+
+def evaluated_methods(config: dict) -> list[str]:
+    """Every name that gets rows in the tables: the methods the suite runs, then the imported models."""
+    return [*config["methods"], *(config.get("imported") or {})]
+
+
+def imported_model_dir(config: dict, name: str, forget_class: int, seed: int) -> Path:
+    """The folder of the imported model `name` that forgot `forget_class` (for `seed`)."""
+    return Path(config["imported"][name].format(forget_class=forget_class, seed=seed))
+
+
+IMPORTED_FIELDS = ("forget_class", "seed")
+
+
+def _imported_problems(config: dict, known_methods) -> list[str]:
+    problems = []
+    for name, pattern in (config.get("imported") or {}).items():
+        where = f"'imported.{name}' = {pattern!r}"
+        if name in known_methods or name == "original":  # its rows would be mistaken for the suite's own method's
+            taken = "the base model" if name == "original" else "a method file"
+            problems.append(f"'imported.{name}': {name!r} is the name of {taken}; give the imported models another "
+                            f"name (e.g. {name}_imported)")
+        try:
+            fields = {field for _, field, _, _ in string.Formatter().parse(pattern) if field is not None}
+        except ValueError as exc:
+            problems.append(f"{where} is not a folder pattern ({exc}); write {{forget_class}} where the class goes "
+                            "and double any other brace")
+            continue
+        if "forget_class" not in fields:  # one folder for every class cannot be a model that forgot one
+            problems.append(f"{where} lacks {{forget_class}}: a model forgets one class, so each class has its own "
+                            "folder, e.g. my_models/class{forget_class}/unet")
+        unknown = sorted(fields - set(IMPORTED_FIELDS))
+        if unknown:
+            problems.append(f"{where} has unknown field(s) {', '.join('{' + f + '}' for f in unknown)}; allowed: "
+                            "{forget_class}, {seed}")
+    return problems
 
 
 def _cross_checks(config: dict) -> list[str]:

@@ -48,14 +48,14 @@ RECORD_COLUMNS = [
     "method", "variant", "forget_class", "seed",
     "fid", "kid", "H", "UA", "forget_prob", "remaining_acc",
     "rte_min", "prior_min", "gpu_peak_gb", "gpu_peak_source", "gpu_null_reason",
-    "torch_peak_allocated_gb", "host_rss_peak_gb", "device_name", "speed_switches",
+    "torch_peak_allocated_gb", "host_rss_peak_gb", "device_name", "speed_switches", "imported_from",
 ]
 _REQUIRED = ("method", "forget_class", "seed")
 _IDENTITY = ["method", "variant", "forget_class", "seed"]
 # Every evaluation writes these, and every unlearning job its RTE: a record without one is broken, and a mean
 # taken without it would silently cover fewer classes or seeds than the others.
 _MEASURED = ("fid", "H", "UA")
-_TOP_LEVEL = ("fid", "kid", "H", "UA", "forget_prob", "remaining_acc", "prior_min")
+_TOP_LEVEL = ("fid", "kid", "H", "UA", "forget_prob", "remaining_acc", "prior_min", "imported_from")
 _FROM_COST = ("rte_min", "gpu_peak_gb", "gpu_peak_source", "gpu_null_reason",
               "torch_peak_allocated_gb", "host_rss_peak_gb", "device_name", "speed_switches")
 _NUMERIC = ("fid", "kid", "H", "UA", "forget_prob", "remaining_acc", "rte_min", "prior_min",
@@ -119,7 +119,7 @@ def _flatten_record(record: Mapping, source) -> dict:
             except (TypeError, ValueError):
                 raise UserError(f"metrics record {source}: {key!r} = {row[key]!r} is not a number") from None
     absent = [key for key in _MEASURED if _is_missing(row[key])]
-    if row["method"] != "original" and _is_missing(row["rte_min"]):
+    if row["method"] != "original" and not row["imported_from"] and _is_missing(row["rte_min"]):
         absent.append("rte_min")
     if absent:
         raise UserError(f"metrics record {source} has no value for {', '.join(absent)}: the job that wrote it did "
@@ -344,8 +344,8 @@ def paper_comparison(table: pd.DataFrame, methods: Sequence[str],
             rows.append((method, metric.label, run_mean[method][metric.label], paper_mean[method][metric.label]))
     if UNLEARNING_REFERENCE in methods:
         for method in methods:
-            if method in ("original", UNLEARNING_REFERENCE):
-                continue
+            if method in ("original", UNLEARNING_REFERENCE) or _is_missing(run_mean[method][RTE.label]):
+                continue  # an imported model has no cost: no ratio to SAFEMax's
             prior = (prior_min or {}).get(method, np.nan)
             ours = _ratio_rows(method, run_mean, prior)
             theirs = _ratio_rows(method, paper_mean)
@@ -431,6 +431,17 @@ def mixed_cost_note(metrics: pd.DataFrame, methods: Sequence[str]) -> str | None
             "on one setup.")
 
 
+def imported_note(metrics: pd.DataFrame, methods: Sequence[str]) -> str | None:
+    """Which columns are models imported from elsewhere (config `imported`), whose RTE and GPU are empty."""
+    if "imported_from" not in metrics.columns:  # a metrics.csv written before models could be imported
+        return None
+    imported = [m for m in methods if metrics.loc[metrics["method"] == m, "imported_from"].notna().any()]
+    if not imported:
+        return None
+    return (f"{', '.join(display_name(m) for m in imported)}: imported, unlearned outside the suite (config "
+            "'imported'); evaluated as the others, cost not measured.")
+
+
 def write_reports(metrics_csv, out_dir, methods: Sequence[str] | None = None) -> dict[str, Path]:
     """table.csv, table1/2 (.md, .tex) and comparison.md from metrics.csv, each written atomically."""
     metrics = pd.read_csv(metrics_csv)
@@ -448,8 +459,9 @@ def write_reports(metrics_csv, out_dir, methods: Sequence[str] | None = None) ->
     cost_note = mixed_cost_note(metrics, methods)
     if cost_note:
         print(f"warning: {cost_note}")
-    _write_text(paths["table1.md"], render_table1(table, methods, "markdown") + (f"\n{cost_note}\n" if cost_note else ""))
-    _write_text(paths["table1.tex"], render_table1(table, methods, "latex") + (f"% {cost_note}\n" if cost_note else ""))
+    notes = [note for note in (cost_note, imported_note(metrics, methods)) if note]
+    _write_text(paths["table1.md"], render_table1(table, methods, "markdown") + "".join(f"\n{n}\n" for n in notes))
+    _write_text(paths["table1.tex"], render_table1(table, methods, "latex") + "".join(f"% {n}\n" for n in notes))
     _write_text(paths["table2.md"], render_table2(table, methods, "markdown"))
     _write_text(paths["table2.tex"], render_table2(table, methods, "latex"))
     _write_text(paths["comparison.md"],

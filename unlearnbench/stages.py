@@ -14,7 +14,7 @@ import torch
 
 from . import checkpoints as ckpt
 from .acceleration import effective_switches, switches_label
-from .config import config_hash, method_params, read_yaml
+from .config import config_hash, evaluated_methods, imported_model_dir, method_params, read_yaml
 from .cost import CostMeter, device_name
 from .data import ImageData, load_dataset, to_float, to_uint8
 from .diffusion import Schedule, sample
@@ -251,6 +251,11 @@ def unlearning_state_key(config: dict, method: str, params: dict, seed: int, for
                         "priors": {k: ckpt.folder_digest(v) for k, v in sorted((priors or {}).items())}})
 
 
+def original_weights_in(model, original_dir) -> str | None:
+    """Which of the original model's weight folders (unet, unet_ema) `model` equals bit for bit, if any."""
+    return next((sub for sub in ("unet", "unet_ema") if ckpt.same_weights(model, Path(original_dir) / sub)), None)
+
+
 def run_unlearning(config: dict, method_name: str, forget_class: int, seed: int, data_path, original_dir, out_dir,
                    priors: dict | None = None, overrides: dict | None = None) -> dict:
     module = load_method(method_name)
@@ -279,12 +284,11 @@ def run_unlearning(config: dict, method_name: str, forget_class: int, seed: int,
                             "ctx.run_steps(steps, step_fn, desc=...), which times it (the RTE)")
         ckpt.require_finite(model, f"{method_name} (forget class {forget_class}, seed {seed}) ended with non-finite "
                             "weights", diverged_hint(method_name, params))
-    for weights in ("unet", "unet_ema"):  # else the original would be scored as unlearned
-        if ckpt.same_weights(model, Path(original_dir) / weights):
-            raise UserError(f"unlearn() of method {method_name!r} returned the original model's weights "
-                            f"({weights}/) unchanged: its loop changed nothing. Check that its optimizer holds the "
-                            "parameters of the model it returns and that each step calls optimizer.step() (a zero "
-                            "learning rate or an all-zero mask also leave it unchanged)")
+    if weights := original_weights_in(model, original_dir):  # else the original would be scored as unlearned
+        raise UserError(f"unlearn() of method {method_name!r} returned the original model's weights "
+                        f"({weights}/) unchanged: its loop changed nothing. Check that its optimizer holds the "
+                        "parameters of the model it returns and that each step calls optimizer.step() (a zero "
+                        "learning rate or an all-zero mask also leave it unchanged)")
     cost = meter.result()
     prior_min = 0.0
     for folder in (priors or {}).values():
@@ -296,6 +300,30 @@ def run_unlearning(config: dict, method_name: str, forget_class: int, seed: int,
     ckpt.save_unet(model, out_dir / "unet")
     ckpt.write_json(out_dir / "cost.json", record)
     print(f"{method_name} forgot class {forget_class} (seed {seed}) in {cost['rte_min']:.3f} min")
+    return record
+
+
+IMPORTED_COST_REASON = "imported: unlearned outside the suite, its cost was not measured"
+
+
+def import_model(config: dict, name: str, forget_class: int, seed: int, data_path, original_dir, out_dir) -> dict:
+    """An unlearned model made elsewhere (config `imported`), checked and saved as the workflow's own model folder,
+    so that it is evaluated exactly as the methods' models are. Its cost.json has no RTE or GPU figure."""
+    src = imported_model_dir(config, name, forget_class, seed)
+    expect = ckpt.unet_expectations(config, ImageData.load(data_path).num_classes)
+    model = ckpt.load_unet(src, expect=expect)
+    ckpt.require_finite(model, f"imported model {src}", "Its weights are unusable: replace the folder, or take "
+                        f"{name!r} out of 'imported'.")
+    if weights := original_weights_in(model, original_dir):  # the wrong folder: it would be scored as unlearned
+        raise UserError(f"imported model {src} ({name}, forget class {forget_class}) holds the run's original "
+                        f"model ({weights}/) unchanged: point 'imported.{name}' to the unlearned models")
+    out_dir = Path(out_dir)
+    ckpt.save_unet(model, out_dir / "unet")
+    record = {"method": name, "forget_class": forget_class, "seed": seed, "params": None, "prior_min": None,
+              "rte_s": None, "rte_min": None, "gpu_peak_gb": None, "gpu_null_reason": IMPORTED_COST_REASON,
+              "imported_from": str(src.resolve()), "source_digest": ckpt.folder_digest(src)}
+    ckpt.write_json(out_dir / "cost.json", record)
+    print(f"imported {src} as {name} (forget class {forget_class}, seed {seed})")
     return record
 
 
@@ -556,6 +584,7 @@ def score_classes(config: dict, samples_path, evaluator_dir, references: dict, s
                                                    "torch_peak_allocated_gb", "torch_peak_reserved_gb", "host_rss_peak_gb",
                                                    "device", "device_name", "speed_switches", "units")}
         record["prior_min"] = cost.get("prior_min")
+        record["imported_from"] = cost.get("imported_from")
         record["params"] = cost.get("params")
         record["provenance"] = {
             "run_name": config["run_name"], "config_hash": config_hash(config), "config_path": str(config_path or ""),
@@ -600,11 +629,11 @@ def render_figures(config: dict, kind: str, *, metrics=None, samples=None, forge
     from . import figures
     from .report import display_name
 
-    methods = config["methods"]
+    methods = evaluated_methods(config)
     if kind == "summary":
         df = pd.read_csv(metrics)
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        figures.cost_bars(df, methods, Path(out_dir) / "cost.png")
+        figures.cost_bars(df, config["methods"], Path(out_dir) / "cost.png")  # imported models have no cost
         figures.per_class_metrics(df, ["original", *methods], Path(out_dir) / "per_class.png")
     elif kind == "samples":
         labels = [display_name(m) for m in ("original", *methods)]

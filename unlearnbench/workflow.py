@@ -5,7 +5,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import deep_merge, read_yaml, validate, write_resolved, DEFAULT_CONFIG
+from .config import deep_merge, imported_model_dir, read_yaml, validate, write_resolved, DEFAULT_CONFIG
 from .errors import UserError
 
 # The files of a saved UNet folder (save_pretrained; unet.WEIGHTS_NAME) and the evaluator's weights:
@@ -34,6 +34,7 @@ def load_workflow_config(config: dict, configfiles=()) -> dict:
         if checkpoint and not Path(checkpoint).is_dir():  # caught here, not after a cluster job has queued
             raise UserError(f"'base.checkpoint' = {checkpoint!r} is not a folder (from {Path.cwd()}); point it to "
                             "a trained model folder holding unet/ and unet_ema/, or set it to null to train one")
+        check_imported_models(merged)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
@@ -67,6 +68,24 @@ def base_checkpoint_files(config: dict) -> list[str]:
     if not checkpoint:
         return []
     return sorted(str(p) for sub in ("unet", "unet_ema") for p in (Path(checkpoint) / sub).glob("*") if p.is_file())
+
+
+def check_imported_models(config: dict) -> None:
+    """Every imported model the run will score is a saved UNet folder: caught before any job runs."""
+    missing = [str(folder) for name in config.get("imported") or {} for c in config["forget_classes"]
+               for s in config["seeds"] if not (folder := imported_model_dir(config, name, c, s) / "config.json").is_file()]
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise UserError(f"'imported' names {len(missing)} model(s) that are not there (from {Path.cwd()}): no {shown}. "
+                        "Each is the folder of a UNet saved with save_pretrained (config.json and its weights), one "
+                        "per forgotten class in 'forget_classes' (and seed, if the pattern has {seed}); fix the "
+                        "pattern, or leave out the classes you have no model for")
+
+
+def imported_model_files(config: dict, name: str, forget_class: int, seed: int) -> list[str]:
+    """The files of an imported model's folder, as inputs of its import job: replacing them reruns its evaluation."""
+    folder = imported_model_dir(config, name, forget_class, seed)
+    return sorted(str(p) for p in folder.glob("*") if p.is_file())
 
 
 def workflow_relative(path) -> str:
@@ -123,6 +142,8 @@ def fingerprint(config: dict, stage: str, method: str | None = None, prior: str 
     from .method_api import load_method, prior_by_name
 
     sections = list(STAGE_SECTIONS[stage])
+    if method in (config.get("imported") or {}):  # no method file: what it depends on is its folders' pattern
+        return config_hash({**{k: config.get(k) for k in sections}, "imported": config["imported"][method]})
     if method:
         module = load_method(method)
         sections += prior_by_name(module, prior).sections if prior else module.SECTIONS
