@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from workflow_copies import METRICS, ROOT, copy_library, copy_workflow, snakemake
 
@@ -223,21 +224,32 @@ def test_readme_add_a_method_walkthrough(test_run):
     assert f"{label} FID" in pd.read_csv(test_run / "results" / "table.csv").columns
 
 
-def test_models_made_elsewhere_are_imported_and_scored_as_the_suites_own(test_run, tmp_path):
-    """`imported`: another codebase's unlearned models (here copies of SalUn's, saved elsewhere) get the run's
-    evaluation beside the methods, nothing else reruns, and scored alike the same weights give the same metrics."""
+def readme_imported_example() -> dict:
+    """The overlay of the README's "Score models unlearned elsewhere" section."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Score models unlearned elsewhere"):]
+    return yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))
+
+
+def test_models_made_elsewhere_are_imported_and_scored_as_the_suites_own(test_run):
+    """The README's `imported` overlay, followed literally with copies of SalUn's models saved where it says: they
+    get the run's evaluation beside the methods, nothing else reruns, and the same weights score the same."""
+    overlay = readme_imported_example()
+    (name, pattern), = overlay["imported"].items()
     for c in (0, 1):
-        shutil.copytree(test_run / f"results/test/models/salun/class{c}/seed0/unet", tmp_path / f"class{c}" / "unet")
-    (test_run / "config" / "imported.yaml").write_text(f"imported: {{theirs: '{tmp_path}/class{{forget_class}}/unet'}}\n")
+        shutil.copytree(test_run / f"results/test/models/salun/class{c}/seed0/unet",
+                        test_run / pattern.format(forget_class=c))
+    (test_run / "config" / "imported.yaml").write_text(yaml.safe_dump(overlay))
     proc = snakemake(test_run, "results/table.csv", "--configfile", "config/test.yaml", "config/imported.yaml")
     out = proc.stdout + proc.stderr
     for rule, count in (("import_model", 2), ("evaluate_unlearned", 2), ("aggregate", 1)):
         assert re.search(rf"^{rule}\s+{count}$", out, re.M), (rule, out[-3000:])
     assert not re.search(r"^(train_base|unlearn|prior_shared|prior_per_class|score_original)\s+\d+", out, re.M)
     metrics = pd.read_csv(test_run / "results" / "metrics.csv").set_index(["method", "forget_class"])
-    theirs, salun = metrics.loc["theirs"], metrics.loc["salun"]
+    theirs, salun = metrics.loc[name], metrics.loc["salun"]
     assert (theirs[METRICS] == salun[METRICS]).all().all()
     assert theirs["rte_min"].isna().all() and salun["rte_min"].notna().all()
-    assert theirs["imported_from"].tolist() == [str((tmp_path / f"class{c}" / "unet").resolve()) for c in (0, 1)]
-    assert "theirs: imported, unlearned outside the suite" in (test_run / "results" / "table1.md").read_text()
-    assert "theirs FID" in pd.read_csv(test_run / "results" / "table.csv").columns
+    assert theirs["imported_from"].tolist() == [str((test_run / pattern.format(forget_class=c)).resolve())
+                                                for c in (0, 1)]
+    assert f"{name}: imported, unlearned outside the suite" in (test_run / "results" / "table1.md").read_text()
+    assert f"{name} FID" in pd.read_csv(test_run / "results" / "table.csv").columns
