@@ -467,15 +467,15 @@ def test_a_bad_imported_model_entry_is_a_config_problem(imported, message):
 
 
 def test_imported_models_missing_on_disk_are_named_before_any_job_runs(tmp_path, tiny_config):
-    from unlearnbench.workflow import check_imported_models
+    from unlearnbench.workflow import check_model_folders
 
     save_unet(build_unet("tiny", 10), tmp_path / "theirs" / "class0" / "unet")
     config = {**tiny_config, "imported": {"theirs": str(tmp_path / "theirs" / "class{forget_class}" / "unet")}}
     with pytest.raises(UserError, match=r"'imported' names 1 model\(s\) that are not there .*: no \S*theirs/class1/unet/"
                                         r"config.json\. Each is the folder of a UNet"):
-        check_imported_models(config)  # forget_classes [0, 1]: class 1's folder is missing
+        check_model_folders(config)  # forget_classes [0, 1]: class 1's folder is missing
     save_unet(build_unet("tiny", 10), tmp_path / "theirs" / "class1" / "unet")
-    check_imported_models(config)
+    check_model_folders(config)
 
 
 def test_an_imported_model_is_checked_against_the_run_before_use(tmp_path, tiny_config):
@@ -492,3 +492,12 @@ def test_an_imported_model_is_checked_against_the_run_before_use(tmp_path, tiny_
                                         r"\(unet/\) unchanged: point 'imported.theirs' to the unlearned models"):
         stages.import_model(config, "theirs", 1, 0, tmp_path / "data.npz", tmp_path / "original", out)
     assert not out.exists()
+
+
+def test_validate_config_names_a_missing_model_folder_as_the_workflow_does(tmp_path):
+    (tmp_path / "mine.yaml").write_text("imported: {theirs: 'theirs/class{forget_class}/unet'}\n")
+    code, out = run_cli(["validate-config", "mine.yaml"], tmp_path)
+    assert code == 2 and "'imported' names 10 model(s) that are not there" in out and "Traceback" not in out, out
+    (tmp_path / "mine.yaml").write_text("base: {checkpoint: nowhere}\n")
+    code, out = run_cli(["validate-config", "mine.yaml"], tmp_path)
+    assert code == 2 and "'base.checkpoint' = 'nowhere' is not a folder" in out, out

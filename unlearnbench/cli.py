@@ -177,8 +177,10 @@ def run(args) -> None:
 
     if args.command == "validate-config":
         from .config import load_config, write_resolved
+        from .workflow import check_model_folders
 
         config = load_config(*args.files)
+        check_model_folders(config)  # as the Snakefile does, from this folder
         if args.write:
             write_resolved(config, args.write)
         print(f"config OK: run {config['run_name']}")

@@ -30,11 +30,7 @@ def load_workflow_config(config: dict, configfiles=()) -> dict:
         # config given without the defaults (e.g. `snakemake --configfile x.yaml` from elsewhere) is complete.
         merged = deep_merge(read_yaml(DEFAULT_CONFIG), dict(config))
         merged = validate(merged)  # with numbers given as text (e.g. by --config) made numbers
-        checkpoint = merged["base"].get("checkpoint")
-        if checkpoint and not Path(checkpoint).is_dir():  # caught here, not after a cluster job has queued
-            raise UserError(f"'base.checkpoint' = {checkpoint!r} is not a folder (from {Path.cwd()}); point it to "
-                            "a trained model folder holding unet/ and unet_ema/, or set it to null to train one")
-        check_imported_models(merged)
+        check_model_folders(merged)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
@@ -70,8 +66,13 @@ def base_checkpoint_files(config: dict) -> list[str]:
     return sorted(str(p) for sub in ("unet", "unet_ema") for p in (Path(checkpoint) / sub).glob("*") if p.is_file())
 
 
-def check_imported_models(config: dict) -> None:
-    """Every imported model the run will score is a saved UNet folder: caught before any job runs."""
+def check_model_folders(config: dict) -> None:
+    """The models the config names are there: base.checkpoint, and each imported model the run will score (a saved
+    UNet folder). Caught before any job runs, not after a cluster job has queued."""
+    checkpoint = config["base"].get("checkpoint")
+    if checkpoint and not Path(checkpoint).is_dir():
+        raise UserError(f"'base.checkpoint' = {checkpoint!r} is not a folder (from {Path.cwd()}); point it to "
+                        "a trained model folder holding unet/ and unet_ema/, or set it to null to train one")
     missing = [str(folder) for name in config.get("imported") or {} for c in config["forget_classes"]
                for s in config["seeds"] if not (folder := imported_model_dir(config, name, c, s) / "config.json").is_file()]
     if missing:
