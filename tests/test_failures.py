@@ -479,7 +479,8 @@ def test_imported_models_missing_on_disk_are_named_before_any_job_runs(tmp_path,
 
 
 def test_an_imported_model_is_checked_against_the_run_before_use(tmp_path, tiny_config):
-    """The wrong folder fails its job with what to do, and nothing is saved: not the config's model, or the original."""
+    """The wrong folder fails its job with what to do, and nothing is saved: not the config's model, the original,
+    or weights that are not finite."""
     config = json.loads(json.dumps(tiny_config))
     _adopted_original(tmp_path, config)
     config["imported"] = {"theirs": str(tmp_path / "theirs" / "class{forget_class}" / "unet")}
@@ -491,6 +492,15 @@ def test_an_imported_model_is_checked_against_the_run_before_use(tmp_path, tiny_
     with pytest.raises(UserError, match=r"theirs/class1/unet \(theirs, forget class 1\) holds the run's original model "
                                         r"\(unet/\) unchanged: point 'imported.theirs' to the unlearned models"):
         stages.import_model(config, "theirs", 1, 0, tmp_path / "data.npz", tmp_path / "original", out)
+    poisoned = build_unet("tiny", 10)
+    with torch.no_grad():
+        next(poisoned.parameters()).view(-1)[:2] = float("nan")
+    save_unet(poisoned, tmp_path / "theirs" / "class2" / "unet")
+    from unlearnbench.errors import DivergedError
+
+    with pytest.raises(DivergedError, match=r"imported model \S*theirs/class2/unet: 2 of [\d,]+ values are NaN or inf\. "
+                                            r"Its weights are unusable: replace the folder, or take 'theirs' out"):
+        stages.import_model(config, "theirs", 2, 0, tmp_path / "data.npz", tmp_path / "original", out)
     assert not out.exists()
 
 

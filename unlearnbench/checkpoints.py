@@ -93,6 +93,13 @@ def require_finite(weights, what: str, hint: str) -> None:
     raise DivergedError(f"{what}: {bad:,} of {total:,} values are NaN or inf. {hint}")
 
 
+def load_users_unet(folder: str | Path, expect: dict, what: str, fix: str):
+    """A UNet the user supplies (base.checkpoint, an imported model): the config's model, with finite weights."""
+    model = load_unet(folder, expect=expect)
+    require_finite(model, what, f"Its weights are unusable: {fix}.")
+    return model
+
+
 def save_unet(model, folder: str | Path) -> None:
     """save_pretrained into a temporary sibling, then rename: a killed job never leaves a half-written model."""
     folder = Path(folder)

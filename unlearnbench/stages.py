@@ -59,10 +59,9 @@ def train_base(config: dict, data_path: str | Path, out_dir: str | Path) -> dict
     expect = ckpt.unet_expectations(config, data.num_classes)
     if base.get("checkpoint"):
         src = Path(base["checkpoint"])
-        models = {sub: ckpt.load_unet(src / sub, expect=expect) for sub in ("unet", "unet_ema")}  # both checked first
-        for sub, model in models.items():
-            ckpt.require_finite(model, f"'base.checkpoint' {src / sub}", "Its weights are unusable: point "
-                                "'base.checkpoint' to another trained model, or set it to null to train one.")
+        models = {sub: ckpt.load_users_unet(src / sub, expect, f"'base.checkpoint' {src / sub}",  # both checked first
+                                            "point 'base.checkpoint' to another trained model, or set it to null to "
+                                            "train one") for sub in ("unet", "unet_ema")}
         for sub, model in models.items():  # re-saved in the suite's layout: later jobs load it without conversion
             ckpt.save_unet(model, out_dir / sub)
         record = {"source": str(src.resolve()), "source_digest": {sub: ckpt.folder_digest(src / sub) for sub in models},
@@ -311,9 +310,8 @@ def import_model(config: dict, name: str, forget_class: int, seed: int, data_pat
     so that it is evaluated exactly as the methods' models are. Its cost.json has no RTE or GPU figure."""
     src = imported_model_dir(config, name, forget_class, seed)
     expect = ckpt.unet_expectations(config, ImageData.load(data_path).num_classes)
-    model = ckpt.load_unet(src, expect=expect)
-    ckpt.require_finite(model, f"imported model {src}", "Its weights are unusable: replace the folder, or take "
-                        f"{name!r} out of 'imported'.")
+    model = ckpt.load_users_unet(src, expect, f"imported model {src}",
+                                 f"replace the folder, or take {name!r} out of 'imported'")
     if weights := original_weights_in(model, original_dir):  # the wrong folder: it would be scored as unlearned
         raise UserError(f"imported model {src} ({name}, forget class {forget_class}) holds the run's original "
                         f"model ({weights}/) unchanged: point 'imported.{name}' to the unlearned models")

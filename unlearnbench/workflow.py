@@ -73,8 +73,9 @@ def check_model_folders(config: dict) -> None:
     if checkpoint and not Path(checkpoint).is_dir():
         raise UserError(f"'base.checkpoint' = {checkpoint!r} is not a folder (from {Path.cwd()}); point it to "
                         "a trained model folder holding unet/ and unet_ema/, or set it to null to train one")
-    missing = [str(folder) for name in config.get("imported") or {} for c in config["forget_classes"]
-               for s in config["seeds"] if not (folder := imported_model_dir(config, name, c, s) / "config.json").is_file()]
+    wanted = [imported_model_dir(config, name, c, s) / "config.json"
+              for name in config.get("imported") or {} for c in config["forget_classes"] for s in config["seeds"]]
+    missing = [str(path) for path in wanted if not path.is_file()]
     if missing:
         shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
         raise UserError(f"'imported' names {len(missing)} model(s) that are not there (from {Path.cwd()}): no {shown}. "
