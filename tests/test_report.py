@@ -6,6 +6,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from unlearnbench import figures, report
 from unlearnbench.errors import UserError
@@ -619,3 +620,80 @@ def test_guidance_figure_and_tables_are_written(tmp_path):
     assert sorted(table["guidance_w"].unique()) == [0.0, 1.0, 2.0]
     figures.guidance_curves(table, tmp_path / "guidance.png", 2.0)
     assert (tmp_path / "guidance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("n", [2, 3, 10])
+def test_paired_difference_is_scipys_paired_t_interval(n):
+    rng = np.random.default_rng(n)
+    values, reference = rng.normal(20, 3, n), rng.normal(15, 3, n)
+    diff = report.paired_difference(values, reference, lower_is_better=True)
+    test = stats.ttest_rel(values, reference)
+    low, high = test.confidence_interval(0.95)
+    assert diff.n == n and np.isclose(diff.mean, np.mean(values - reference))
+    assert np.isclose(diff.ci_low, low) and np.isclose(diff.ci_high, high)
+    assert diff.reference_better == int(np.sum(values > reference)) and diff.reference_worse == n - diff.reference_better
+    higher = report.paired_difference(values, reference, lower_is_better=False)
+    assert (higher.reference_better, higher.reference_worse) == (diff.reference_worse, diff.reference_better)
+
+
+def test_paired_difference_without_an_interval():
+    one = report.paired_difference([3.0], [1.0], lower_is_better=True)
+    assert one.mean == 2.0 and np.isnan(one.ci_low) and np.isnan(one.ci_high) and one.reference_better == 1
+    tie = report.paired_difference([1.0, 2.0, 5.0], [1.0, 2.0, 3.0], lower_is_better=False)  # a tie is nobody's win
+    assert tie.reference_better == 0 and tie.reference_worse == 1
+    assert np.isnan(report.paired_difference([1.0, np.nan], [1.0, 2.0], lower_is_better=True).mean)
+
+
+def test_paired_comparison_pairs_each_method_with_safemax_class_by_class(run):
+    records, metrics, table = run
+    paired = report.paired_comparison(table, METHODS).set_index(["method", "metric"])
+    assert set(paired.index.get_level_values("method")) == {"original", "sa", "salun"}
+    for method in ("original", "sa", "salun"):
+        for metric, column, lower in [("FID", "fid", True), ("H [nats]", "H", False), ("UA [%]", "UA", False)]:
+            diff = seed_averaged(records, method, column) - seed_averaged(records, "safemax", column)
+            row = paired.loc[(method, metric)]
+            assert row["n"] == 10 and np.isclose(row["mean"], diff.mean()), (method, metric)
+            assert row["reference_better"] == int(np.sum(diff > 0 if lower else diff < 0))
+            assert row["reference_worse"] == int(np.sum(diff < 0 if lower else diff > 0))
+            assert row["ci_low"] < row["mean"] < row["ci_high"]
+    paper = report.load_paper_numbers().set_index(["method", "forget_class"])
+    fid_gap = paper.loc["sa", "fid"].to_numpy() - paper.loc["safemax", "fid"].to_numpy()
+    assert np.isclose(paired.loc[("sa", "FID"), "paper_mean"], fid_gap.mean())
+    assert paired.loc[("sa", "FID"), "paper_reference_better"] == int(np.sum(fid_gap > 0))
+    assert np.isnan(paired.loc[("original", "FID"), "paper_mean"])  # the paper has no per-class original
+    # Over classes 0 and 1, the paper's side covers the same two classes.
+    two = report.paired_comparison(report.paper_layout_table(metrics[metrics["forget_class"].isin([0, 1])], METHODS),
+                                   METHODS).set_index(["method", "metric"])
+    assert two.loc[("sa", "FID"), "paper_n"] == 2 and np.isclose(two.loc[("sa", "FID"), "paper_mean"], fid_gap[:2].mean())
+    assert report.paired_comparison(table, ["original", "sa", "salun"]).empty  # no SAFEMax, nothing to pair with
+
+
+def test_comparison_shows_the_paired_differences(run, tmp_path):
+    _, metrics, table = run
+    report.write_metrics_csv(metrics, tmp_path / "metrics.csv")
+    text = report.write_reports(tmp_path / "metrics.csv", tmp_path / "reports", METHODS)["comparison.md"].read_text()
+    section = text.split("## Paired differences to SAFEMax")[1]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("| ")]
+    sa_fid = next(cells for cells in rows if cells[:2] == ["SA", "FID"])
+    row = report.paired_comparison(table, METHODS).set_index(["method", "metric"]).loc[("sa", "FID")]
+    assert sa_fid[2] == f"{row['mean']:+.2f} [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]"
+    better, worse = int(row["reference_better"]), int(row["reference_worse"])
+    assert sa_fid[3] == f"{better} / {10 - better - worse} / {worse}"
+    assert sa_fid[4].startswith(f"{row['paper_mean']:+.2f} [")
+    original_ua = next(cells for cells in rows if cells[:2] == ["Original", "UA [%]"])
+    assert original_ua[4:] == ["–", "–"]
+
+
+def test_the_paired_differences_on_the_papers_tables_are_those_protocol_notes_cite():
+    paper = report.load_paper_numbers().set_index(["method", "forget_class"])
+    cited = {  # docs/protocol-notes.md, "What the paper's per-class numbers support"
+        ("sa", report.FID): (0.97, 0.55, 1.40, 10), ("sa", report.ENTROPY): (-0.163, -0.203, -0.124, 10),
+        ("salun", report.FID): (0.02, -0.64, 0.69, 4), ("salun", report.ENTROPY): (-1.083, -1.102, -1.065, 10),
+        ("salun", report.UA): (9.50, -12.95, 31.95, 6)}
+    for (method, metric), (mean, low, high, better) in cited.items():
+        diff = report.paired_difference(paper.loc[method, metric.paper_column], paper.loc["safemax", metric.paper_column],
+                                        metric.lower_is_better)
+        assert np.allclose([diff.mean, diff.ci_low, diff.ci_high], [mean, low, high], atol=0.006), (method, metric)
+        assert diff.reference_better == better, (method, metric)
+    sa_ua = report.paired_difference(paper.loc["sa", "UA"], paper.loc["safemax", "UA"], lower_is_better=False)
+    assert sa_ua.n - sa_ua.reference_better - sa_ua.reference_worse == 7  # "equal in 7 classes"

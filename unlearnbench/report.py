@@ -355,6 +355,110 @@ def paper_comparison(table: pd.DataFrame, methods: Sequence[str],
     return df
 
 
+# ---------------------------------------------------------------------------- paired differences
+
+PAIRED_METRICS = (FID, ENTROPY, UA)  # the quality metrics; the costs have their ratios above
+PAIRED_CONFIDENCE = 0.95
+
+
+class PairedDifference(NamedTuple):
+    """A method minus the reference over paired units (forgotten classes)."""
+
+    n: int
+    mean: float
+    ci_low: float  # the paired t interval; NaN with fewer than 2 units
+    ci_high: float
+    reference_better: int  # units where the reference's value is strictly better
+    reference_worse: int  # ... strictly worse (the rest are ties)
+
+
+def paired_difference(values, reference, lower_is_better: bool,
+                      confidence: float = PAIRED_CONFIDENCE) -> PairedDifference:
+    """Mean of `values - reference` with its paired t interval (the units, here classes, are the sample)."""
+    from scipy import stats  # here: the other importers of this module never need it
+
+    diff = np.asarray(values, dtype=float) - np.asarray(reference, dtype=float)
+    n = len(diff)
+    if n == 0 or np.isnan(diff).any():
+        return PairedDifference(n, np.nan, np.nan, np.nan, 0, 0)
+    mean = float(diff.mean())
+    half = (float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * float(diff.std(ddof=1)) / math.sqrt(n)
+            if n > 1 else np.nan)
+    reference_better = diff > 0 if lower_is_better else diff < 0
+    reference_worse = diff < 0 if lower_is_better else diff > 0
+    return PairedDifference(n, mean, mean - half, mean + half, int(reference_better.sum()), int(reference_worse.sum()))
+
+
+def paired_comparison(table: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
+    """Each method minus SAFEMax, class by class, for FID, H and UA: this run's and the paper's (its tables,
+    over this run's classes). Empty when SAFEMax is not in `methods`.
+
+    Columns: method, metric, then the fields of `PairedDifference` for this run and, prefixed `paper_`, the paper.
+    """
+    fields = list(PairedDifference._fields)
+    columns = ["method", "metric", *fields, *(f"paper_{f}" for f in fields)]
+    if UNLEARNING_REFERENCE not in methods:
+        return pd.DataFrame(columns=columns)
+    classes = run_classes(table)
+    per_class = table[table["forget_class"].isin([str(c) for c in classes])]
+    paper = load_paper_numbers().set_index(["method", "forget_class"])
+    rows = []
+    for method in methods:
+        if method == UNLEARNING_REFERENCE:
+            continue
+        for metric in PAIRED_METRICS:
+            ours = paired_difference(per_class[column_name(method, metric)],
+                                     per_class[column_name(UNLEARNING_REFERENCE, metric)], metric.lower_is_better)
+            if method in paper.index.get_level_values("method"):
+                theirs = paired_difference(paper.loc[[(method, c) for c in classes], metric.paper_column],
+                                           paper.loc[[(UNLEARNING_REFERENCE, c) for c in classes], metric.paper_column],
+                                           metric.lower_is_better)
+            else:
+                theirs = PairedDifference(0, np.nan, np.nan, np.nan, 0, 0)
+            rows.append((method, metric.label, *ours, *theirs))
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _format_counts(mean: float, n: int, better: int, worse: int) -> str:
+    return "–" if _is_missing(mean) else f"{better} / {n - better - worse} / {worse}"
+
+
+def _format_paired(mean: float, low: float, high: float, decimals: int) -> str:
+    if _is_missing(mean):
+        return "–"
+
+    def signed(value):  # + 0.0: a rounding residue (-1e-15) shows as +0.00, not -0.00
+        return f"{round(value, decimals) + 0.0:+.{decimals}f}"
+
+    interval = "" if _is_missing(low) else f" [{signed(low)}, {signed(high)}]"
+    return signed(mean) + interval
+
+
+def render_paired(paired: pd.DataFrame) -> str:
+    """Markdown: the paired differences to SAFEMax, this run's beside the paper's."""
+    ref = display_name(UNLEARNING_REFERENCE)
+    level = f"{100 * PAIRED_CONFIDENCE:.0f}%"
+    lines = [f"## Paired differences to {ref}, class by class", "",
+             f"Per forgotten class, a method's value minus {ref}'s (seed-averaged, as in the tables): the mean over "
+             f"classes, its {level} paired t interval (the forgotten classes are the sample: an interval that "
+             f"excludes 0 is a difference that holds across classes, not a claim about other datasets), and in how "
+             f"many classes {ref} is better, tied and worse (better: FID lower, H and UA higher). A t interval may "
+             "pass a bounded metric's bounds (UA: 0-100 %); the class counts do not assume normality.", "",
+             f"| Method | Metric | This run: mean [{level} CI] | {ref} better / tied / worse | "
+             f"Paper: mean [{level} CI] | {ref} better / tied / worse |", "|---|---|---:|---:|---:|---:|"]
+    decimals = {metric.label: metric.decimals for metric in PAIRED_METRICS}
+    for row in paired.itertuples(index=False):
+        d = decimals[row.metric]
+        lines.append("| " + " | ".join([
+            display_name(row.method), row.metric,
+            _format_paired(row.mean, row.ci_low, row.ci_high, d),
+            _format_counts(row.mean, row.n, row.reference_better, row.reference_worse),
+            _format_paired(row.paper_mean, row.paper_ci_low, row.paper_ci_high, d),
+            _format_counts(row.paper_mean, row.paper_n, row.paper_reference_better, row.paper_reference_worse),
+        ]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def run_classes(table: pd.DataFrame) -> list[int]:
     """The forgotten classes of a paper-layout table (its rows before "mean" and "std")."""
     return [int(c) for c in table["forget_class"] if str(c) not in ("mean", "std")]
@@ -372,8 +476,9 @@ def _format_quantity(quantity: str, value: float) -> str:
 
 
 def render_comparison(comparison: pd.DataFrame, scale_note: str | None = None, classes: Sequence[int] | None = None,
-                      cost_note: str | None = None) -> str:
-    """Markdown: the comparison table, with the caveat that this run's scale may not be the paper's."""
+                      cost_note: str | None = None, paired: pd.DataFrame | None = None) -> str:
+    """Markdown: the comparison table, with the caveat that this run's scale may not be the paper's, then the
+    paired differences to SAFEMax (`paired_comparison`) when given."""
     classes = list(range(10)) if classes is None else list(classes)
     over = ("all 10" if len(classes) == 10 else
             f"class{'es' if len(classes) > 1 else ''} {', '.join(map(str, classes))} only")
@@ -396,6 +501,8 @@ def render_comparison(comparison: pd.DataFrame, scale_note: str | None = None, c
               "The paper's RTE is taken to be minutes and GPU memory GB. The paper's means are computed from its "
               "per-class numbers (the claims are over all 10 classes); two of its printed summary cells disagree "
               "with them (SalUn mean RTE printed 11.81, computed 11.88; SAFEMax FID std printed 0.32, computed 1.48)."]
+    if paired is not None and len(paired):
+        lines += ["", render_paired(paired).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
@@ -466,7 +573,7 @@ def write_reports(metrics_csv, out_dir, methods: Sequence[str] | None = None) ->
     _write_text(paths["table2.tex"], render_table2(table, methods, "latex"))
     _write_text(paths["comparison.md"],
                 render_comparison(paper_comparison(table, methods, prior_min), _scale_note(metrics),
-                                  run_classes(table), cost_note))
+                                  run_classes(table), cost_note, paired_comparison(table, methods)))
     return paths
 
 
