@@ -2,17 +2,18 @@
 
 Prior (per forget class): the saliency mask, the top half of all weights ranked by |sum over batches of
 the clipped gradient of the guided loss| on real images of c_f. Each unlearning step: the forget term
-pulls eps_theta(x_t, c_f, t) onto the detached eps_theta(x_t, c_p, t) with c_p = (c_f + 1) mod K, plus
-alpha times the standard loss on the other classes; the clipped gradient is masked before Adam.
+pulls eps_theta(x_t, c_f, t) onto the detached eps_theta(x_t, c_p, t) with c_p = (c_f + 1) mod K (each label
+dropped to the null class with probability 0.1, as the reference's training-mode passes), plus alpha times the
+standard loss on the other classes; the clipped gradient is masked before Adam.
 """
 from contextlib import nullcontext
 
 import torch
 
 from unlearnbench.checkpoints import load_tensors, save_tensors
-from unlearnbench.diffusion import epsilon_loss, guided_eps, randn_like, reduce_squared_error
+from unlearnbench.diffusion import drop_labels, epsilon_loss, guided_eps, randn_like, reduce_squared_error
 from unlearnbench.method_api import Prior
-from unlearnbench.networks import predict_eps
+from unlearnbench.networks import null_class, predict_eps
 from unlearnbench.training import optimizer_step
 
 DISPLAY_NAME = "SalUn"
@@ -24,6 +25,9 @@ DEFAULTS = {
     "grad_clip": 1.0,
     "alpha": 1.0e-3,            # retain weight
     "cond_dropout": 0.1,        # on the retain term
+    # On each of the forget term's two passes, its own draw: the reference runs both in the model's training mode,
+    # which drops the label with the config's cond_drop_prob = 0.1.
+    "forget_cond_dropout": 0.1,
     "mask_ratio": 0.5,          # fraction of entries kept
     "mask_guidance_w": 2.0,     # guided loss of the mask: eps = 3 eps_c - 2 eps_null
     "mask_batch_size": 128,
@@ -37,6 +41,7 @@ PARAM_SCHEMA = {
     "grad_clip": {"type": ["number", "null"], "exclusiveMinimum": 0},  # null: no clipping
     "alpha": {"type": "number", "minimum": 0},
     "cond_dropout": {"type": "number", "minimum": 0, "maximum": 1},
+    "forget_cond_dropout": {"type": "number", "minimum": 0, "maximum": 1},
     "mask_ratio": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
     "mask_guidance_w": {"type": "number", "minimum": 0},
     "mask_batch_size": {"type": "integer", "minimum": 1},
@@ -90,6 +95,17 @@ def compute_mask(ctx):
 PRIORS = [Prior("mask", compute_mask, scope="per_class", params=("mask_batch_size", "mask_guidance_w", "mask_ratio"))]
 
 
+def relabel_loss(model, x_t, t, labels, relabel: int, cond_dropout: float, generator) -> torch.Tensor:
+    """Element-mean squared error between eps_theta(x_t, c_f, t) and the detached eps_theta(x_t, c_p, t); each
+    pass's labels are the null class with probability `cond_dropout`, drawn apart (the target's first)."""
+    null = null_class(model)
+    target_labels = drop_labels(torch.full_like(labels, relabel), cond_dropout, null, generator)
+    forget_labels = drop_labels(labels, cond_dropout, null, generator)
+    with torch.no_grad():
+        target = predict_eps(model, x_t, t, target_labels)
+    return (predict_eps(model, x_t, t, forget_labels).float() - target.float()).pow(2).mean()
+
+
 def unlearn(ctx):
     p = ctx.params
     model = ctx.load_original(ema=False)
@@ -100,14 +116,13 @@ def unlearn(ctx):
     forget = ctx.batches([ctx.forget_class], p["batch_size"])
     retain = ctx.batches(ctx.remaining_classes(), p["retain_batch_size"])
     relabel = (ctx.forget_class + 1) % ctx.num_classes
+
     def step(_):
         x0, y = next(forget)
         t = ctx.schedule.sample_timesteps(len(x0), ctx.generator, ctx.device)
         x_t = ctx.schedule.q_sample(x0, t, randn_like(x0, ctx.generator))
         with ctx.autocast():
-            with torch.no_grad():
-                target = predict_eps(model, x_t, t, torch.full_like(y, relabel))
-            forget_loss = (predict_eps(model, x_t, t, y).float() - target.float()).pow(2).mean()
+            forget_loss = relabel_loss(model, x_t, t, y, relabel, p["forget_cond_dropout"], ctx.generator)
             x_r, y_r = next(retain)
             retain_loss = epsilon_loss(model, ctx.schedule, x_r, y_r, reduction=ctx.reduction,
                                        cond_dropout=p["cond_dropout"], generator=ctx.generator)

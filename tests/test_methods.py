@@ -70,6 +70,24 @@ def test_batched_fisher_equals_slow_per_timestep_gradients():
     assert sum(f.sum() for f in fisher.values()) > 0
 
 
+def test_fisher_cond_dropout_gives_terms_the_null_label():
+    """With probability 1 every (image, t) term is the unconditional loss: the Fisher of the null label."""
+    from unlearnbench.networks import null_class
+
+    model = micro_unet().eval()
+    schedule = Schedule(20, 1e-4, 0.02)
+    image, label = torch.randn(1, 1, 4, 4), torch.tensor([1])
+
+    def fisher(labels, cond_dropout):
+        return sa.diagonal_fisher(model, schedule, image, labels, timesteps=torch.arange(20), reduction="sum",
+                                  generator=torch.Generator().manual_seed(5), chunk=7, cond_dropout=cond_dropout)
+
+    dropped, unconditional = fisher(label, 1.0), fisher(torch.tensor([null_class(model)]), 0.0)
+    assert all(torch.allclose(dropped[n], unconditional[n], rtol=1e-5, atol=0) for n in dropped)
+    conditional = fisher(label, 0.0)
+    assert not all(torch.allclose(conditional[n], unconditional[n], rtol=1e-3) for n in conditional)
+
+
 def test_fisher_timestep_subset_covers_the_range():
     assert torch.equal(sa.fisher_timesteps(1000, None), torch.arange(1000))
     sub = sa.fisher_timesteps(1000, 100)
@@ -136,6 +154,30 @@ def test_saliency_scores_use_clipped_signed_sums():
     assert all((s >= 0).all() for s in scores.values())
 
 
+def test_salun_forget_term_relabels_and_drops_each_passs_label_apart():
+    from unlearnbench.diffusion import drop_labels
+    from unlearnbench.networks import null_class, predict_eps
+
+    model = micro_unet().eval()  # no dropout: the passes differ by their labels only
+    x_t, t = torch.randn(64, 1, 4, 4), torch.randint(0, 20, (64,))
+    y = torch.full((64,), 1)
+
+    def loss(cond_dropout, seed=0):
+        return salun.relabel_loss(model, x_t, t, y, 2, cond_dropout, torch.Generator().manual_seed(seed)).item()
+
+    with torch.no_grad():
+        def mse(target_labels, forget_labels):
+            return (predict_eps(model, x_t, t, forget_labels) - predict_eps(model, x_t, t, target_labels)).pow(2).mean().item()
+
+        assert loss(0.0) == pytest.approx(mse(torch.full_like(y, 2), y), rel=1e-6)
+        assert loss(1.0) == 0.0  # both labels null: the target is the prediction
+        g = torch.Generator().manual_seed(0)
+        target_labels = drop_labels(torch.full_like(y, 2), 0.5, null_class(model), g)
+        forget_labels = drop_labels(y, 0.5, null_class(model), g)
+        assert not torch.equal(target_labels == null_class(model), forget_labels == null_class(model))  # drawn apart
+        assert loss(0.5) == pytest.approx(mse(target_labels, forget_labels), rel=1e-6)
+
+
 def _prior_ctx(tmp_path, originals, params, forget_class=None, priors=None, data=None):
     """A prior's context whose load_original hands out copies of `originals[ema]` in train mode, as the stage does."""
     import copy
@@ -167,20 +209,23 @@ def test_sa_fisher_is_taken_at_theta_star_without_dropout(tmp_path):
     (tmp_path / "generated").mkdir()
     images = to_uint8(torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1)
     np.savez_compressed(tmp_path / "generated" / "generated.npz", images=images, labels=np.array([0, 1, 2]))
-    params = {"fisher_images": None, "fisher_timesteps": 5, "fisher_batch": 2}
+    params = {"fisher_images": None, "fisher_timesteps": 5, "fisher_batch": 2, "fisher_cond_dropout": 0.1}
     ctx = _prior_ctx(tmp_path, originals, params, priors={"generated": tmp_path / "generated"})
     sa.compute_fisher(ctx)
     saved = load_tensors(tmp_path / "fisher.safetensors", torch.device("cpu"))
 
-    def fisher_of(model):
+    def fisher_of(model, cond_dropout=0.1):
         return sa.diagonal_fisher(model, ctx.schedule, to_float(images), torch.tensor([0, 1, 2]),
                                   timesteps=sa.fisher_timesteps(20, 5), reduction="sum",
-                                  generator=torch.Generator().manual_seed(3), chunk=2)
+                                  generator=torch.Generator().manual_seed(3), chunk=2, cond_dropout=cond_dropout)
 
     at_star = fisher_of(originals[False].eval())
     assert all(torch.allclose(saved[n], at_star[n], rtol=1e-5, atol=0) for n in at_star)
     at_ema = fisher_of(originals[True].eval())
     assert not all(torch.allclose(saved[n], at_ema[n], rtol=1e-3) for n in at_ema)
+    # The prior passes its fisher_cond_dropout on: some of these 15 terms had the null label.
+    no_dropout = fisher_of(originals[False].eval(), cond_dropout=0.0)
+    assert not all(torch.allclose(saved[n], no_dropout[n], rtol=1e-3) for n in no_dropout)
 
 
 def test_salun_mask_is_computed_without_dropout(tmp_path):
