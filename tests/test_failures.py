@@ -511,3 +511,7 @@ def test_validate_config_names_a_missing_model_folder_as_the_workflow_does(tmp_p
     (tmp_path / "mine.yaml").write_text("base: {checkpoint: nowhere}\n")
     code, out = run_cli(["validate-config", "mine.yaml"], tmp_path)
     assert code == 2 and "'base.checkpoint' = 'nowhere' is not a folder" in out, out
+    (tmp_path / "empty" / "unet").mkdir(parents=True)  # a folder, but no saved UNet in it
+    (tmp_path / "mine.yaml").write_text("base: {checkpoint: empty}\n")
+    code, out = run_cli(["validate-config", "mine.yaml"], tmp_path)
+    assert code == 2 and "'base.checkpoint' = 'empty' has no unet/config.json and no unet_ema/config.json" in out, out
