@@ -70,14 +70,16 @@ def check_model_folders(config: dict) -> None:
     """The models the config names are there: base.checkpoint, and each imported model the run will score (a saved
     UNet folder). Caught before any job runs, not after a cluster job has queued."""
     checkpoint = config["base"].get("checkpoint")
-    if checkpoint and not Path(checkpoint).is_dir():
-        raise UserError(f"'base.checkpoint' = {checkpoint!r} is not a folder (from {Path.cwd()}); point it to "
-                        "a trained model folder holding unet/ and unet_ema/, or set it to null to train one")
-    lacking = [f"{sub}/config.json" for sub in ("unet", "unet_ema")
-               if checkpoint and not (Path(checkpoint) / sub / "config.json").is_file()]
-    if lacking:
-        raise UserError(f"'base.checkpoint' = {checkpoint!r} has no {' and no '.join(lacking)}: it must hold unet/ "
-                        "and unet_ema/, each a UNet saved with diffusers' save_pretrained (config.json and its weights)")
+    if checkpoint:
+        if not Path(checkpoint).is_dir():
+            raise UserError(f"'base.checkpoint' = {checkpoint!r} is not a folder (from {Path.cwd()}); point it to "
+                            "a trained model folder holding unet/ and unet_ema/, or set it to null to train one")
+        lacking = [f"{sub}/config.json" for sub in ("unet", "unet_ema")
+                   if not (Path(checkpoint) / sub / "config.json").is_file()]
+        if lacking:
+            raise UserError(f"'base.checkpoint' = {checkpoint!r} has no {' and no '.join(lacking)}: it must hold "
+                            "unet/ and unet_ema/, each a UNet saved with diffusers' save_pretrained (config.json "
+                            "and its weights)")
     wanted = [imported_model_dir(config, name, c, s) / "config.json"
               for name in config.get("imported") or {} for c in config["forget_classes"] for s in config["seeds"]]
     missing = [str(path) for path in wanted if not path.is_file()]
