@@ -23,11 +23,34 @@ from unlearnbench.config import ConfigError, load_config, method_params
     ({"fid": {"backend": "clip"}}, "'fid.backend' = \"clip\" is not allowed; allowed: one of 'classifier', 'inception'"),
     ({"typo_key": 1}, "unknown key(s) typo_key under '(top level)'"),
     ({"device": "tpu"}, "'device' = \"tpu\" is not allowed; allowed: one of 'auto', 'cpu', 'cuda'"),
+    # NaN passes every bound of a schema (each comparison with it is False)
+    ({"sampler": {"guidance_w": float("nan")}}, "'sampler.guidance_w' is nan; allowed: a finite number"),
+    ({"method_params": {"safemax": {"lr": float("inf")}}}, "'method_params.safemax.lr' is inf; allowed: a finite number"),
+    # the model section must make a UNet for the dataset's images, else train_base fails in torch
+    ({"model": {"preset": "paper"}}, "in_channels 3 (needs 1), out_channels 3 (needs 1), sample_size 32 (needs 8), "
+     "not one for the 1x8x8 images of digits; use 'model.preset' 'tiny' for digits"),
+    ({"dataset": "cifar10"}, "'model.preset' = 'tiny' makes a UNet with in_channels 1 (needs 3)"),
+    ({"model": {"overrides": {"sample_size": 16}}}, "sample_size 16 (needs 8), not one for the 1x8x8 images of "
+     "digits; correct or remove sample_size in 'model.overrides'"),
+    ({"model": {"overrides": {"dropot": 0.1}}}, "'model.overrides' = {\"dropot\": 0.1}: UNet config keys ['dropot'] "
+     "are not UNet2DModel arguments"),
+    ({"model": {"overrides": {"norm_num_groups": 5}}}, "does not make a UNet that runs on the 1x8x8 images of digits "
+     "(ValueError: num_channels (16) must be divisible by num_groups (5))"),
+    # four halvings of 8x8: the fourth leaves 1x1 again, whose upsampled 2x2 does not meet its 1x1 skip connection
+    ({"model": {"overrides": {"block_out_channels": [16, 32, 32, 32, 32], "down_block_types": ["DownBlock2D"] * 5,
+                              "up_block_types": ["UpBlock2D"] * 5}}},
+     "does not make a UNet that runs on the 1x8x8 images of digits (RuntimeError: Sizes of tensors must match"),
 ])
 def test_bad_values_are_refused_with_a_clear_message(root, override, expected):
     with pytest.raises(ConfigError) as err:
         load_config(overrides=override, methods_dir=root / "methods")
     assert expected in str(err.value)
+
+
+def test_model_overrides_that_fit_the_data_are_kept(root):
+    config = load_config(overrides={"model": {"overrides": {"dropout": 0.1, "block_out_channels": [16, 16]}}},
+                         methods_dir=root / "methods")
+    assert config["model"]["overrides"] == {"dropout": 0.1, "block_out_channels": [16, 16]}
 
 
 def test_shipped_configs_are_valid(root):

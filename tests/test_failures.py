@@ -31,7 +31,8 @@ def write_config(tmp_path, config):
 
 
 def test_missing_cifar10_offline_through_the_cli(tmp_path, tiny_config):
-    config = dict(tiny_config, dataset="cifar10", data={"root": str(tmp_path / "cifar"), "download": False})
+    config = dict(tiny_config, dataset="cifar10", data={"root": str(tmp_path / "cifar"), "download": False},
+                  model={"preset": "paper"})
     code, out = run_cli(["prepare-data", "--config", str(write_config(tmp_path, config)), "--out", "d.npz"], tmp_path)
     assert code == 2
     assert "CIFAR-10 not found under" in out and "cifar-10-batches-py" in out

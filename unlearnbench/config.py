@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = ROOT / "config" / "schema.yaml"
 DEFAULT_CONFIG = ROOT / "config" / "default.yaml"
 NUM_CLASSES = {"digits": 10, "cifar10": 10}
+IMAGE_SHAPES = {"digits": (1, 8, 8), "cifar10": (3, 32, 32)}  # (C, H, W)
 
 
 class ConfigError(UserError):
@@ -150,10 +151,23 @@ def coerce(value, schema: dict):
     return value
 
 
+def _non_finite(instance, path: tuple = ()):
+    """(path, value) of each NaN or inf (YAML's .nan, .inf): a schema bound compared with NaN is False, so passes."""
+    if isinstance(instance, dict):
+        for key, value in instance.items():
+            yield from _non_finite(value, (*path, key))
+    elif isinstance(instance, list):
+        for i, value in enumerate(instance):
+            yield from _non_finite(value, (*path, i))
+    elif isinstance(instance, float) and not math.isfinite(instance):
+        yield path, instance
+
+
 def _problems(schema: dict, instance, prefix: tuple = ()) -> list[str]:
     import jsonschema
 
-    problems = []
+    problems = [f"'{_key_path([*prefix, *path])}' is {value}; allowed: a finite number"
+                for path, value in _non_finite(instance)]
     for error in sorted(jsonschema.Draft202012Validator(schema).iter_errors(instance), key=lambda e: list(map(str, e.path))):
         key = _key_path([*prefix, *error.absolute_path])
         if error.validator == "additionalProperties":
@@ -307,7 +321,36 @@ def _cross_checks(config: dict) -> list[str]:
         problems.append(f"'diffusion.beta_start' = {d['beta_start']} must be below 'diffusion.beta_end' = {d['beta_end']}")
     if config["sampler"]["steps"] > d["timesteps"]:
         problems.append(f"'sampler.steps' = {config['sampler']['steps']} exceeds 'diffusion.timesteps' = {d['timesteps']}")
-    return problems
+    return problems + _model_problems(config)
+
+
+def _model_problems(config: dict) -> list[str]:
+    """The model section makes a UNet for the dataset's images (else train_base fails with a torch traceback)."""
+    from .checkpoints import unet_expectations
+    from .networks import UNET_PRESETS, unet_build_problem
+
+    model, dataset = config["model"], config["dataset"]
+    overrides = model.get("overrides") or {}
+    where = f"'model.preset' = {model['preset']!r}" + (f" with 'model.overrides' = {json.dumps(overrides)}" if overrides else "")
+    try:
+        unet = unet_expectations(config, NUM_CLASSES[dataset])
+    except (ValueError, TypeError) as exc:
+        return [f"'model.overrides' = {json.dumps(overrides)}: {exc}; its keys and values are those of diffusers' "
+                "UNet2DModel (a saved model's config.json), e.g. {dropout: 0.1}"]
+    c, h, w = IMAGE_SHAPES[dataset]
+    want = {"in_channels": c, "out_channels": c, "sample_size": h}
+    differ = [f"{key} {unet[key]!r} (needs {value})" for key, value in want.items() if unet[key] != value]
+    if differ:
+        fits = [name for name, p in UNET_PRESETS.items() if all(p[key] == value for key, value in want.items())]
+        fix = (f"correct or remove {', '.join(k for k in want if k in overrides)} in 'model.overrides'"
+               if model["preset"] in fits else f"use 'model.preset' {' or '.join(repr(f) for f in fits)} for "
+               f"{dataset}, or set {', '.join(want)} in 'model.overrides'")
+        return [f"{where} makes a UNet with {', '.join(differ)}, not one for the {c}x{h}x{w} images of {dataset}; {fix}"]
+    problem = unet_build_problem(unet, (c, h, w))
+    if problem:
+        return [f"{where} does not make a UNet that runs on the {c}x{h}x{w} images of {dataset} ({problem}); change "
+                "'model.overrides'"]
+    return []
 
 
 def load_config(*paths: str | Path, overrides: dict | None = None, methods_dir=None) -> dict:
