@@ -23,6 +23,8 @@ from unlearnbench.config import ConfigError, load_config, method_params
     ({"fid": {"backend": "clip"}}, "'fid.backend' = \"clip\" is not allowed; allowed: one of 'classifier', 'inception'"),
     ({"typo_key": 1}, "unknown key(s) typo_key under '(top level)'"),
     ({"device": "tpu"}, "'device' = \"tpu\" is not allowed; allowed: one of 'auto', 'cpu', 'cuda'"),
+    ({"run_name": 123}, "'run_name' = 123 is not allowed; allowed: type string (text: quote it in a YAML file as "
+     "run_name: \"...\"; --config cannot give text of digits only)"),
     # NaN passes every bound of a schema (each comparison with it is False)
     ({"sampler": {"guidance_w": float("nan")}}, "'sampler.guidance_w' is nan; allowed: a finite number"),
     ({"method_params": {"safemax": {"lr": float("inf")}}}, "'method_params.safemax.lr' is inf; allowed: a finite number"),

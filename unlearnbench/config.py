@@ -182,6 +182,10 @@ def _problems(schema: dict, instance, prefix: tuple = ()) -> list[str]:
                     and " " not in str(value) and str(value) not in ("", "null", "~")):
                 cli = "" if "." in key or "[" in key else f"; on the command line --config {key}=[{error.instance}]"
                 hint = f" (a list, even of one: [{error.instance}]{cli})"
+            elif error.validator == "type" and _types(error.schema) == {"string"} and isinstance(value, (int, float)):
+                # Snakemake's --config reads 123 as a number even quoted; only a YAML file keeps it text
+                cli = "" if "." in key or "[" in key else "; --config cannot give text of digits only"
+                hint = f" (text: quote it in a YAML file as {key.rsplit('.', 1)[-1]}: \"...\"{cli})"
             problems.append(f"'{key}' = {json.dumps(error.instance)} is not allowed; allowed: {_allowed(error)}{hint}")
     return problems
 
