@@ -237,6 +237,12 @@ def test_an_ablation_whose_method_is_not_run_is_skipped_with_a_note(tmp_path, mo
     assert ablation_variants(config) == ["safemax-lambda=0", "safemax-lambda=50", "safemax-lambda=100"]
     config = load_workflow_config({"run_name": "only-sa", "method_params": {"safemax": {"lambda": 50}}})
     assert ablation_variants(config) == ["safemax-lambda=0", "safemax-lambda=1", "safemax-lambda=100"]
+    assert "ablation" not in capsys.readouterr().err
+    # an ablation of the main value alone would be a figure of one point, drawn from no run of its own
+    config = load_workflow_config({"run_name": "only-sa", "ablation": {"values": [1.0]}})
+    assert ablation_variants(config) == []
+    assert ("is skipped: 'ablation.values' = [1.0] has no value but the main runs' own (lambda = 1.0)"
+            in capsys.readouterr().err)
 
 
 def test_a_config_that_is_not_yaml_text_is_refused(tmp_path):

@@ -48,13 +48,20 @@ def load_workflow_config(config: dict, configfiles=()) -> dict:
 
 
 def skipped_ablation_note(config: dict) -> str | None:
-    """Why the ablation figure is left out of this run's targets, if it is (its method is not run)."""
+    """Why the ablation figure is left out of this run's targets, if it is: its method is not run, or it has no
+    value but the main runs' own."""
     abl = config.get("ablation")
-    if not abl or abl["method"] in config["methods"]:
+    if not abl:
         return None
-    return (f"the {abl['method']} ablation (figures/{config['run_name']}/psi_ablation.png) is skipped: it needs "
-            f"{abl['method']}'s main runs and '{abl['method']}' is not in 'methods'; add it to 'methods' to run the "
-            "ablation, or set 'ablation: null' to drop it without this note")
+    figure = f"the {abl['method']} ablation (figures/{config['run_name']}/psi_ablation.png) is skipped"
+    if abl["method"] not in config["methods"]:
+        return (f"{figure}: it needs {abl['method']}'s main runs and '{abl['method']}' is not in 'methods'; add it "
+                "to 'methods' to run the ablation, or set 'ablation: null' to drop it without this note")
+    if not ablation_variants(config):
+        main = main_param_value(config, abl["method"], abl["param"])
+        return (f"{figure}: 'ablation.values' = {abl['values']} has no value but the main runs' own "
+                f"({abl['param']} = {main}); add the values to compare with it, or set 'ablation: null'")
+    return None
 
 
 def base_checkpoint_files(config: dict) -> list[str]:
