@@ -322,6 +322,14 @@ def test_a_prior_file_lost_after_its_job_is_named_with_what_to_do(tmp_path, tiny
      "prior 'MyPrior': a prior's name is lower-case letters"),
     ("DISPLAY_NAME = 3\ndef unlearn(ctx): pass\n", "DISPLAY_NAME must be a non-empty string, got 3"),
     ("CONTROL = 'yes'\ndef unlearn(ctx): pass\n", "CONTROL must be True or False, got 'yes'"),
+    ("DEFAULTS = ['steps', 'lr']\ndef unlearn(ctx): pass\n",
+     "DEFAULTS must be a dict keyed by parameter name, e.g. DEFAULTS = {\"lr\": 1.0e-4}; it is ['steps', 'lr']"),
+    ("DEFAULTS = {'lr': 1.0}\nPARAM_SCHEMA = {'lr': {'type': 'float'}}\ndef unlearn(ctx): pass\n",
+     "PARAM_SCHEMA['lr'] = {'type': 'float'} is not a JSON Schema ('float' is not valid under any of the given "
+     "schemas)"),
+    ("DEFAULTS = {'lr': 0.0}\nPARAM_SCHEMA = {'lr': {'type': 'number', 'exclusiveMinimum': 0}}\n"
+     "def unlearn(ctx): pass\n", "its DEFAULTS break its PARAM_SCHEMA: 'DEFAULTS.lr' = 0.0 is not allowed; "
+     "allowed: type number, > 0"),
 ])
 def test_a_broken_method_file_is_refused_every_time(tmp_path, source, message):
     """A failed load is a UserError naming the file (a job prints it without a traceback), and leaves no
@@ -361,6 +369,18 @@ def test_two_methods_shown_under_one_name_are_a_config_problem(tmp_path, root):
         with pytest.raises(ConfigError, match=re.escape(message)):
             load_config(overrides={"methods": methods}, methods_dir=tmp_path / "methods")
     load_config(overrides={"methods": ["sa_v2"]}, methods_dir=tmp_path / "methods")  # alone, its name is free
+
+
+def test_a_method_file_named_in_capitals_is_told_to_be_renamed(tmp_path, root):
+    from unlearnbench.config import ConfigError, load_config
+
+    shutil.copytree(root / "methods", tmp_path / "methods")
+    (tmp_path / "methods" / "GradAscent.py").write_text("def unlearn(ctx): pass\n")
+    with pytest.raises(ConfigError, match="GradAscent.py: 'GradAscent' cannot name a method .*rename the file"):
+        load_config(overrides={"methods": ["GradAscent"]}, methods_dir=tmp_path / "methods")
+    with pytest.raises(ConfigError) as err:  # the list of what is allowed leaves it out
+        load_config(overrides={"methods": ["gradascent"]}, methods_dir=tmp_path / "methods")
+    assert "allowed: finetune, sa, safemax, salun (a method" in str(err.value)
 
 
 def test_original_cannot_name_a_method(tmp_path):

@@ -6,6 +6,7 @@ import copy
 import hashlib
 import json
 import math
+import re
 import string
 from pathlib import Path
 
@@ -55,7 +56,7 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    __import__("re").compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
     list("-+0123456789"))
 
 
@@ -206,11 +207,12 @@ def validate(config: dict, methods_dir: str | Path | None = None) -> dict:
 
 def _check_methods(config: dict, methods_dir) -> tuple[dict, list[str]]:
     """The methods, method_params and the ablation against the method files: names, keys, each value's schema."""
-    from .method_api import available_methods, check_labels, load_method, param_schema
+    from .method_api import NAME_PATTERN, available_methods, check_labels, load_method, param_schema
 
     problems = []
     known = available_methods(methods_dir)
-    allowed = f"allowed: {', '.join(sorted(known))} (a method is a file methods/<name>.py)"
+    named = sorted(name for name in known if re.fullmatch(NAME_PATTERN, name) and name != "original")
+    allowed = f"allowed: {', '.join(named)} (a method is a file methods/<name>.py)"
     modules = {}
 
     def loaded(name):

@@ -228,11 +228,17 @@ NAME_PATTERN = "[a-z][a-z0-9_]*"  # method and prior names: they are path parts 
 def _check_interface(module, name: str, path: Path) -> None:
     if not callable(getattr(module, "unlearn", None)):
         raise UserError(f"method file {path} must define unlearn(ctx) (see unlearnbench/method_api.py)")
+    for attr, example in (("DEFAULTS", '{"lr": 1.0e-4}'), ("PARAM_SCHEMA", '{"lr": {"type": "number"}}')):
+        given = getattr(module, attr, {})
+        if not isinstance(given, dict) or not all(isinstance(key, str) for key in given):
+            raise UserError(f"method file {path}: {attr} must be a dict keyed by parameter name, e.g. {attr} = "
+                            f"{example}; it is {given!r:.80}")
     module.DEFAULTS = dict(getattr(module, "DEFAULTS", {}))
     module.PARAM_SCHEMA = dict(getattr(module, "PARAM_SCHEMA", {}))
     stray = sorted(set(module.PARAM_SCHEMA) - set(module.DEFAULTS))
     if stray:
         raise UserError(f"method file {path}: PARAM_SCHEMA names {', '.join(stray)}, which DEFAULTS lacks")
+    _check_param_schema(module, path)
     module.DISPLAY_NAME = getattr(module, "DISPLAY_NAME", name)
     if not isinstance(module.DISPLAY_NAME, str) or not module.DISPLAY_NAME.strip():
         raise UserError(f"method file {path}: DISPLAY_NAME must be a non-empty string, got {module.DISPLAY_NAME!r}")
@@ -271,6 +277,24 @@ def _check_interface(module, name: str, path: Path) -> None:
 
     for prior_name in priors:
         visit(prior_name, ())
+
+
+def _check_param_schema(module, path: Path) -> None:
+    """Each PARAM_SCHEMA entry is a JSON Schema, and each default passes its own (else configs would be judged by
+    a schema the method itself breaks, or fail inside jsonschema with a traceback)."""
+    import jsonschema
+
+    from .config import _problems
+
+    for key, schema in module.PARAM_SCHEMA.items():
+        try:
+            jsonschema.Draft202012Validator.check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            raise UserError(f"method file {path}: PARAM_SCHEMA[{key!r}] = {schema!r} is not a JSON Schema "
+                            f"({exc.message}); e.g. {{'type': 'number', 'exclusiveMinimum': 0}}") from None
+    problems = _problems({"type": "object", "properties": param_schema(module)}, module.DEFAULTS, ("DEFAULTS",))
+    if problems:
+        raise UserError(f"method file {path}: its DEFAULTS break its PARAM_SCHEMA: {'; '.join(problems)}")
 
 
 def param_schema(module) -> dict:
