@@ -143,6 +143,14 @@ def test_ablation_is_checked_against_its_method(root):
     with pytest.raises(ConfigError, match=r"'ablation.values\[1\]' = -1 is not allowed; allowed: type number, >= 0"):
         load_config(overrides={"ablation": {"method": "safemax", "param": "lambda", "values": [0, -1]}},
                     methods_dir=root / "methods")
+    # the figure plots metrics against the value: text (target) or null (grad_clip's "no clipping") cannot be a point
+    with pytest.raises(ConfigError, match="'ablation.param' = 'target' is not a number parameter of safemax: the "
+                                          "ablation figure plots the metrics against a number; allowed: batch_size, "):
+        load_config(overrides={"ablation": {"param": "target", "values": ["x_t"]}}, methods_dir=root / "methods")
+    with pytest.raises(ConfigError, match=r"'ablation.values\[1\]' = null is not allowed; allowed: type number, > 0"):
+        load_config(overrides={"ablation": {"param": "grad_clip", "values": [1, None]}}, methods_dir=root / "methods")
+    config = load_config(overrides={"ablation": {"param": "grad_clip", "values": ["0.5", 2]}}, methods_dir=root / "methods")
+    assert config["ablation"]["values"] == [0.5, 2]
 
 
 def test_numbers_given_as_text_become_numbers(root):

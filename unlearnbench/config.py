@@ -268,8 +268,13 @@ def _check_methods(config: dict, methods_dir) -> tuple[dict, list[str]]:
                                 f"{abl['method']}, which are made once with the main value, not per ablation value: "
                                 "ablate a parameter that only unlearn() reads (a prior declares what it reads with "
                                 "Prior(..., params=...))")
+            elif not _types(item := param_schema(module)[abl["param"]]) & {"number", "integer"}:
+                numbers = sorted(k for k, v in param_schema(module).items() if _types(v) & {"number", "integer"})
+                problems.append(f"'ablation.param' = {abl['param']!r} is not a number parameter of {abl['method']}: "
+                                "the ablation figure plots the metrics against a number; allowed: "
+                                f"{', '.join(numbers)}")
             else:
-                item = param_schema(module)[abl["param"]]
+                item = {**item, "type": sorted(_types(item) & {"number", "integer"})}  # e.g. not grad_clip's null
                 values = [coerce(v, item) for v in abl.get("values") or []]
                 config = {**config, "ablation": {**abl, "values": values}}
                 problems += _problems({"type": "array", "items": item}, values, ("ablation", "values"))
