@@ -111,9 +111,14 @@ def test_paper_config_plans_the_whole_dag(root, tmp_path):
     assert dict(re.findall(r"^(\w+)\s+(\d+)$", out, re.M))["unlearn"] == "60"
 
 
-def test_method_params_reject_unknown_keys(root):
+def test_method_params_reject_unknown_keys(root, tmp_path):
     with pytest.raises(ConfigError, match="unknown key\\(s\\) stpes under 'method_params.safemax'; allowed: .*steps"):
         load_config(overrides={"method_params": {"safemax": {"stpes": 3}}}, methods_dir=root / "methods")
+    shutil.copytree(root / "methods", tmp_path / "methods")
+    (tmp_path / "methods" / "plain.py").write_text("def unlearn(ctx): pass\n")
+    with pytest.raises(ConfigError, match=re.escape("under 'method_params.plain'; allowed: none (the method file's "
+                                                    "DEFAULTS is empty)")):
+        load_config(overrides={"method_params": {"plain": {"lr": 3}}}, methods_dir=tmp_path / "methods")
 
 
 @pytest.mark.parametrize("params, expected", [

@@ -249,7 +249,7 @@ def _check_methods(config: dict, methods_dir) -> tuple[dict, list[str]]:
         unknown = sorted(set(given) - set(module.DEFAULTS))
         if unknown:
             problems.append(f"unknown key(s) {', '.join(unknown)} under 'method_params.{name}'; "
-                            f"allowed: {', '.join(sorted(module.DEFAULTS))}")
+                            f"allowed: {_param_names(module.DEFAULTS)}")
         schema = {"type": "object", "properties": param_schema(module)}
         params[name] = given = coerce({k: v for k, v in given.items() if k in module.DEFAULTS}, schema)
         problems += _problems(schema, given, ("method_params", name))
@@ -261,7 +261,7 @@ def _check_methods(config: dict, methods_dir) -> tuple[dict, list[str]]:
         elif (module := loaded(abl["method"])) is not None:
             if abl.get("param") not in module.DEFAULTS:
                 problems.append(f"'ablation.param' = {abl.get('param')!r} is not a parameter of {abl['method']}; "
-                                f"allowed: {', '.join(sorted(module.DEFAULTS))}")
+                                f"allowed: {_param_names(module.DEFAULTS)}")
             elif readers := [p.name for p in module.PRIORS if p.params is None or abl["param"] in p.params]:
                 # Priors are made once per method (per class), for its main params: ablation runs reuse them.
                 problems.append(f"'ablation.param' = {abl['param']!r} is read by prior(s) {', '.join(readers)} of "
@@ -279,6 +279,10 @@ def _check_methods(config: dict, methods_dir) -> tuple[dict, list[str]]:
                 config = {**config, "ablation": {**abl, "values": values}}
                 problems += _problems({"type": "array", "items": item}, values, ("ablation", "values"))
     return config, problems
+
+
+def _param_names(defaults: dict) -> str:
+    return ", ".join(sorted(defaults)) or "none (the method file's DEFAULTS is empty)"
 
 
 def evaluated_methods(config: dict) -> list[str]:
@@ -397,7 +401,7 @@ def method_params(config: dict, name: str, defaults: dict, overrides: dict | Non
     unknown = sorted(set(given) - set(defaults))
     if unknown:
         raise ConfigError(f"unknown key(s) {', '.join(unknown)} under 'method_params.{name}'; "
-                          f"allowed: {', '.join(sorted(defaults))}")
+                          f"allowed: {_param_names(defaults)}")
     params = {**defaults, **given, **(overrides or {})}
     return params
 
