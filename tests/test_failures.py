@@ -536,3 +536,16 @@ def test_validate_config_names_a_missing_model_folder_as_the_workflow_does(tmp_p
     (tmp_path / "mine.yaml").write_text("base: {checkpoint: empty}\n")
     code, out = run_cli(["validate-config", "mine.yaml"], tmp_path)
     assert code == 2 and "'base.checkpoint' = 'empty' has no unet/config.json and no unet_ema/config.json" in out, out
+    # a saved UNet of another architecture: refused from its config.json, before a job would load its weights
+    for sub in ("unet", "unet_ema"):
+        save_unet(build_unet("tiny", 10, {"dropout": 0.1}), tmp_path / "other" / sub)
+    (tmp_path / "mine.yaml").write_text("base: {checkpoint: other}\n")
+    code, out = run_cli(["validate-config", "mine.yaml"], tmp_path)
+    assert code == 2 and "other/unet is not the config's model: dropout is 0.1, the config needs 0.0" in out, out
+    assert "describe this one in the config's model.overrides" in out and "Traceback" not in out
+    (tmp_path / "mine.yaml").write_text("base: {checkpoint: other}\nmodel: {overrides: {dropout: 0.1}}\n")
+    assert run_cli(["validate-config", "mine.yaml"], tmp_path)[0] == 0
+    (tmp_path / "mine.yaml").write_text("imported: {theirs: 'other/unet{forget_class}'}\nforget_classes: [0]\n")
+    (tmp_path / "other" / "unet").rename(tmp_path / "other" / "unet0")
+    code, out = run_cli(["validate-config", "mine.yaml"], tmp_path)
+    assert code == 2 and "other/unet0 is not the config's model: dropout is 0.1" in out, out

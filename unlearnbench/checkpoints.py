@@ -134,24 +134,10 @@ _REDO = ("If the workflow wrote it (under results/), delete it and re-run the st
 def load_unet(folder: str | Path, device="cpu", expect: dict | None = None):
     """Load a UNet saved by save_unet (or by diffusers' UNet2DModel.save_pretrained); a missing, corrupt,
     unsupported or mismatched checkpoint gets an actionable error."""
-    from .unet import UNet, resolve_config
+    from .unet import UNet
 
     folder = Path(folder)
-    if not (folder / "config.json").exists():
-        raise MissingResourceError(f"no UNet checkpoint at {folder} (config.json missing). Re-run the step that "
-                                   f"trains it, or point base.checkpoint to a folder saved with save_pretrained.")
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except ValueError as exc:
-        raise MissingResourceError(f"UNet checkpoint at {folder} is corrupt or incomplete (config.json: {exc}). "
-                                   f"{_REDO}") from None
-    try:
-        if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
-            raise ValueError(f"UNet config describes a {config['_class_name']}, not a UNet2DModel")
-        resolve_config({k: v for k, v in config.items() if not k.startswith("_")})
-    except ValueError as exc:
-        raise MissingResourceError(f"UNet checkpoint at {folder} cannot be used: {exc}. The suite's UNet "
-                                   f"(unlearnbench/unet.py) implements the class-conditional UNet2DModel of its presets.") from None
+    read_unet_config(folder, expect)
     try:
         model = UNet.from_pretrained(folder)
     except Exception as exc:
@@ -164,8 +150,34 @@ def load_unet(folder: str | Path, device="cpu", expect: dict | None = None):
                     "The two must come from one save_pretrained of the same model.") from None
             raise MissingResourceError(f"UNet checkpoint at {folder} is corrupt or incomplete ({type(exc).__name__}: "
                                        f"{(lines or [''])[0][:300]}). {_REDO}") from None
+    return model.to(device)
+
+
+def read_unet_config(folder: str | Path, expect: dict | None = None) -> dict:
+    """A saved UNet's config.json, checked: there, readable, a UNet the suite implements and (given `expect`, a
+    unet_expectations) the config's model. Reads no weights, so the workflow checks users' folders before any job."""
+    from .unet import resolve_config
+
+    folder = Path(folder)
+    if not (folder / "config.json").exists():
+        raise MissingResourceError(f"no UNet checkpoint at {folder} (config.json missing). Re-run the step that "
+                                   f"trains it, or point base.checkpoint to a folder saved with save_pretrained.")
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except ValueError as exc:
+        raise MissingResourceError(f"UNet checkpoint at {folder} is corrupt or incomplete (config.json: {exc}). "
+                                   f"{_REDO}") from None
+    try:
+        if not isinstance(config, dict):
+            raise ValueError("its config.json holds no mapping of UNet2DModel arguments")
+        if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
+            raise ValueError(f"UNet config describes a {config['_class_name']}, not a UNet2DModel")
+        resolved = resolve_config({k: v for k, v in config.items() if not k.startswith("_")})
+    except (ValueError, TypeError) as exc:
+        raise MissingResourceError(f"UNet checkpoint at {folder} cannot be used: {exc}. The suite's UNet "
+                                   f"(unlearnbench/unet.py) implements the class-conditional UNet2DModel of its presets.") from None
     if expect:
-        have = _architecture(model.config)
+        have = _architecture(resolved)
         differ = {key: f"{key} is {have.get(key)!r}, the config needs {want!r}"
                   for key, want in _architecture(expect).items() if have.get(key) != want}
         if differ:
@@ -176,7 +188,7 @@ def load_unet(folder: str | Path, device="cpu", expect: dict | None = None):
                        "model.overrides (its keys are those of config.json, e.g. {dropout: 0.1}).")
             raise MissingResourceError(f"UNet checkpoint at {folder} is not the config's model: "
                                        f"{'; '.join(differ.values())}. {fix}")
-    return model.to(device)
+    return config
 
 
 def _architecture(config: dict) -> dict:

@@ -96,6 +96,14 @@ def check_model_folders(config: dict) -> None:
                         "Each is the folder of a UNet saved with save_pretrained (config.json and its weights), one "
                         "per forgotten class in 'forget_classes' (and seed, if the pattern has {seed}); fix the "
                         "pattern, or leave out the classes you have no model for")
+    # Their architecture too, from config.json alone: a mismatch would otherwise fail only in the job that loads it.
+    from .checkpoints import read_unet_config, unet_expectations
+    from .config import NUM_CLASSES
+
+    expect = unet_expectations(config, NUM_CLASSES[config["dataset"]])
+    base = [Path(checkpoint) / sub for sub in ("unet", "unet_ema")] if checkpoint else []
+    for folder in [*base, *dict.fromkeys(path.parent for path in wanted)]:
+        read_unet_config(folder, expect)
 
 
 def imported_model_files(config: dict, name: str, forget_class: int, seed: int) -> list[str]:
