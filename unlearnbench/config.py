@@ -164,7 +164,8 @@ def _non_finite(instance, path: tuple = ()):
         yield path, instance
 
 
-def _problems(schema: dict, instance, prefix: tuple = ()) -> list[str]:
+def schema_problems(schema: dict, instance, prefix: tuple = ()) -> list[str]:
+    """Each way `instance` breaks `schema`, as "'key' = value is not allowed; allowed: ..." (keys under `prefix`)."""
     import jsonschema
 
     problems = [f"'{_key_path([*prefix, *path])}' is {value}; allowed: a finite number"
@@ -196,7 +197,7 @@ def validate(config: dict, methods_dir: str | Path | None = None) -> dict:
     raise ConfigError listing every problem. Returns the config with numbers given as text made numbers."""
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     config = coerce(config, schema)
-    problems = _problems(schema, config)
+    problems = schema_problems(schema, config)
     if not problems:
         config, method_problems = _check_methods(config, methods_dir)
         problems += method_problems + _cross_checks(config)
@@ -252,7 +253,7 @@ def _check_methods(config: dict, methods_dir) -> tuple[dict, list[str]]:
                             f"allowed: {_param_names(module.DEFAULTS)}")
         schema = {"type": "object", "properties": param_schema(module)}
         params[name] = given = coerce({k: v for k, v in given.items() if k in module.DEFAULTS}, schema)
-        problems += _problems(schema, given, ("method_params", name))
+        problems += schema_problems(schema, given, ("method_params", name))
     config = {**config, "method_params": params}
     abl = config.get("ablation")
     if abl:
@@ -277,7 +278,7 @@ def _check_methods(config: dict, methods_dir) -> tuple[dict, list[str]]:
                 item = {**item, "type": sorted(_types(item) & {"number", "integer"})}  # e.g. not grad_clip's null
                 values = [coerce(v, item) for v in abl.get("values") or []]
                 config = {**config, "ablation": {**abl, "values": values}}
-                problems += _problems({"type": "array", "items": item}, values, ("ablation", "values"))
+                problems += schema_problems({"type": "array", "items": item}, values, ("ablation", "values"))
     return config, problems
 
 
@@ -346,7 +347,9 @@ def _model_problems(config: dict) -> list[str]:
 
     model, dataset = config["model"], config["dataset"]
     overrides = model.get("overrides") or {}
-    where = f"'model.preset' = {model['preset']!r}" + (f" with 'model.overrides' = {json.dumps(overrides)}" if overrides else "")
+    where = f"'model.preset' = {model['preset']!r}"
+    if overrides:
+        where += f" with 'model.overrides' = {json.dumps(overrides)}"
     try:
         unet = unet_expectations(config, NUM_CLASSES[dataset])
     except (ValueError, TypeError) as exc:

@@ -284,7 +284,7 @@ def _check_param_schema(module, path: Path) -> None:
     a schema the method itself breaks, or fail inside jsonschema with a traceback)."""
     import jsonschema
 
-    from .config import _problems
+    from .config import schema_problems
 
     for key, schema in module.PARAM_SCHEMA.items():
         try:
@@ -292,7 +292,7 @@ def _check_param_schema(module, path: Path) -> None:
         except jsonschema.SchemaError as exc:
             raise UserError(f"method file {path}: PARAM_SCHEMA[{key!r}] = {schema!r} is not a JSON Schema "
                             f"({exc.message}); e.g. {{'type': 'number', 'exclusiveMinimum': 0}}") from None
-    problems = _problems({"type": "object", "properties": param_schema(module)}, module.DEFAULTS, ("DEFAULTS",))
+    problems = schema_problems({"type": "object", "properties": param_schema(module)}, module.DEFAULTS, ("DEFAULTS",))
     if problems:
         raise UserError(f"method file {path}: its DEFAULTS break its PARAM_SCHEMA: {'; '.join(problems)}")
 
