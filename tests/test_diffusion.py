@@ -67,6 +67,24 @@ def test_sampling_timesteps():
     assert len(ts) == 25 and ts[0] == 960 and ts[-1] == 0 and ts == sorted(ts, reverse=True)
 
 
+def test_antithetic_timesteps_pair_t_with_its_mirror_and_stay_uniform():
+    plain = Schedule(timesteps=10)
+    # off (the default): the same draws as before the switch existed, so earlier runs keep their results
+    assert torch.equal(plain.sample_timesteps(7, torch.Generator().manual_seed(3)),
+                       torch.randint(0, 10, (7,), generator=torch.Generator().manual_seed(3)))
+    paired = Schedule.from_config({"diffusion": {"timesteps": 10, "beta_start": 1e-4, "beta_end": 0.02,
+                                                 "antithetic_timesteps": True}})
+    for n in (1, 2, 7, 8):
+        t = paired.sample_timesteps(n, torch.Generator().manual_seed(n))
+        first = torch.randint(0, 10, (n // 2 + 1,), generator=torch.Generator().manual_seed(n))
+        assert len(t) == n and torch.equal(t[:n // 2 + 1], first[:n])
+        assert torch.equal(t[n // 2 + 1:], 9 - first[:n - (n // 2 + 1)])
+    generator = torch.Generator().manual_seed(0)
+    counts = torch.bincount(torch.cat([paired.sample_timesteps(8, generator) for _ in range(2000)]), minlength=10)
+    # 1,600 expected per index; sd at most 38 (binomial; a pair never hits one index twice, as T is even)
+    assert counts.min() > 1450 and counts.max() < 1750, counts
+
+
 def test_guidance_batches_conditional_and_null_passes():
     """eps = (1 + w) eps_c - w eps_null, with both passes in one forward call."""
     from unlearnbench.diffusion import guided_eps

@@ -18,6 +18,7 @@ class Schedule:
     timesteps: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 0.02
+    antithetic: bool = False  # sample_timesteps draws pairs (t, T-1-t), as the DDPM/DDIM reference code does
 
     def __post_init__(self):
         self.betas = torch.linspace(self.beta_start, self.beta_end, self.timesteps, dtype=torch.float64)
@@ -27,7 +28,7 @@ class Schedule:
     @classmethod
     def from_config(cls, config: dict) -> "Schedule":
         d = config["diffusion"]
-        return cls(d["timesteps"], d["beta_start"], d["beta_end"])
+        return cls(d["timesteps"], d["beta_start"], d["beta_end"], d.get("antithetic_timesteps", False))
 
     def _table(self, name: str, device, dtype) -> torch.Tensor:
         """sqrt(alpha_bar) or sqrt(1 - alpha_bar), cached per device and dtype (no copy per step)."""
@@ -46,8 +47,14 @@ class Schedule:
         return signal * x0 + noise_scale * noise
 
     def sample_timesteps(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-        """Uniform indices, drawn on the generator's device (no host round trip on GPU)."""
-        return torch.randint(0, self.timesteps, (n,), generator=generator, device=_gen_device(generator, device)).to(device)
+        """Uniform indices, drawn on the generator's device (no host round trip on GPU). Antithetic: n // 2 + 1
+        uniform draws t, then T-1-t for as many as fill n (the reference's layout): each index is still uniform,
+        and the pairs lower the variance of a batch's loss over t."""
+        where = _gen_device(generator, device)
+        if not self.antithetic:
+            return torch.randint(0, self.timesteps, (n,), generator=generator, device=where).to(device)
+        t = torch.randint(0, self.timesteps, (n // 2 + 1,), generator=generator, device=where)
+        return torch.cat([t, self.timesteps - 1 - t])[:n].to(device)
 
 
 def _gen_device(generator: torch.Generator | None, fallback) -> torch.device:
