@@ -175,6 +175,8 @@ def schema_problems(schema: dict, instance, prefix: tuple = ()) -> list[str]:
         if error.validator == "additionalProperties":
             extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
             problems.append(f"unknown key(s) {', '.join(extra)} under '{key}'; allowed: {_allowed(error)}")
+        elif "propertyNames" in error.absolute_schema_path:  # the name of a key, not a value, is what breaks it
+            problems.append(f"'{key}' has a key {error.instance!r}, which is not allowed; allowed: {_allowed(error)}")
         elif error.validator == "required":
             problems.append(f"'{key}': {error.message}; required: {_allowed(error)}")
         else:
