@@ -25,8 +25,6 @@ from unlearnbench.config import ConfigError, load_config, method_params
     ({"device": "tpu"}, "'device' = \"tpu\" is not allowed; allowed: one of 'auto', 'cpu', 'cuda'"),
     ({"run_name": 123}, "'run_name' = 123 is not allowed; allowed: type string (text: quote it in a YAML file as "
      "run_name: \"...\"; --config cannot give text of digits only)"),
-    ({"imported": {"Theirs": "x/{forget_class}"}}, "'imported' has a key 'Theirs', which is not allowed; allowed: "
-     "text matching ^[a-z][a-z0-9_]*$"),
     # NaN passes every bound of a schema (each comparison with it is False)
     ({"sampler": {"guidance_w": float("nan")}}, "'sampler.guidance_w' is nan; allowed: a finite number"),
     ({"method_params": {"safemax": {"lr": float("inf")}}}, "'method_params.safemax.lr' is inf; allowed: a finite number"),

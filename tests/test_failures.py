@@ -478,7 +478,8 @@ def test_a_guidance_sweep_by_hand_names_what_it_needs(tmp_path, tiny_config):
     ({"theirs": "theirs/unet"}, "lacks {forget_class}: a model forgets one class"),
     ({"theirs": "theirs/class{forget_class}/{run}"}, "has unknown field(s) {run}; allowed: {forget_class}, {seed}"),
     ({"theirs": "theirs/class{forget_class/unet"}, "is not a folder pattern"),
-    ({"Theirs": "theirs/class{forget_class}/unet"}, "'imported' = \"Theirs\" is not allowed"),
+    ({"Theirs": "theirs/class{forget_class}/unet"},
+     "'imported' has a key 'Theirs', which is not allowed; allowed: text matching ^[a-z][a-z0-9_]*$"),
 ])
 def test_a_bad_imported_model_entry_is_a_config_problem(imported, message):
     from unlearnbench.config import ConfigError, load_config
