@@ -115,6 +115,9 @@ def _allowed(error) -> str:
     return error.message
 
 
+NUMBER_TYPES = {"number", "integer"}
+
+
 def _types(schema: dict) -> set:
     kind = schema.get("type")
     return set(kind if isinstance(kind, list) else [kind] if kind else [])
@@ -271,16 +274,18 @@ def _check_methods(config: dict, methods_dir) -> tuple[dict, list[str]]:
                                 f"{abl['method']}, which are made once with the main value, not per ablation value: "
                                 "ablate a parameter that only unlearn() reads (a prior declares what it reads with "
                                 "Prior(..., params=...))")
-            elif not _types(item := param_schema(module)[abl["param"]]) & {"number", "integer"}:
-                numbers = sorted(k for k, v in param_schema(module).items() if _types(v) & {"number", "integer"})
-                problems.append(f"'ablation.param' = {abl['param']!r} is not a number parameter of {abl['method']}: "
-                                "the ablation figure plots the metrics against a number; allowed: "
-                                f"{', '.join(numbers)}")
             else:
-                item = {**item, "type": sorted(_types(item) & {"number", "integer"})}  # e.g. not grad_clip's null
-                values = [coerce(v, item) for v in abl.get("values") or []]
-                config = {**config, "ablation": {**abl, "values": values}}
-                problems += schema_problems({"type": "array", "items": item}, values, ("ablation", "values"))
+                schemas = param_schema(module)
+                kinds = {name: sorted(_types(item) & NUMBER_TYPES) for name, item in schemas.items()}
+                if not kinds[abl["param"]]:
+                    problems.append(f"'ablation.param' = {abl['param']!r} is not a number parameter of "
+                                    f"{abl['method']}: the ablation figure plots the metrics against a number; "
+                                    f"allowed: {', '.join(sorted(name for name, kind in kinds.items() if kind))}")
+                else:
+                    item = {**schemas[abl["param"]], "type": kinds[abl["param"]]}  # less null (grad_clip's)
+                    values = [coerce(v, item) for v in abl.get("values") or []]
+                    config = {**config, "ablation": {**abl, "values": values}}
+                    problems += schema_problems({"type": "array", "items": item}, values, ("ablation", "values"))
     return config, problems
 
 

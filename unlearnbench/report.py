@@ -371,6 +371,11 @@ class PairedDifference(NamedTuple):
     reference_better: int  # units where the reference's value is strictly better
     reference_worse: int  # ... strictly worse (the rest are ties)
 
+    @classmethod
+    def missing(cls, n: int = 0) -> "PairedDifference":
+        """No difference to report (no units, or a value missing in one)."""
+        return cls(n, np.nan, np.nan, np.nan, 0, 0)
+
 
 def paired_difference(values, reference, lower_is_better: bool,
                       confidence: float = PAIRED_CONFIDENCE) -> PairedDifference:
@@ -380,7 +385,7 @@ def paired_difference(values, reference, lower_is_better: bool,
     diff = np.asarray(values, dtype=float) - np.asarray(reference, dtype=float)
     n = len(diff)
     if n == 0 or np.isnan(diff).any():
-        return PairedDifference(n, np.nan, np.nan, np.nan, 0, 0)
+        return PairedDifference.missing(n)
     mean = float(diff.mean())
     half = (float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * float(diff.std(ddof=1)) / math.sqrt(n)
             if n > 1 else np.nan)
@@ -414,7 +419,7 @@ def paired_comparison(table: pd.DataFrame, methods: Sequence[str]) -> pd.DataFra
                                            paper.loc[[(UNLEARNING_REFERENCE, c) for c in classes], metric.paper_column],
                                            metric.lower_is_better)
             else:
-                theirs = PairedDifference(0, np.nan, np.nan, np.nan, 0, 0)
+                theirs = PairedDifference.missing()
             rows.append((method, metric.label, *ours, *theirs))
     return pd.DataFrame(rows, columns=columns)
 
