@@ -16,6 +16,7 @@ from unlearnbench.config import ConfigError, load_config, method_params
     ({"forget_classes": [0, 12]}, "'forget_classes[1]' = 12 is not allowed; allowed: type integer, >= 0, <= 9"),
     ({"forget_classes": ["a"]}, "'forget_classes[0]' = \"a\" is not allowed; allowed: type integer"),
     ({"seeds": [0, 0]}, "'seeds' = [0, 0] is not allowed; allowed: no repeated entries"),
+    ({"seeds": []}, "'seeds' = [] is not allowed; allowed: at least 1 entry"),
     ({"methods": ["nope"]}, "'methods[0]' = 'nope' is not a method; allowed: finetune, sa, safemax, salun"),
     ({"methods": "safemax"}, "'methods' = \"safemax\" is not allowed; allowed: type array (a list, even of one: [safemax]"),
     ({"sampler": {"steps": 0}}, "'sampler.steps' = 0 is not allowed; allowed: type integer, >= 1"),

@@ -111,7 +111,8 @@ def _allowed(error) -> str:
     if kind == "uniqueItems":
         return "no repeated entries"
     if kind == "minItems":
-        return f"at least {schema['minItems']} entries"
+        count = schema["minItems"]
+        return f"at least {count} {'entry' if count == 1 else 'entries'}"
     return error.message
 
 
