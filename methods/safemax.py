@@ -8,7 +8,7 @@ import torch
 
 from unlearnbench.diffusion import epsilon_loss, randn_like, reduce_squared_error
 from unlearnbench.networks import predict_eps
-from unlearnbench.training import optimizer_step
+from unlearnbench.training import ema_update, make_ema, optimizer_step
 
 DISPLAY_NAME = "SAFEMax"
 DEFAULTS = {
@@ -20,6 +20,10 @@ DEFAULTS = {
     "target": "fresh_noise",  # fresh_noise | x_t
     "retain_weight": 0.0,     # no retain loss on the poster
     "retain_batch_size": 128,
+    # Inferred too (PROTOCOL.md section 3): start from the base model's non-EMA weights, evaluate the raw weights.
+    "start_weights": "raw",   # raw | ema: which of the base model's weights unlearning starts from
+    "ema_decay": None,        # null: evaluate the raw weights; a number: keep an EMA, continued from the base
+                              # model's EMA as SA's is, and evaluate it
 }
 # What each value may be (JSON Schema; the config is checked against it before any job runs).
 PARAM_SCHEMA = {
@@ -31,6 +35,8 @@ PARAM_SCHEMA = {
     "target": {"enum": ["fresh_noise", "x_t"]},
     "retain_weight": {"type": "number", "minimum": 0},
     "retain_batch_size": {"type": "integer", "minimum": 1},
+    "start_weights": {"enum": ["raw", "ema"]},
+    "ema_decay": {"type": ["number", "null"], "minimum": 0, "exclusiveMaximum": 1},
 }
 
 
@@ -59,7 +65,8 @@ def safemax_loss(model, ctx, x0: torch.Tensor, labels: torch.Tensor) -> torch.Te
 
 def unlearn(ctx):
     p = ctx.params
-    model = ctx.load_original(ema=False)
+    model = ctx.load_original(ema=p["start_weights"] == "ema")
+    ema = make_ema(ctx.load_original(ema=True)) if p["ema_decay"] is not None else None
     optimizer = torch.optim.Adam(model.parameters(), lr=p["lr"])
     forget = ctx.batches([ctx.forget_class], p["batch_size"])
     retain = ctx.batches(ctx.remaining_classes(), p["retain_batch_size"]) if p["retain_weight"] > 0 else None
@@ -72,6 +79,8 @@ def unlearn(ctx):
                 loss = loss + p["retain_weight"] * epsilon_loss(model, ctx.schedule, x_r, y_r, reduction=ctx.reduction,
                                                                 generator=ctx.generator)
         optimizer_step(optimizer, loss, model.parameters(), p["grad_clip"])
+        if ema is not None:
+            ema_update(ema, model, p["ema_decay"])
 
     ctx.run_steps(p["steps"], step, desc="safemax")
-    return model
+    return model if ema is None else ema

@@ -511,5 +511,32 @@ def test_finetune_never_reads_the_forgotten_class_unlike_safemax(tmp_path):
     start = torch.cat([p.detach().flatten() for p in original.parameters()])
     assert not torch.equal(weights_after(finetune, x, ft), start)
     assert torch.equal(weights_after(finetune, x, ft), weights_after(finetune, other_x, ft))
-    sm = {"batch_size": 4, "lambda": 1.0, "target": "fresh_noise", "retain_weight": 1.0, "retain_batch_size": 4}
+    sm = {**safemax.DEFAULTS, "batch_size": 4, "retain_weight": 1.0, "retain_batch_size": 4}
     assert not torch.equal(weights_after(safemax, x, sm), weights_after(safemax, other_x, sm))
+
+
+@pytest.mark.parametrize("start_weights", ["raw", "ema"])
+def test_safemax_starts_from_and_evaluates_the_weights_its_params_name(tmp_path, start_weights):
+    """PROTOCOL.md infers "start from the non-EMA weights, evaluate the raw weights": both are params. With lr 0
+    the weights stay put, so the evaluated model is the start weights, or the EMA's closed form after n steps."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from unlearnbench.data import to_uint8
+
+    raw, ema = micro_unet(0), micro_unet(1)
+    data = SimpleNamespace(train_x=to_uint8(torch.rand(8, 1, 4, 4) * 2 - 1), train_y=np.array([0, 1] * 4),
+                           num_classes=2)
+    flat = lambda model: torch.cat([p.detach().flatten() for p in model.parameters()])  # noqa: E731
+
+    def evaluated(**params):
+        ctx = _prior_ctx(tmp_path, {False: raw, True: ema},
+                         {**safemax.DEFAULTS, "steps": 3, "batch_size": 4, "lr": 0.0, "start_weights": start_weights,
+                          **params}, forget_class=1, data=data)
+        return flat(safemax.unlearn(ctx))
+
+    start = flat(ema if start_weights == "ema" else raw)
+    assert torch.equal(evaluated(), start)
+    kept = 0.5 ** 3  # the base EMA's share after 3 updates at decay 0.5
+    assert torch.allclose(evaluated(ema_decay=0.5), kept * flat(ema) + (1 - kept) * start, atol=1e-6)
