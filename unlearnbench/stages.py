@@ -327,7 +327,8 @@ def import_model(config: dict, name: str, forget_class: int, seed: int, data_pat
 
 # ---------------------------------------------------------------- evaluation
 def sampling_seed(seed: int, forget_class: int | None) -> int:
-    """Every model of a (class, seed) cell is sampled from the same noise: differences come from the models."""
+    """Every unlearned model of a (class, seed) cell is sampled from the same noise: differences come from the
+    models. The original (forget_class None) is sampled once per seed for all classes, from noise of its own."""
     return 7919 * (seed + 1) + (forget_class if forget_class is not None else 97)
 
 
