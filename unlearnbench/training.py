@@ -178,15 +178,14 @@ def progress(iterable, desc: str, total: int | None = None):
 def run_in_chunks(start: int, steps: int, every: int, step_fn, save, *, desc: str, meter=None) -> None:
     """step_fn(i) for start <= i < steps, timed by `meter` (the RTE), with save(step) after every `every` steps
     (0: never) outside the timer. The loop of base training and of every method's ctx.run_steps."""
-    bar = progress(range(start, steps), desc, total=steps - start)
-    ticks = iter(bar)
+    bar = progress(None, desc, total=steps - start)  # counted by update(): a log then ends at steps/steps
     step = start
     while step < steps:
         end = min(steps, step + every) if every else steps
         with meter.timed() if meter else nullcontext():
             for i in range(step, end):
                 step_fn(i)
-                next(ticks, None)
+                bar.update()
         step = end
         if every and step < steps:
             save(step)
