@@ -234,6 +234,24 @@ def test_snakemake_refuses_bad_config_before_any_job(root, tmp_path):
     assert not (root / "results" / "badrun").exists()
 
 
+def test_an_overlays_params_for_a_method_not_run_get_a_note(tmp_path, monkeypatch, capsys):
+    """Params set for a method that 'methods' forgets would be silently unused; the shipped configs, which set
+    every method file's params (paper.yaml: finetune's too), give no note."""
+    from unlearnbench.workflow import DEFAULT_CONFIG, load_workflow_config
+
+    monkeypatch.chdir(tmp_path)
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("method_params: {finetune: {steps: 7}, safemax: {steps: 9}}\n")
+    load_workflow_config({"method_params": {"finetune": {"steps": 7}}}, [str(DEFAULT_CONFIG), str(mine)])
+    assert ("note: " + str(mine) + " sets method_params for finetune, which 'methods' (sa, salun, safemax) leaves "
+            "out: those params are unused; add it to 'methods' to run it") in capsys.readouterr().err
+    load_workflow_config({"methods": ["safemax", "finetune"]}, [str(DEFAULT_CONFIG), str(mine)])
+    assert "method_params" not in capsys.readouterr().err
+    paper = DEFAULT_CONFIG.parent / "paper.yaml"
+    load_workflow_config({"method_params": {"finetune": {"steps": 7}}, "run_name": "p"}, [str(DEFAULT_CONFIG), str(paper)])
+    assert "method_params" not in capsys.readouterr().err
+
+
 def test_an_ablation_whose_method_is_not_run_is_skipped_with_a_note(tmp_path, monkeypatch, capsys):
     """`methods: [sa]` leaves SAFEMax's lambda ablation out of the figures, and says so (not silently)."""
     from unlearnbench.workflow import ablation_variants, load_workflow_config

@@ -177,10 +177,12 @@ def run(args) -> None:
 
     if args.command == "validate-config":
         from .config import load_config, write_resolved
-        from .workflow import check_model_folders
+        from .workflow import check_model_folders, config_notes
 
         config = load_config(*args.files)
         check_model_folders(config)  # as the Snakefile does, from this folder
+        for note in config_notes(config, args.files):
+            print(f"note: {note}", file=sys.stderr)
         if args.write:
             write_resolved(config, args.write)
         print(f"config OK: run {config['run_name']}")

@@ -34,8 +34,7 @@ def load_workflow_config(config: dict, configfiles=()) -> dict:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
-    note = skipped_ablation_note(merged)
-    if note:
+    for note in config_notes(merged, configfiles):
         print(f"note: {note}", file=sys.stderr)
     path = resolved_config_path(merged)
     try:
@@ -45,6 +44,30 @@ def load_workflow_config(config: dict, configfiles=()) -> dict:
               f"results/{merged['run_name']}/ writable, or set another run_name", file=sys.stderr)
         sys.exit(1)
     return merged
+
+
+def config_notes(config: dict, configfiles=()) -> list[str]:
+    """What a valid config leaves out that its author likely meant to run (printed, not refused)."""
+    notes = [skipped_ablation_note(config), *unused_params_notes(config, configfiles)]
+    return [note for note in notes if note]
+
+
+def unused_params_notes(config: dict, configfiles=()) -> list[str]:
+    """An overlay's method_params for a method 'methods' leaves out (its author forgot to add it there, likely).
+    The shipped configs set the params of every method file, run or not, so only the user's files count."""
+    shipped = DEFAULT_CONFIG.parent.resolve()
+    notes = []
+    for path in configfiles:
+        if Path(path).resolve().parent == shipped:
+            continue
+        named = (read_yaml(path) or {}).get("method_params") or {}
+        unused = [name for name in named if name not in config["methods"]]
+        if unused:
+            it = "it" if len(unused) == 1 else "them"
+            notes.append(f"{path} sets method_params for {', '.join(unused)}, which 'methods' "
+                         f"({', '.join(config['methods'])}) leaves out: those params are unused; add {it} to "
+                         f"'methods' to run {it}")
+    return notes
 
 
 def skipped_ablation_note(config: dict) -> str | None:
