@@ -232,6 +232,7 @@ AUTHOR_MISTAKES = {
                   "    opt = torch.optim.SGD(other.parameters(), lr=0.1)\n\n    def step(i):\n"
                   "        opt.zero_grad()\n        sum(p.sum() for p in other.parameters()).backward()\n"
                   "        opt.step()\n\n    ctx.run_steps(2, step, desc='x')\n    return model\n",
+    "reads_no_param": "DEFAULTS = {'steps': 2}\n\ndef unlearn(ctx):\n    return ctx.params['lr']\n",
 }
 
 
@@ -244,6 +245,8 @@ AUTHOR_MISTAKES = {
     ("no_op", "unlearn() of method 'no_op' returned the original model's weights (unet_ema/) unchanged"),
     ("other_copy", "unlearn() of method 'other_copy' returned the original model's weights (unet/) unchanged: its "
                    "loop changed nothing. Check that its optimizer holds the parameters of the model it returns"),
+    ("reads_no_param", "method 'reads_no_param' reads param 'lr', which is not one of its params (steps): add it to "
+                       "DEFAULTS in its method file"),
 ])
 def test_a_method_authors_mistakes_are_named_and_nothing_is_saved(tmp_path, tiny_config, monkeypatch, name, message):
     """Before: the base model scored as unlearned with RTE 0 (untimed), or a bare TypeError/KeyError traceback."""
@@ -321,6 +324,11 @@ def test_a_prior_file_lost_after_its_job_is_named_with_what_to_do(tmp_path, tiny
     ("from unlearnbench.method_api import Prior\nPRIORS = [Prior('MyPrior', print)]\ndef unlearn(ctx): pass\n",
      "prior 'MyPrior': a prior's name is lower-case letters"),
     ("DISPLAY_NAME = 3\ndef unlearn(ctx): pass\n", "DISPLAY_NAME must be a non-empty string, got 3"),
+    # else the method silently has no params, and fails with a bare KeyError inside its loop
+    ("DEFAULT = {'lr': 1.0}\ndef unlearn(ctx): pass\n", "defines DEFAULT, which the suite does not read, and no "
+     "DEFAULTS: rename it DEFAULTS"),
+    ("param_schema = {'lr': {}}\nDEFAULTS = {'lr': 1.0}\ndef unlearn(ctx): pass\n", "defines param_schema, which "
+     "the suite does not read, and no PARAM_SCHEMA: rename it PARAM_SCHEMA"),
     ("CONTROL = 'yes'\ndef unlearn(ctx): pass\n", "CONTROL must be True or False, got 'yes'"),
     ("DEFAULTS = ['steps', 'lr']\ndef unlearn(ctx): pass\n",
      "DEFAULTS must be a dict keyed by parameter name, e.g. DEFAULTS = {\"lr\": 1.0e-4}; it is ['steps', 'lr']"),

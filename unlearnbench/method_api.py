@@ -108,12 +108,34 @@ class DeclaredSections(_DeclaredView):
                               "stage (its result would not rerun when it changes)" + (f"; use {instead}" if instead else ""))
 
 
+def _unknown_param(method: str, key, known) -> UndeclaredError:
+    return UndeclaredError(f"method {method!r} reads param {key!r}, which is not one of its params "
+                           f"({', '.join(sorted(known)) or 'none'}): add it to DEFAULTS in its method file")
+
+
+class MethodParams(dict):
+    """A method's params (DEFAULTS, then the config's): reading one it lacks says so, not a bare KeyError."""
+
+    def __init__(self, params: dict, method: str):
+        super().__init__(params)
+        self._method = method
+
+    def __missing__(self, key):
+        raise _unknown_param(self._method, key, self)
+
+
 class DeclaredParams(_DeclaredView):
     """A prior's view of its method's params: only those it declared."""
 
     def __init__(self, params: dict, prior: Prior, method: str):
         super().__init__(params, [k for k in params if k not in prior.params], "param",
                          f"prior {prior.name!r} of method {method!r}", "Prior(..., params=...)")
+        self._method = method
+
+    def __missing__(self, key):
+        if key in self._hidden:
+            self._refuse(key)
+        raise _unknown_param(self._method, key, [*self, *self._hidden])
 
 
 class _Priors(dict):
@@ -225,9 +247,27 @@ def _line_in(path: Path, exc: Exception) -> str:
 NAME_PATTERN = "[a-z][a-z0-9_]*"  # method and prior names: they are path parts and Snakemake wildcards
 
 
+INTERFACE_NAMES = ("DEFAULTS", "PARAM_SCHEMA", "PRIORS", "SECTIONS", "DISPLAY_NAME", "CONTROL")
+
+
+def _misspelled_interface(module, path: Path) -> None:
+    """A misspelled DEFAULTS (or PRIORS, ...) would silently leave the method without it, and fail later with a
+    bare KeyError deep in its loop."""
+    import difflib
+
+    for attr in vars(module):
+        if attr.startswith("_") or attr in INTERFACE_NAMES:
+            continue
+        close = difflib.get_close_matches(attr.upper(), INTERFACE_NAMES, n=1, cutoff=0.8)
+        if close and not hasattr(module, close[0]):
+            raise UserError(f"method file {path} defines {attr}, which the suite does not read, and no {close[0]}: "
+                            f"rename it {close[0]}")
+
+
 def _check_interface(module, name: str, path: Path) -> None:
     if not callable(getattr(module, "unlearn", None)):
         raise UserError(f"method file {path} must define unlearn(ctx) (see unlearnbench/method_api.py)")
+    _misspelled_interface(module, path)
     for attr, example in (("DEFAULTS", '{"lr": 1.0e-4}'), ("PARAM_SCHEMA", '{"lr": {"type": "number"}}')):
         given = getattr(module, attr, {})
         if not isinstance(given, dict) or not all(isinstance(key, str) for key in given):
@@ -382,7 +422,9 @@ class RunContext:
 
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             # Zero steps would pass the original model off as an unlearned one.
-            raise UserError(f"{desc}: the number of steps must be a whole number >= 1; got {steps!r}")
+            raise UserError(f"{desc}: the number of steps must be a whole number >= 1; got {steps!r} (a param? "
+                            "give it a PARAM_SCHEMA entry such as {'type': 'integer', 'minimum': 1} in the method "
+                            "file, and a config is checked before any job runs)")
         if checkpoint_every and not modules:
             # A resumed run would restore its step count and generators onto freshly loaded weights.
             raise UserError(f"{desc}: checkpoint_every needs modules={{name: object}} with every model and optimizer "

@@ -19,7 +19,7 @@ from .cost import CostMeter, device_name
 from .data import ImageData, load_dataset, to_float, to_uint8
 from .diffusion import Schedule, sample
 from .errors import MissingResourceError, UserError
-from .method_api import DeclaredParams, DeclaredSections, RunContext, load_method, prior_by_name
+from .method_api import DeclaredParams, DeclaredSections, MethodParams, RunContext, load_method, prior_by_name
 from .networks import build_classifier, build_unet
 from .training import (BatchStream, autocast, autocast_dtype, classifier_accuracy, prepare_model, seed_everything, setup_runtime,
                        train_classifier, train_diffusion)
@@ -132,6 +132,8 @@ def _context(config, method, params, data, device, seed, meter, original_dir, fo
         raise UserError(f"forget class {forget_class} is out of range: the dataset's classes are 0..{data.num_classes - 1}")
     expect = ckpt.unet_expectations(config, data.num_classes)
     module = load_method(method)
+    if not isinstance(params, DeclaredParams):
+        params = MethodParams(params, method)
     if prior is None:
         config = DeclaredSections(config, module.SECTIONS, f"unlearn() of method {method!r}",
                                   "SECTIONS = (...) in its method file")
