@@ -327,8 +327,8 @@ def test_a_prior_file_lost_after_its_job_is_named_with_what_to_do(tmp_path, tiny
     # else the method silently has no params, and fails with a bare KeyError inside its loop
     ("DEFAULT = {'lr': 1.0}\ndef unlearn(ctx): pass\n", "defines DEFAULT, which the suite does not read, and no "
      "DEFAULTS: rename it DEFAULTS"),
-    ("param_schema = {'lr': {}}\nDEFAULTS = {'lr': 1.0}\ndef unlearn(ctx): pass\n", "defines param_schema, which "
-     "the suite does not read, and no PARAM_SCHEMA: rename it PARAM_SCHEMA"),
+    ("param_schema = {'lr': {}}\nDEFAULTS = {'lr': 1.0}\ndef prior(): pass\ndef unlearn(ctx): pass\n",
+     "defines param_schema, which the suite does not read, and no PARAM_SCHEMA: rename it PARAM_SCHEMA"),
     ("CONTROL = 'yes'\ndef unlearn(ctx): pass\n", "CONTROL must be True or False, got 'yes'"),
     ("DEFAULTS = ['steps', 'lr']\ndef unlearn(ctx): pass\n",
      "DEFAULTS must be a dict keyed by parameter name, e.g. DEFAULTS = {\"lr\": 1.0e-4}; it is ['steps', 'lr']"),

@@ -255,9 +255,11 @@ def _misspelled_interface(module, path: Path) -> None:
     bare KeyError deep in its loop."""
     import difflib
 
-    for attr in vars(module):
-        if attr.startswith("_") or attr in INTERFACE_NAMES:
-            continue
+    import types
+
+    for attr, value in vars(module).items():
+        if attr.startswith("_") or attr in INTERFACE_NAMES or callable(value) or isinstance(value, types.ModuleType):
+            continue  # helpers (def prior(...), import control) are not misspelled interface values
         close = difflib.get_close_matches(attr.upper(), INTERFACE_NAMES, n=1, cutoff=0.8)
         if close and not hasattr(module, close[0]):
             raise UserError(f"method file {path} defines {attr}, which the suite does not read, and no {close[0]}: "

@@ -46,6 +46,9 @@ def load_workflow_config(config: dict, configfiles=()) -> dict:
     return merged
 
 
+SHIPPED_CONFIGS = ("default.yaml", "test.yaml", "paper.yaml")
+
+
 def config_notes(config: dict, configfiles=()) -> list[str]:
     """What a valid config leaves out that its author likely meant to run (printed, not refused)."""
     notes = [skipped_ablation_note(config), *unused_params_notes(config, configfiles)]
@@ -55,10 +58,10 @@ def config_notes(config: dict, configfiles=()) -> list[str]:
 def unused_params_notes(config: dict, configfiles=()) -> list[str]:
     """An overlay's method_params for a method 'methods' leaves out (its author forgot to add it there, likely).
     The shipped configs set the params of every method file, run or not, so only the user's files count."""
-    shipped = DEFAULT_CONFIG.parent.resolve()
+    shipped = {(DEFAULT_CONFIG.parent / name).resolve() for name in SHIPPED_CONFIGS}
     notes = []
     for path in configfiles:
-        if Path(path).resolve().parent == shipped:
+        if Path(path).resolve() in shipped:
             continue
         named = (read_yaml(path) or {}).get("method_params") or {}
         unused = [name for name in named if name not in config["methods"]]
