@@ -206,6 +206,10 @@ def test_a_diverged_unlearning_run_fails_and_saves_nothing(tmp_path, tiny_config
                                             r"learning rate \(method_params.safemax.lr = 1e\+30\)"):
         stages.run_unlearning(config, "safemax", 2, 0, tmp_path / "data.npz", tmp_path / "original", out)
     assert not out.exists()
+    # an ablation run is named with its value (its job is one of several of the method per class)
+    with pytest.raises(DivergedError, match=r"safemax with lambda=0.0 \(forget class 2, seed 0\) ended with"):
+        stages.run_unlearning(config, "safemax", 2, 0, tmp_path / "data.npz", tmp_path / "original", out,
+                              overrides={"lambda": 0.0})
 
 
 def test_nan_images_are_refused_not_quantised_to_black():

@@ -283,8 +283,9 @@ def run_unlearning(config: dict, method_name: str, forget_class: int, seed: int,
         if meter.timed_blocks == 0:  # e.g. the original returned untouched: RTE 0 and the base model's metrics
             raise UserError(f"unlearn() of method {method_name!r} ran no timed step: run its loop through "
                             "ctx.run_steps(steps, step_fn, desc=...), which times it (the RTE)")
-        ckpt.require_finite(model, f"{method_name} (forget class {forget_class}, seed {seed}) ended with non-finite "
-                            "weights", diverged_hint(method_name, params))
+        run = method_name + (f" with {', '.join(f'{k}={v}' for k, v in overrides.items())}" if overrides else "")
+        ckpt.require_finite(model, f"{run} (forget class {forget_class}, seed {seed}) ended with non-finite weights",
+                            diverged_hint(method_name, params))
     if weights := original_weights_in(model, original_dir):  # else the original would be scored as unlearned
         raise UserError(f"unlearn() of method {method_name!r} returned the original model's weights "
                         f"({weights}/) unchanged: its loop changed nothing. Check that its optimizer holds the "
