@@ -367,6 +367,17 @@ def test_write_reports(run, tmp_path):
     assert list(pd.read_csv(paths["table.csv"])["forget_class"].astype(str))[-2:] == ["mean", "std"]
     assert "(RTE + priors)" in paths["comparison.md"].read_text()
     assert "dataset = digits" in paths["comparison.md"].read_text()
+    # each table says what it measured, from the records' provenance; the LaTeX as comments after the tabular
+    setup1 = ("FID: classifier features of 50 generated images per remaining class against 1300 real images of the "
+              "remaining classes.")
+    setup2 = "H and UA on 100 generated images of the forgotten class, labelled by the evaluation classifier"
+    for suffix in ("md", "tex"):
+        table1, table2 = (paths[f"table{i}.{suffix}"].read_text() for i in (1, 2))
+        assert setup1 in table1 and setup2 in table2 and setup1 not in table2
+        # the original's RTE and GPU cells are empty in Table 1; Table 2 has no empty cell to explain
+        assert "= no value: the original model has no unlearning cost" in table1 and "no value" not in table2
+    latex = paths["table1.tex"].read_text()
+    assert latex.index(r"\end{tabular}") < latex.index("% FID: classifier features")
 
 
 def test_cpu_run_keeps_gpu_nan(tmp_path):

@@ -271,17 +271,29 @@ def _cells(table: pd.DataFrame, methods: Sequence[str], metrics: Sequence[Metric
     return body
 
 
-def _render(table: pd.DataFrame, methods: Sequence[str], metrics: Sequence[Metric], fmt: str) -> str:
+def _legend(body: list[list[str]], methods: Sequence[str], metrics: Sequence[Metric], dash: str) -> list[str]:
+    """What the table's marks mean: bold, the mean and std rows, and (where one appears) the empty cell."""
+    directions = ", ".join(f"{m.label} {'lower' if m.lower_is_better else 'higher'}" for m in metrics)
+    controls = ", ".join(display_name(m) for m in methods if is_control(m))
+    not_bold = f"; {controls}: control, never bold" if controls else ""
+    lines = [f"Best unlearning method per row in bold ({directions} is better{not_bold}). mean and std (sample, "
+             "ddof=1) over forgotten classes of seed-averaged values."]
+    if any(not cell for cells in body for cell in cells[1:]):
+        lines.append(f"{dash} = no value: the original model has no unlearning cost (it was trained, not unlearned), "
+                     "GPU memory is measured on a GPU only, and an imported model's cost is not known.")
+    return lines
+
+
+def _render(table: pd.DataFrame, methods: Sequence[str], metrics: Sequence[Metric], fmt: str,
+            notes: Sequence[str] = ()) -> str:
+    """The table, then its legend and `notes` (paragraphs in markdown, % comments in LaTeX)."""
     if fmt == "markdown":
         header = ["Class"] + [column_name(m, metric) for m in methods for metric in metrics]
         body = _cells(table, methods, metrics, lambda text: f"**{text}**")
         lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
         lines += ["| " + " | ".join(cell or "–" for cell in cells) + " |" for cells in body]
-        directions = ", ".join(f"{m.label} {'lower' if m.lower_is_better else 'higher'}" for m in metrics)
-        controls = ", ".join(display_name(m) for m in methods if is_control(m))
-        not_bold = f"; {controls}: control, never bold" if controls else ""
-        lines += ["", f"Best unlearning method per row in bold ({directions} is better{not_bold}). "
-                  "mean and std (sample, ddof=1) over forgotten classes of seed-averaged values; – = not measured."]
+        lines += ["", " ".join(_legend(body, methods, metrics, "–"))]
+        lines += [line for note in notes for line in ("", note)]
         return "\n".join(lines) + "\n"
     if fmt == "latex":
         width = len(metrics)
@@ -296,18 +308,41 @@ def _render(table: pd.DataFrame, methods: Sequence[str], metrics: Sequence[Metri
                 lines.append(r"\midrule")
             lines.append(" & ".join(cell or "--" for cell in cells) + r" \\")
         lines += [r"\bottomrule", r"\end{tabular}"]
+        lines += [f"% {line}" for line in (*_legend(body, methods, metrics, "--"), *notes)]
         return "\n".join(lines) + "\n"
     raise ValueError(f"unknown table format {fmt!r}: use 'markdown' or 'latex'")
 
 
-def render_table1(table: pd.DataFrame, methods: Sequence[str], fmt: str = "markdown") -> str:
+def render_table1(table: pd.DataFrame, methods: Sequence[str], fmt: str = "markdown", notes: Sequence[str] = ()) -> str:
     """The paper's Table 1: FID on the remaining classes, RTE, GPU peak memory."""
-    return _render(table, methods, TABLE1_METRICS, fmt)
+    return _render(table, methods, TABLE1_METRICS, fmt, notes)
 
 
-def render_table2(table: pd.DataFrame, methods: Sequence[str], fmt: str = "markdown") -> str:
+def render_table2(table: pd.DataFrame, methods: Sequence[str], fmt: str = "markdown", notes: Sequence[str] = ()) -> str:
     """The paper's Table 2: entropy H and unlearning accuracy UA on the forgotten class."""
-    return _render(table, methods, TABLE2_METRICS, fmt)
+    return _render(table, methods, TABLE2_METRICS, fmt, notes)
+
+
+def _distinct(metrics: pd.DataFrame, key: str) -> str | None:
+    """The values of a provenance column, as text ("20", or "1291-1298" for numbers that vary); None if absent."""
+    if key not in metrics.columns or metrics[key].dropna().empty:
+        return None
+    values = metrics[key].dropna()
+    if pd.api.types.is_numeric_dtype(values) and values.nunique() > 1:
+        return f"{values.min():g}-{values.max():g}"
+    return ", ".join(sorted(values.astype(str).unique()))
+
+
+def setup_notes(metrics: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """What Tables 1 and 2 measured, from metrics.csv's provenance (the sample counts differ from the paper's)."""
+    backend, generated, real, forget = (_distinct(metrics, key) for key in
+                                        ("fid_backend", "n_fid_gen_per_class", "n_fid_real", "n_forget_samples"))
+    table1 = [f"FID: {backend} features of {generated} generated images per remaining class against {real} real "
+              "images of the remaining classes. RTE: the timed unlearning loop, without the method's priors "
+              "(comparison.md counts them)."] if None not in (backend, generated, real) else []
+    table2 = [f"H and UA on {forget} generated images of the forgotten class, labelled by the evaluation classifier "
+              "(UA: the share it does not call the forgotten class)."] if forget is not None else []
+    return table1, table2
 
 
 # ---------------------------------------------------------------------------- paper comparison
@@ -571,11 +606,11 @@ def write_reports(metrics_csv, out_dir, methods: Sequence[str] | None = None) ->
     cost_note = mixed_cost_note(metrics, methods)
     if cost_note:
         print(f"warning: {cost_note}")
-    notes = [note for note in (cost_note, imported_note(metrics, methods)) if note]
-    _write_text(paths["table1.md"], render_table1(table, methods, "markdown") + "".join(f"\n{n}\n" for n in notes))
-    _write_text(paths["table1.tex"], render_table1(table, methods, "latex") + "".join(f"% {n}\n" for n in notes))
-    _write_text(paths["table2.md"], render_table2(table, methods, "markdown"))
-    _write_text(paths["table2.tex"], render_table2(table, methods, "latex"))
+    setup1, setup2 = setup_notes(main)
+    notes1 = [*setup1, *(note for note in (cost_note, imported_note(metrics, methods)) if note)]
+    for fmt, suffix in (("markdown", "md"), ("latex", "tex")):
+        _write_text(paths[f"table1.{suffix}"], render_table1(table, methods, fmt, notes1))
+        _write_text(paths[f"table2.{suffix}"], render_table2(table, methods, fmt, setup2))
     _write_text(paths["comparison.md"],
                 render_comparison(paper_comparison(table, methods, prior_min), _scale_note(metrics),
                                   run_classes(table), cost_note, paired_comparison(table, methods)))
