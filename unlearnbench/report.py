@@ -324,12 +324,14 @@ def render_table2(table: pd.DataFrame, methods: Sequence[str], fmt: str = "markd
 
 
 def _distinct(metrics: pd.DataFrame, key: str) -> str | None:
-    """The values of a provenance column, as text ("20", or "1291-1298" for numbers that vary); None if absent."""
+    """The values of a provenance column, as text ("20", "25, 50", or "1291-1298" for many numbers); None if absent."""
     if key not in metrics.columns or metrics[key].dropna().empty:
         return None
     values = metrics[key].dropna()
-    if pd.api.types.is_numeric_dtype(values) and values.nunique() > 1:
-        return f"{values.min():g}-{values.max():g}"
+    if pd.api.types.is_numeric_dtype(values):
+        if values.nunique() > 3:
+            return f"{values.min():g}-{values.max():g}"
+        return ", ".join(f"{v:g}" for v in sorted(values.unique()))
     return ", ".join(sorted(values.astype(str).unique()))
 
 
@@ -552,13 +554,7 @@ def render_comparison(comparison: pd.DataFrame, scale_note: str | None = None, c
 def _scale_note(metrics: pd.DataFrame) -> str:
     keys = ["dataset", "sampler", "sampler_steps", "guidance_w", "fid_backend", "n_fid_gen_per_class", "device_name",
             "speed_switches"]
-    parts = []
-    for key in keys:
-        if key in metrics.columns:
-            values = metrics[key].dropna().astype(str).unique()
-            if len(values):
-                parts.append(f"{key} = {', '.join(sorted(values))}")
-    return "; ".join(parts)
+    return "; ".join(f"{key} = {values}" for key in keys if (values := _distinct(metrics, key)) is not None)
 
 
 def mixed_cost_note(metrics: pd.DataFrame, methods: Sequence[str]) -> str | None:

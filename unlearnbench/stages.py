@@ -132,13 +132,14 @@ def _context(config, method, params, data, device, seed, meter, original_dir, fo
         raise UserError(f"forget class {forget_class} is out of range: the dataset's classes are 0..{data.num_classes - 1}")
     expect = ckpt.unet_expectations(config, data.num_classes)
     module = load_method(method)
-    if not isinstance(params, DeclaredParams):
-        params = MethodParams(params, method)
     if prior is None:
+        params = MethodParams(params, method)
         config = DeclaredSections(config, module.SECTIONS, f"unlearn() of method {method!r}",
                                   "SECTIONS = (...) in its method file")
     else:
-        config = DeclaredSections(config, prior_by_name(module, prior).sections, f"prior {prior!r} of method {method!r}",
+        declared = prior_by_name(module, prior)  # a prior sees only the params and sections it declares
+        params = MethodParams(params, method) if declared.params is None else DeclaredParams(params, declared, method)
+        config = DeclaredSections(config, declared.sections, f"prior {prior!r} of method {method!r}",
                                   "Prior(..., sections=...)")
 
     def load_original(ema: bool = False):
@@ -186,8 +187,6 @@ def run_prior(config: dict, method_name: str, prior_name: str, data_path, origin
     prior = prior_by_name(module, prior_name)
     check_priors(required)
     params = method_params(config, method_name, module.DEFAULTS)
-    if prior.params is not None:
-        params = DeclaredParams(params, prior, method_name)
     data = ImageData.load(data_path)
     device = setup_runtime(config)
     out_dir = Path(out_dir)
