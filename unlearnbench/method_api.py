@@ -84,7 +84,10 @@ class _DeclaredView(dict):
     def __missing__(self, key):
         if key in self._hidden:
             self._refuse(key)
-        raise KeyError(key)
+        raise self._absent(key)
+
+    def _absent(self, key) -> KeyError:
+        return KeyError(key)
 
     def get(self, key, default=None):
         if key in self._hidden:
@@ -132,10 +135,8 @@ class DeclaredParams(_DeclaredView):
                          f"prior {prior.name!r} of method {method!r}", "Prior(..., params=...)")
         self._method = method
 
-    def __missing__(self, key):
-        if key in self._hidden:
-            self._refuse(key)
-        raise _unknown_param(self._method, key, [*self, *self._hidden])
+    def _absent(self, key) -> KeyError:
+        return _unknown_param(self._method, key, [*self, *self._hidden])
 
 
 class _Priors(dict):
@@ -254,7 +255,6 @@ def _misspelled_interface(module, path: Path) -> None:
     """A misspelled DEFAULTS (or PRIORS, ...) would silently leave the method without it, and fail later with a
     bare KeyError deep in its loop."""
     import difflib
-
     import types
 
     for attr, value in vars(module).items():
