@@ -250,6 +250,11 @@ def test_an_overlays_params_for_a_method_not_run_get_a_note(tmp_path, monkeypatc
     paper = DEFAULT_CONFIG.parent / "paper.yaml"
     load_workflow_config({"method_params": {"finetune": {"steps": 7}}, "run_name": "p"}, [str(DEFAULT_CONFIG), str(paper)])
     assert "method_params" not in capsys.readouterr().err
+    copied = tmp_path / "my_workflow" / "config"  # a copy of the workflow, run from its folder as Snakemake names it
+    shutil.copytree(DEFAULT_CONFIG.parent, copied)
+    monkeypatch.chdir(copied.parent)
+    load_workflow_config({"method_params": {"finetune": {"steps": 7}}}, ["config/default.yaml", "config/test.yaml"])
+    assert "method_params" not in capsys.readouterr().err
 
 
 def test_an_ablation_whose_method_is_not_run_is_skipped_with_a_note(tmp_path, monkeypatch, capsys):

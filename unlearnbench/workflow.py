@@ -57,11 +57,11 @@ def config_notes(config: dict, configfiles=()) -> list[str]:
 
 def unused_params_notes(config: dict, configfiles=()) -> list[str]:
     """An overlay's method_params for a method 'methods' leaves out (its author forgot to add it there, likely).
-    The shipped configs set the params of every method file, run or not, so only the user's files count."""
-    shipped = {(DEFAULT_CONFIG.parent / name).resolve() for name in SHIPPED_CONFIGS}
+    The shipped configs set the params of every method file, run or not, so only the user's files count (the shipped
+    ones are known by their place, config/<name>, in the checkout or in any copy of the workflow)."""
     notes = []
     for path in configfiles:
-        if Path(path).resolve() in shipped:
+        if Path(path).name in SHIPPED_CONFIGS and Path(path).resolve().parent.name == "config":
             continue
         named = (read_yaml(path) or {}).get("method_params") or {}
         unused = [name for name in named if name not in config["methods"]]
