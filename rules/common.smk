@@ -34,9 +34,11 @@ def fp(stage, method=None, prior=None):
     """Params value that changes when the config sections this stage depends on change."""
     return fingerprint(config, stage, method, prior)
 
+VARIANT_PATTERN = f"(?!original){NAME_PATTERN}(-[A-Za-z0-9_]+=[-0-9.e]+)?"  # "original" has rules of its own
+
 wildcard_constraints:
     method=NAME_PATTERN,
-    variant=f"(?!original){NAME_PATTERN}(-[A-Za-z0-9_]+=[-0-9.e]+)?",  # "original" has rules of its own
+    variant=VARIANT_PATTERN,
     prior=NAME_PATTERN,
     c="[0-9]+",
     s="[0-9]+",

@@ -48,15 +48,14 @@ rule unlearn:
         method=lambda w: parse_variant(w.variant)[0],
         overrides=lambda w: " ".join(parse_variant(w.variant)[1]),
         priors=lambda w, input: prior_flags(input.priors),
+    # not an imported name: its input functions would look for a method file it does not have
+    wildcard_constraints: variant="".join(f"(?!{name}/)" for name in IMPORTED) + VARIANT_PATTERN
     log: f"{RUN}/logs/unlearn/{{variant}}_class{{c}}_seed{{s}}.log"
     threads: THREADS
     shell:
         "{CLI} unlearn --config {CFG} --method {params.method} --forget-class {wildcards.c} --seed {wildcards.s}"
         " --data {input.data} --original {ORIGINAL} --priors {params.priors} --set {params.overrides}"
         " --out $(dirname {output.cost}) --presample {output.presample} > {log} 2>&1"
-
-
-ruleorder: import_model > unlearn  # an imported name has no method file to run
 
 
 rule import_model:
