@@ -538,6 +538,45 @@ def test_an_imported_model_is_checked_against_the_run_before_use(tmp_path, tiny_
     assert not out.exists()
 
 
+def test_a_model_folder_replaced_keeping_its_old_file_times_is_not_kept_scored(tmp_path, tiny_config, monkeypatch):
+    """Snakemake compares times, so a user's folder overwritten by `cp -p` (older files than the run's record of it)
+    would keep the replaced model's scores; the workflow refuses to go on until its files are touched."""
+    import os
+
+    from unlearnbench.workflow import check_scored_copies
+
+    monkeypatch.chdir(tmp_path)
+    config = json.loads(json.dumps(tiny_config))
+    models = tmp_path / "results" / config["run_name"] / "models"
+    mine = tmp_path / "mine"
+    _adopted_original(tmp_path, config)
+    stages.train_base(config, tmp_path / "data.npz", models / "original")  # the run adopts base.checkpoint
+    config["imported"] = {"theirs": "theirs/class{forget_class}/unet"}
+    config["forget_classes"] = [0]
+    torch.manual_seed(2)
+    save_unet(build_unet("tiny", 10), tmp_path / "theirs" / "class0" / "unet")
+    stages.import_model(config, "theirs", 0, 0, tmp_path / "data.npz", models / "original", models / "theirs/class0/seed0")
+    check_scored_copies(config)  # as adopted: nothing to say
+    old = (models / "original" / "train.json").stat().st_mtime - 60
+    for folder in (tmp_path / "theirs" / "class0" / "unet", mine / "unet_ema"):  # other weights, files kept old
+        torch.manual_seed(3)
+        save_unet(build_unet("tiny", 10), folder)
+        for path in folder.iterdir():
+            os.utime(path, (old, old))
+    with pytest.raises(UserError, match=r"2 model folder\(s\) changed since this run adopted them, but their files "
+                                        r"are older .*: \S*mine/unet_ema \(adopted as \S*models/original\); "
+                                        r"theirs/class0/unet \(adopted as \S*models/theirs/class0/seed0\)\. Run "
+                                        r"`touch \S*mine/unet_ema/\* theirs/class0/unet/\*`"):
+        check_scored_copies(config)
+    for path in (tmp_path / "theirs" / "class0" / "unet").iterdir():
+        path.touch()  # newer than the record: Snakemake reimports it itself
+    with pytest.raises(UserError, match=r"^1 model folder\(s\) .*: \S*mine/unet_ema "):
+        check_scored_copies(config)
+    config["base"]["checkpoint"] = str(tmp_path / "elsewhere")  # another folder: the jobs' params change, so no check
+    shutil.copytree(mine, tmp_path / "elsewhere", copy_function=shutil.copy2)
+    check_scored_copies(config)
+
+
 def test_validate_config_names_a_missing_model_folder_as_the_workflow_does(tmp_path):
     (tmp_path / "mine.yaml").write_text("imported: {theirs: 'theirs/class{forget_class}/unet'}\n")
     code, out = run_cli(["validate-config", "mine.yaml"], tmp_path)

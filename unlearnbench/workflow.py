@@ -31,6 +31,7 @@ def load_workflow_config(config: dict, configfiles=()) -> dict:
         merged = deep_merge(read_yaml(DEFAULT_CONFIG), dict(config))
         merged = validate(merged)  # with numbers given as text (e.g. by --config) made numbers
         check_model_folders(merged)
+        check_scored_copies(merged)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
@@ -130,6 +131,47 @@ def check_model_folders(config: dict) -> None:
     base = [Path(checkpoint) / sub for sub in ("unet", "unet_ema")] if checkpoint else []
     for folder in [*base, *dict.fromkeys(path.parent for path in wanted)]:
         read_unet_config(folder, expect)
+
+
+def check_scored_copies(config: dict) -> None:
+    """A user's model folder (base.checkpoint, an imported model) replaced by files that kept their old times
+    (`cp -p`, `rsync -a`, `mv`) looks unchanged to Snakemake, which compares times: the run would keep the scores
+    of the model it replaced. The digest the run recorded when it adopted the folder tells (read only then: when a
+    file is newer than that record, Snakemake redoes the job anyway)."""
+    import json
+
+    from .checkpoints import folder_digest
+
+    models = Path("results") / config["run_name"] / "models"
+    checks = []  # (user's folder, the run's record of adopting it, that record's keys of its path and digest)
+    if checkpoint := config["base"].get("checkpoint"):
+        checks += [(Path(checkpoint) / sub, models / "original" / "train.json", ("source", "source_digest", sub))
+                   for sub in ("unet", "unet_ema")]
+    checks += [(imported_model_dir(config, name, c, s), models / name / f"class{c}" / f"seed{s}" / "cost.json",
+                ("imported_from", "source_digest", None))
+               for name in config.get("imported") or {} for c in config["forget_classes"] for s in config["seeds"]]
+    stale = []
+    for folder, record_path, (source_key, digest_key, sub) in checks:
+        if not record_path.is_file() or not folder.is_dir():
+            continue
+        newest = max((p.stat().st_mtime for p in folder.rglob("*") if p.is_file()), default=0)
+        if newest > record_path.stat().st_mtime:
+            continue
+        record = json.loads(record_path.read_text())
+        adopted = Path(record.get(source_key) or "")
+        digest = record.get(digest_key)
+        if sub:  # base.checkpoint: one record for its two folders
+            adopted, digest = adopted / sub, (digest or {}).get(sub)
+        # another folder than the one adopted changes the jobs' params: Snakemake redoes them itself
+        if digest and adopted == folder.resolve() and digest != folder_digest(folder):
+            stale.append((folder, record_path))
+    if stale:
+        shown = "; ".join(f"{folder} (adopted as {record.parent})" for folder, record in stale)
+        folders = " ".join(f"{folder}/*" for folder, _ in stale)
+        raise UserError(f"{len(stale)} model folder(s) changed since this run adopted them, but their files are older "
+                        f"than the run's record of them (copied keeping their times: cp -p, rsync -a, mv), so Snakemake "
+                        f"would keep the old scores: {shown}. Run `touch {folders}` to have them scored again "
+                        "(everything after a changed base.checkpoint reruns), or put back the models that were scored")
 
 
 def imported_model_files(config: dict, name: str, forget_class: int, seed: int) -> list[str]:
