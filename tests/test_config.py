@@ -257,6 +257,19 @@ def test_an_overlays_params_for_a_method_not_run_get_a_note(tmp_path, monkeypatc
     assert "method_params" not in capsys.readouterr().err
 
 
+def test_an_imported_model_scored_for_several_seeds_gets_a_note():
+    """A seed-free pattern reuses one model per class for every seed: its std is not the methods' kind."""
+    from unlearnbench.workflow import config_notes
+
+    config = load_config(overrides={"seeds": [0, 1], "imported": {"theirs": "t/class{forget_class}",
+                                                                  "ours": "o/class{forget_class}/seed{seed}"}})
+    notes = config_notes(config)
+    assert notes == ["'imported.theirs' has no {seed}: each class's one model is scored for each of the 2 seeds "
+                     "[0, 1], so its std over seeds is the sampling noise alone (the methods' also comes from their "
+                     "training); give one folder per seed, as .../seed{seed}/..., to compare like with like"], notes
+    assert config_notes({**config, "seeds": [0]}) == []
+
+
 def test_an_ablation_whose_method_is_not_run_is_skipped_with_a_note(tmp_path, monkeypatch, capsys):
     """`methods: [sa]` leaves SAFEMax's lambda ablation out of the figures, and says so (not silently)."""
     from unlearnbench.workflow import ablation_variants, load_workflow_config

@@ -510,6 +510,11 @@ def test_imported_models_missing_on_disk_are_named_before_any_job_runs(tmp_path,
         check_model_folders(config)  # forget_classes [0, 1]: class 1's folder is missing
     save_unet(build_unet("tiny", 10), tmp_path / "theirs" / "class1" / "unet")
     check_model_folders(config)
+    config["imported"]["theirs"] = str(tmp_path / "theirs" / "class{forget_class}")  # the folders holding unet/
+    with pytest.raises(UserError, match=r"that are not there .*: no \S*class0/config\.json, \S*class1/config\.json "
+                                        r"\(\S*theirs/class0 holds unet/config\.json: end the pattern with /unet\)\. "
+                                        r".* Fix the pattern, or unlearn the missing classes with that method too"):
+        check_model_folders(config)
 
 
 def test_an_imported_model_is_checked_against_the_run_before_use(tmp_path, tiny_config):
@@ -521,7 +526,9 @@ def test_an_imported_model_is_checked_against_the_run_before_use(tmp_path, tiny_
     save_unet(build_unet("tiny", 5), tmp_path / "theirs" / "class0" / "unet")
     shutil.copytree(tmp_path / "original" / "unet", tmp_path / "theirs" / "class1" / "unet")
     out = tmp_path / "imported"
-    with pytest.raises(MissingResourceError, match="theirs/class0/unet is not the config's model: num_class_embeds is 6"):
+    with pytest.raises(MissingResourceError, match=r"theirs/class0/unet is not the config's model: num_class_embeds is 6"
+                                                   r".*\. An imported model is unlearned from this run's original model"
+                                                   r".*: point 'imported.theirs' to models unlearned from it"):
         stages.import_model(config, "theirs", 0, 0, tmp_path / "data.npz", tmp_path / "original", out)
     with pytest.raises(UserError, match=r"theirs/class1/unet \(theirs, forget class 1\) holds the run's original model "
                                         r"\(unet/\) unchanged: point 'imported.theirs' to the unlearned models"):
@@ -601,3 +608,4 @@ def test_validate_config_names_a_missing_model_folder_as_the_workflow_does(tmp_p
     (tmp_path / "other" / "unet").rename(tmp_path / "other" / "unet0")
     code, out = run_cli(["validate-config", "mine.yaml"], tmp_path)
     assert code == 2 and "other/unet0 is not the config's model: dropout is 0.1" in out, out
+    assert "point 'imported.theirs' to models unlearned from it" in out and "model.overrides" not in out, out

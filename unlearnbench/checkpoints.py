@@ -93,9 +93,9 @@ def require_finite(weights, what: str, hint: str) -> None:
     raise DivergedError(f"{what}: {bad:,} of {total:,} values are NaN or inf. {hint}")
 
 
-def load_users_unet(folder: str | Path, expect: dict, what: str, fix: str):
+def load_users_unet(folder: str | Path, expect: dict, what: str, fix: str, mismatch_fix: str | None = None):
     """A UNet the user supplies (base.checkpoint, an imported model): the config's model, with finite weights."""
-    model = load_unet(folder, expect=expect)
+    model = load_unet(folder, expect=expect, mismatch_fix=mismatch_fix)
     require_finite(model, what, f"Its weights are unusable: {fix}.")
     return model
 
@@ -131,13 +131,13 @@ _REDO = ("If the workflow wrote it (under results/), delete it and re-run the st
          "base.checkpoint, copy it again from where it came from.")
 
 
-def load_unet(folder: str | Path, device="cpu", expect: dict | None = None):
+def load_unet(folder: str | Path, device="cpu", expect: dict | None = None, mismatch_fix: str | None = None):
     """Load a UNet saved by save_unet (or by diffusers' UNet2DModel.save_pretrained); a missing, corrupt,
     unsupported or mismatched checkpoint gets an actionable error."""
     from .unet import UNet
 
     folder = Path(folder)
-    read_unet_config(folder, expect)
+    read_unet_config(folder, expect, mismatch_fix)
     try:
         model = UNet.from_pretrained(folder)
     except Exception as exc:
@@ -153,9 +153,10 @@ def load_unet(folder: str | Path, device="cpu", expect: dict | None = None):
     return model.to(device)
 
 
-def read_unet_config(folder: str | Path, expect: dict | None = None) -> dict:
+def read_unet_config(folder: str | Path, expect: dict | None = None, mismatch_fix: str | None = None) -> dict:
     """A saved UNet's config.json, checked: there, readable, a UNet the suite implements and (given `expect`, a
-    unet_expectations) the config's model. Reads no weights, so the workflow checks users' folders before any job."""
+    unet_expectations) the config's model. Reads no weights, so the workflow checks users' folders before any job.
+    `mismatch_fix` replaces the advice for a model of another architecture (one that is not the base model's)."""
     from .unet import resolve_config
 
     folder = Path(folder)
@@ -181,7 +182,9 @@ def read_unet_config(folder: str | Path, expect: dict | None = None) -> dict:
         differ = {key: f"{key} is {have.get(key)!r}, the config needs {want!r}"
                   for key, want in _architecture(expect).items() if have.get(key) != want}
         if differ:
-            if "num_class_embeds" in differ:  # fixed by the data, not by the model section
+            if mismatch_fix:
+                fix = mismatch_fix
+            elif "num_class_embeds" in differ:  # fixed by the data, not by the model section
                 fix = "Use a checkpoint trained on this dataset's classes (num_class_embeds = classes + 1 null label)."
             else:
                 fix = ("Use a checkpoint of the config's architecture, or describe this one in the config's "

@@ -304,6 +304,13 @@ def imported_model_dir(config: dict, name: str, forget_class: int, seed: int) ->
     return Path(config["imported"][name].format(forget_class=forget_class, seed=seed))
 
 
+def imported_architecture_fix(name: str) -> str:
+    """What to do about an imported model that is not the config's model (not: describe it in the model section)."""
+    return (f"An imported model is unlearned from this run's original model, so it has that model's architecture: "
+            f"point 'imported.{name}' to models unlearned from it (the model section describes the original; "
+            "changing it retrains the original and every method)")
+
+
 IMPORTED_FIELDS = ("forget_class", "seed")
 
 

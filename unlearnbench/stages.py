@@ -14,7 +14,7 @@ import torch
 
 from . import checkpoints as ckpt
 from .acceleration import effective_switches, switches_label
-from .config import config_hash, evaluated_methods, imported_model_dir, method_params, read_yaml
+from .config import config_hash, evaluated_methods, imported_architecture_fix, imported_model_dir, method_params, read_yaml
 from .cost import CostMeter, device_name
 from .data import ImageData, load_dataset, to_float, to_uint8
 from .diffusion import Schedule, sample
@@ -313,7 +313,7 @@ def import_model(config: dict, name: str, forget_class: int, seed: int, data_pat
     src = imported_model_dir(config, name, forget_class, seed)
     expect = ckpt.unet_expectations(config, ImageData.load(data_path).num_classes)
     model = ckpt.load_users_unet(src, expect, f"imported model {src}",
-                                 f"replace the folder, or take {name!r} out of 'imported'")
+                                 f"replace the folder, or take {name!r} out of 'imported'", imported_architecture_fix(name))
     if weights := original_weights_in(model, original_dir):  # the wrong folder: it would be scored as unlearned
         raise UserError(f"imported model {src} ({name}, forget class {forget_class}) holds the run's original "
                         f"model ({weights}/) unchanged: point 'imported.{name}' to the unlearned models")

@@ -52,8 +52,20 @@ SHIPPED_CONFIGS = ("default.yaml", "test.yaml", "paper.yaml")
 
 def config_notes(config: dict, configfiles=()) -> list[str]:
     """What a valid config leaves out that its author likely meant to run (printed, not refused)."""
-    notes = [skipped_ablation_note(config), *unused_params_notes(config, configfiles)]
+    notes = [skipped_ablation_note(config), *unused_params_notes(config, configfiles), *shared_import_notes(config)]
     return [note for note in notes if note]
+
+
+def shared_import_notes(config: dict) -> list[str]:
+    """An imported pattern without {seed} in a run of several seeds: one model is scored once per seed, so its
+    spread over seeds is the sampler's alone, while the methods' is also their training's."""
+    seeds = config["seeds"]
+    if len(seeds) < 2:
+        return []
+    return [f"'imported.{name}' has no {{seed}}: each class's one model is scored for each of the {len(seeds)} seeds "
+            f"{seeds}, so its std over seeds is the sampling noise alone (the methods' also comes from their "
+            f"training); give one folder per seed, as .../seed{{seed}}/..., to compare like with like"
+            for name, pattern in (config.get("imported") or {}).items() if "{seed}" not in pattern]
 
 
 def unused_params_notes(config: dict, configfiles=()) -> list[str]:
@@ -114,23 +126,32 @@ def check_model_folders(config: dict) -> None:
             raise UserError(f"'base.checkpoint' = {checkpoint!r} has no {' and no '.join(lacking)}: it must hold "
                             "unet/ and unet_ema/, each a UNet saved with diffusers' save_pretrained (config.json "
                             "and its weights)")
-    wanted = [imported_model_dir(config, name, c, s) / "config.json"
-              for name in config.get("imported") or {} for c in config["forget_classes"] for s in config["seeds"]]
-    missing = [str(path) for path in wanted if not path.is_file()]
+    wanted = {name: dict.fromkeys(imported_model_dir(config, name, c, s) for c in config["forget_classes"]
+                                  for s in config["seeds"])
+              for name in config.get("imported") or {}}
+    missing = [folder for folders in wanted.values() for folder in folders if not (folder / "config.json").is_file()]
     if missing:
-        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
-        raise UserError(f"'imported' names {len(missing)} model(s) that are not there (from {Path.cwd()}): no {shown}. "
-                        "Each is the folder of a UNet saved with save_pretrained (config.json and its weights), one "
-                        "per forgotten class in 'forget_classes' (and seed, if the pattern has {seed}); fix the "
-                        "pattern, or leave out the classes you have no model for")
+        shown = ", ".join(str(folder / "config.json") for folder in missing[:4])
+        shown += f" and {len(missing) - 4} more" if len(missing) > 4 else ""
+        # a folder holding the saved UNet in its unet/ (diffusers' pipeline layout) rather than being it
+        inside = [folder for folder in missing if (folder / "unet" / "config.json").is_file()]
+        hint = f" ({inside[0]} holds unet/config.json: end the pattern with /unet)" if inside else ""
+        raise UserError(f"'imported' names {len(missing)} model(s) that are not there (from {Path.cwd()}): no {shown}"
+                        f"{hint}. Each is the folder of a UNet saved with save_pretrained (config.json and its "
+                        "weights), one per forgotten class in 'forget_classes' (and seed, if the pattern has {seed}). "
+                        "Fix the pattern, or unlearn the missing classes with that method too; to compare on fewer "
+                        "classes, set 'forget_classes' to those you have (the tables then cover only them, for "
+                        "every method)")
     # Their architecture too, from config.json alone: a mismatch would otherwise fail only in the job that loads it.
     from .checkpoints import read_unet_config, unet_expectations
-    from .config import NUM_CLASSES
+    from .config import NUM_CLASSES, imported_architecture_fix
 
     expect = unet_expectations(config, NUM_CLASSES[config["dataset"]])
-    base = [Path(checkpoint) / sub for sub in ("unet", "unet_ema")] if checkpoint else []
-    for folder in [*base, *dict.fromkeys(path.parent for path in wanted)]:
+    for folder in [Path(checkpoint) / sub for sub in ("unet", "unet_ema")] if checkpoint else []:
         read_unet_config(folder, expect)
+    for name, folders in wanted.items():
+        for folder in folders:
+            read_unet_config(folder, expect, imported_architecture_fix(name))
 
 
 def check_scored_copies(config: dict) -> None:
