@@ -37,6 +37,7 @@ rule ablation_table:
 
 rule figures:
     input:
+        expand("results/{name}", name=PUBLISHED),  # the tables the figures draw, published with them (not stale)
         f"{FIGS}/cost.png", f"{FIGS}/per_class.png",
         expand(f"{FIGS}/samples_class{{c}}.png", c=CLASSES),
         [f"{FIGS}/psi_ablation.png"] if ABLATION else [],

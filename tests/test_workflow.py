@@ -138,6 +138,14 @@ def test_a_dry_run_with_another_config_leaves_the_jobs_config_alone(test_run):
     assert f"{metrics['config_hash'][0]}.yaml" in before
 
 
+def test_the_figures_target_publishes_the_tables_it_draws(test_run):
+    """`snakemake figures` after a change of methods also refreshes results/*.csv, not only results/<run>/."""
+    proc = snakemake(test_run, "-n", "figures", "--configfile=config/test.yaml", "--config", "methods=[sa,safemax]")
+    out = proc.stdout + proc.stderr
+    for rule in ("aggregate", "publish", "figure_summary"):
+        assert re.search(rf"^{rule}\s+1$", out, re.M), (rule, out[-3000:])
+
+
 def test_changing_sa_lambda_keeps_its_priors(test_run):
     (test_run / "config" / "lambda.yaml").write_text("method_params: {sa: {lambda: 0.5}}\n")
     proc = snakemake(test_run, "-n", "results/table.csv", "--configfile", "config/test.yaml", "config/lambda.yaml")
