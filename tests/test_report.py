@@ -481,10 +481,25 @@ def test_an_ablation_of_another_method_gets_no_paper_points(run, tmp_path, monke
     figures.psi_ablation(own, tmp_path / "lr.png", method="safemax", param="lr", main_value=1.0)
     psi, lr = drawn
     assert len(psi.axes) == 3 and len(lr.axes) == 2  # the paper's FID twin axis only for lambda
-    assert "paper (CIFAR-10)" in [t.get_text() for t in psi.axes[0].get_legend().get_texts()]
-    assert [t.get_text() for t in lr.axes[0].get_legend().get_texts()] == ["this run"]
+    assert [t.get_text() for t in psi.legends[0].get_texts()] == ["this run", "paper (CIFAR-10)"]
+    assert [t.get_text() for t in lr.legends[0].get_texts()] == ["this run"]
     assert lr.axes[0].get_xlabel() == "lr" and "ψ" in psi.axes[0].get_xlabel()
     assert [t.get_text() for t in lr.axes[0].get_xticklabels()] == ["0", "1", "50", "100"]
+
+
+def test_psi_ablation_breaks_its_line_at_a_value_it_lacks_and_scales_both_fids_from_zero(run, tmp_path, monkeypatch):
+    """Without this run's lambda = 50, its line stops at the paper's 50 rather than crossing it; the two FID scales
+    (this run's, the paper's Inception FID) both start at 0, so neither's points are stretched over the other's range."""
+    _, metrics, _ = run
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig))
+    figures.psi_ablation(metrics[metrics["variant"] != "safemax-lambda=50"], tmp_path / "psi.png", main_value=1.0)
+    ua_ax, fid_ax, paper_fid_ax = drawn[0].axes
+    line = ua_ax.containers[0].lines[0]
+    ua = np.asarray(line.get_ydata(), dtype=float)
+    assert list(line.get_xdata()) == [0, 1, 2, 3] and np.isnan(ua[2]) and not np.isnan(np.delete(ua, 2)).any()
+    assert fid_ax.get_ylim()[0] == 0 and paper_fid_ax.get_ylim()[0] == 0
+    assert fid_ax.get_ylabel() == "FID (remaining classes)" and ua_ax.get_ylabel() == "UA [%] (forgotten class)"
 
 
 def test_paper_means_cover_the_runs_classes_only(run):
@@ -563,7 +578,7 @@ def test_psi_ablation_of_another_class_gets_no_paper_points(run, monkeypatch, tm
     figures.psi_ablation(moved, tmp_path / "psi3.png", main_value=1.0, forget_class=3)
     figures.psi_ablation(metrics, tmp_path / "psi0.png", main_value=1.0, forget_class=0)
     psi3, psi0 = drawn
-    assert len(psi3.axes) == 2 and [t.get_text() for t in psi3.axes[0].get_legend().get_texts()] == ["this run"]
+    assert len(psi3.axes) == 2 and [t.get_text() for t in psi3.legends[0].get_texts()] == ["this run"]
     assert psi3._suptitle.get_text() == "Forgotten class 3"
     assert len(psi0.axes) == 3 and psi0._suptitle.get_text() == "Forgotten class 0"
 
@@ -607,6 +622,39 @@ def test_guidance_table_against_numpy(tmp_path):
     assert "| | w = 0 | w = 2 (main) |" in text
     fid_rows = markdown_rows(text[text.index("**FID"):text.index("**KID")])
     assert fid_rows["SAFEMax"][0] == f"{np.mean(per_class):.2f} ± {np.std(per_class, ddof=1):.2f}"
+
+
+def test_a_method_has_one_colour_in_every_figure(run, tmp_path, monkeypatch):
+    """A user's method ('zeta') and an imported model ('alpha') keep their colour across the run's figures, though
+    the cost bars leave out the imported model and the guidance table orders them by name."""
+    from matplotlib.colors import to_hex
+
+    from unlearnbench import stages
+
+    _, metrics, _ = run
+    names = {"sa": "zeta", "salun": "alpha"}
+    renamed = metrics.replace({"method": names, "variant": names})
+    renamed.to_csv(tmp_path / "metrics.csv", index=False)
+    _, paths = write_guidance_records(tmp_path / "sweep", methods=("original", "sa", "salun", "safemax"))
+    guidance = report.guidance_table(paths, METHODS, [0, 1, 2], [0, 1]).replace({"method": names})
+    order = {"original": 0, "safemax": 1, "alpha": 2, "zeta": 3}  # guidance_table's: the suite's, then by name
+    guidance = guidance.sort_values("method", key=lambda m: m.map(order), kind="stable")
+    guidance.to_csv(tmp_path / "guidance.csv", index=False)
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig))
+    config = {"methods": ["safemax", "zeta"], "imported": {"alpha": "x/class{forget_class}"}, "sampler": {"guidance_w": 2.0}}
+    stages.render_figures(config, "summary", metrics=tmp_path / "metrics.csv", out_dir=tmp_path / "figs")
+    stages.render_figures(config, "guidance", metrics=tmp_path / "guidance.csv", out=tmp_path / "guidance.png")
+    cost, per_class, curves = drawn
+    colours = {"cost": {report.display_name(m): to_hex(bar.get_facecolor())
+                        for m, bar in zip(config["methods"], cost.axes[0].patches)},
+               "guidance": {c.get_label(): to_hex(c.lines[0].get_color()) for c in curves.axes[0].containers}}
+    per_class_colours = {c.get_label(): to_hex(c.patches[0].get_facecolor()) for c in per_class.axes[0].containers}
+    assert [c.get_label() for c in curves.axes[0].containers] == ["Original", "SAFEMax", "alpha", "zeta"]
+    assert list(per_class_colours) == ["Original", "SAFEMax", "zeta", "alpha"]
+    for figure, by_label in colours.items():
+        assert by_label == {label: per_class_colours[label] for label in by_label}, figure
+    assert len(set(per_class_colours.values())) == 4
 
 
 def test_guidance_table_refuses_a_weight_missing_cells_or_records_without_a_weight(tmp_path):

@@ -29,8 +29,15 @@ PAPER_PSI_ABLATION = pd.DataFrame({"value": [0.0, 1.0, 50.0, 100.0],
 plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10})
 
 
-def _color(method: str, index: int) -> str:
-    return METHOD_COLORS.get(method, f"C{(index + 4) % 10}")
+SPARE_COLORS = ("tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:red")
+
+
+def method_colors(methods: Sequence[str]) -> dict[str, str]:
+    """A colour per method: the suite's own fixed, the others (a user's method, imported models) in the given
+    order. Given the run's whole list, every figure colours a method alike, whichever subset or order it draws."""
+    others = [m for m in dict.fromkeys(methods) if m not in METHOD_COLORS]
+    return {**{m: METHOD_COLORS[m] for m in methods if m in METHOD_COLORS},
+            **{m: SPARE_COLORS[i % len(SPARE_COLORS)] for i, m in enumerate(others)}}
 
 
 def _save(fig, out_path) -> None:
@@ -83,8 +90,9 @@ def _class_summary(df: pd.DataFrame, methods: Sequence[str], column: str) -> pd.
                          "std": grouped.std(ddof=1, skipna=False)}).reindex(methods)
 
 
-def cost_bars(df: pd.DataFrame, methods: Sequence[str], out_path) -> None:
+def cost_bars(df: pd.DataFrame, methods: Sequence[str], out_path, colors: Mapping[str, str] | None = None) -> None:
     """RTE and GPU peak per unlearning method, mean ± std over classes (the original model is no unlearning run)."""
+    colors = colors or method_colors(methods)
     methods = [m for m in methods if m != "original"]
     fig, axes = plt.subplots(1, 2, figsize=(8.5, 3.6))
     positions = np.arange(len(methods))
@@ -100,19 +108,22 @@ def cost_bars(df: pd.DataFrame, methods: Sequence[str], out_path) -> None:
             ax.set_yticks([])
             continue
         ax.bar(positions, summary["mean"].fillna(0.0), yerr=summary["std"].fillna(0.0), capsize=4,
-               color=[_color(m, i) for i, m in enumerate(methods)])
+               color=[colors[m] for m in methods])
         for x, value in zip(positions, summary["mean"]):
             if np.isnan(value):
                 ax.text(x, 0, "n/a", ha="center", va="bottom")
         ax.set_xticks(positions, [display_name(m) for m in methods])
         ax.set_ylabel(metric.label)
         ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("Mean ± std (error bars) over forgotten classes; RTE: the timed unlearning loop, without the "
+                 "method's priors", fontsize=9)
     fig.tight_layout()
     _save(fig, out_path)
 
 
-def per_class_metrics(df: pd.DataFrame, methods: Sequence[str], out_path) -> None:
+def per_class_metrics(df: pd.DataFrame, methods: Sequence[str], out_path, colors: Mapping[str, str] | None = None) -> None:
     """FID (remaining classes) and UA (forgotten class) per forgotten class, grouped bars per method."""
+    colors = colors or method_colors(methods)
     means = per_class_means(df, methods)
     classes = sorted(int(c) for c in means["forget_class"].unique())
     fig, axes = plt.subplots(2, 1, figsize=(max(6.0, 0.8 * len(classes) + 2), 6.0), sharex=True)
@@ -121,7 +132,7 @@ def per_class_metrics(df: pd.DataFrame, methods: Sequence[str], out_path) -> Non
         rows = means[means["method"] == method].set_index("forget_class").reindex(classes)
         offsets = np.arange(len(classes)) - 0.4 + width * (i + 0.5)
         for ax, metric in zip(axes, (FID, UA)):
-            ax.bar(offsets, rows[metric.column], width, label=display_name(method), color=_color(method, i))
+            ax.bar(offsets, rows[metric.column], width, label=display_name(method), color=colors[method])
     axes[0].set_ylabel(f"{FID.label} (remaining classes)")
     axes[1].set_ylabel(f"{UA.label} (forgotten class)")
     axes[1].set_xlabel("forgotten class")
@@ -162,54 +173,64 @@ def psi_ablation(df: pd.DataFrame, out_path, method: str = "safemax", param: str
     with_paper = is_psi and classes == [PAPER_PSI_CLASS]  # the paper ablated class 0 only
     paper = PAPER_PSI_ABLATION.set_index("value") if with_paper else PAPER_PSI_ABLATION.iloc[:0].set_index("value")
     values = sorted(set(summary.index) | set(paper.index))
+    summary = summary.reindex(values)  # NaN where this run has no value: the line breaks there, not across it
     position = {v: i for i, v in enumerate(values)}
+    x = [position[v] for v in values]
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8))
-    for ax, metric in zip(axes, (UA, FID)):
-        handles = []
-        if len(summary):
-            x = [position[v] for v in summary.index]
+    handles = {}
+    for ax, metric, where in zip(axes, (UA, FID), ("forgotten class", "remaining classes")):
+        if summary[(metric.column, "mean")].notna().any():
             spread = summary[(metric.column, "std")].fillna(0.0)
-            handles.append(ax.errorbar(x, summary[(metric.column, "mean")], yerr=spread, fmt="o-",
-                                       color="tab:green", capsize=4, label="this run"))
+            handles["this run"] = ax.errorbar(x, summary[(metric.column, "mean")], yerr=spread, fmt="o-",
+                                              color="tab:green", capsize=4)
         else:
             ax.text(0.5, 0.5, "no ablation runs", ha="center", va="center", transform=ax.transAxes)
         # The paper's FID lives on another scale (Inception features, CIFAR-10): give it its own axis.
         if with_paper:
             paper_ax = ax.twinx() if metric is FID else ax
             known = paper[metric.column].dropna()
-            handles.append(paper_ax.scatter([position[v] for v in known.index], known, marker="s", s=50,
-                                            facecolors="none", edgecolors="tab:red", linewidths=1.5,
-                                            label="paper (CIFAR-10)", zorder=3))
+            handles["paper (CIFAR-10)"] = paper_ax.scatter(
+                [position[v] for v in known.index], known, marker="s", s=50, facecolors="none",
+                edgecolors="tab:red", linewidths=1.5, zorder=3)
             if metric is FID:
                 paper_ax.set_ylabel("paper FID (CIFAR-10)", color="tab:red")
                 paper_ax.tick_params(axis="y", colors="tab:red")
+                # both FID axes from 0: equal heights are equal ratios, so neither set of points is stretched
+                # over the other's range
+                for scaled in (ax, paper_ax):
+                    scaled.set_ylim(0, scaled.get_ylim()[1] * 1.1)
+        if metric is UA:
+            ax.set_ylim(-3, 103)
         ax.set_xticks(range(len(values)), [f"{v:g}" for v in values])
         ax.set_xlabel("λ  (ψ(t) = exp(−λ·t/T))" if is_psi else param)
-        ax.set_ylabel(metric.label)
+        ax.set_ylabel(f"{metric.label} ({where})")
         ax.set_title(f"{display_name(method)}: {metric.label}")
         ax.grid(alpha=0.3)
-        ax.legend(handles=handles, fontsize=8, loc="best")
     if classes:
         fig.suptitle(f"Forgotten class{'es' if len(classes) > 1 else ''} {', '.join(map(str, classes))}")
+    if handles:  # below the panels: inside, it would cover points of the twin axis, which "best" does not see
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncols=2, fontsize=8, frameon=False,
+                   bbox_to_anchor=(0.5, -0.06))
     fig.tight_layout()
     _save(fig, out_path)
 
 
-def guidance_curves(table: pd.DataFrame, out_path, main_w: float) -> None:
+def guidance_curves(table: pd.DataFrame, out_path, main_w: float, colors: Mapping[str, str] | None = None) -> None:
     """FID, UA and the remaining classes' recognition against the guidance weight w, one line per method
     (mean ± std over forgotten classes, from guidance.csv); the main run's w dashed."""
     from .report import guidance_summary
 
     summary = guidance_summary(table)
     methods = list(dict.fromkeys(summary["method"]))
+    colors = colors or method_colors(methods)
     panels = (("fid", f"{FID.label} (remaining classes)"), ("UA", f"{UA.label} (forgotten class)"),
               ("remaining_acc", "remaining classes recognised [%]"))
     fig, axes = plt.subplots(1, len(panels), figsize=(12.0, 3.6))
     for ax, (column, label) in zip(axes, panels):
-        for i, method in enumerate(methods):
+        for method in methods:
             rows = summary[summary["method"] == method]
             ax.errorbar(rows["guidance_w"], rows[f"{column}_mean"], yerr=rows[f"{column}_std"].fillna(0.0), fmt="o-",
-                        capsize=3, color=_color(method, i), label=display_name(method))
+                        capsize=3, color=colors[method], label=display_name(method))
         ax.axvline(main_w, color="0.5", linestyle="--", linewidth=1)
         ax.set_xlabel("guidance weight w")
         ax.set_ylabel(label)

@@ -631,11 +631,12 @@ def render_figures(config: dict, kind: str, *, metrics=None, samples=None, forge
     from .report import display_name
 
     methods = evaluated_methods(config)
+    colors = figures.method_colors(["original", *methods])  # alike in every figure of the run
     if kind == "summary":
         df = pd.read_csv(metrics)
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        figures.cost_bars(df, config["methods"], Path(out_dir) / "cost.png")  # imported models have no cost
-        figures.per_class_metrics(df, ["original", *methods], Path(out_dir) / "per_class.png")
+        figures.cost_bars(df, config["methods"], Path(out_dir) / "cost.png", colors)  # imported models have no cost
+        figures.per_class_metrics(df, ["original", *methods], Path(out_dir) / "per_class.png", colors)
     elif kind == "samples":
         labels = [display_name(m) for m in ("original", *methods)]
         figures.sample_grid(dict(zip(labels, samples)), forget_class, out, n=config["evaluation"].get("grid_images", 16))
@@ -645,6 +646,6 @@ def render_figures(config: dict, kind: str, *, metrics=None, samples=None, forge
         figures.psi_ablation(pd.read_csv(metrics), out, method=abl["method"], param=abl["param"], main_value=main_value,
                              forget_class=abl["forget_class"])
     elif kind == "guidance":
-        figures.guidance_curves(pd.read_csv(metrics), out, config["sampler"]["guidance_w"])
+        figures.guidance_curves(pd.read_csv(metrics), out, config["sampler"]["guidance_w"], colors)
     else:
         raise UserError(f"unknown figure kind {kind!r}")
