@@ -434,6 +434,27 @@ def test_psi_ablation_rows(run):
     assert len(rows[rows["value"] == 1.0]) == len(SEEDS)
 
 
+def test_every_set_of_tables_a_run_had_is_kept_in_its_history(run, tmp_path):
+    """Snakemake deletes the tables before an aggregate reruns: the run keeps a copy of each distinct metrics.csv
+    (and the tables made from it), so a changed config under the same run_name loses none."""
+    _, metrics, _ = run
+    out = tmp_path / "run"
+    report.write_metrics_csv(metrics, out / "metrics.csv")
+    written = report.write_reports(out / "metrics.csv", out, METHODS)
+    names = ["metrics.csv", *(p.name for p in written.values())]
+    first = report.keep_history(out, names)
+    assert sorted(p.name for p in first.iterdir()) == sorted(names)
+    assert all((first / name).read_bytes() == (out / name).read_bytes() for name in names)
+    assert report.keep_history(out, names) is None  # the same metrics again (an aggregate redone for its code)
+    before = (out / "metrics.csv").read_bytes()
+    report.write_metrics_csv(metrics[metrics["method"] != "sa"], out / "metrics.csv")
+    report.write_reports(out / "metrics.csv", out, [m for m in METHODS if m != "sa"])
+    second = report.keep_history(out, names)
+    assert sorted(p.name for p in (out / "history").iterdir()) == sorted([first.name, second.name])
+    assert (first / "metrics.csv").read_bytes() == before != (second / "metrics.csv").read_bytes()
+    assert "SA FID" in (first / "table.csv").read_text() and "SA FID" not in (second / "table.csv").read_text()
+
+
 def test_aggregate_refuses_records_that_are_not_the_configs(tmp_path, capsys):
     """The CLI's aggregate checks the records against forget_classes x seeds x methods of its config."""
     from unlearnbench.cli import main as cli_main

@@ -262,3 +262,7 @@ def test_models_made_elsewhere_are_imported_and_scored_as_the_suites_own(test_ru
                                                 for c in (0, 1)]
     assert f"{name}: imported, unlearned outside the suite" in (test_run / "results" / "table1.md").read_text()
     assert f"{name} FID" in pd.read_csv(test_run / "results" / "table.csv").columns
+    # the tables before the import stay in the run's history, beside the new ones
+    history = sorted((test_run / "results" / "test" / "history").iterdir())
+    assert (history[-1] / "metrics.csv").read_bytes() == (test_run / "results" / "test" / "metrics.csv").read_bytes()
+    assert name not in set(pd.read_csv(history[-2] / "metrics.csv")["method"])

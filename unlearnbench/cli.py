@@ -233,14 +233,16 @@ def run(args) -> None:
         stages.summarize_original(config, args.samples, args.evaluator, args.records,
                                   str(Path(args.evaluator) / "evaluator.json"), args.out)
     elif c == "aggregate":
-        from .report import check_coverage, collect_records, write_metrics_csv, write_reports
+        from .report import check_coverage, collect_records, keep_history, write_metrics_csv, write_reports
 
         out = Path(args.out_dir)
         df = collect_records(args.records)
         methods = ["original", *evaluated_methods(config)]
         check_coverage(df, methods, config["forget_classes"], config["seeds"])
         write_metrics_csv(df, out / "metrics.csv")
-        write_reports(out / "metrics.csv", out, methods)
+        written = write_reports(out / "metrics.csv", out, methods)
+        if kept := keep_history(out, ["metrics.csv", *(path.name for path in written.values())]):
+            print(f"tables kept in {kept}")
     elif c == "aggregate-ablation":
         from .report import collect_records, write_metrics_csv
 

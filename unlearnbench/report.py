@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -611,6 +612,31 @@ def write_reports(metrics_csv, out_dir, methods: Sequence[str] | None = None) ->
                 render_comparison(paper_comparison(table, methods, prior_min), _scale_note(metrics),
                                   run_classes(table), cost_note, paired_comparison(table, methods)))
     return paths
+
+
+def keep_history(out_dir, names: Sequence[str]) -> Path | None:
+    """A copy of the run's tables in <out_dir>/history/<UTC time>-<digest of metrics.csv>/, unless the latest copy
+    has the same metrics.csv. Snakemake deletes a job's outputs before redoing it, so a rerun after a config change
+    under the same run_name would otherwise leave no trace of the tables it replaced; these copies are no job's
+    outputs, so Snakemake never deletes them. Returns the new copy's folder (None if the metrics are unchanged)."""
+    import hashlib
+    import shutil
+    import time
+
+    out_dir = Path(out_dir)
+    metrics = (out_dir / "metrics.csv").read_bytes()
+    history = out_dir / "history"
+    earlier = sorted(p for p in history.glob("*") if p.is_dir() and not p.name.startswith("."))
+    if earlier and (earlier[-1] / "metrics.csv").is_file() and (earlier[-1] / "metrics.csv").read_bytes() == metrics:
+        return None
+    name = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{hashlib.sha256(metrics).hexdigest()[:8]}"
+    tmp = history / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for file in names:
+        shutil.copy(out_dir / file, tmp / file)
+    os.replace(tmp, history / name)  # whole, or not at all
+    return history / name
 
 
 # ---------------------------------------------------------------------------- guidance sweep
