@@ -1,4 +1,4 @@
-# Guidance sweep (not a default target: snakemake --cores all results/<run>/guidance.csv): every main model
+# Guidance sweep (not a default target: snakemake --cores all guidance): every main model
 # sampled and scored again at each weight of guidance_sweep, one job per model for all its weights (a process
 # per weight and model would cost more than the sampling on digits); the sampler's own weight is the main
 # evaluation. Records and samples: guidance/w<w>/metrics/..., guidance/w<w>/samples/... (as under the run).
@@ -44,6 +44,11 @@ if SWEEP_WEIGHTS:  # else no rule: their outputs would be empty, and the table i
             " --data {input.data} --evaluator {EVALUATOR} --reference {input.reference} --cost {input.cost}"
             " --method {params.method} --variant {wildcards.variant} --forget-class {wildcards.c} --seed {wildcards.s}"
             " --samples {output.samples} --out {output.records} > {log} 2>&1"
+
+
+rule guidance:
+    """`snakemake guidance`: the sweep's tables and figure (not a default target: it samples every model again)."""
+    input: f"{RUN}/guidance.csv", f"{FIGS}/guidance.png"
 
 
 rule guidance_table:

@@ -1,5 +1,6 @@
 """`unlearnbench benchmark` on CPU (tiny preset, 2 steps, all three methods), its markdown report, and
 acceleration.maybe_compile. GPU fields must be null with a reason: no GPU number is ever made up."""
+import io
 import json
 import math
 
@@ -40,6 +41,9 @@ def test_report_structure(report):
     assert report["settings"]["steps"] == 2 and report["settings"]["warmup"] == 1
     assert list(report["runs"]) == ["fp32"]  # bf16 asked for, but it has no effect on CPU ...
     assert any("bf16" in s["what"] and "CPU" in s["why"] for s in report["skipped"])  # ... so it says why
+    printed = io.StringIO()
+    benchmark.print_report(report, printed)
+    assert "skipped: precision bf16: no CUDA device" in printed.getvalue()  # on the console too, not only the JSON
     assert report["versions"]["torch"] and report["versions"]["python"]
     assert set(report["paper_means"]) == {"sa", "salun", "safemax"}
     for key in ("forward_per_image", "forward_backward_per_image", "guided_step_per_image"):

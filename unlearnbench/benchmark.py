@@ -972,6 +972,8 @@ def print_report(report: dict, file=sys.stdout) -> None:
     gpu = report.get("gpu") or {}
     p(f"\nbf16 dense peak: {gpu.get('bf16_dense_peak_tflops')} TFLOP/s ({gpu.get('peak_source') or gpu.get('peak_null_reason')}); "
       f"measured bf16 matmul: {_fmt(gpu.get('measured_bf16_matmul_tflops'), 1)} TFLOP/s")
+    for skipped in report.get("skipped", []):
+        p(f"skipped: {skipped['what']}: {skipped['why']}")
     for note in report.get("notes", []):
         p(f"note: {note}")
 
