@@ -562,6 +562,10 @@ def test_costs_from_mixed_devices_or_switches_are_flagged(tmp_path):
     assert "none (20 jobs)" in report.mixed_cost_note(same, METHODS)
     same.loc[same["method"] == "salun", "speed_switches"] = np.nan  # records from before the switches were kept
     assert report.mixed_cost_note(same, METHODS) is None
+    imported = metrics.copy()
+    imported["device_name"] = "H100"
+    imported.loc[imported["method"] == "salun", ["device_name", "imported_from"]] = ["the sampler's GPU", "elsewhere"]
+    assert report.mixed_cost_note(imported, METHODS) is None  # no cost measured for imported models: no setup
 
 
 def test_a_gpu_panel_with_a_class_unmeasured_says_so(run, monkeypatch, tmp_path):

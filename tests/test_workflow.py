@@ -47,7 +47,7 @@ def test_full_dag_produces_the_tables(test_run):
     assert unlearned["model_digest"].nunique() == len(unlearned)
     assert (unlearned["rte_min"] > 0).all()
     assert unlearned["gpu_peak_gb"].isna().all() and (unlearned["gpu_null_reason"] == "device is cpu").all()
-    assert (unlearned["speed_switches"] == "none").all()  # on CPU no performance switch acts
+    assert (metrics["speed_switches"] == "none").all()  # on CPU no performance switch acts (base training's too)
     assert (metrics.loc[metrics.method == "sa", "prior_min"] > 0).all()  # SA's priors timed on their own
     assert metrics[METRICS].notna().all().all()
     for name in ("evaluator.json", "original.json", "table1.md", "table1.tex", "table2.md", "comparison.md"):
@@ -79,6 +79,14 @@ def test_guidance_sweep_reevaluates_every_main_model_at_each_weight(test_run):
     assert (table.loc[0.0]["fid"].sort_index() != main["fid"].sort_index()).all()  # other samples, other FIDs
     record = json.loads((test_run / "results/test/guidance/w0/metrics/safemax/class0/seed0.json").read_text())
     assert record["provenance"]["guidance_w"] == 0.0
+    from unlearnbench.config import config_hash, load_config
+
+    swept = test_run / record["provenance"]["config_path"]  # the config these records were made with, on disk
+    assert swept.stem == record["provenance"]["config_hash"] == config_hash(load_config(swept))
+    assert load_config(swept)["sampler"]["guidance_w"] == 0.0
+    for column in ("config_hash", "provenance_seed", "sampler_steps", "n_forget_samples", "fid_backend",
+                   "sampling_device_name", "version_torch", "model_digest"):  # each row says what made it
+        assert table[column].notna().all(), column
     with np.load(test_run / "results/test/guidance/w0/samples/safemax/class0/seed0.npz") as f:
         assert json.loads(str(f["meta"]))["guidance_w"] == 0.0
     assert (test_run / "figures/test/guidance.png").stat().st_size > 0
@@ -258,6 +266,7 @@ def test_models_made_elsewhere_are_imported_and_scored_as_the_suites_own(test_ru
     theirs, salun = metrics.loc[name], metrics.loc["salun"]
     assert (theirs[METRICS] == salun[METRICS]).all().all()
     assert theirs["rte_min"].isna().all() and salun["rte_min"].notna().all()
+    assert theirs["device_name"].isna().all() and theirs["sampling_device_name"].notna().all()  # no cost device
     assert theirs["imported_from"].tolist() == [str((test_run / pattern.format(forget_class=c)).resolve())
                                                 for c in (0, 1)]
     assert f"{name}: imported, unlearned outside the suite" in (test_run / "results" / "table1.md").read_text()

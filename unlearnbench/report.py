@@ -564,6 +564,8 @@ def mixed_cost_note(metrics: pd.DataFrame, methods: Sequence[str]) -> str | None
     their RTE and memory do not)."""
     unlearned = metrics[metrics["method"].isin(methods) & (metrics["method"] != "original")
                         & (metrics["variant"] == metrics["method"])]  # what the tables average
+    if "imported_from" in unlearned.columns:  # imported models' costs were not measured: no setup of theirs
+        unlearned = unlearned[unlearned["imported_from"].isna()]
     keys = [key for key in ("device_name", "speed_switches") if key in unlearned.columns]
     # A missing value (a record from before speed_switches were recorded) is no evidence of another setup.
     if unlearned.empty or not any(unlearned[key].dropna().astype(str).nunique() > 1 for key in keys):
@@ -666,7 +668,13 @@ def guidance_table(paths: Iterable, methods: Sequence[str], classes: Sequence[in
         except UserError as err:
             raise UserError(f"guidance weight {w:g}: {err}") from None
     df = df[df["variant"] == df["method"]]
-    means = df.groupby(["method", "guidance_w", "forget_class"], as_index=False)[GUIDANCE_COLUMNS].mean(skipna=False)
+    keys = ["method", "guidance_w", "forget_class"]
+    means = df.groupby(keys, as_index=False)[GUIDANCE_COLUMNS].mean(skipna=False)
+    # each row's provenance (config hash, seeds, sampler, sample counts, features, device, versions, model digests):
+    # the distinct values of the records it averages, joined by ";"
+    provenance = [c for c in df.columns if c not in RECORD_COLUMNS and c not in keys]
+    joined = df.groupby(keys)[provenance].agg(lambda v: ";".join(dict.fromkeys(str(x) for x in v.dropna())))
+    means = means.merge(joined.reset_index(), on=keys)
     means["rank"] = means["method"].map(_method_rank)
     return means.sort_values(["rank", "method", "guidance_w", "forget_class"]).drop(columns="rank").reset_index(drop=True)
 
@@ -709,6 +717,6 @@ def write_guidance_tables(paths: Iterable, methods: Sequence[str], classes: Sequ
     table = guidance_table(paths, methods, classes, seeds)
     out = {"guidance.csv": Path(out_dir) / "guidance.csv", "guidance.md": Path(out_dir) / "guidance.md"}
     with atomic_output(out["guidance.csv"]) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.6g")
+        table.to_csv(tmp, index=False)  # full precision, as metrics.csv: the w = 2 rows equal its numbers
     _write_text(out["guidance.md"], render_guidance(guidance_summary(table), float(main_w)))
     return out

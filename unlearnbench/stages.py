@@ -14,7 +14,8 @@ import torch
 
 from . import checkpoints as ckpt
 from .acceleration import effective_switches, switches_label
-from .config import config_hash, evaluated_methods, imported_architecture_fix, imported_model_dir, method_params, read_yaml
+from .config import (config_hash, evaluated_methods, imported_architecture_fix, imported_model_dir, method_params,
+                     read_yaml, write_resolved)
 from .cost import CostMeter, device_name
 from .data import ImageData, load_dataset, to_float, to_uint8
 from .diffusion import Schedule, sample
@@ -84,7 +85,8 @@ def train_base(config: dict, data_path: str | Path, out_dir: str | Path) -> dict
             amp=lambda: autocast(config, device), meter=meter)
     ckpt.save_unet(model, out_dir / "unet")
     ckpt.save_unet(ema, out_dir / "unet_ema")
-    record = {"steps": base["steps"], "loss_trace": losses, "cost": meter.result(),
+    cost = {**meter.result(), "speed_switches": switches_label(effective_switches(config, device))}
+    record = {"steps": base["steps"], "loss_trace": losses, "cost": cost,
               "parameters": sum(p.numel() for p in model.parameters())}
     ckpt.write_json(out_dir / "train.json", record)
     (out_dir / "train_state.pt").unlink(missing_ok=True)
@@ -428,10 +430,14 @@ def evaluate_at_weights(config: dict, weights, model_dir, data_path, evaluator_d
     records = []
     for i, (w, samples_path) in enumerate(zip(weights, samples_paths)):
         at_w = with_guidance(config, float(w))
+        at_w_path = None
+        if config_path:  # beside the run's: the config_hash of these records names a file, as the main ones' do
+            at_w_path = Path(config_path).parent / f"{config_hash(at_w)}.yaml"
+            write_resolved(at_w, at_w_path)
         generate_samples(at_w, model_dir, samples_path, seed, None if variant == "original" else classes[0], num_classes)
         outs = dict(zip(classes, out_paths[i * len(classes):(i + 1) * len(classes)]))
         records += score_classes(at_w, samples_path, evaluator_dir, references, seed, method, variant, cost_path, outs,
-                                 config_path)
+                                 at_w_path)
     return records
 
 
@@ -594,7 +600,7 @@ def score_classes(config: dict, samples_path, evaluator_dir, references: dict, s
             "sampler_steps": s["steps"], "eta": s["eta"], "guidance_w": s["guidance_w"],
             "n_forget_samples": int(len(forget_idx)), "n_fid_gen_per_class": ev["n_per_remaining_class"],
             "n_fid_gen": int(len(remain_idx)), "n_fid_real": int(ref["meta"]["n"]), "fid_backend": config["fid"]["backend"],
-            "device_name": record["cost"].get("device_name") or meta.get("device_name"),
+            "device_name": record["cost"].get("device_name"),  # the cost's: None where none was measured
             "sampling_device_name": meta.get("device_name"), "versions": versions(),
             "model_digest": meta.get("model_digest"),  # the exact weights sampled (ties a row to a user's checkpoint)
         }
