@@ -609,3 +609,28 @@ def test_validate_config_names_a_missing_model_folder_as_the_workflow_does(tmp_p
     code, out = run_cli(["validate-config", "mine.yaml"], tmp_path)
     assert code == 2 and "other/unet0 is not the config's model: dropout is 0.1" in out, out
     assert "point 'imported.theirs' to models unlearned from it" in out and "model.overrides" not in out, out
+
+
+def test_a_cut_short_record_or_data_file_is_named_with_what_to_do(tmp_path, tiny_config):
+    """An emptied metrics record, evaluator record or data.npz: the job says which file and to delete it and rerun,
+    not a JSONDecodeError or BadZipFile traceback."""
+    from unlearnbench.checkpoints import read_json
+    from unlearnbench.data import ImageData
+    from unlearnbench.report import collect_records
+
+    record = tmp_path / "metrics" / "sa" / "class1" / "seed0.json"
+    record.parent.mkdir(parents=True)
+    record.write_text("")
+    with pytest.raises(MissingResourceError, match=r"seed0\.json is not a valid JSON record \(.*\): it was cut short "
+                                                   r"or overwritten\. Delete it and rerun"):
+        collect_records([record])
+    record.write_text('{"method": "sa", "forget')
+    with pytest.raises(MissingResourceError, match="is not a valid JSON record"):
+        read_json(record)
+    data = tmp_path / "data.npz"
+    stages.prepare_data(tiny_config, data)
+    ImageData.load(data)
+    data.write_bytes(data.read_bytes()[:500])
+    with pytest.raises(MissingResourceError, match=r"prepared data \S*data\.npz cannot be read \(BadZipFile: .*\)"
+                                                   r".* Delete it and rerun: the workflow's prepare_data step remakes it"):
+        ImageData.load(data)

@@ -74,7 +74,11 @@ def read_json(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise MissingResourceError(f"{path} is missing: the step that writes it has not run or failed")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:  # cut short, emptied or overwritten: not the job's record
+        raise MissingResourceError(f"{path} is not a valid JSON record ({exc}): it was cut short or overwritten. "
+                                   "Delete it and rerun: the step that wrote it remakes it") from None
 
 
 def require_finite(weights, what: str, hint: str) -> None:

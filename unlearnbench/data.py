@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,8 +46,13 @@ class ImageData:
         if not path.exists():
             raise MissingResourceError(f"prepared data {path} is missing: run the workflow's prepare_data step "
                                        f"(snakemake {path}) first")
-        with np.load(path) as f:
-            return cls(f["train_x"], f["train_y"].astype(np.int64), f["test_x"], f["test_y"].astype(np.int64))
+        try:
+            with np.load(path) as f:
+                return cls(f["train_x"], f["train_y"].astype(np.int64), f["test_x"], f["test_y"].astype(np.int64))
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise MissingResourceError(f"prepared data {path} cannot be read ({type(exc).__name__}: {exc}): it is "
+                                       f"not, or no longer, a file prepare_data wrote. Delete it and rerun: the "
+                                       f"workflow's prepare_data step remakes it") from None
 
 
 def to_float(x_uint8: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -137,9 +137,10 @@ def _flatten_record(record: Mapping, source) -> dict:
 def collect_records(paths: Iterable) -> pd.DataFrame:
     """Per-job metrics JSON records -> one tidy row each, in method, variant, class, seed order."""
     rows, sources = [], {}
+    from .checkpoints import read_json
+
     for path in paths:
-        with open(path, encoding="utf-8") as f:
-            row = _flatten_record(json.load(f), path)
+        row = _flatten_record(read_json(path), path)
         # A model scored at another guidance weight (the sweep) is another measurement, not a second copy.
         key = tuple(row.get(k) for k in (*_IDENTITY, "guidance_w"))
         if key in sources:  # averaged in, it would weigh one job twice (or mix two runs' results)
