@@ -2,12 +2,17 @@
 MAIN_RECORDS = expand(f"{RUN}/metrics/{{variant}}/class{{c}}/seed{{s}}.json", variant=["original", *METHODS], c=CLASSES, s=SEEDS)
 ABLATION_RECORDS = expand(f"{RUN}/metrics/{{variant}}/class{config['ablation']['forget_class']}/seed{{s}}.json",
                           variant=ABLATION, s=SEEDS) if ABLATION else []
+# the ablation table's: its variants' and the main run's of the same class
+ABLATION_TABLE_RECORDS = ABLATION_RECORDS + expand(
+    f"{RUN}/metrics/{config['ablation']['method']}/class{config['ablation']['forget_class']}/seed{{s}}.json", s=SEEDS) if ABLATION else []
 TABLES = ["metrics.csv", "table.csv", "table1.md", "table1.tex", "table2.md", "table2.tex", "comparison.md"]
 
 
 rule aggregate:
     input: records=MAIN_RECORDS, code=REPORT_CODE
     output: [f"{RUN}/{name}" for name in TABLES]
+    # not from `input`: Snakemake compares no params derived from it
+    params: remake=lambda w: remake_marker(f"{RUN}/metrics.csv", MAIN_RECORDS, f"{RUN}/.remake/aggregate")
     log: f"{RUN}/logs/aggregate.log"
     shell: "{CLI} aggregate --config {CFG} --records {input.records} --out-dir {RUN} > {log} 2>&1"
 
@@ -28,9 +33,10 @@ rule publish:
 
 rule ablation_table:
     input:
-        records=ABLATION_RECORDS + expand(f"{RUN}/metrics/{config['ablation']['method']}/class{config['ablation']['forget_class']}/seed{{s}}.json", s=SEEDS) if ABLATION else [],
+        records=ABLATION_TABLE_RECORDS,
         code=REPORT_CODE,
     output: f"{RUN}/ablation.csv"
+    params: remake=lambda w: remake_marker(f"{RUN}/ablation.csv", ABLATION_TABLE_RECORDS, f"{RUN}/.remake/ablation")
     log: f"{RUN}/logs/ablation_table.log"
     shell: "{CLI} aggregate-ablation --config {CFG} --records {input.records} --out {output} > {log} 2>&1"
 

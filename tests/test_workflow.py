@@ -97,6 +97,21 @@ def test_second_invocation_does_nothing(test_run):
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
+def test_a_record_lost_after_the_tables_were_made_is_remade_not_ignored(test_run):
+    """Snakemake alone redoes no missing intermediate file while the tables after it exist: a record that a failed or
+    killed evaluation removed would leave the old tables standing. The run remakes it, then reruns nothing."""
+    record = test_run / "results" / "test" / "metrics" / "sa" / "class1" / "seed0.json"
+    before = json.loads(record.read_text())
+    record.unlink()
+    proc = snakemake(test_run, "--configfile=config/test.yaml", "results/table.csv")
+    out = proc.stdout + proc.stderr
+    for rule in ("evaluate_unlearned", "aggregate", "publish"):
+        assert re.search(rf"^{rule}\s+1$", out, re.M), (rule, out[-3000:])
+    assert {k: json.loads(record.read_text())[k] for k in METRICS} == {k: before[k] for k in METRICS}
+    proc = snakemake(test_run, "-n", "--configfile=config/test.yaml", "results/table.csv")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
 def test_a_moved_workflow_folder_reruns_nothing(test_run, tmp_path):
     """Inputs are relative to the folder (the method files were absolute: a move reran every method job)."""
     moved = tmp_path / "moved"

@@ -159,9 +159,7 @@ def check_scored_copies(config: dict) -> None:
     (`cp -p`, `rsync -a`, `mv`) looks unchanged to Snakemake, which compares times: the run would keep the scores
     of the model it replaced. The digest the run recorded when it adopted the folder tells (read only then: when a
     file is newer than that record, Snakemake redoes the job anyway)."""
-    import json
-
-    from .checkpoints import folder_digest
+    from .checkpoints import folder_digest, read_json
 
     models = Path("results") / config["run_name"] / "models"
     checks = []  # (user's folder, the run's record of adopting it, that record's keys of its path and digest)
@@ -178,7 +176,7 @@ def check_scored_copies(config: dict) -> None:
         newest = max((p.stat().st_mtime for p in folder.rglob("*") if p.is_file()), default=0)
         if newest > record_path.stat().st_mtime:
             continue
-        record = json.loads(record_path.read_text())
+        record = read_json(record_path)
         adopted = Path(record.get(source_key) or "")
         digest = record.get(digest_key)
         if sub:  # base.checkpoint: one record for its two folders
@@ -193,6 +191,25 @@ def check_scored_copies(config: dict) -> None:
                         f"than the run's record of them (copied keeping their times: cp -p, rsync -a, mv), so Snakemake "
                         f"would keep the old scores: {shown}. Run `touch {folders}` to have them scored again "
                         "(everything after a changed base.checkpoint reruns), or put back the models that were scored")
+
+
+def remake_marker(output: str, inputs: list[str], state: str) -> str:
+    """A params value of a job that gathers records into a table. Snakemake redoes a missing intermediate file only
+    for a job after it that has to run anyway, so a record removed by a failed or killed job (or by hand) would leave
+    the table as it was, whatever the record's job would now give. While `output` exists and an input is missing,
+    the value is a new token, which makes this job run, and with it the jobs that remake its inputs; the token stays
+    in the `state` file afterwards, so that the value remains what Snakemake recorded and nothing reruns again."""
+    import hashlib
+
+    state = Path(state)
+    missing = [path for path in inputs if not Path(path).exists()] if Path(output).exists() else []
+    if missing:  # this table, from when it was made, with these records gone: a state not met before
+        token = hashlib.sha256(f"{Path(output).stat().st_mtime_ns} {missing}".encode()).hexdigest()[:12]
+        if not state.exists() or state.read_text() != token:
+            state.parent.mkdir(parents=True, exist_ok=True)
+            state.write_text(token)
+        return token
+    return state.read_text() if state.exists() else ""
 
 
 def imported_model_files(config: dict, name: str, forget_class: int, seed: int) -> list[str]:
