@@ -186,7 +186,9 @@ def schema_problems(schema: dict, instance, prefix: tuple = ()) -> list[str]:
         else:
             hint = ""
             value = error.instance
-            if (error.validator == "type" and "array" in _types(error.schema) and isinstance(value, (str, int, float))
+            if error.validator == "type" and "array" in _types(error.schema) and str(value).lstrip().startswith("["):
+                hint = " (its '[' is not closed: [a, b])"  # Snakemake's --config reads an unclosed list as text
+            elif (error.validator == "type" and "array" in _types(error.schema) and isinstance(value, (str, int, float))
                     and " " not in str(value) and str(value) not in ("", "null", "~")):
                 cli = "" if "." in key or "[" in key else f"; on the command line --config {key}=[{error.instance}]"
                 hint = f" (a list, even of one: [{error.instance}]{cli})"
