@@ -358,3 +358,14 @@ def test_guidance_sweep_weights_are_checked_and_keep_their_digits(root):
     assert guidance_labels(config) == ["0", "0.5", "4", "0.1234567"]
     assert [float(w) for w in guidance_labels(config)] == [0, 0.5, 4, 0.1234567]
     assert guidance_labels(load_config(overrides={"guidance_sweep": None}, methods_dir=root / "methods")) == []
+
+
+def test_yaml_text_forms_of_numbers_and_keys_are_read_or_explained():
+    """YAML 1.1 reads 1.0e3 as text (its exponent lacks a sign): a whole number for an integer key. `{steps:5}` (no
+    space) is one key named "steps:5": the error says what YAML needs."""
+    assert load_config(overrides={"evaluation": {"n_forget": "1.0e3"}})["evaluation"]["n_forget"] == 1000
+    with pytest.raises(ConfigError, match=r"'evaluation.n_forget' = \"2.5\" is not allowed"):
+        load_config(overrides={"evaluation": {"n_forget": "2.5"}})
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) steps:5 under 'sampler'; .* \(YAML needs a space after "
+                                          r"':', as in \{steps: 5\}\)"):
+        load_config(overrides={"sampler": {"steps:5": None}})

@@ -148,6 +148,9 @@ def coerce(value, schema: dict):
     if "integer" in types:
         with contextlib.suppress(ValueError):
             return int(text)
+        with contextlib.suppress(ValueError):  # 1.0e3, which YAML 1.1 reads as text: a whole number all the same
+            if (number := float(text)).is_integer():
+                return int(number)
     if "number" in types:
         with contextlib.suppress(ValueError):
             number = float(text)
@@ -178,7 +181,8 @@ def schema_problems(schema: dict, instance, prefix: tuple = ()) -> list[str]:
         key = _key_path([*prefix, *error.absolute_path])
         if error.validator == "additionalProperties":
             extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
-            problems.append(f"unknown key(s) {', '.join(extra)} under '{key}'; allowed: {_allowed(error)}")
+            spaced = " (YAML needs a space after ':', as in {steps: 5})" if any(":" in k for k in extra) else ""
+            problems.append(f"unknown key(s) {', '.join(extra)} under '{key}'; allowed: {_allowed(error)}{spaced}")
         elif "propertyNames" in error.absolute_schema_path:  # the name of a key, not a value, is what breaks it
             problems.append(f"'{key}' has a key {error.instance!r}, which is not allowed; allowed: {_allowed(error)}")
         elif error.validator == "required":
