@@ -654,3 +654,15 @@ def test_an_unclosed_list_on_the_command_line_is_named():
     with pytest.raises(ConfigError, match=r"'methods' = \"\[sa,salun\" is not allowed; allowed: type array \(its '\[' "
                                           r"is not closed: \[a, b\]\)"):
         load_config(overrides={"methods": "[sa,salun"})
+
+
+def test_a_command_typed_by_hand_does_not_overwrite_a_finished_model(tmp_path, tiny_config):
+    """`unlearnbench train-base --out <a trained model>` would replace it (the workflow's jobs never meet one:
+    Snakemake deletes a job's outputs first)."""
+    config = write_config(tmp_path, tiny_config)
+    stages.prepare_data(tiny_config, tmp_path / "data.npz")
+    (tmp_path / "original").mkdir()
+    (tmp_path / "original" / "train.json").write_text("{}")
+    code, out = run_cli(["train-base", "--config", str(config), "--data", "data.npz", "--out", "original"], tmp_path)
+    assert code == 2 and "original holds a finished result (original/train.json): train-base would replace it" in out, out
+    assert (tmp_path / "original" / "train.json").read_text() == "{}" and "Traceback" not in out

@@ -171,6 +171,19 @@ def _presample(config: dict, args) -> None:
                          ImageData.load(args.data).num_classes)
 
 
+# The record each model-making command writes last: there, the --out folder holds a finished result. The workflow
+# never meets one (Snakemake deletes a job's outputs before redoing it); a command typed by hand would overwrite it.
+FINISHED_RECORD = {"train-base": "train.json", "train-evaluator": "evaluator.json", "prior": "cost.json",
+                   "unlearn": "cost.json", "import-model": "cost.json"}
+
+
+def _refuse_finished(command: str, out) -> None:
+    record = Path(out) / FINISHED_RECORD[command] if command in FINISHED_RECORD and out else None
+    if record and record.exists():
+        raise UserError(f"{out} holds a finished result ({record}): {command} would replace it. Write elsewhere, "
+                        "or delete that folder first (the workflow redoes a job by itself when its inputs change)")
+
+
 def run(args) -> None:
     from . import stages
     from .config import evaluated_methods
@@ -194,6 +207,7 @@ def run(args) -> None:
         return
     config = stages.load_run_config(args.config)
     c = args.command
+    _refuse_finished(c, getattr(args, "out", None))
     if c == "prepare-data":
         stages.prepare_data(config, args.out)
     elif c == "train-base":
