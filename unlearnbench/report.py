@@ -136,9 +136,9 @@ def _flatten_record(record: Mapping, source) -> dict:
 
 def collect_records(paths: Iterable) -> pd.DataFrame:
     """Per-job metrics JSON records -> one tidy row each, in method, variant, class, seed order."""
-    rows, sources = [], {}
     from .checkpoints import read_json
 
+    rows, sources = [], {}
     for path in paths:
         row = _flatten_record(read_json(path), path)
         # A model scored at another guidance weight (the sweep) is another measurement, not a second copy.
