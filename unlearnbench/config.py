@@ -258,14 +258,8 @@ def _check_methods(config: dict, methods_dir) -> tuple[dict, list[str]]:
         module = loaded(name)
         if module is None:
             continue
-        given = given or {}
-        unknown = sorted(set(given) - set(module.DEFAULTS))
-        if unknown:
-            problems.append(f"unknown key(s) {', '.join(unknown)} under 'method_params.{name}'; "
-                            f"allowed: {_param_names(module.DEFAULTS)}")
-        schema = {"type": "object", "properties": param_schema(module)}
-        params[name] = given = coerce({k: v for k, v in given.items() if k in module.DEFAULTS}, schema)
-        problems += schema_problems(schema, given, ("method_params", name))
+        params[name], found = checked_params(module, given or {}, ("method_params", name))
+        problems += found
     config = {**config, "method_params": params}
     abl = config.get("ablation")
     if abl:
@@ -303,6 +297,21 @@ def _param_names(defaults: dict) -> str:
 def evaluated_methods(config: dict) -> list[str]:
     """Every name that gets rows in the tables: the methods the suite runs, then the imported models."""
     return [*config["methods"], *(config.get("imported") or {})]
+
+
+def checked_params(module, given: dict, where: tuple) -> tuple[dict, list[str]]:
+    """A method's params as given (config method_params, or `unlearn --set`): the known ones made the types their
+    schema asks for, and the problems: unknown names, values outside the method's PARAM_SCHEMA."""
+    from .method_api import param_schema
+
+    problems = []
+    unknown = sorted(set(given) - set(module.DEFAULTS))
+    if unknown:
+        problems.append(f"unknown key(s) {', '.join(unknown)} under '{_key_path(list(where))}'; "
+                        f"allowed: {_param_names(module.DEFAULTS)}")
+    schema = {"type": "object", "properties": param_schema(module)}
+    known = coerce({k: v for k, v in given.items() if k in module.DEFAULTS}, schema)
+    return known, problems + schema_problems(schema, known, where)
 
 
 def imported_model_dir(config: dict, name: str, forget_class: int, seed: int) -> Path:

@@ -267,17 +267,12 @@ def run_unlearning(config: dict, method_name: str, forget_class: int, seed: int,
                         f"--priors {' '.join(f'{name}=DIR' for name in missing)} with the folders `unlearnbench prior` "
                         "wrote (the workflow passes them)")
     check_priors(priors)
-    if overrides:  # --set, as the config's method_params are: known names, values of their schema
-        from .config import coerce, schema_problems
-        from .method_api import param_schema
+    if overrides:  # --set, checked as the config's method_params are
+        from .config import checked_params
 
-        unknown = sorted(set(overrides) - set(module.DEFAULTS))
-        schema = {"type": "object", "properties": param_schema(module)}
-        overrides = coerce(overrides, schema)
-        problems = [f"unknown param(s) {', '.join(unknown)}; {method_name}'s are {', '.join(module.DEFAULTS)}"] \
-            if unknown else schema_problems(schema, overrides)
+        overrides, problems = checked_params(module, overrides, ("--set",))
         if problems:
-            raise UserError(f"--set for {method_name}: {'; '.join(problems)}")
+            raise UserError(f"{method_name}: {'; '.join(problems)}")
     params = method_params(config, method_name, module.DEFAULTS, overrides)
     data = ImageData.load(data_path)
     device = setup_runtime(config)
