@@ -319,6 +319,11 @@ def imported_model_dir(config: dict, name: str, forget_class: int, seed: int) ->
     return Path(config["imported"][name].format(forget_class=forget_class, seed=seed))
 
 
+def imported_cells(config: dict) -> list[tuple[str, int, int]]:
+    """(name, forget class, seed) of every imported model the run scores."""
+    return [(name, c, s) for name in config.get("imported") or {} for c in config["forget_classes"] for s in config["seeds"]]
+
+
 def imported_architecture_fix(name: str) -> str:
     """What to do about an imported model that is not the config's model (not: describe it in the model section)."""
     return (f"An imported model is unlearned from this run's original model, so it has that model's architecture: "

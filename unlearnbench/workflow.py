@@ -5,7 +5,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import deep_merge, imported_model_dir, read_yaml, validate, write_resolved, DEFAULT_CONFIG
+from .config import deep_merge, imported_cells, imported_model_dir, read_yaml, validate, write_resolved, DEFAULT_CONFIG
 from .errors import UserError
 
 # The files of a saved UNet folder (save_pretrained; unet.WEIGHTS_NAME) and the evaluator's weights:
@@ -126,10 +126,8 @@ def check_model_folders(config: dict) -> None:
             raise UserError(f"'base.checkpoint' = {checkpoint!r} has no {' and no '.join(lacking)}: it must hold "
                             "unet/ and unet_ema/, each a UNet saved with diffusers' save_pretrained (config.json "
                             "and its weights)")
-    wanted = {name: dict.fromkeys(imported_model_dir(config, name, c, s) for c in config["forget_classes"]
-                                  for s in config["seeds"])
-              for name in config.get("imported") or {}}
-    missing = [folder for folders in wanted.values() for folder in folders if not (folder / "config.json").is_file()]
+    wanted = dict.fromkeys((imported_model_dir(config, name, c, s), name) for name, c, s in imported_cells(config))
+    missing = [folder for folder, _ in wanted if not (folder / "config.json").is_file()]
     if missing:
         shown = ", ".join(str(folder / "config.json") for folder in missing[:4])
         shown += f" and {len(missing) - 4} more" if len(missing) > 4 else ""
@@ -149,9 +147,8 @@ def check_model_folders(config: dict) -> None:
     expect = unet_expectations(config, NUM_CLASSES[config["dataset"]])
     for folder in [Path(checkpoint) / sub for sub in ("unet", "unet_ema")] if checkpoint else []:
         read_unet_config(folder, expect)
-    for name, folders in wanted.items():
-        for folder in folders:
-            read_unet_config(folder, expect, imported_architecture_fix(name))
+    for folder, name in wanted:
+        read_unet_config(folder, expect, imported_architecture_fix(name))
 
 
 def check_scored_copies(config: dict) -> None:
@@ -167,8 +164,7 @@ def check_scored_copies(config: dict) -> None:
         checks += [(Path(checkpoint) / sub, models / "original" / "train.json", ("source", "source_digest", sub))
                    for sub in ("unet", "unet_ema")]
     checks += [(imported_model_dir(config, name, c, s), models / name / f"class{c}" / f"seed{s}" / "cost.json",
-                ("imported_from", "source_digest", None))
-               for name in config.get("imported") or {} for c in config["forget_classes"] for s in config["seeds"]]
+                ("imported_from", "source_digest", None)) for name, c, s in imported_cells(config)]
     stale = []
     for folder, record_path, (source_key, digest_key, sub) in checks:
         if not record_path.is_file() or not folder.is_dir():
