@@ -453,6 +453,12 @@ def test_every_set_of_tables_a_run_had_is_kept_in_its_history(run, tmp_path):
     assert sorted(p.name for p in (out / "history").iterdir()) == sorted([first.name, second.name])
     assert (first / "metrics.csv").read_bytes() == before != (second / "metrics.csv").read_bytes()
     assert "SA FID" in (first / "table.csv").read_text() and "SA FID" not in (second / "table.csv").read_text()
+    # the guidance sweep keeps its tables in a folder of their own there, which is no snapshot of metrics.csv
+    (out / "guidance.csv").write_text("method,guidance_w\nsafemax,0\n")
+    guidance = report.keep_history(out, ["guidance.csv"], folder="history/guidance")
+    assert guidance.parent == out / "history" / "guidance" and (guidance / "guidance.csv").is_file()
+    assert report.keep_history(out, ["guidance.csv"], folder="history/guidance") is None
+    assert report.keep_history(out, names) is None  # the latest snapshot is still `second`
 
 
 def test_aggregate_refuses_records_that_are_not_the_configs(tmp_path, capsys):
@@ -489,6 +495,22 @@ def test_aggregate_refuses_records_that_are_not_the_configs(tmp_path, capsys):
     assert aggregate(list(CLASSES), list(SEEDS), paths + [other]) == 2  # a method the config does not list
     assert "outside the config's methods, forget_classes and seeds for gradient_ascent class 0 seed 0" in \
         capsys.readouterr().err
+
+
+def test_the_ablation_table_a_run_replaces_stays_in_its_history(tmp_path, capsys):
+    """A new ablation.values reruns the ablation table: the one it replaces is kept in history/ablation/."""
+    from unlearnbench.cli import main as cli_main
+
+    _, paths = write_records(tmp_path / "records")
+    ablation = [p for p in paths if "safemax" in p.parts[-3] and p.parts[-2] == "class0"]
+    config = tmp_path / "config.yaml"
+    config.write_text("run_name: agg\n")
+    out = tmp_path / "out" / "ablation.csv"
+    for records in (ablation, ablation[:-1], ablation[:-1]):  # the last: the same table again
+        assert cli_main(["aggregate-ablation", "--config", str(config), "--records", *map(str, records),
+                         "--out", str(out)]) == 0
+    kept = list((tmp_path / "out" / "history" / "ablation").iterdir())  # made within a second: no order by name
+    assert sorted(len(pd.read_csv(k / "ablation.csv")) for k in kept) == [len(ablation) - 1, len(ablation)]
 
 
 def test_an_ablation_of_another_method_gets_no_paper_points(run, tmp_path, monkeypatch):

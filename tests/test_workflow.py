@@ -90,6 +90,8 @@ def test_guidance_sweep_reevaluates_every_main_model_at_each_weight(test_run):
     with np.load(test_run / "results/test/guidance/w0/samples/safemax/class0/seed0.npz") as f:
         assert json.loads(str(f["meta"]))["guidance_w"] == 0.0
     assert (test_run / "figures/test/guidance.png").stat().st_size > 0
+    (kept,) = (test_run / "results/test/history/guidance").iterdir()  # a rerun of the sweep would not lose them
+    assert (kept / "guidance.csv").read_bytes() == (test_run / "results/test/guidance.csv").read_bytes()
 
 
 def test_second_invocation_does_nothing(test_run):

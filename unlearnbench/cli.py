@@ -258,14 +258,19 @@ def run(args) -> None:
         if kept := keep_history(out, ["metrics.csv", *(path.name for path in written.values())]):
             print(f"tables kept in {kept}")
     elif c == "aggregate-ablation":
-        from .report import collect_records, write_metrics_csv
+        from .report import collect_records, keep_history, write_metrics_csv
 
-        write_metrics_csv(collect_records(args.records), args.out)
+        out = Path(args.out)
+        write_metrics_csv(collect_records(args.records), out)
+        if kept := keep_history(out.parent, [out.name], folder="history/ablation"):
+            print(f"table kept in {kept}")
     elif c == "aggregate-guidance":
-        from .report import write_guidance_tables
+        from .report import keep_history, write_guidance_tables
 
-        write_guidance_tables(args.records, ["original", *evaluated_methods(config)], config["forget_classes"], config["seeds"],
-                              config["sampler"]["guidance_w"], args.out_dir)
+        written = write_guidance_tables(args.records, ["original", *evaluated_methods(config)], config["forget_classes"],
+                                        config["seeds"], config["sampler"]["guidance_w"], args.out_dir)
+        if kept := keep_history(args.out_dir, list(written), folder="history/guidance"):
+            print(f"tables kept in {kept}")
     elif c == "figures":
         stages.render_figures(config, args.kind, metrics=args.metrics, samples=args.samples,
                               forget_class=args.forget_class, out_dir=args.out_dir, out=args.out)
