@@ -367,6 +367,7 @@ def test_write_reports(run, tmp_path):
     assert list(pd.read_csv(paths["table.csv"])["forget_class"].astype(str))[-2:] == ["mean", "std"]
     assert "(RTE + priors)" in paths["comparison.md"].read_text()
     assert "dataset = digits" in paths["comparison.md"].read_text()
+    assert "n_fid_real = 1300; n_forget_samples = 100" in paths["comparison.md"].read_text()  # H and UA's sample
     # each table says what it measured, from the records' provenance; the LaTeX as comments after the tabular
     setup1 = ("FID: classifier features of 50 generated images per remaining class against 1300 real images of the "
               "remaining classes.")

@@ -554,8 +554,8 @@ def render_comparison(comparison: pd.DataFrame, scale_note: str | None = None, c
 
 
 def _scale_note(metrics: pd.DataFrame) -> str:
-    keys = ["dataset", "sampler", "sampler_steps", "guidance_w", "fid_backend", "n_fid_gen_per_class", "device_name",
-            "speed_switches"]
+    keys = ["dataset", "sampler", "sampler_steps", "guidance_w", "fid_backend", "n_fid_gen_per_class", "n_fid_real",
+            "n_forget_samples", "device_name", "speed_switches"]  # the paper: 500 forget-class images (H, UA)
     return "; ".join(f"{key} = {values}" for key in keys if (values := _distinct(metrics, key)) is not None)
 
 
