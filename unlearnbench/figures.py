@@ -140,6 +140,7 @@ def per_class_metrics(df: pd.DataFrame, methods: Sequence[str], out_path, colors
     for ax in axes:
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(ncols=len(methods), fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    fig.suptitle("Per forgotten class (mean over seeds)", fontsize=10)
     fig.tight_layout()
     _save(fig, out_path)
 
