@@ -2,7 +2,8 @@
 
 Loss on real images of the forgotten class c_f:  psi(t) * || eps_T - eps_theta(x_t, c_f, t) ||^2,
 psi(t) = exp(-lambda t / T) (t in [1, T]), eps_T a fresh standard normal draw independent of the noise
-that built x_t (or, with target "x_t", the noisy input itself). Samples of c_f then maximise entropy.
+that built x_t (or, with target "x_t", the noisy input itself). As eps_T is independent of x_t, this pulls
+eps_theta(x_t, c_f, t) towards 0: samples of c_f lose their class, which the evaluation sees as high entropy H.
 """
 import torch
 
