@@ -112,6 +112,8 @@ def test_evaluation_reuses_matching_presamples_and_redraws_otherwise(assets, tmp
     assert not stages.presampled_matches(config, pre, tmp_path / "other_unet", 0, 2, 10)
     images, _, _ = evaluate(config, "other", model=tmp_path / "other_unet")
     assert not np.array_equal(images, reused)
+    np.savez(pre, images=images, labels=labels)  # an older format, without meta: drawn again, no error
+    assert not stages.presampled_matches(config, pre, tmp / "unet", 0, 2, 10)
 
 
 def test_samples_and_records_name_the_sampler_alike(root):

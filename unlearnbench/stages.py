@@ -394,7 +394,7 @@ def presampled_matches(config: dict, presampled, model_dir, seed: int, forget_cl
         return False
     try:
         _, _, meta = load_samples(presampled)
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # unreadable or an older format: draw afresh
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, UserError):  # unreadable or an older format: draw afresh
         return False
     want = sample_meta(config, model_dir, seed, forget_class, num_classes)
     return all(meta.get(k) == v for k, v in want.items() if k != "model_dir")
