@@ -414,6 +414,19 @@ def test_an_ablation_of_a_param_a_prior_reads_is_refused(root):
                 methods_dir=root / "methods")  # unlearn() alone reads alpha
 
 
+def test_an_ablation_of_a_param_whose_main_value_is_null_is_refused_with_what_to_set(root):
+    """The main run is the curve's point at its own value: a null one (SAFEMax's ema_decay) is no point; before,
+    reading the Snakefile failed with a bare TypeError."""
+    from unlearnbench.config import ConfigError, load_config
+
+    ablation = {"method": "safemax", "param": "ema_decay", "values": [0.99, 0.999], "forget_class": 0}
+    with pytest.raises(ConfigError, match="'ablation.param' = 'ema_decay' is null in safemax's main runs .* "
+                                          "method_params.safemax.ema_decay"):
+        load_config(overrides={"ablation": ablation}, methods_dir=root / "methods")
+    load_config(overrides={"ablation": ablation, "method_params": {"safemax": {"ema_decay": 0.9999}}},
+                methods_dir=root / "methods")
+
+
 def test_an_unlearning_state_resumes_only_from_the_same_original_and_priors(tmp_path, tiny_config):
     """Regenerated priors (e.g. after a sampler change) or a new original model restart a killed SA run; before,
     it resumed with steps trained on the old ones."""

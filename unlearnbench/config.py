@@ -220,7 +220,7 @@ def validate(config: dict, methods_dir: str | Path | None = None) -> dict:
 
 def _check_methods(config: dict, methods_dir) -> tuple[dict, list[str]]:
     """The methods, method_params and the ablation against the method files: names, keys, each value's schema."""
-    from .method_api import NAME_PATTERN, available_methods, check_labels, load_method, param_schema
+    from .method_api import NAME_PATTERN, available_methods, check_labels, load_method
 
     problems = []
     known = available_methods(methods_dir)
@@ -261,33 +261,51 @@ def _check_methods(config: dict, methods_dir) -> tuple[dict, list[str]]:
         params[name], found = checked_params(module, given or {}, ("method_params", name))
         problems += found
     config = {**config, "method_params": params}
-    abl = config.get("ablation")
-    if abl:
-        if abl.get("method") not in known:  # else the ablation figure would silently be left out
-            problems.append(f"'ablation.method' = {abl.get('method')!r} is not a method; {allowed}")
-        elif (module := loaded(abl["method"])) is not None:
-            if abl.get("param") not in module.DEFAULTS:
-                problems.append(f"'ablation.param' = {abl.get('param')!r} is not a parameter of {abl['method']}; "
-                                f"allowed: {_param_names(module.DEFAULTS)}")
-            elif readers := [p.name for p in module.PRIORS if p.params is None or abl["param"] in p.params]:
-                # Priors are made once per method (per class), for its main params: ablation runs reuse them.
-                problems.append(f"'ablation.param' = {abl['param']!r} is read by prior(s) {', '.join(readers)} of "
-                                f"{abl['method']}, which are made once with the main value, not per ablation value: "
-                                "ablate a parameter that only unlearn() reads (a prior declares what it reads with "
-                                "Prior(..., params=...))")
-            else:
-                schemas = param_schema(module)
-                kinds = {name: sorted(_types(item) & NUMBER_TYPES) for name, item in schemas.items()}
-                if not kinds[abl["param"]]:
-                    problems.append(f"'ablation.param' = {abl['param']!r} is not a number parameter of "
-                                    f"{abl['method']}: the ablation figure plots the metrics against a number; "
-                                    f"allowed: {', '.join(sorted(name for name, kind in kinds.items() if kind))}")
-                else:
-                    item = {**schemas[abl["param"]], "type": kinds[abl["param"]]}  # less null (grad_clip's)
-                    values = [coerce(v, item) for v in abl.get("values") or []]
-                    config = {**config, "ablation": {**abl, "values": values}}
-                    problems += schema_problems({"type": "array", "items": item}, values, ("ablation", "values"))
+    if config.get("ablation"):
+        config, found = _ablation_checked(config, known, loaded, allowed)
+        problems += found
     return config, problems
+
+
+def _ablation_checked(config: dict, known, loaded, allowed: str) -> tuple[dict, list[str]]:
+    """The ablation against its method file: a parameter only unlearn() reads, a number, with a main value to
+    place the main run on the curve; its values coerced to the parameter's type."""
+    from .method_api import param_schema
+
+    abl = config["ablation"]
+    if abl.get("method") not in known:  # else the ablation figure would silently be left out
+        return config, [f"'ablation.method' = {abl.get('method')!r} is not a method; {allowed}"]
+    module = loaded(abl["method"])
+    if module is None:  # its problem is listed already
+        return config, []
+    param = abl.get("param")
+    if param not in module.DEFAULTS:
+        return config, [f"'ablation.param' = {param!r} is not a parameter of {abl['method']}; "
+                        f"allowed: {_param_names(module.DEFAULTS)}"]
+    if readers := [p.name for p in module.PRIORS if p.params is None or param in p.params]:
+        # Priors are made once per method (per class), for its main params: ablation runs reuse them.
+        return config, [f"'ablation.param' = {param!r} is read by prior(s) {', '.join(readers)} of "
+                        f"{abl['method']}, which are made once with the main value, not per ablation value: "
+                        "ablate a parameter that only unlearn() reads (a prior declares what it reads with "
+                        "Prior(..., params=...))"]
+    schemas = param_schema(module)
+    kinds = {name: sorted(_types(item) & NUMBER_TYPES) for name, item in schemas.items()}
+    if not kinds[param]:
+        return config, [f"'ablation.param' = {param!r} is not a number parameter of {abl['method']}: the "
+                        "ablation figure plots the metrics against a number; allowed: "
+                        f"{', '.join(sorted(name for name, kind in kinds.items() if kind))}"]
+    try:
+        main = method_params(config, abl["method"], module.DEFAULTS)[param]
+    except ConfigError:  # an unknown key there: listed already
+        return config, []
+    if main is None:  # the main run is the curve's point at its own value, so that value must be a number
+        return config, [f"'ablation.param' = {param!r} is null in {abl['method']}'s main runs (what null means "
+                        "is not a point on the figure's axis): set a number for it under "
+                        f"method_params.{abl['method']}.{param}, or ablate another parameter"]
+    item = {**schemas[param], "type": kinds[param]}  # less null (grad_clip's)
+    values = [coerce(v, item) for v in abl.get("values") or []]
+    return ({**config, "ablation": {**abl, "values": values}},
+            schema_problems({"type": "array", "items": item}, values, ("ablation", "values")))
 
 
 def _param_names(defaults: dict) -> str:
