@@ -13,9 +13,9 @@ import torch
 
 from unlearnbench.checkpoints import load_tensors, save_tensors
 from unlearnbench.data import to_float, to_uint8
-from unlearnbench.diffusion import epsilon_loss, randn_like, sample
+from unlearnbench.diffusion import epsilon_loss, randn_like, sample_as_configured
 from unlearnbench.method_api import Prior
-from unlearnbench.training import autocast_dtype, ema_update, make_ema, optimizer_step
+from unlearnbench.training import ema_update, make_ema, optimizer_step
 
 DISPLAY_NAME = "SA"
 DEFAULTS = {
@@ -59,14 +59,11 @@ PARAM_SCHEMA = {
 # ---------------------------------------------------------------- prior 1: generated replay set
 def generate_replay_set(ctx):
     """n images per class from the original EMA weights with the evaluation sampler."""
-    s = ctx.config["sampler"]
     model = ctx.load_original(ema=True)
     labels = torch.arange(ctx.num_classes).repeat_interleave(ctx.params["n_generated_per_class"])
     with ctx.meter.timed():
-        images = sample(model, ctx.schedule, labels, steps=s["steps"], eta=s["eta"], guidance_w=s["guidance_w"],
-                        generator=torch.Generator().manual_seed(ctx.seed), clip_x0=s.get("clip_x0", False),
-                        batch_size=s.get("batch_size", 1000), device=ctx.device, progress=True,
-                        autocast_dtype=autocast_dtype(ctx.config, ctx.device))
+        images = sample_as_configured(model, ctx.config, labels, torch.Generator().manual_seed(ctx.seed), ctx.device,
+                                      schedule=ctx.schedule, progress=True)
     np.savez_compressed(ctx.out_dir / "generated.npz", images=to_uint8(images), labels=labels.numpy())
 
 

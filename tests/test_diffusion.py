@@ -3,7 +3,8 @@ import math
 
 import torch
 
-from unlearnbench.diffusion import Schedule, drop_labels, reduce_squared_error, sample, sampling_timesteps
+from unlearnbench.diffusion import (Schedule, drop_labels, reduce_squared_error, sample, sample_as_configured,
+                                    sampling_timesteps)
 from unlearnbench.training import ema_update, make_ema
 
 
@@ -59,6 +60,24 @@ def test_sampler_is_seeded_and_deterministic():
     b = sample(None, schedule, labels, steps=10, generator=torch.Generator().manual_seed(3), eps_fn=eps_fn)
     c = sample(None, schedule, labels, steps=10, generator=torch.Generator().manual_seed(4), eps_fn=eps_fn)
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_the_configured_sampler_is_the_sampler_with_the_config_sections_values(tiny_config):
+    """Evaluation, SA's replay set and the benchmark sample through one mapping of `sampler`: its steps, eta, w,
+    clip_x0 and batch size, spelled out here by hand, give the same images."""
+    from unlearnbench.networks import build_unet
+
+    torch.manual_seed(0)
+    model = build_unet("tiny", 10)
+    config = {**tiny_config, "sampler": {**tiny_config["sampler"], "steps": 4, "eta": 0.5, "guidance_w": 1.5,
+                                         "clip_x0": True, "batch_size": 3}}
+    labels = torch.tensor([0, 3, 3, 9, 1])
+    by_hand = sample(model, Schedule(1000, 1e-4, 0.02), labels, steps=4, eta=0.5, guidance_w=1.5, clip_x0=True,
+                     batch_size=3, generator=torch.Generator().manual_seed(5))
+    configured = sample_as_configured(model, config, labels, torch.Generator().manual_seed(5), "cpu")
+    assert torch.equal(configured, by_hand)
+    assert not torch.equal(sample_as_configured(model, config, labels, torch.Generator().manual_seed(5), "cpu",
+                                                steps=5), by_hand)  # an override is used
 
 
 def test_sampling_timesteps():

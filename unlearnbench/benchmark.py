@@ -413,7 +413,6 @@ class Bench:
 
     def __init__(self, config: dict, preset: str, device: torch.device, workdir: Path, steps: int, warmup: int,
                  methods: list[str], param_source: str):
-        from .data import ImageData  # noqa: F401  (fail early if the package is broken)
         from .networks import UNET_PRESETS
 
         self.config, self.preset, self.device, self.workdir = config, preset, device, workdir
@@ -632,25 +631,27 @@ class Bench:
     # -- evaluation sampler
     def sampler(self, cfg: dict, flops: dict | None, peak: float | None, measured_peak: float | None) -> dict:
         from .checkpoints import load_unet
-        from .diffusion import Schedule, guided_eps, sample
+        from .diffusion import Schedule, guided_eps, sample_as_configured
         from .training import prepare_model
         from .acceleration import maybe_compile
 
         device = setup_runtime(cfg)
         _release(device)
         model = maybe_compile(prepare_model(load_unet(self.original_dir / "unet_ema"), cfg, device), cfg, device).eval()
-        s = cfg["sampler"]
-        w = float(s["guidance_w"])
+        w = float(cfg["sampler"]["guidance_w"])
+        dtype = autocast_dtype(cfg, device)  # the forward-only timing below uses the sampler's precision
         B = self.sampler_batch
-        dtype = autocast_dtype(cfg, device)
         labels = torch.arange(10).repeat_interleave(B // 10)
         schedule = Schedule.from_config(cfg)
+
+        def sample_steps(k: int):
+            return sample_as_configured(model, cfg, labels, torch.Generator().manual_seed(0), device, schedule=schedule,
+                                        steps=k, batch_size=B)
 
         def run(k: int) -> float:
             _sync(device)
             start = time.perf_counter()
-            sample(model, schedule, labels, steps=k, eta=s["eta"], guidance_w=w, generator=torch.Generator().manual_seed(0),
-                   clip_x0=s.get("clip_x0", False), batch_size=B, device=device, autocast_dtype=dtype)
+            sample_steps(k)
             _sync(device)
             return time.perf_counter() - start
 
@@ -658,9 +659,7 @@ class Bench:
         run(1)  # warm-up: cuDNN autotuning, compilation
         syncs = SyncCounter(device, watch_steps=[0])
         probe_steps = 3
-        syncs.step(0, lambda _: sample(model, schedule, labels, steps=probe_steps, eta=s["eta"], guidance_w=w,
-                                       generator=torch.Generator().manual_seed(0), clip_x0=s.get("clip_x0", False),
-                                       batch_size=B, device=device, autocast_dtype=dtype))
+        syncs.step(0, lambda _: sample_steps(probe_steps))
         counted = syncs.result()
         host_syncs = {"per_call": counted["per_step"], "sampler_steps": probe_steps, "batches": 1,
                       "expected": "1 per batch: the finished images' copy to the host; none inside the steps",

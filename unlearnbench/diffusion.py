@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from .networks import null_class, predict_eps
-from .training import to_device
+from .training import autocast_dtype, to_device
 
 
 @dataclass
@@ -183,3 +183,15 @@ def sample(model, schedule: Schedule, labels: torch.Tensor, *, steps: int, eta: 
     if model is not None and was_training:
         model.train()
     return torch.cat(out)
+
+
+def sample_as_configured(model, config: dict, labels: torch.Tensor, generator: torch.Generator, device, *,
+                         schedule: Schedule | None = None, **overrides) -> torch.Tensor:
+    """`sample` with the config's sampler section (steps, eta, guidance w, clip_x0, batch size) and precision, the
+    one mapping of that section to the sampler; `overrides` replace any of sample()'s keywords (progress, steps)."""
+    s = config["sampler"]
+    device = torch.device(device)
+    kwargs = {"steps": s["steps"], "eta": s["eta"], "guidance_w": float(s["guidance_w"]),
+              "clip_x0": s.get("clip_x0", False), "batch_size": s.get("batch_size", 1000),
+              "autocast_dtype": autocast_dtype(config, device), **overrides}
+    return sample(model, schedule or Schedule.from_config(config), labels, generator=generator, device=device, **kwargs)

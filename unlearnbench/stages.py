@@ -18,11 +18,11 @@ from .config import (config_hash, evaluated_methods, imported_architecture_fix, 
                      read_yaml, write_resolved)
 from .cost import CostMeter, device_name
 from .data import ImageData, load_dataset, to_float, to_uint8
-from .diffusion import Schedule, sample
+from .diffusion import Schedule, sample_as_configured
 from .errors import MissingResourceError, UserError
 from .method_api import DeclaredParams, DeclaredSections, MethodParams, RunContext, load_method, prior_by_name
 from .networks import build_classifier, build_unet
-from .training import (BatchStream, autocast, autocast_dtype, classifier_accuracy, prepare_model, seed_everything, setup_runtime,
+from .training import (BatchStream, autocast, classifier_accuracy, prepare_model, seed_everything, setup_runtime,
                        train_classifier, train_diffusion)
 from .workflow import EVALUATOR_WEIGHTS, fingerprint, main_param_value
 
@@ -374,14 +374,10 @@ def generate_samples(config: dict, model_dir, out_path, seed: int, forget_class:
     """Sample the configured images per class with the evaluation sampler; npz + PNG grid."""
     device = setup_runtime(config)
     model = prepare_model(ckpt.load_unet(model_dir), config, device)
-    s = config["sampler"]
     counts = sample_counts(config, num_classes, forget_class)
     labels = torch.cat([torch.full((n,), c, dtype=torch.long) for c, n in counts.items()])
     generator = torch.Generator().manual_seed(sampling_seed(seed, forget_class))
-    images = sample(model, Schedule.from_config(config), labels, steps=s["steps"], eta=s["eta"], guidance_w=s["guidance_w"],
-                    generator=generator, clip_x0=s.get("clip_x0", False), batch_size=s.get("batch_size", 1000),
-                    device=device, progress=True,
-                    autocast_dtype=autocast_dtype(config, device))
+    images = sample_as_configured(model, config, labels, generator, device, progress=True)
     meta = {**sample_meta(config, model_dir, seed, forget_class, num_classes), "device_name": device_name(device)}
     save_samples(out_path, to_uint8(images), labels.numpy(), meta)
     return meta
