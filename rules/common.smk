@@ -4,7 +4,7 @@ from unlearnbench.method_api import methods_dir, NAME_PATTERN
 from unlearnbench.workflow import method_priors, prior_dir, parse_variant, ablation_variants, fingerprint
 from unlearnbench.workflow import resolved_config_path, base_checkpoint_files, suite_code, workflow_relative, guidance_labels
 from unlearnbench.workflow import imported_model_files, remake_marker
-from unlearnbench.workflow import UNET_FILES, EVALUATOR_WEIGHTS
+from unlearnbench.workflow import UNET_FILES, EVALUATOR_WEIGHTS, TABLES
 from unlearnbench.config import evaluated_methods
 
 CFG = resolved_config_path(config)

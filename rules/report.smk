@@ -5,7 +5,6 @@ ABLATION_RECORDS = expand(f"{RUN}/metrics/{{variant}}/class{config['ablation']['
 # the ablation table's: its variants' and the main run's of the same class
 ABLATION_TABLE_RECORDS = ABLATION_RECORDS + expand(
     f"{RUN}/metrics/{config['ablation']['method']}/class{config['ablation']['forget_class']}/seed{{s}}.json", s=SEEDS) if ABLATION else []
-TABLES = ["metrics.csv", "table.csv", "table1.md", "table1.tex", "table2.md", "table2.tex", "comparison.md"]
 
 
 rule aggregate:

@@ -186,7 +186,6 @@ def _refuse_finished(command: str, out) -> None:
 
 def run(args) -> None:
     from . import stages
-    from .config import evaluated_methods
 
     if args.command == "validate-config":
         from .config import load_config, write_resolved
@@ -246,30 +245,16 @@ def run(args) -> None:
     elif c == "summarize-original":
         stages.summarize_original(config, args.samples, args.evaluator, args.records,
                                   str(Path(args.evaluator) / "evaluator.json"), args.out)
-    elif c == "aggregate":
-        from .report import check_coverage, collect_records, keep_history, write_metrics_csv, write_reports
+    elif c in ("aggregate", "aggregate-ablation", "aggregate-guidance"):
+        from . import report
 
-        out = Path(args.out_dir)
-        df = collect_records(args.records)
-        methods = ["original", *evaluated_methods(config)]
-        check_coverage(df, methods, config["forget_classes"], config["seeds"])
-        write_metrics_csv(df, out / "metrics.csv")
-        written = write_reports(out / "metrics.csv", out, methods)
-        if kept := keep_history(out, ["metrics.csv", *(path.name for path in written.values())]):
-            print(f"tables kept in {kept}")
-    elif c == "aggregate-ablation":
-        from .report import collect_records, keep_history, write_metrics_csv
-
-        out = Path(args.out)
-        write_metrics_csv(collect_records(args.records), out)
-        if kept := keep_history(out.parent, [out.name], folder="history/ablation"):
-            print(f"table kept in {kept}")
-    elif c == "aggregate-guidance":
-        from .report import keep_history, write_guidance_tables
-
-        written = write_guidance_tables(args.records, ["original", *evaluated_methods(config)], config["forget_classes"],
-                                        config["seeds"], config["sampler"]["guidance_w"], args.out_dir)
-        if kept := keep_history(args.out_dir, list(written), folder="history/guidance"):
+        if c == "aggregate":
+            kept = report.aggregate(config, args.records, args.out_dir)
+        elif c == "aggregate-ablation":
+            kept = report.aggregate_ablation(args.records, args.out)
+        else:
+            kept = report.aggregate_guidance(config, args.records, args.out_dir)
+        if kept:
             print(f"tables kept in {kept}")
     elif c == "figures":
         stages.render_figures(config, args.kind, metrics=args.metrics, samples=args.samples,

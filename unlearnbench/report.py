@@ -17,9 +17,11 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from .config import evaluated_methods
 from .errors import UserError
 from .files import atomic_output
 from .method_api import check_labels, is_control, method_label
+from .workflow import REPORTS, TABLES
 
 METHOD_ORDER = ["original", "sa", "salun", "safemax"]  # the paper's column order; other methods follow by name
 UNLEARNING_REFERENCE = "safemax"  # the paper's headline ratios are relative to SAFEMax
@@ -599,8 +601,7 @@ def write_reports(metrics_csv, out_dir, methods: Sequence[str] | None = None) ->
     table = paper_layout_table(metrics, methods)
     main = metrics[metrics["variant"] == metrics["method"]]
     prior_min = main.groupby("method")["prior_min"].mean(skipna=False).dropna().to_dict()
-    paths = {name: out_dir / name for name in
-             ("table.csv", "table1.md", "table1.tex", "table2.md", "table2.tex", "comparison.md")}
+    paths = {name: out_dir / name for name in REPORTS}
     with atomic_output(paths["table.csv"]) as tmp:
         table.to_csv(tmp, index=False, float_format="%.5g")  # 5 significant digits: readable, no false precision
     cost_note = mixed_cost_note(metrics, methods)
@@ -645,6 +646,26 @@ def keep_history(out_dir, names: Sequence[str], folder: str = "history") -> Path
         shutil.copy(out_dir / file, tmp / file)
     os.replace(tmp, history / name)  # whole, or not at all
     return history / name
+
+
+def aggregate(config: dict, records: Iterable, out_dir) -> Path | None:
+    """The aggregate job: the records, checked to be the config's methods x forget classes x seeds, into
+    metrics.csv and the reports made from it; returns the copy kept in history/ (None if metrics.csv is as before)."""
+    out_dir = Path(out_dir)
+    df = collect_records(records)
+    methods = ["original", *evaluated_methods(config)]
+    check_coverage(df, methods, config["forget_classes"], config["seeds"])
+    write_metrics_csv(df, out_dir / "metrics.csv")
+    write_reports(out_dir / "metrics.csv", out_dir, methods)
+    return keep_history(out_dir, TABLES)
+
+
+def aggregate_ablation(records: Iterable, out_path) -> Path | None:
+    """ablation.csv: the ablation's records and the main run's of its class; returns the copy kept in
+    history/ablation/ (None if unchanged)."""
+    out_path = Path(out_path)
+    write_metrics_csv(collect_records(records), out_path)
+    return keep_history(out_path.parent, [out_path.name], folder="history/ablation")
 
 
 # ---------------------------------------------------------------------------- guidance sweep
@@ -726,3 +747,11 @@ def write_guidance_tables(paths: Iterable, methods: Sequence[str], classes: Sequ
         table.to_csv(tmp, index=False)  # full precision, as metrics.csv: the w = 2 rows equal its numbers
     _write_text(out["guidance.md"], render_guidance(guidance_summary(table), float(main_w)))
     return out
+
+
+def aggregate_guidance(config: dict, records: Iterable, out_dir) -> Path | None:
+    """guidance.csv and .md from the sweep's and the main run's records; returns the copy kept in
+    history/guidance/ (None if guidance.csv is as before)."""
+    written = write_guidance_tables(records, ["original", *evaluated_methods(config)], config["forget_classes"],
+                                    config["seeds"], config["sampler"]["guidance_w"], out_dir)
+    return keep_history(out_dir, list(written), folder="history/guidance")

@@ -14,9 +14,11 @@ from .errors import UserError
 UNET_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
 EVALUATOR_WEIGHTS = "model.safetensors"
 
+# What the aggregate writes in results/<run>/: metrics.csv and the reports made from it (report.write_reports).
+REPORTS = ("table.csv", "table1.md", "table1.tex", "table2.md", "table2.tex", "comparison.md")
+TABLES = ("metrics.csv", *REPORTS)
 # Files of results/<run>/ copied to results/ so `snakemake results/table.csv` works for any config.
-PUBLISHED = ("metrics.csv", "table.csv", "table1.md", "table1.tex", "table2.md", "table2.tex", "comparison.md",
-             "evaluator.json", "original.json")
+PUBLISHED = (*TABLES, "evaluator.json", "original.json")
 
 
 def load_workflow_config(config: dict, configfiles=()) -> dict:
