@@ -231,6 +231,8 @@ def _to_uint8_hwc(images) -> np.ndarray:
     x = torch.as_tensor(np.asarray(images)) if not torch.is_tensor(images) else images
     if x.ndim != 4 or x.shape[1] not in (1, 3):
         raise ValueError(f"images must be NCHW with 1 or 3 channels; got shape {tuple(x.shape)}")
+    if x.dtype != torch.uint8 and not torch.isfinite(x).all():  # cast to uint8, NaN would become a plausible pixel
+        raise ValueError("images hold NaN or inf values: the model or the sampler diverged")
     u = x.cpu() if x.dtype == torch.uint8 else ((as_float_images(x).cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
     return u.expand(-1, 3, -1, -1).permute(0, 2, 3, 1).numpy()
 

@@ -76,7 +76,7 @@ def module_device(module: torch.nn.Module) -> torch.device:
 
 
 def as_float_images(images) -> torch.Tensor:
-    """Float32 NCHW tensor in [-1, 1]; uint8 input is mapped by the suite's from_uint8."""
+    """Float32 NCHW tensor in [-1, 1]; uint8 input is mapped as the suite stores samples (x / 127.5 - 1)."""
     x = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images)
     if x.ndim != 4:
         raise ValueError(f"images must be NCHW; got shape {tuple(x.shape)}")

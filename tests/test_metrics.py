@@ -262,6 +262,8 @@ def test_inception_pipeline_with_stand_in_network(tmp_path):
     u8 = np.round((np.array([-1.0, 0.0, 0.5]) + 1) * 127.5)
     assert feats.shape == (3, 2048) and feats.dtype == np.float64
     np.testing.assert_allclose(feats, np.repeat(((u8 - 128) / 128)[:, None], 2048, 1), atol=1e-5)
+    with pytest.raises(ValueError, match="NaN or inf"):  # not black pixels with plausible features
+        F.inception_features(torch.full((1, 1, 8, 8), float("nan")), weights_dir=tmp_path, offline=True)
     # Colour images, against the clean-fid pipeline written out with PIL: per-channel bicubic resize of the
     # uint8 HWC image in float mode ("F", no re-quantisation) clipped to [0, 255] (bicubic overshoots), CHW,
     # then the network's (x-128)/128 and the stand-in's channel means.
