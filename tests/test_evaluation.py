@@ -1,6 +1,7 @@
 """Evaluation stages: shared FID references, scoring several forget classes at once, and reuse of the
 samples an unlearning job draws. Each batched path is checked against the one-at-a-time computation."""
 import copy
+import json
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,29 @@ def test_the_cli_needs_one_output_per_forget_class(assets, tmp_path):
                                       "--out", str(tmp_path / "a.npz")])
     with pytest.raises(UserError, match="2 --forget-class values but 1 --out"):
         run(args)
+
+
+def test_an_evaluator_unlike_its_record_says_to_remake_it(assets, tmp_path):
+    """Weights of another evaluator under an evaluator.json: a message that says what to do, not a state-dict
+    traceback."""
+    import shutil
+
+    _, tmp = assets
+    shutil.copytree(tmp / "evaluator", tmp_path / "evaluator")
+    record = json.loads((tmp_path / "evaluator" / "evaluator.json").read_text())
+    (tmp_path / "evaluator" / "evaluator.json").write_text(json.dumps({**record, "num_classes": 5}))
+    with pytest.raises(UserError, match="(?s)does not match its evaluator.json .* delete the folder and rerun"):
+        stages.load_evaluator(tmp_path / "evaluator", "cpu")
+    assert stages.load_evaluator(tmp / "evaluator", "cpu") is not None
+
+
+def test_the_cli_refuses_a_prior_without_its_path():
+    from unlearnbench.cli import _pairs
+
+    assert _pairs(["fisher=a/b", "generated=c"]) == {"fisher": "a/b", "generated": "c"}
+    for bad in ("fisher", "fisher=", "=a/b"):
+        with pytest.raises(UserError, match="expected name=path"):
+            _pairs([bad])
 
 
 def test_scoring_many_classes_at_once_equals_scoring_each(assets, tmp_path):

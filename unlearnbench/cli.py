@@ -12,7 +12,9 @@ def _pairs(items):
     """['name=path', ...] -> {name: path}."""
     out = {}
     for item in items or []:
-        name, _, path = item.partition("=")
+        name, eq, path = item.partition("=")
+        if not (name and eq and path):
+            raise UserError(f"{item!r}: expected name=path (e.g. fisher=results/<run>/priors/sa/fisher/shared)")
         out[name] = path
     return out
 

@@ -121,8 +121,13 @@ def train_evaluator(config: dict, data_path: str | Path, out_dir: str | Path) ->
 
 def load_evaluator(folder: str | Path, device) -> torch.nn.Module:
     info = ckpt.read_json(Path(folder) / "evaluator.json")
-    model = build_classifier(info["arch"], info["in_channels"], info["num_classes"], info["image_size"])
-    model.load_state_dict(ckpt.load_tensors(evaluator_path(folder)))
+    weights = ckpt.load_tensors(evaluator_path(folder))
+    try:
+        model = build_classifier(info["arch"], info["in_channels"], info["num_classes"], info["image_size"])
+        model.load_state_dict(weights)
+    except (KeyError, RuntimeError) as exc:  # a record or weights of another version, or overwritten by hand
+        raise MissingResourceError(f"the evaluator in {folder} does not match its evaluator.json ({exc}): delete the "
+                                   "folder and rerun, the train_evaluator job remakes it") from None
     return model.to(device).eval()
 
 
