@@ -239,8 +239,6 @@ def test_sync_counter_runs_every_step_and_says_why_it_cannot_count_on_cpu():
 def test_a_timeout_keeps_the_finished_half_of_a_switch_row(tmp_path, monkeypatch):
     """`timeout --signal=INT` in a switch row's sampler (compilation can take minutes): the JSON keeps the row
     with its method measured and says it was interrupted, and the section's time says it has no result."""
-    from types import SimpleNamespace
-
     calls = []
     real_sampler = benchmark.Bench.sampler
 
@@ -252,8 +250,11 @@ def test_a_timeout_keeps_the_finished_half_of_a_switch_row(tmp_path, monkeypatch
 
     monkeypatch.setattr(benchmark.Bench, "sampler", sampler)
     out = tmp_path / "b.json"
-    args = SimpleNamespace(preset="tiny", steps=1, warmup=0, methods=["safemax"], config=None, precision=["fp32"],
-                           out=str(out), device="cpu", threads=1, switches=True, budget_s=None)
+    from unlearnbench.cli import build_parser
+
+    args = build_parser().parse_args(["benchmark", "--preset", "tiny", "--steps", "1", "--warmup", "0", "--methods",
+                                      "safemax", "--precision", "fp32", "--out", str(out), "--device", "cpu",
+                                      "--threads", "1", "--switches"])  # the ablation's flag, as typed
     with pytest.raises(KeyboardInterrupt):
         benchmark.main(args)
     saved = json.loads(out.read_text())

@@ -1063,7 +1063,7 @@ def write_markdown(report_path, out=None) -> Path:
 
 # ---------------------------------------------------------------------------- main
 def _resolve_args(args) -> dict:
-    cuda = torch.cuda.is_available() and getattr(args, "device", None) != "cpu"
+    cuda = torch.cuda.is_available() and args.device != "cpu"
     preset = args.preset or ("paper" if cuda else "tiny")
     if preset not in PROFILES:
         from .errors import UserError
@@ -1091,15 +1091,15 @@ def build_config(args, preset: str) -> tuple[dict, str, str | None]:
         path = str(ROOT / "config" / "paper.yaml")  # the paper's sampler, diffusion and performance switches
     config = load_config(*([path] if path else []))
     config["model"]["preset"] = preset
-    config["device"] = getattr(args, "device", None) or "auto"
-    threads = getattr(args, "threads", None) or config.get("threads") or 1
+    config["device"] = args.device or "auto"
+    threads = args.threads or config.get("threads") or 1
     config["threads"] = max(1, min(int(threads), os.cpu_count() or 1))
     source = "config" if args.config else "DEFAULTS"
     return config, source, path
 
 
 def main(args) -> dict:
-    """Entry point of `unlearnbench benchmark` (args: preset, steps, warmup, methods, config, precision, out)."""
+    """Entry point of `unlearnbench benchmark` (its parser in cli.py names the args)."""
     from .cost import device_name
     from .method_api import load_method
 
@@ -1107,9 +1107,8 @@ def main(args) -> dict:
     r = _resolve_args(args)
     config, param_source, config_path = build_config(args, r["preset"])
     device = setup_runtime(config)
-    budget = getattr(args, "budget_s", None) or float(os.environ.get("UNLEARNBENCH_BENCHMARK_BUDGET_S", 0) or 0) or None
-    switches_flag = getattr(args, "switches", None)
-    run_switches = device.type == "cuda" if switches_flag is None else bool(switches_flag)
+    budget = args.budget_s or float(os.environ.get("UNLEARNBENCH_BENCHMARK_BUDGET_S", 0) or 0) or None
+    run_switches = device.type == "cuda" if args.switches is None else args.switches
     methods = list(dict.fromkeys(args.methods or ["safemax", "salun", "sa"]))
     for m in methods:
         load_method(m)  # an unknown method fails before anything runs

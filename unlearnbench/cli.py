@@ -160,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default=None, help="config whose method params/performance switches to use")
     s.add_argument("--precision", nargs="*", default=None, help="any of fp32, tf32, bf16 (default: fp32 bf16 on GPU, fp32 on CPU)")
     s.add_argument("--out", default=None, help="write the JSON report here")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="default: the GPU if there is one")
+    s.add_argument("--threads", type=int, default=None, help="torch threads (default: the config's)")
+    s.add_argument("--switches", action=argparse.BooleanOptionalAction, default=None,
+                   help="the speed-switch ablation (default: on GPU only)")
+    s.add_argument("--budget-s", type=float, default=None,
+                   help="start no further switch-ablation row after this many seconds "
+                        "(default: $UNLEARNBENCH_BENCHMARK_BUDGET_S, else none)")
     return p
 
 
