@@ -189,6 +189,35 @@ def test_maybe_compile_off_or_cpu_is_a_no_op():
     assert effective_switches({"performance": {"compile": True, "bf16": True}}, "cpu")["compile"] is False
 
 
+@pytest.mark.filterwarnings("ignore:CUDA is not available")  # autocast("cuda") on a machine without one
+def test_a_cost_record_says_bf16_only_where_the_jobs_code_entered_it():
+    """performance.bf16 on a GPU allows bf16; a method whose loop never enters ctx.autocast() ran fp32, and its
+    cost row must not say bf16 (it would be compared with bf16 methods as if it were one)."""
+    from unlearnbench.acceleration import switches_label, switches_that_ran
+    from unlearnbench.diffusion import Schedule, sample
+    from unlearnbench.training import autocast, bf16_uses
+
+    config = {"performance": {"bf16": True, "tf32": True}}
+    assert switches_label(switches_that_ran(config, "cuda", True)) == "bf16_autocast+tf32"
+    assert switches_label(switches_that_ran(config, "cuda", False)) == "tf32"
+    assert switches_label(switches_that_ran(config, "cpu", True)) == "none"
+    before = bf16_uses()
+    with autocast({"performance": {"bf16": False}}, torch.device("cuda")), autocast(config, torch.device("cpu")):
+        pass
+    assert bf16_uses() == before  # fp32 either way: not counted
+    with autocast(config, torch.device("cuda")):
+        pass
+    assert bf16_uses() == before + 1
+    eps_fn = lambda x, t, y: 0 * x  # noqa: E731
+    eps_fn.image_shape = (1, 2, 2)
+    sample(None, Schedule(10, 1e-4, 0.02), torch.arange(2), steps=2, eps_fn=eps_fn)
+    assert bf16_uses() == before + 1  # an fp32 sampler
+    from unlearnbench.networks import build_unet
+
+    sample(build_unet("tiny", 10), Schedule(10, 1e-4, 0.02), torch.arange(2), steps=1, autocast_dtype=torch.bfloat16)
+    assert bf16_uses() == before + 2  # the sampler's bf16 passes (SA's replay set, an unlearn() that samples)
+
+
 def test_maybe_compile_in_place_keeps_names_and_matches_eager():
     """In-place compilation: same object, same parameter names and state_dict keys (SA's Fisher and SalUn's
     masks are keyed by them), same outputs and gradients; a deep copy (make_ema) is an eager module."""

@@ -67,6 +67,13 @@ def effective_switches(config: dict, device) -> dict:
     }
 
 
+def switches_that_ran(config: dict, device, used_bf16: bool) -> dict:
+    """effective_switches, less bf16 autocast where the job's code never entered it (training.bf16_uses): a method
+    whose loop is not wrapped in ctx.autocast() ran fp32, and its cost must not be labelled bf16."""
+    switches = effective_switches(config, device)
+    return {**switches, "bf16_autocast": switches["bf16_autocast"] and used_bf16}
+
+
 def switches_label(switches: dict) -> str:
     """The speed switches in effect as one report cell, e.g. 'bf16_autocast+tf32+channels_last', or 'none'."""
     return "+".join(name for name, on in switches.items() if on and name != "deterministic") or "none"

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from .networks import null_class, predict_eps
-from .training import autocast_dtype, to_device
+from .training import autocast_dtype, note_bf16_use, to_device
 
 
 @dataclass
@@ -153,6 +153,9 @@ def sample(model, schedule: Schedule, labels: torch.Tensor, *, steps: int, eta: 
     else:
         shape = eps_fn.image_shape
     if eps_fn is None:
+        if autocast_dtype is not None:
+            note_bf16_use()
+
         def eps_fn(x, t, y):
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 return guided_eps(model, x, t, y, guidance_w).float()

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from . import checkpoints as ckpt
-from .acceleration import effective_switches, switches_label
+from .acceleration import effective_switches, switches_label, switches_that_ran
 from .config import (config_hash, evaluated_methods, imported_architecture_fix, imported_model_dir, method_params,
                      read_yaml, write_resolved)
 from .cost import CostMeter, device_name
@@ -22,8 +22,8 @@ from .diffusion import Schedule, sample_as_configured
 from .errors import MissingResourceError, UserError
 from .method_api import DeclaredParams, DeclaredSections, MethodParams, RunContext, load_method, prior_by_name
 from .networks import build_classifier, build_unet
-from .training import (BatchStream, autocast, classifier_accuracy, prepare_model, seed_everything, setup_runtime,
-                       train_classifier, train_diffusion)
+from .training import (BatchStream, autocast, bf16_uses, classifier_accuracy, prepare_model, seed_everything,
+                       setup_runtime, train_classifier, train_diffusion)
 from .workflow import EVALUATOR_WEIGHTS, fingerprint, main_param_value
 
 
@@ -203,6 +203,7 @@ def run_prior(config: dict, method_name: str, prior_name: str, data_path, origin
     # Not from config["seeds"]: a prior is made once for all seeds, and `seeds` is not part of its fingerprint,
     # so a cached prior must not depend on it.
     seed = forget_class if forget_class is not None else 999
+    bf16_before = bf16_uses()
     with CostMeter(device) as meter:
         ctx = _context(config, method_name, params, data, device, seed, meter, original_dir, forget_class,
                        {k: Path(v) for k, v in (required or {}).items()}, tmp, prior=prior_name)
@@ -217,7 +218,7 @@ def run_prior(config: dict, method_name: str, prior_name: str, data_path, origin
     cost = meter.result()
     cost["requires"] = sorted(required or {})
     cost["files"] = prior_files(tmp)
-    cost["speed_switches"] = switches_label(effective_switches(config, device))
+    cost["speed_switches"] = switches_label(switches_that_ran(config, device, bf16_uses() > bf16_before))
     ckpt.write_json(tmp / "cost.json", cost)
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.replace(out_dir)
@@ -282,6 +283,7 @@ def run_unlearning(config: dict, method_name: str, forget_class: int, seed: int,
     data = ImageData.load(data_path)
     device = setup_runtime(config)
     out_dir = Path(out_dir)
+    bf16_before = bf16_uses()
     with CostMeter(device) as meter:
         # The resumable state lives beside the outputs, which Snakemake removes after a failure; it does not.
         state_key = unlearning_state_key(config, method_name, params, seed, forget_class, original_dir, priors)
@@ -309,7 +311,7 @@ def run_unlearning(config: dict, method_name: str, forget_class: int, seed: int,
         prior_min += ckpt.read_json(Path(folder) / "cost.json")["rte_min"]
     record = {"method": method_name, "forget_class": forget_class, "seed": seed, "params": params,
               "prior_min": prior_min if priors else None, **cost,
-              "speed_switches": switches_label(effective_switches(config, device))}
+              "speed_switches": switches_label(switches_that_ran(config, device, bf16_uses() > bf16_before))}
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt.save_unet(model, out_dir / "unet")
     ckpt.write_json(out_dir / "cost.json", record)

@@ -64,10 +64,27 @@ def autocast_dtype(config: dict, device: torch.device):
     return torch.bfloat16 if device.type == "cuda" and (config.get("performance") or {}).get("bf16", False) else None
 
 
+_bf16_uses = 0  # bf16 autocasts entered in this process (each job is one): what ran, not what the config allows
+
+
+def bf16_uses() -> int:
+    """How many times the suite's bf16 autocast was entered so far (autocast(), the sampler): a cost record says
+    bf16 only for a job whose code used it (a method file that never wraps its passes runs fp32)."""
+    return _bf16_uses
+
+
+def note_bf16_use() -> None:
+    global _bf16_uses
+    _bf16_uses += 1
+
+
 def autocast(config: dict, device: torch.device):
     """bf16 autocast when performance.bf16 is on and the device is CUDA; otherwise a no-op."""
     dtype = autocast_dtype(config, device)
-    return torch.autocast("cuda", dtype=dtype) if dtype is not None else nullcontext()
+    if dtype is None:
+        return nullcontext()
+    note_bf16_use()
+    return torch.autocast("cuda", dtype=dtype)
 
 
 def prepare_model(model, config: dict, device: torch.device):
