@@ -7,7 +7,6 @@ only by drift. Run it beside the others with `--config methods=[sa,salun,safemax
 """
 import torch
 
-from unlearnbench.diffusion import epsilon_loss
 from unlearnbench.training import optimizer_step
 
 DISPLAY_NAME = "FT"
@@ -37,8 +36,7 @@ def unlearn(ctx):
     def step(_):
         x, y = next(retain)
         with ctx.autocast():
-            loss = epsilon_loss(model, ctx.schedule, x, y, reduction=ctx.reduction, cond_dropout=p["cond_dropout"],
-                                generator=ctx.generator)
+            loss = ctx.epsilon_loss(model, x, y, cond_dropout=p["cond_dropout"])
         optimizer_step(optimizer, loss, model.parameters(), p["grad_clip"])
 
     ctx.run_steps(p["steps"], step, desc="finetune")

@@ -164,8 +164,7 @@ def unlearn(ctx):
         surrogate = torch.rand(shape, generator=ctx.generator, device=ctx.generator.device).to(ctx.device) * 2 - 1
         x_r, y_r = next(replay)
         with ctx.autocast():
-            loss = (epsilon_loss(model, ctx.schedule, surrogate, forget_labels, reduction=ctx.reduction, generator=ctx.generator)
-                    + p["gamma"] * epsilon_loss(model, ctx.schedule, x_r, y_r, reduction=ctx.reduction, generator=ctx.generator))
+            loss = ctx.epsilon_loss(model, surrogate, forget_labels) + p["gamma"] * ctx.epsilon_loss(model, x_r, y_r)
         loss = loss + p["lambda"] * ewc_penalty(model, fisher, star)
         optimizer_step(optimizer, loss, model.parameters(), p["grad_clip"])
         ema_update(ema, model, p["ema_decay"])

@@ -7,7 +7,7 @@ eps_theta(x_t, c_f, t) towards 0: samples of c_f lose their class, which the eva
 """
 import torch
 
-from unlearnbench.diffusion import epsilon_loss, randn_like, reduce_squared_error
+from unlearnbench.diffusion import randn_like, reduce_squared_error
 from unlearnbench.networks import predict_eps
 from unlearnbench.training import ema_update, make_ema, optimizer_step
 
@@ -77,8 +77,7 @@ def unlearn(ctx):
         if retain is not None:
             x_r, y_r = next(retain)
             with ctx.autocast():
-                loss = loss + p["retain_weight"] * epsilon_loss(model, ctx.schedule, x_r, y_r, reduction=ctx.reduction,
-                                                                generator=ctx.generator)
+                loss = loss + p["retain_weight"] * ctx.epsilon_loss(model, x_r, y_r)
         optimizer_step(optimizer, loss, model.parameters(), p["grad_clip"])
         if ema is not None:
             ema_update(ema, model, p["ema_decay"])

@@ -11,7 +11,7 @@ from contextlib import nullcontext
 import torch
 
 from unlearnbench.checkpoints import load_tensors, save_tensors
-from unlearnbench.diffusion import drop_labels, epsilon_loss, guided_eps, randn_like, reduce_squared_error
+from unlearnbench.diffusion import drop_labels, guided_eps, randn_like, reduce_squared_error
 from unlearnbench.method_api import Prior
 from unlearnbench.networks import null_class, predict_eps
 from unlearnbench.training import optimizer_step
@@ -124,8 +124,7 @@ def unlearn(ctx):
         with ctx.autocast():
             forget_loss = relabel_loss(model, x_t, t, y, relabel, p["forget_cond_dropout"], ctx.generator)
             x_r, y_r = next(retain)
-            retain_loss = epsilon_loss(model, ctx.schedule, x_r, y_r, reduction=ctx.reduction,
-                                       cond_dropout=p["cond_dropout"], generator=ctx.generator)
+            retain_loss = ctx.epsilon_loss(model, x_r, y_r, cond_dropout=p["cond_dropout"])
         optimizer_step(optimizer, forget_loss + p["alpha"] * retain_loss, model.parameters(), p["grad_clip"], grad_mask)
 
     ctx.run_steps(p["steps"], step, desc="salun")

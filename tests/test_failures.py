@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from tiny_original import adopted_original
 from unlearnbench import cli, stages
 from unlearnbench.checkpoints import load_unet, save_unet, unet_expectations
 from unlearnbench.errors import MissingResourceError, UserError
@@ -164,32 +165,13 @@ def test_forget_class_out_of_range_names_the_range():
                         forget_class=12)
 
 
-def _adopted_original(tmp_path, config, poison=False, distinct_ema=False):
-    """An untrained UNet of the config's shape adopted as the original model (base.checkpoint); its EMA weights
-    equal the raw ones unless `distinct_ema`."""
-    model = build_unet(config["model"]["preset"], 10, config["model"].get("overrides"))
-    mine = tmp_path / "mine"
-    if distinct_ema:
-        torch.manual_seed(1)
-        save_unet(build_unet(config["model"]["preset"], 10, config["model"].get("overrides")), mine / "unet_ema")
-    else:
-        save_unet(model, mine / "unet_ema")
-    if poison:
-        with torch.no_grad():
-            next(model.parameters()).view(-1)[:3] = float("nan")
-    save_unet(model, mine / "unet")
-    stages.prepare_data(config, tmp_path / "data.npz")
-    config["base"]["checkpoint"] = str(mine)
-    return stages.train_base(config, tmp_path / "data.npz", tmp_path / "original")
-
-
 def test_a_checkpoint_with_nan_weights_is_refused(tmp_path, tiny_config):
     from unlearnbench.errors import DivergedError
 
     config = json.loads(json.dumps(tiny_config))
     with pytest.raises(DivergedError, match=r"'base.checkpoint' .*mine/unet: 3 of [\d,]+ values are NaN or inf\. "
                                             r"Its weights are unusable"):
-        _adopted_original(tmp_path, config, poison=True)
+        adopted_original(tmp_path, config, poison=True)
     assert not (tmp_path / "original" / "unet").exists()
 
 
@@ -198,7 +180,7 @@ def test_a_diverged_unlearning_run_fails_and_saves_nothing(tmp_path, tiny_config
     from unlearnbench.errors import DivergedError
 
     config = json.loads(json.dumps(tiny_config))
-    _adopted_original(tmp_path, config)
+    adopted_original(tmp_path, config)
     config["method_params"]["safemax"].update(lr=1e30, steps=3)
     out = tmp_path / "unlearned"
     with pytest.raises(DivergedError, match=r"safemax \(forget class 2, seed 0\) ended with non-finite weights: [\d,]+ "
@@ -258,7 +240,7 @@ def test_a_method_authors_mistakes_are_named_and_nothing_is_saved(tmp_path, tiny
     (tmp_path / "methods").mkdir()
     (tmp_path / "methods" / f"{name}.py").write_text(AUTHOR_MISTAKES[name])
     config = json.loads(json.dumps(tiny_config))
-    _adopted_original(tmp_path, config, distinct_ema=True)
+    adopted_original(tmp_path, config, distinct_ema=True)
     with pytest.raises(UserError) as err:
         stages.run_unlearning(config, name, 2, 0, tmp_path / "data.npz", tmp_path / "original", tmp_path / "out")
     assert message in str(err.value) and not str(err.value).startswith("'")  # not a KeyError's quoted text
@@ -276,7 +258,7 @@ def test_a_prior_that_writes_or_times_nothing_is_refused(tmp_path, tiny_config, 
         "from unlearnbench.method_api import Prior\n\ndef stats(ctx):\n" + body +
         "\nPRIORS = [Prior('stats', stats)]\n\ndef unlearn(ctx):\n    pass\n")
     config = json.loads(json.dumps(tiny_config))
-    _adopted_original(tmp_path, config)
+    adopted_original(tmp_path, config)
     with pytest.raises(UserError, match=re.escape(message)):
         stages.run_prior(config, "m", "stats", tmp_path / "data.npz", tmp_path / "original", tmp_path / "prior")
     assert not (tmp_path / "prior").exists()
@@ -294,7 +276,7 @@ def test_a_prior_file_lost_after_its_job_is_named_with_what_to_do(tmp_path, tiny
         "        (ctx.out_dir / 'stats.txt').write_text('12345')\n\nPRIORS = [Prior('stats', stats)]\n\n"
         "def unlearn(ctx):\n    raise RuntimeError('reached unlearn')\n")
     config = json.loads(json.dumps(tiny_config))
-    _adopted_original(tmp_path, config)
+    adopted_original(tmp_path, config)
     stages.run_prior(config, "m", "stats", tmp_path / "data.npz", tmp_path / "original", tmp_path / "prior")
     priors = {"stats": tmp_path / "prior"}
 
@@ -431,7 +413,7 @@ def test_an_unlearning_state_resumes_only_from_the_same_original_and_priors(tmp_
     """Regenerated priors (e.g. after a sampler change) or a new original model restart a killed SA run; before,
     it resumed with steps trained on the old ones."""
     config = json.loads(json.dumps(tiny_config))
-    _adopted_original(tmp_path, config)
+    adopted_original(tmp_path, config)
     for name in ("generated", "fisher"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "cost.json").write_text("{}")
@@ -534,7 +516,7 @@ def test_an_imported_model_is_checked_against_the_run_before_use(tmp_path, tiny_
     """The wrong folder fails its job with what to do, and nothing is saved: not the config's model, the original,
     or weights that are not finite."""
     config = json.loads(json.dumps(tiny_config))
-    _adopted_original(tmp_path, config)
+    adopted_original(tmp_path, config)
     config["imported"] = {"theirs": str(tmp_path / "theirs" / "class{forget_class}" / "unet")}
     save_unet(build_unet("tiny", 5), tmp_path / "theirs" / "class0" / "unet")
     shutil.copytree(tmp_path / "original" / "unet", tmp_path / "theirs" / "class1" / "unet")
@@ -569,7 +551,7 @@ def test_a_model_folder_replaced_keeping_its_old_file_times_is_not_kept_scored(t
     config = json.loads(json.dumps(tiny_config))
     models = tmp_path / "results" / config["run_name"] / "models"
     mine = tmp_path / "mine"
-    _adopted_original(tmp_path, config)
+    adopted_original(tmp_path, config)
     stages.train_base(config, tmp_path / "data.npz", models / "original")  # the run adopts base.checkpoint
     config["imported"] = {"theirs": "theirs/class{forget_class}/unet"}
     config["forget_classes"] = [0]

@@ -540,3 +540,41 @@ def test_safemax_starts_from_and_evaluates_the_weights_its_params_name(tmp_path,
     assert torch.equal(evaluated(), start)
     kept = 0.5 ** 3  # the base EMA's share after 3 updates at decay 0.5
     assert torch.allclose(evaluated(ema_decay=0.5), kept * flat(ema) + (1 - kept) * start, atol=1e-6)
+
+
+def _methods_found():
+    from unlearnbench.method_api import available_methods
+
+    return [name for name in available_methods() if name != "original"]
+
+
+@pytest.mark.parametrize("name", _methods_found())  # every file in methods/, a new one included
+def test_every_method_file_runs_its_priors_and_unlearns_a_tiny_model(name, tmp_path, tiny_config):
+    """What any method file must do, run on each one found in methods/ (yours: `python -m pytest -n 0
+    tests/test_methods.py -k 'every_method_file and <name>'`): its priors, then unlearn() for 2 steps on a tiny untrained model, which
+    must return changed, finite weights and time its loop (run_unlearning refuses anything else)."""
+    import copy
+    import json
+
+    from tiny_original import adopted_original
+    from unlearnbench import stages
+    from unlearnbench.method_api import load_method
+
+    module = load_method(name)
+    config = copy.deepcopy(tiny_config)
+    if "steps" in module.DEFAULTS:
+        own = {**config["method_params"].get(name, {}), "steps": 2}
+        config["method_params"] = {**config["method_params"], name: own}
+    adopted_original(tmp_path, config)
+    priors, todo = {}, list(module.PRIORS)
+    while todo:  # in the order their `requires` allow
+        prior = next(p for p in todo if set(p.requires) <= set(priors))
+        todo.remove(prior)
+        priors[prior.name] = tmp_path / "priors" / prior.name
+        stages.run_prior(config, name, prior.name, tmp_path / "data.npz", tmp_path / "original", priors[prior.name],
+                         forget_class=2 if prior.scope == "per_class" else None,
+                         required={r: priors[r] for r in prior.requires})
+    record = stages.run_unlearning(config, name, 2, 0, tmp_path / "data.npz", tmp_path / "original",
+                                   tmp_path / "out", priors)
+    assert record["rte_min"] > 0 and (tmp_path / "out" / "unet").is_dir()
+    assert json.loads((tmp_path / "out" / "cost.json").read_text())["method"] == name

@@ -460,6 +460,14 @@ class RunContext:
         if resumable and self.state_path.exists():
             self.state_path.unlink()
 
+    def epsilon_loss(self, model, x0: torch.Tensor, labels: torch.Tensor, **kwargs) -> torch.Tensor:
+        """The standard DDPM loss (diffusion.epsilon_loss) with this run's schedule, loss reduction and seeded
+        generator; kwargs as there (cond_dropout, timesteps, noise, per_sample)."""
+        from .diffusion import epsilon_loss
+
+        return epsilon_loss(model, self.schedule, x0, labels, reduction=self.reduction, generator=self.generator,
+                            **kwargs)
+
     def remaining_classes(self) -> list[int]:
         return [c for c in range(self.num_classes) if c != self.forget_class]
 
