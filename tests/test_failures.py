@@ -247,6 +247,30 @@ def test_a_method_authors_mistakes_are_named_and_nothing_is_saved(tmp_path, tiny
     assert not (tmp_path / "out" / "unet").exists()
 
 
+def test_a_bug_in_a_method_file_ends_its_log_with_the_line_and_what_to_do(tmp_path, tiny_config, monkeypatch, capsys):
+    """A method's own exception is no UserError: the traceback stays, and the last line names the method file's line
+    (before: the traceback, then the progress bar redrawn as the log's last line)."""
+    from unlearnbench.config import write_resolved
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(Path(__file__).parents[1] / "methods", tmp_path / "methods")  # a workflow copy's, with a new one
+    (tmp_path / "methods" / "buggy.py").write_text(
+        "DEFAULTS = {'steps': 3}\n\n\ndef unlearn(ctx):\n    model = ctx.load_original(ema=False)\n\n"
+        "    def step(i):\n        return [1, 2][i + 5]\n\n    ctx.run_steps(ctx.params['steps'], step, desc='buggy')\n"
+        "    return model\n")
+    config = json.loads(json.dumps(tiny_config))
+    adopted_original(tmp_path, config)
+    write_resolved({**config, "methods": ["buggy"]}, tmp_path / "config.yaml")
+    capsys.readouterr()
+    assert cli.main(["unlearn", "--config", "config.yaml", "--method", "buggy", "--forget-class", "2", "--seed", "0",
+                     "--data", "data.npz", "--original", "original", "--out", "out"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err
+    assert err.strip().splitlines()[-1] == (
+        "error: methods/buggy.py line 8 (return [1, 2][i + 5]) raised IndexError: list index out of range. Fix the "
+        "method file (the traceback above shows the calls), then rerun: only the failed jobs run again")
+
+
 @pytest.mark.parametrize("body, message", [
     ("    pass\n", "prior 'stats' of method 'm' wrote nothing to ctx.out_dir"),
     ("    (ctx.out_dir / 'stats.txt').write_text('1')\n", "prior 'stats' of method 'm' timed nothing"),

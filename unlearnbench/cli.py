@@ -285,8 +285,30 @@ def main(argv=None) -> int:
                   "(and .replay_batch_size for sa), sampler.batch_size, base.batch_size, evaluator.batch_size; "
                   "or free the GPU of other processes.", file=sys.stderr)
             return 3
-        raise
+        import traceback
+
+        traceback.print_exc()
+        print(f"error: {unexpected_error(exc)}", file=sys.stderr)  # a log's last line says what to do
+        return 1
     return 0
+
+
+def unexpected_error(exc: BaseException) -> str:
+    """One line after the traceback of an error that is no UserError: the method file's line it came from, if
+    one of methods/ raised it (most often a bug there), else a suite bug to report."""
+    import traceback
+
+    from .method_api import methods_dir
+
+    what = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    folder = methods_dir().resolve()
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve().parent == folder]
+    if frames:
+        f = frames[-1]
+        return (f"methods/{Path(f.filename).name} line {f.lineno} ({f.line}) raised {what}. Fix the method file "
+                "(the traceback above shows the calls), then rerun: only the failed jobs run again")
+    return (f"unexpected {what} (traceback above). If no input of yours caused it, it is a bug of the suite: report "
+            "it with this log")
 
 
 if __name__ == "__main__":

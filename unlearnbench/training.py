@@ -197,16 +197,18 @@ def run_in_chunks(start: int, steps: int, every: int, step_fn, save, *, desc: st
     (0: never) outside the timer. The loop of base training and of every method's ctx.run_steps."""
     bar = progress(None, desc, total=steps - start)  # counted by update(): a log then ends at steps/steps
     step = start
-    while step < steps:
-        end = min(steps, step + every) if every else steps
-        with meter.timed() if meter else nullcontext():
-            for i in range(step, end):
-                step_fn(i)
-                bar.update()
-        step = end
-        if every and step < steps:
-            save(step)
-    bar.close()
+    try:
+        while step < steps:
+            end = min(steps, step + every) if every else steps
+            with meter.timed() if meter else nullcontext():
+                for i in range(step, end):
+                    step_fn(i)
+                    bar.update()
+            step = end
+            if every and step < steps:
+                save(step)
+    finally:  # closed before an error is printed: else the bar is redrawn after it, as a log's last line
+        bar.close()
 
 
 # ---------------------------------------------------------------- base model
