@@ -162,6 +162,21 @@ def test_peak_table():
     assert benchmark.bf16_peak_tflops(torch.device("cpu"), "cpu")[0] is None
 
 
+def test_a_method_the_paper_lacks_is_projected_to_its_defaults_steps(tmp_path):
+    """FT (or a user's method) has no paper step count: its projection uses its DEFAULTS' steps and says so."""
+    out = tmp_path / "ft.json"
+    assert cli_main(["benchmark", "--preset", "tiny", "--steps", "1", "--warmup", "0", "--methods", "finetune",
+                     "--out", str(out)]) == 0
+    from unlearnbench.method_api import load_method
+
+    entry = json.loads(out.read_text())["runs"]["fp32"]["methods"]["finetune"]
+    steps = load_method("finetune").DEFAULTS["steps"]
+    assert entry["paper_steps"] is None and entry["projected_steps"] == steps
+    assert entry["projected_steps_source"] == "DEFAULTS"
+    assert entry["projected_rte_s"] == pytest.approx(entry["step"]["mean_s"] * steps + entry["timed_outside_steps_s"])
+    assert f"({steps:,} steps: DEFAULTS)" in benchmark.render_markdown(json.loads(out.read_text()))
+
+
 def test_bad_arguments():
     assert cli_main(["benchmark", "--preset", "huge"]) == 2
     assert cli_main(["benchmark", "--precision", "fp8"]) == 2

@@ -501,8 +501,13 @@ class Bench:
             outside, first = 0.0, None
             timing = "whole timed block / steps (the method's loop is not instrumented: no per-step marks)"
         paper_steps = PAPER_STEPS.get(method)
+        projected_steps, source = paper_steps, "paper"
+        if projected_steps is None:  # a method the paper does not have: its DEFAULTS, its full-scale values
+            default = module.DEFAULTS.get("steps")
+            ok = isinstance(default, int) and not isinstance(default, bool) and default > 0
+            projected_steps, source = (default, "DEFAULTS") if ok else (None, None)
         per_step = stats["mean_s"]
-        projected_s = per_step * paper_steps + outside if paper_steps and per_step is not None else None
+        projected_s = per_step * projected_steps + outside if projected_steps and per_step is not None else None
         flops = None
         if per_step_rows and self.flops:
             flops = (per_step_rows["with_grad"] * self.flops["forward_backward_per_image"]
@@ -512,7 +517,8 @@ class Bench:
                 "unet_rows_per_step": per_step_rows, "flops_per_step": flops,
                 "flops_method": "UNet rows per step (forward pre-hook; with grad = forward + backward) x the counted "
                                 "FLOPs per row (flops section)",
-                "paper_steps": paper_steps, "projected_rte_s": projected_s,
+                "paper_steps": paper_steps, "projected_steps": projected_steps, "projected_steps_source": source,
+                "projected_rte_s": projected_s,
                 "projected_rte_min": _div(projected_s, 60.0), "host_syncs": syncs.result(), "cost": cost}
 
     # -- priors
@@ -849,8 +855,13 @@ def method_rows(report: dict, precision: str) -> list[list[str]]:
     for m, e in report["runs"][precision].get("methods", {}).items():
         cost = e.get("cost") or {}
         p = paper.get(m, {})
+        projected = _fmt(e.get("projected_rte_min"), 2)
+        if e.get("projected_steps_source") == "DEFAULTS":
+            projected += f" ({e['projected_steps']:,} steps: DEFAULTS)"
+        elif e.get("projected_rte_min") is None and e.get("projected_steps") is None:
+            projected += " (no paper or DEFAULTS steps)"
         rows.append([m, _fmt(e["step"]["mean_s"], 2, 1000), _fmt(e["step"]["median_s"], 2, 1000),
-                     _fmt(e.get("projected_rte_min"), 2), _fmt(p.get("rte_min"), 2),
+                     projected, _fmt(p.get("rte_min"), 2),
                      _fmt(cost.get("gpu_peak_gb"), 2), _fmt(cost.get("torch_peak_allocated_gb"), 2),
                      _fmt(p.get("gpu_gb"), 2), _fmt(cost.get("host_rss_peak_gb"), 2), _fmt(e.get("achieved_tflops"), 2),
                      _fmt(e.get("fraction_of_bf16_peak"), pct=True), _fmt((e.get("host_syncs") or {}).get("per_step"), 1)])
