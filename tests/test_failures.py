@@ -247,7 +247,7 @@ def test_a_method_authors_mistakes_are_named_and_nothing_is_saved(tmp_path, tiny
     assert not (tmp_path / "out" / "unet").exists()
 
 
-def test_a_bug_in_a_method_file_ends_its_log_with_the_line_and_what_to_do(tmp_path, tiny_config, monkeypatch, capsys):
+def test_a_bug_in_a_method_file_ends_its_log_with_the_line_and_what_to_do_and_leaves_no_old_grid(tmp_path, tiny_config, monkeypatch, capsys):
     """A method's own exception is no UserError: the traceback stays, and the last line names the method file's line
     (before: the traceback, then the progress bar redrawn as the log's last line)."""
     from unlearnbench.config import write_resolved
@@ -261,9 +261,13 @@ def test_a_bug_in_a_method_file_ends_its_log_with_the_line_and_what_to_do(tmp_pa
     config = json.loads(json.dumps(tiny_config))
     adopted_original(tmp_path, config)
     write_resolved({**config, "methods": ["buggy"]}, tmp_path / "config.yaml")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "eval_samples.png").write_bytes(b"the grid of the model this job replaces")
     capsys.readouterr()
     assert cli.main(["unlearn", "--config", "config.yaml", "--method", "buggy", "--forget-class", "2", "--seed", "0",
-                     "--data", "data.npz", "--original", "original", "--out", "out"]) == 1
+                     "--data", "data.npz", "--original", "original", "--out", "out",
+                     "--presample", "out/eval_samples.npz"]) == 1
+    assert not (tmp_path / "out" / "eval_samples.png").exists()  # no picture of a model that is gone
     err = capsys.readouterr().err
     assert "Traceback" in err
     assert err.strip().splitlines()[-1] == (

@@ -193,6 +193,19 @@ def _refuse_finished(command: str, out) -> None:
                         "or delete that folder first (the workflow redoes a job by itself when its inputs change)")
 
 
+# The sample sets (npz) each command writes, by flag. Each has a PNG grid beside it that is no declared output, so
+# Snakemake leaves an old one when it redoes the job; it goes first, lest a failed job leave a picture of the
+# model it replaced.
+SAMPLE_OUTPUTS = {"unlearn": "presample", "import-model": "presample", "sample": "out", "evaluate": "samples",
+                  "evaluate-guidance": "samples"}
+
+
+def _drop_stale_grids(command: str, args) -> None:
+    paths = getattr(args, SAMPLE_OUTPUTS[command], None) if command in SAMPLE_OUTPUTS else None
+    for path in [paths] if isinstance(paths, str) else paths or []:
+        Path(path).with_suffix(".png").unlink(missing_ok=True)
+
+
 def run(args) -> None:
     from . import stages
 
@@ -216,6 +229,7 @@ def run(args) -> None:
     config = stages.load_run_config(args.config)
     c = args.command
     _refuse_finished(c, getattr(args, "out", None))
+    _drop_stale_grids(c, args)
     if c == "prepare-data":
         stages.prepare_data(config, args.out)
     elif c == "train-base":
