@@ -23,6 +23,10 @@ from unlearnbench.config import ConfigError, load_config, method_params
     ({"sampler": {"steps": 2000}}, "'sampler.steps' = 2000 exceeds 'diffusion.timesteps' = 1000"),
     ({"fid": {"backend": "clip"}}, "'fid.backend' = \"clip\" is not allowed; allowed: one of 'classifier', 'inception'"),
     ({"typo_key": 1}, "unknown key(s) typo_key under '(top level)'"),
+    ({"samplr": {"steps": 3}}, "unknown key(s) samplr under '(top level)'; allowed: only the keys ablation, base, "),
+    ({"samplr": {"steps": 3}}, "; did you mean sampler?"),  # a slip is named as one
+    ({"sampler": {"stesp": 3}}, "guidance_w, steps; did you mean steps?"),
+    ({"method_params": {"safemax": {"lamda": 2, "stpes": 5}}}, "did you mean lambda for lamda, steps for stpes?"),
     ({"device": "tpu"}, "'device' = \"tpu\" is not allowed; allowed: one of 'auto', 'cpu', 'cuda'"),
     ({"run_name": 123}, "'run_name' = 123 is not allowed; allowed: type string (text: quote it in a YAML file as "
      "run_name: \"...\"; --config cannot give text of digits only)"),

@@ -219,6 +219,8 @@ AUTHOR_MISTAKES = {
                   "        opt.zero_grad()\n        sum(p.sum() for p in other.parameters()).backward()\n"
                   "        opt.step()\n\n    ctx.run_steps(2, step, desc='x')\n    return model\n",
     "reads_no_param": "DEFAULTS = {'steps': 2}\n\ndef unlearn(ctx):\n    return ctx.params['lr']\n",
+    "misspells_param": "DEFAULTS = {'steps': 2, 'retain_weight': 1}\n\ndef unlearn(ctx):\n"
+                       "    return ctx.params['retain_wieght']\n",
 }
 
 
@@ -233,6 +235,8 @@ AUTHOR_MISTAKES = {
                    "loop changed nothing. Check that its optimizer holds the parameters of the model it returns"),
     ("reads_no_param", "method 'reads_no_param' reads param 'lr', which is not one of its params (steps): add it to "
                        "DEFAULTS in its method file"),
+    ("misspells_param", "reads param 'retain_wieght', which is not one of its params (retain_weight, steps): did "
+                        "you mean retain_weight? (else add it to DEFAULTS in its method file)"),
 ])
 def test_a_method_authors_mistakes_are_named_and_nothing_is_saved(tmp_path, tiny_config, monkeypatch, name, message):
     """Before: the base model scored as unlearned with RTE 0 (untimed), or a bare TypeError/KeyError traceback."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import UserError
+from .errors import UserError, did_you_mean
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = ROOT / "config" / "schema.yaml"
@@ -182,7 +182,8 @@ def schema_problems(schema: dict, instance, prefix: tuple = ()) -> list[str]:
         if error.validator == "additionalProperties":
             extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
             spaced = " (YAML needs a space after ':', as in {steps: 5})" if any(":" in k for k in extra) else ""
-            problems.append(f"unknown key(s) {', '.join(extra)} under '{key}'; allowed: {_allowed(error)}{spaced}")
+            typo = did_you_mean(extra, error.schema.get("properties", {}))
+            problems.append(f"unknown key(s) {', '.join(extra)} under '{key}'; allowed: {_allowed(error)}{typo}{spaced}")
         elif "propertyNames" in error.absolute_schema_path:  # the name of a key, not a value, is what breaks it
             problems.append(f"'{key}' has a key {error.instance!r}, which is not allowed; allowed: {_allowed(error)}")
         elif error.validator == "required":
@@ -326,7 +327,7 @@ def checked_params(module, given: dict, where: tuple) -> tuple[dict, list[str]]:
     unknown = sorted(set(given) - set(module.DEFAULTS))
     if unknown:
         problems.append(f"unknown key(s) {', '.join(unknown)} under '{_key_path(list(where))}'; "
-                        f"allowed: {_param_names(module.DEFAULTS)}")
+                        f"allowed: {_param_names(module.DEFAULTS)}{did_you_mean(unknown, module.DEFAULTS)}")
     schema = {"type": "object", "properties": param_schema(module)}
     known = coerce({k: v for k, v in given.items() if k in module.DEFAULTS}, schema)
     return known, problems + schema_problems(schema, known, where)
@@ -457,7 +458,7 @@ def method_params(config: dict, name: str, defaults: dict, overrides: dict | Non
     unknown = sorted(set(given) - set(defaults))
     if unknown:
         raise ConfigError(f"unknown key(s) {', '.join(unknown)} under 'method_params.{name}'; "
-                          f"allowed: {_param_names(defaults)}")
+                          f"allowed: {_param_names(defaults)}{did_you_mean(unknown, defaults)}")
     params = {**defaults, **given, **(overrides or {})}
     return params
 

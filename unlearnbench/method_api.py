@@ -31,7 +31,7 @@ from typing import Callable
 
 import torch
 
-from .errors import UndeclaredError, UserError
+from .errors import UndeclaredError, UserError, did_you_mean
 
 PACKAGE_METHODS_DIR = Path(__file__).resolve().parent.parent / "methods"
 # Config sections that shape evaluation, not the base model: a method's stage reads one only if it declares it.
@@ -112,8 +112,10 @@ class DeclaredSections(_DeclaredView):
 
 
 def _unknown_param(method: str, key, known) -> UndeclaredError:
+    close = did_you_mean([key], known)[2:]  # "did you mean x?" or ""
+    fix = f"{close} (else add it to DEFAULTS in its method file)" if close else "add it to DEFAULTS in its method file"
     return UndeclaredError(f"method {method!r} reads param {key!r}, which is not one of its params "
-                           f"({', '.join(sorted(known)) or 'none'}): add it to DEFAULTS in its method file")
+                           f"({', '.join(sorted(known)) or 'none'}): {fix}")
 
 
 class MethodParams(dict):
