@@ -7,6 +7,7 @@ only by drift. Run it beside the others with `--config methods=[sa,salun,safemax
 """
 import torch
 
+from unlearnbench.method_api import LOOP_PARAM_SCHEMA
 from unlearnbench.training import optimizer_step
 
 DISPLAY_NAME = "FT"
@@ -19,10 +20,7 @@ DEFAULTS = {
     "cond_dropout": 0.0,      # 0 as in SAFEMax's retain term; 0.1 would be the base model's training
 }
 PARAM_SCHEMA = {
-    "steps": {"type": "integer", "minimum": 1},
-    "batch_size": {"type": "integer", "minimum": 1},
-    "lr": {"type": "number", "exclusiveMinimum": 0},
-    "grad_clip": {"type": ["number", "null"], "exclusiveMinimum": 0},  # null: no clipping
+    **LOOP_PARAM_SCHEMA,  # steps, batch_size, lr, grad_clip
     "cond_dropout": {"type": "number", "minimum": 0, "maximum": 1},
 }
 

@@ -14,7 +14,7 @@ import torch
 from unlearnbench.checkpoints import load_tensors, save_tensors
 from unlearnbench.data import to_float, to_uint8
 from unlearnbench.diffusion import epsilon_loss, randn_like, sample_as_configured
-from unlearnbench.method_api import Prior
+from unlearnbench.method_api import LOOP_PARAM_SCHEMA, Prior
 from unlearnbench.training import ema_update, make_ema, optimizer_step
 
 DISPLAY_NAME = "SA"
@@ -39,11 +39,8 @@ DEFAULTS = {
 }
 # What each value may be (JSON Schema; the config is checked against it before any job runs).
 PARAM_SCHEMA = {
-    "steps": {"type": "integer", "minimum": 1},
-    "batch_size": {"type": "integer", "minimum": 1},
+    **LOOP_PARAM_SCHEMA,  # steps, batch_size, lr, grad_clip
     "replay_batch_size": {"type": "integer", "minimum": 1},
-    "lr": {"type": "number", "exclusiveMinimum": 0},
-    "grad_clip": {"type": ["number", "null"], "exclusiveMinimum": 0},  # null: no clipping
     "gamma": {"type": "number", "minimum": 0},
     "lambda": {"type": "number", "minimum": 0},
     "ema_decay": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},

@@ -8,6 +8,7 @@ eps_theta(x_t, c_f, t) towards 0: samples of c_f lose their class, which the eva
 import torch
 
 from unlearnbench.diffusion import randn_like, reduce_squared_error
+from unlearnbench.method_api import LOOP_PARAM_SCHEMA
 from unlearnbench.networks import predict_eps
 from unlearnbench.training import ema_update, make_ema, optimizer_step
 
@@ -28,10 +29,7 @@ DEFAULTS = {
 }
 # What each value may be (JSON Schema; the config is checked against it before any job runs).
 PARAM_SCHEMA = {
-    "steps": {"type": "integer", "minimum": 1},
-    "batch_size": {"type": "integer", "minimum": 1},
-    "lr": {"type": "number", "exclusiveMinimum": 0},
-    "grad_clip": {"type": ["number", "null"], "exclusiveMinimum": 0},  # null: no clipping
+    **LOOP_PARAM_SCHEMA,  # steps, batch_size, lr, grad_clip
     "lambda": {"type": "number", "minimum": 0},
     "target": {"enum": ["fresh_noise", "x_t"]},
     "retain_weight": {"type": "number", "minimum": 0},

@@ -12,7 +12,7 @@ import torch
 
 from unlearnbench.checkpoints import load_tensors, save_tensors
 from unlearnbench.diffusion import drop_labels, guided_eps, randn_like, reduce_squared_error
-from unlearnbench.method_api import Prior
+from unlearnbench.method_api import LOOP_PARAM_SCHEMA, Prior
 from unlearnbench.networks import null_class, predict_eps
 from unlearnbench.training import optimizer_step
 
@@ -34,11 +34,8 @@ DEFAULTS = {
 }
 # What each value may be (JSON Schema; the config is checked against it before any job runs).
 PARAM_SCHEMA = {
-    "steps": {"type": "integer", "minimum": 1},
-    "batch_size": {"type": "integer", "minimum": 1},
+    **LOOP_PARAM_SCHEMA,  # steps, batch_size, lr, grad_clip
     "retain_batch_size": {"type": "integer", "minimum": 1},
-    "lr": {"type": "number", "exclusiveMinimum": 0},
-    "grad_clip": {"type": ["number", "null"], "exclusiveMinimum": 0},  # null: no clipping
     "alpha": {"type": "number", "minimum": 0},
     "cond_dropout": {"type": "number", "minimum": 0, "maximum": 1},
     "forget_cond_dropout": {"type": "number", "minimum": 0, "maximum": 1},

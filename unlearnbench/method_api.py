@@ -341,6 +341,16 @@ def _check_param_schema(module, path: Path) -> None:
         raise UserError(f"method file {path}: its DEFAULTS break its PARAM_SCHEMA: {'; '.join(problems)}")
 
 
+# The schema of the loop parameters most methods have, as the shipped ones check them: a method file writes
+# PARAM_SCHEMA = {**LOOP_PARAM_SCHEMA, ...its own...}; entries for keys its DEFAULTS lack are ignored.
+LOOP_PARAM_SCHEMA = {
+    "steps": {"type": "integer", "minimum": 1},
+    "batch_size": {"type": "integer", "minimum": 1},
+    "lr": {"type": "number", "exclusiveMinimum": 0},
+    "grad_clip": {"type": ["number", "null"], "exclusiveMinimum": 0},  # null: no clipping
+}
+
+
 def param_schema(module) -> dict:
     """JSON Schema of each hyper-parameter: the method's PARAM_SCHEMA, else the type of its default
     (an int default takes whole numbers, a float any number, text text; a None default anything)."""
