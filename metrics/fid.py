@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Callable
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 
 from metrics.forgetting import as_float_images, batched_outputs
-from unlearnbench.files import atomic_output, ordinary_permissions
+from unlearnbench.files import atomic_output
 from unlearnbench.errors import MissingResourceError
 
 FID_BACKENDS = ("classifier", "inception")
@@ -177,16 +176,10 @@ def inception_weights_dir(weights_dir=None) -> Path:
 
 
 def _download(url: str, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".part")
-    try:
-        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp, os.fdopen(fd, "wb") as fh:
-            while chunk := resp.read(1 << 20):
-                fh.write(chunk)
-        ordinary_permissions(tmp)
-        os.replace(tmp, dest)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with (atomic_output(dest, suffix=".part") as tmp, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp,
+          open(tmp, "wb") as fh):
+        while chunk := resp.read(1 << 20):
+            fh.write(chunk)
 
 
 def inception_weights_path(weights_dir=None, offline: bool | None = None) -> Path:

@@ -235,6 +235,20 @@ def test_inception_failed_download_raises(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []   # no partial file left behind
 
 
+def test_inception_download_lands_whole_with_ordinary_permissions(tmp_path, monkeypatch):
+    """The weights are written to a temporary sibling and renamed: a reader sees all of them or none."""
+    import io
+    import os
+
+    payload = os.urandom(3 << 20)  # several read chunks
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: io.BytesIO(payload))
+    path = F.inception_weights_path(tmp_path, offline=False)
+    assert path.read_bytes() == payload and [p.name for p in tmp_path.iterdir()] == [path.name]
+    from unlearnbench.files import _umask
+
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()  # an ordinary new file's, not mkstemp's private 0600
+
+
 class _FakeLayers(nn.Module):
     """Stands in for Inception's layers: per-channel means of its input, tiled to 2048."""
 

@@ -1064,7 +1064,7 @@ def render_markdown(report: dict) -> str:
 
 
 def write_markdown(report_path, out=None) -> Path:
-    from .checkpoints import atomic_write_text
+    from .files import atomic_write_text
 
     report = json.loads(Path(report_path).read_text())
     out = Path(out) if out else default_markdown_path(report)

@@ -1,60 +1,15 @@
 """Checkpoints: UNets in diffusers' folder format (config.json + safetensors), written atomically; resumable training state."""
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from .errors import DivergedError, MissingResourceError, UserError
-from .files import ordinary_permissions
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write through a uniquely named temporary sibling, flushed to disk, then rename: a killed job or a full
-    disk leaves either the old file or the new one, never half a file nor a stray temporary file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # unique: parallel writers
-    with removed_on_failure(Path(tmp)):
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        ordinary_permissions(tmp)
-        os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def removed_on_failure(tmp: Path):
-    """Delete the temporary file or folder `tmp` if writing it fails (nothing stray is left: at paper scale a
-    state file is hundreds of MB), and name a full disk as such instead of a library's stream error."""
-    try:
-        yield
-    except BaseException as exc:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        if isinstance(exc, Exception) and _disk_full(tmp.parent, exc):
-            raise UserError(f"could not write {tmp.parent}: no space left on its disk "
-                            f"({shutil.disk_usage(tmp.parent).free / 1e6:.0f} MB free); free some and rerun") from exc
-        raise
-
-
-def _disk_full(folder: Path, exc: Exception) -> bool:
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return True
-    try:  # torch.save and safetensors report a full disk as a RuntimeError of their own
-        return shutil.disk_usage(folder).free < 64 * 2**20
-    except OSError:
-        return False
+from .errors import DivergedError, MissingResourceError
+from .files import atomic_output, atomic_write_text, removed_on_failure
 
 
 def write_json(path: str | Path, record: dict, *, allow_nan: bool = True) -> None:
@@ -261,12 +216,8 @@ def save_state(path: str | Path, state: dict, key: str | None = None) -> None:
 
     `key` names what the state belongs to (config, params, code); load_state resumes only a state of the same key.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with removed_on_failure(tmp):
+    with atomic_output(path) as tmp:
         torch.save({**state, "state_key": key}, tmp)
-        os.replace(tmp, path)
 
 
 def load_state(path: str | Path, key: str | None = None):
@@ -293,12 +244,8 @@ def load_state(path: str | Path, key: str | None = None):
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with removed_on_failure(tmp):
+    with atomic_output(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-        os.replace(tmp, path)
 
 
 def load_tensors(path: str | Path, device="cpu") -> dict[str, torch.Tensor]:

@@ -446,7 +446,7 @@ def write_resolved(config: dict, path: str | Path) -> bool:
     text = yaml.safe_dump(config, sort_keys=False)
     if path.exists() and path.read_text() == text:
         return False
-    from .checkpoints import atomic_write_text
+    from .files import atomic_write_text
 
     atomic_write_text(path, text)  # a unique temporary name (cluster jobs may write at once), removed on failure
     return True

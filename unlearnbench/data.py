@@ -1,7 +1,6 @@
 """Datasets as uint8 arrays (N, C, H, W): scikit-learn's digits (embedded) and CIFAR-10 (official python format)."""
 from __future__ import annotations
 
-import os
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -34,11 +33,10 @@ class ImageData:
         return tuple(self.train_x.shape[1:])
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, train_x=self.train_x, train_y=self.train_y, test_x=self.test_x, test_y=self.test_y)
-        os.replace(tmp, path)
+        from .files import atomic_output
+
+        with atomic_output(path, suffix=".tmp.npz") as tmp:
+            np.savez(tmp, train_x=self.train_x, train_y=self.train_y, test_x=self.test_x, test_y=self.test_y)
 
     @classmethod
     def load(cls, path: str | Path) -> "ImageData":

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,17 +29,55 @@ def ordinary_permissions(path: str | Path) -> None:
         os.chmod(path, 0o666 & ~_umask())
 
 
+def _disk_full(folder: Path, exc: Exception) -> bool:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    try:  # torch.save and safetensors report a full disk as a RuntimeError of their own
+        return shutil.disk_usage(folder).free < 64 * 2**20
+    except OSError:
+        return False
+
+
 @contextmanager
-def atomic_output(path):
-    """Yield a temporary path beside `path`, moved into place only on success: readers never see half a file."""
+def removed_on_failure(tmp: Path):
+    """Delete the temporary file or folder `tmp` if writing it fails (nothing stray is left: at paper scale a
+    state file is hundreds of MB), and name a full disk as such instead of a library's stream error."""
+    from .errors import UserError
+
+    try:
+        yield
+    except BaseException as exc:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        if isinstance(exc, Exception) and _disk_full(tmp.parent, exc):
+            raise UserError(f"could not write {tmp.parent}: no space left on its disk "
+                            f"({shutil.disk_usage(tmp.parent).free / 1e6:.0f} MB free); free some and rerun") from exc
+        raise
+
+
+@contextmanager
+def atomic_output(path, suffix: str = ".tmp"):
+    """Yield a uniquely named temporary path beside `path` (parallel writers never share one), moved into place
+    only on success: readers never see half a file, and a failed write leaves none (a full disk is named).
+    `suffix` keeps what a writer insists on: np.savez appends .npz to a name that lacks it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
-    try:
-        yield Path(tmp)
+    tmp = Path(tmp)
+    with removed_on_failure(tmp):
+        yield tmp
         ordinary_permissions(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Text through atomic_output, flushed to disk before the rename: a killed job or a full disk leaves either the
+    old file or the new one."""
+    with atomic_output(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())

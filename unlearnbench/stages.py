@@ -20,6 +20,7 @@ from .cost import CostMeter, device_name
 from .data import ImageData, load_dataset, to_float, to_uint8
 from .diffusion import Schedule, sample_as_configured
 from .errors import MissingResourceError, UserError
+from .files import atomic_output
 from .method_api import DeclaredParams, DeclaredSections, MethodParams, RunContext, load_method, prior_by_name
 from .networks import build_classifier, build_unet
 from .training import (BatchStream, autocast, bf16_uses, classifier_accuracy, prepare_model, seed_everything,
@@ -452,10 +453,8 @@ def evaluate_at_weights(config: dict, weights, model_dir, data_path, evaluator_d
 
 def save_samples(path, images: np.ndarray, labels: np.ndarray, meta: dict) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez_compressed(tmp, images=images, labels=labels, meta=json.dumps(meta))
-    tmp.replace(path)
+    with atomic_output(path, suffix=".tmp.npz") as tmp:
+        np.savez_compressed(tmp, images=images, labels=labels, meta=json.dumps(meta))
     save_grid(path.with_suffix(".png"), images, labels)
 
 
