@@ -150,22 +150,6 @@ class _Priors(dict):
                               f"its method; it has {sorted(self) or 'none'})")
 
 
-def global_rng_state() -> dict:
-    """torch's global generators (CPU, and CUDA where used): dropout and any torch.rand without a generator."""
-    state = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_global_rng_state(state: dict | None) -> None:
-    if not state:
-        return
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def methods_dir(explicit: str | Path | None = None) -> Path:
     """methods/ of the working directory (a user's workflow copy) first, else the installed one."""
     if explicit:
@@ -431,8 +415,8 @@ class RunContext:
         same config, params and code resumes from the last save, RTE included, and ends as an uninterrupted run
         would. Before each save the models among `modules` must have finite weights (else DivergedError).
         """
-        from .checkpoints import load_state, require_finite, save_state
-        from .training import run_in_chunks
+        from .checkpoints import require_finite
+        from .training import resumable_steps
 
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             # Zero steps would pass the original model off as an unlearned one.
@@ -443,32 +427,16 @@ class RunContext:
             # A resumed run would restore its step count and generators onto freshly loaded weights.
             raise UserError(f"{desc}: checkpoint_every needs modules={{name: object}} with every model and optimizer "
                             "the loop changes (their state_dict is what a resumed run restores)")
-        resumable = bool(checkpoint_every and self.state_path)
-        start = 0
-        key = f"{self.state_key}|{desc}|steps={steps}"
-        saved = load_state(self.state_path, key) if resumable else None
-        if saved is not None:
-            for name, module in (modules or {}).items():
-                module.load_state_dict(saved["modules"][name])
-            self.generator.set_state(saved["generator"])
-            set_global_rng_state(saved["global_rng"])
-            for stream, state in zip(self._streams, saved["streams"]):
-                stream.load_state_dict(state)
-            start = saved["step"]
-            self.meter.rte_s += saved["rte_s"]
-            print(f"resuming {desc} from step {start} ({self.state_path})")
 
-        def save(step):
+        def finite(step):
             for name, module in (modules or {}).items():
                 if isinstance(module, torch.nn.Module):
                     require_finite(module, f"{desc} diverged by step {step} ({name})", self.diverged_hint)
-            save_state(self.state_path, {
-                "step": step, "rte_s": self.meter.rte_s, "generator": self.generator.get_state(),
-                "global_rng": global_rng_state(),  # what dropout draws from
-                "modules": {name: m.state_dict() for name, m in (modules or {}).items()},
-                "streams": [s.state_dict() for s in self._streams]}, key)
 
-        run_in_chunks(start, steps, checkpoint_every if resumable else 0, step_fn, save, desc=desc, meter=self.meter)
+        resumable = bool(checkpoint_every and self.state_path)
+        resumable_steps(steps, step_fn, desc=desc, meter=self.meter, every=checkpoint_every if resumable else 0,
+                        state_path=self.state_path, state_key=f"{self.state_key}|{desc}|steps={steps}",
+                        modules=modules, generator=self.generator, streams=self._streams, before_save=finite)
         if resumable and self.state_path.exists():
             self.state_path.unlink()
 

@@ -194,7 +194,7 @@ def progress(iterable, desc: str, total: int | None = None):
 
 def run_in_chunks(start: int, steps: int, every: int, step_fn, save, *, desc: str, meter=None) -> None:
     """step_fn(i) for start <= i < steps, timed by `meter` (the RTE), with save(step) after every `every` steps
-    (0: never) outside the timer. The loop of base training and of every method's ctx.run_steps."""
+    (0: never) outside the timer: the loop of resumable_steps."""
     bar = progress(None, desc, total=steps - start)  # counted by update(): a log then ends at steps/steps
     step = start
     try:
@@ -211,6 +211,64 @@ def run_in_chunks(start: int, steps: int, every: int, step_fn, save, *, desc: st
         bar.close()
 
 
+def global_rng_state() -> dict:
+    """torch's global generators (CPU, and CUDA where used): dropout and any torch.rand without a generator."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_global_rng_state(state: dict | None) -> None:
+    if not state:
+        return
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resumable_steps(steps: int, step_fn, *, desc: str, meter=None, every: int = 0, state_path=None, state_key=None,
+                    modules: dict | None = None, generator: torch.Generator | None = None, streams=(),
+                    extra: dict | None = None, before_save=None) -> None:
+    """step_fn(i) for i < steps, timed by `meter` (the RTE); the loop of base training and of ctx.run_steps.
+
+    With `every` and `state_path`, every `every` steps (outside the timer; after `before_save(step)`, which may
+    refuse non-finite weights) it saves the state_dict of each of `modules`, `generator`, torch's global RNG
+    (dropout), the batch `streams`, the plain values of `extra` (updated in place on resume) and the RTE so far,
+    under `state_key`; a restarted run of the same key resumes from the last save and ends as an uninterrupted
+    run would."""
+    from .checkpoints import load_state, save_state
+
+    modules = modules or {}
+    start = 0
+    saved = load_state(state_path, state_key) if every and state_path else None
+    if saved is not None:
+        for name, module in modules.items():
+            module.load_state_dict(saved["modules"][name])
+        if generator is not None:
+            generator.set_state(saved["generator"])
+        set_global_rng_state(saved["global_rng"])
+        for stream, state in zip(streams, saved["streams"]):
+            stream.load_state_dict(state)  # the epoch's order and position, not only its generator
+        if extra is not None:
+            extra.update(saved["extra"])
+        start = saved["step"]
+        if meter:
+            meter.rte_s += saved["rte_s"]
+        print(f"resuming {desc} from step {start} ({state_path})")
+
+    def save(step):
+        if before_save:
+            before_save(step)
+        save_state(state_path, {
+            "step": step, "rte_s": meter.rte_s if meter else 0.0,
+            "generator": generator.get_state() if generator is not None else None, "global_rng": global_rng_state(),
+            "modules": {name: m.state_dict() for name, m in modules.items()},
+            "streams": [s.state_dict() for s in streams], "extra": dict(extra or {})}, state_key)
+
+    run_in_chunks(start, steps, every if state_path else 0, step_fn, save, desc=desc, meter=meter)
+
+
 # ---------------------------------------------------------------- base model
 _DIVERGED_BASE = ("Lower 'base.lr' or set 'base.grad_clip' (with 'performance.bf16' on, try it off); nothing was "
                   "saved.")
@@ -222,30 +280,13 @@ def train_diffusion(model, schedule, stream: BatchStream, *, steps: int, lr: flo
                     state_key: str | None = None, amp=nullcontext, meter=None):
     """Train the class-conditional DDPM; resumes from `state_path` when a checkpoint of the same `state_key`
     (what defines the run) is there. Stops with DivergedError when the weights are no longer finite."""
-    from .checkpoints import load_state, require_finite, save_state
+    from .checkpoints import require_finite
     from .diffusion import epsilon_loss
-    from .method_api import global_rng_state, set_global_rng_state
 
     ema = make_ema(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps else 1.0)
-    start = 0
-    resumable = bool(state_path and checkpoint_every)
-    state = load_state(state_path, state_key) if resumable else None
-    losses = []
-    if state is not None:
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        stream.load_state_dict(state["stream"])  # the epoch's order and position, not only its generator
-        set_global_rng_state(state["global_rng"])  # dropout's
-        start = state["step"]
-        losses = [tuple(item) for item in state["losses"]]
-        if meter:
-            meter.rte_s += state["rte_s"]
-        print(f"resuming base training from step {start} ({state_path})")
+    log = {"losses": []}  # (step, loss) every 100 steps, saved with the state: a resumed run keeps the earlier ones
     model.train()
 
     def train_step(i):
@@ -256,22 +297,19 @@ def train_diffusion(model, schedule, stream: BatchStream, *, steps: int, lr: flo
         sched.step()
         ema_update(ema, model, ema_decay)
         if i % 100 == 0:
-            losses.append((i, loss.detach()))  # read at saves and at the end: .item() would wait for the GPU
+            log["losses"].append((i, loss.detach()))  # read at saves and at the end: .item() would wait for the GPU
 
-    def save(step):
+    def before_save(step):
         require_finite(model, f"base training diverged by step {step}", _DIVERGED_BASE)
-        losses[:] = [(i, float(value)) for i, value in losses]
-        save_state(state_path, {"model": model.state_dict(), "ema": ema.state_dict(),
-                                "optimizer": optimizer.state_dict(), "scheduler": sched.state_dict(),
-                                "generator": generator.get_state(), "stream": stream.state_dict(),
-                                "global_rng": global_rng_state(), "step": step, "losses": losses,
-                                "rte_s": meter.rte_s if meter else 0.0}, state_key)
+        log["losses"] = [(i, float(value)) for i, value in log["losses"]]
 
-    run_in_chunks(start, steps, checkpoint_every if resumable else 0, train_step, save, desc="base training",
-                  meter=meter)
+    resumable_steps(steps, train_step, desc="base training", meter=meter,
+                    every=checkpoint_every if state_path else 0, state_path=state_path, state_key=state_key,
+                    modules={"model": model, "ema": ema, "optimizer": optimizer, "scheduler": sched},
+                    generator=generator, streams=[stream], extra=log, before_save=before_save)
     require_finite(model, "base training ended with non-finite weights", _DIVERGED_BASE)
     require_finite(ema, "base training's EMA weights are not finite", _DIVERGED_BASE)
-    return model, ema, [(step, float(loss)) for step, loss in losses]
+    return model, ema, [(step, float(loss)) for step, loss in log["losses"]]
 
 
 # ---------------------------------------------------------------- evaluator
