@@ -451,7 +451,7 @@ def test_every_set_of_tables_a_run_had_is_kept_in_its_history(run, tmp_path):
     report.write_metrics_csv(metrics[metrics["method"] != "sa"], out / "metrics.csv")
     report.write_reports(out / "metrics.csv", out, [m for m in METHODS if m != "sa"])
     second = report.keep_history(out, names)
-    assert sorted(p.name for p in (out / "history").iterdir()) == sorted([first.name, second.name])
+    assert report.history_snapshots(out / "history") == [first, second]
     assert (first / "metrics.csv").read_bytes() == before != (second / "metrics.csv").read_bytes()
     assert "SA FID" in (first / "table.csv").read_text() and "SA FID" not in (second / "table.csv").read_text()
     # the guidance sweep keeps its tables in a folder of their own there, which is no snapshot of metrics.csv
@@ -510,8 +510,8 @@ def test_the_ablation_table_a_run_replaces_stays_in_its_history(tmp_path, capsys
     for records in (ablation, ablation[:-1], ablation[:-1]):  # the last: the same table again
         assert cli_main(["aggregate-ablation", "--config", str(config), "--records", *map(str, records),
                          "--out", str(out)]) == 0
-    kept = list((tmp_path / "out" / "history" / "ablation").iterdir())  # made within a second: no order by name
-    assert sorted(len(pd.read_csv(k / "ablation.csv")) for k in kept) == [len(ablation) - 1, len(ablation)]
+    kept = report.history_snapshots(tmp_path / "out" / "history" / "ablation")  # oldest first, within one second too
+    assert [len(pd.read_csv(k / "ablation.csv")) for k in kept] == [len(ablation), len(ablation) - 1]
 
 
 def test_an_ablation_of_another_method_gets_no_paper_points(run, tmp_path, monkeypatch):

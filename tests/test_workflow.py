@@ -289,6 +289,8 @@ def test_models_made_elsewhere_are_imported_and_scored_as_the_suites_own(test_ru
     assert f"{name}: imported, unlearned outside the suite" in (test_run / "results" / "table1.md").read_text()
     assert f"{name} FID" in pd.read_csv(test_run / "results" / "table.csv").columns
     # the tables before the import stay in the run's history, beside the new ones
-    history = sorted((test_run / "results" / "test" / "history").iterdir())
+    from unlearnbench.report import history_snapshots
+
+    history = history_snapshots(test_run / "results" / "test" / "history")
     assert (history[-1] / "metrics.csv").read_bytes() == (test_run / "results" / "test" / "metrics.csv").read_bytes()
     assert name not in set(pd.read_csv(history[-2] / "metrics.csv")["method"])

@@ -618,6 +618,16 @@ def write_reports(metrics_csv, out_dir, methods: Sequence[str] | None = None) ->
     return paths
 
 
+def history_snapshots(history) -> list[Path]:
+    """The copies keep_history made in `history`, oldest first: only those (history/ also holds the ablation's and
+    the guidance sweep's folders), in time order (a name has whole seconds: copies within one second are told
+    apart by their folders' mtimes)."""
+    import re
+
+    copies = [p for p in Path(history).glob("*") if p.is_dir() and re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{8}", p.name)]
+    return sorted(copies, key=lambda p: (p.name[:16], p.stat().st_mtime_ns))
+
+
 def keep_history(out_dir, names: Sequence[str], folder: str = "history") -> Path | None:
     """A copy of the tables `names` (the first is the one compared) in <out_dir>/<folder>/<UTC time>-<digest of the
     first>/, unless the latest copy has the same first table. Snakemake deletes a job's outputs before redoing it, so
@@ -625,18 +635,14 @@ def keep_history(out_dir, names: Sequence[str], folder: str = "history") -> Path
     these copies are no job's outputs, so Snakemake never deletes them. Returns the new copy's folder (None if the
     first table is unchanged)."""
     import hashlib
-    import re
     import shutil
     import time
 
     out_dir = Path(out_dir)
     key = (out_dir / names[0]).read_bytes()
     history = out_dir / folder
-    # only snapshots: history/ also holds the guidance sweep's and the ablation's own folders
-    earlier = [p for p in history.glob("*") if p.is_dir() and re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{8}", p.name)]
-    # the time in a name has whole seconds: two copies within one second are told apart by their folders' mtimes
-    latest = max(earlier, key=lambda p: (p.name[:16], p.stat().st_mtime_ns), default=None)
-    if latest and (latest / names[0]).is_file() and (latest / names[0]).read_bytes() == key:
+    earlier = history_snapshots(history)
+    if earlier and (earlier[-1] / names[0]).is_file() and (earlier[-1] / names[0]).read_bytes() == key:
         return None
     name = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{hashlib.sha256(key).hexdigest()[:8]}"
     tmp = history / f".{name}.tmp"
