@@ -1,7 +1,6 @@
 # Shared paths and input functions for the rules.
-from pathlib import Path
 from unlearnbench.method_api import methods_dir, NAME_PATTERN
-from unlearnbench.workflow import method_priors, prior_dir, parse_variant, ablation_variants, fingerprint
+from unlearnbench.workflow import prior_folders, prior_arguments, parse_variant, ablation_variants, fingerprint
 from unlearnbench.workflow import resolved_config_path, base_checkpoint_files, suite_code, workflow_relative, guidance_labels
 from unlearnbench.workflow import imported_model_files, remake_marker
 from unlearnbench.workflow import UNET_FILES, EVALUATOR_WEIGHTS, TABLES
@@ -49,12 +48,10 @@ def method_file(method):
     return workflow_relative(methods_dir() / f"{method}.py")
 
 
-def prior_outputs(method, forget_class=None, only=None):
-    """cost.json of each prior of a method (those named in `only`, or all)."""
-    return [f"{prior_dir(RUN, method, p, forget_class)}/cost.json"
-            for p in method_priors(method) if only is None or p.name in only]
+def prior_inputs(method, forget_class=None, prior=None):
+    """cost.json of each prior the job reads (workflow.prior_folders): a prior's job is its cost.json."""
+    return [f"{folder}/cost.json" for folder in prior_folders(RUN, method, forget_class, prior).values()]
 
 
-def prior_flags(paths):
-    """priors/<method>/<prior>/<scope>/cost.json -> '<prior>=priors/<method>/<prior>/<scope>'."""
-    return " ".join(f"{Path(p).parts[-3]}={Path(p).parent}" for p in paths)
+def prior_flags(method, forget_class=None, prior=None):
+    return prior_arguments(prior_folders(RUN, method, forget_class, prior))

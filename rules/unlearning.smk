@@ -2,17 +2,12 @@
 # unlearned models imported from elsewhere (config `imported`), which take the unlearning runs' place.
 
 
-def _requires(w, forget_class=None):
-    prior = next(p for p in method_priors(w.method) if p.name == w.prior)
-    return prior_outputs(w.method, forget_class, only=prior.requires)
-
-
 rule prior_shared:
     input:
-        data=DATA, original=ORIGINAL_FILES, required=_requires,
+        data=DATA, original=ORIGINAL_FILES, required=lambda w: prior_inputs(w.method, prior=w.prior),
         code=lambda w: method_file(w.method),
     output: f"{RUN}/priors/{{method}}/{{prior}}/shared/cost.json"
-    params: fp=lambda w: fp("method", w.method, w.prior), requires=lambda w, input: prior_flags(input.required)
+    params: fp=lambda w: fp("method", w.method, w.prior), requires=lambda w: prior_flags(w.method, prior=w.prior)
     log: f"{RUN}/logs/prior/{{method}}_{{prior}}.log"
     threads: THREADS
     shell:
@@ -23,10 +18,10 @@ rule prior_shared:
 rule prior_per_class:
     input:
         data=DATA, original=ORIGINAL_FILES,
-        required=lambda w: _requires(w, int(w.c)),
+        required=lambda w: prior_inputs(w.method, int(w.c), w.prior),
         code=lambda w: method_file(w.method),
     output: f"{RUN}/priors/{{method}}/{{prior}}/class{{c}}/cost.json"
-    params: fp=lambda w: fp("method", w.method, w.prior), requires=lambda w, input: prior_flags(input.required)
+    params: fp=lambda w: fp("method", w.method, w.prior), requires=lambda w: prior_flags(w.method, int(w.c), w.prior)
     log: f"{RUN}/logs/prior/{{method}}_{{prior}}_class{{c}}.log"
     threads: THREADS
     shell:
@@ -37,7 +32,7 @@ rule prior_per_class:
 rule unlearn:
     input:
         data=DATA, original=ORIGINAL_FILES,
-        priors=lambda w: prior_outputs(parse_variant(w.variant)[0], int(w.c)),
+        priors=lambda w: prior_inputs(parse_variant(w.variant)[0], int(w.c)),
         code=lambda w: method_file(parse_variant(w.variant)[0]),
     output:
         cost=f"{MODEL}/cost.json", weights=MODEL_WEIGHTS,
@@ -47,7 +42,7 @@ rule unlearn:
         fp=lambda w: fp("method", parse_variant(w.variant)[0]),
         method=lambda w: parse_variant(w.variant)[0],
         overrides=lambda w: " ".join(parse_variant(w.variant)[1]),
-        priors=lambda w, input: prior_flags(input.priors),
+        priors=lambda w: prior_flags(parse_variant(w.variant)[0], int(w.c)),
     # not an imported name: its input functions would look for a method file it does not have
     wildcard_constraints: variant="".join(f"(?!{name}/)" for name in IMPORTED) + VARIANT_PATTERN
     log: f"{RUN}/logs/unlearn/{{variant}}_class{{c}}_seed{{s}}.log"

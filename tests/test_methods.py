@@ -578,3 +578,16 @@ def test_every_method_file_runs_its_priors_and_unlearns_a_tiny_model(name, tmp_p
                                    tmp_path / "out", priors)
     assert record["rte_min"] > 0 and (tmp_path / "out" / "unet").is_dir()
     assert json.loads((tmp_path / "out" / "cost.json").read_text())["method"] == name
+
+
+def test_each_job_is_given_the_folders_of_the_priors_it_reads():
+    """The workflow's --priors/--requires arguments and the prior inputs come from the method's PRIORS."""
+    from unlearnbench.workflow import prior_arguments, prior_folders
+
+    sa = prior_folders("results/r", "sa", forget_class=3)
+    assert sa == {"generated": "results/r/priors/sa/generated/shared", "fisher": "results/r/priors/sa/fisher/shared"}
+    assert prior_folders("results/r", "sa", prior="fisher") == {"generated": "results/r/priors/sa/generated/shared"}
+    assert prior_folders("results/r", "sa", prior="generated") == {}
+    assert prior_folders("results/r", "salun", forget_class=3) == {"mask": "results/r/priors/salun/mask/class3"}
+    assert prior_folders("results/r", "safemax", forget_class=3) == {}
+    assert prior_arguments(sa) == "generated=results/r/priors/sa/generated/shared fisher=results/r/priors/sa/fisher/shared"

@@ -311,6 +311,19 @@ def prior_dir(run_dir: str, method: str, prior, forget_class=None) -> str:
     return f"{run_dir}/priors/{method}/{prior.name}/{scope}"
 
 
+def prior_folders(run_dir: str, method: str, forget_class=None, prior: str | None = None) -> dict[str, str]:
+    """{prior name: its folder} of the priors a job reads: those `prior` requires (a prior job), else all the
+    method's (an unlearning job), for `forget_class`."""
+    priors = method_priors(method)
+    names = next(p.requires for p in priors if p.name == prior) if prior else [p.name for p in priors]
+    return {p.name: prior_dir(run_dir, method, p, forget_class) for p in priors if p.name in names}
+
+
+def prior_arguments(folders: dict[str, str]) -> str:
+    """'<name>=<folder> ...', as `unlearnbench unlearn --priors` and `prior --requires` read them."""
+    return " ".join(f"{name}={folder}" for name, folder in folders.items())
+
+
 def ablation_variants(config: dict) -> list[str]:
     abl = config.get("ablation")
     if not abl or abl["method"] not in config["methods"]:  # the ablation figure needs its method's main runs
