@@ -63,7 +63,7 @@ SCHEMA = "unlearnbench-benchmark/1"
 # The paper's sizes (PROTOCOL.md sections 3-6).
 PAPER_STEPS = {"safemax": 1000, "salun": 1000, "sa": 20000}
 PAPER_PRIOR_SIZES = {
-    "sa.generated": {"units": "image-steps", "paper_units": 5000 * 1000,
+    "sa.generated": {"units": "image-steps", "paper_units": 5000 * 1000, "paper_images": 5000,
                      "paper_size": "5,000 images (500 per class) x 1,000 guided sampler steps"},
     "sa.fisher": {"units": "image-timesteps", "paper_units": 5000 * 1000,
                   "paper_size": "5,000 images x 1,000 timesteps (one backward per image-timestep chunk)"},
@@ -567,8 +567,8 @@ class Bench:
         units = (runs[0]["images"] * k1, runs[1]["images"] * k2)
         per_unit, fixed = self._linear(units, (runs[0]["rte_s"], runs[1]["rte_s"]))
         paper = PAPER_PRIOR_SIZES["sa.generated"]
-        projected = (per_unit * paper["paper_units"] + max(fixed, 0.0) * (5000 / self.sampler_batch)
-                     if per_unit is not None else None)
+        projected = (per_unit * paper["paper_units"] + max(fixed, 0.0) * (paper["paper_images"] / self.sampler_batch)
+                     if per_unit is not None else None)  # the fixed part once per batch of the paper's images
         return ({"units": paper["units"], "paper_size": paper["paper_size"], "runs": runs,
                  "method": f"two runs of the real prior (k1, k2 sampler steps, one batch of images; the fastest of "
                            f"{TIMING_REPEATS} each) after a warm-up run; marginal time per image-step = difference / "
