@@ -39,9 +39,9 @@ def test_references_of_many_classes_equal_those_made_one_by_one(assets, tmp_path
     config = copy.deepcopy(config)
     config["evaluation"]["n_real_per_class"] = n_real_per_class
     classes = [0, 3, 9]
-    stages.reference_statistics(config, tmp / "data.npz", tmp / "evaluator", {c: tmp_path / f"many{c}.npz" for c in classes})
+    stages.write_fid_references(config, tmp / "data.npz", tmp / "evaluator", {c: tmp_path / f"many{c}.npz" for c in classes})
     for c in classes:
-        stages.reference_statistics(config, tmp / "data.npz", tmp / "evaluator", {c: tmp_path / f"one{c}.npz"})
+        stages.write_fid_references(config, tmp / "data.npz", tmp / "evaluator", {c: tmp_path / f"one{c}.npz"})
         many, one = load_statistics(tmp_path / f"many{c}.npz"), load_statistics(tmp_path / f"one{c}.npz")
         with np.load(tmp / "data.npz") as data:
             all_remaining = int((data["train_y"] != c).sum())  # None: every train image of the other classes
@@ -92,7 +92,7 @@ def test_scoring_many_classes_at_once_equals_scoring_each(assets, tmp_path):
     config, tmp = assets
     classes = [0, 4, 7]
     refs = {c: tmp_path / f"ref{c}.npz" for c in classes}
-    stages.reference_statistics(config, tmp / "data.npz", tmp / "evaluator", refs)
+    stages.write_fid_references(config, tmp / "data.npz", tmp / "evaluator", refs)
     stages.generate_samples(config, tmp / "unet", tmp_path / "orig.npz", 0, None, 10)
     together = stages.score_classes(config, tmp_path / "orig.npz", tmp / "evaluator", refs, 0, "original", "original",
                                     out_paths={c: tmp_path / f"rec{c}.json" for c in classes})
@@ -107,7 +107,7 @@ def test_scoring_many_classes_at_once_equals_scoring_each(assets, tmp_path):
 def test_evaluation_reuses_matching_presamples_and_redraws_otherwise(assets, tmp_path):
     config, tmp = assets
     ref = tmp_path / "ref2.npz"
-    stages.reference_statistics(config, tmp / "data.npz", tmp / "evaluator", {2: ref})
+    stages.write_fid_references(config, tmp / "data.npz", tmp / "evaluator", {2: ref})
     pre = tmp_path / "pre.npz"
     stages.generate_samples(config, tmp / "unet", pre, 0, 2, 10)  # what `unlearn --presample` draws
 
@@ -155,7 +155,7 @@ def test_a_score_of_mismatched_files_is_refused(assets, tmp_path):
     claiming class 3; the wrong file kinds gave bare KeyErrors."""
     config, tmp = assets
     refs = {c: tmp_path / f"ref{c}.npz" for c in (0, 3)}
-    stages.reference_statistics(config, tmp / "data.npz", tmp / "evaluator", refs)
+    stages.write_fid_references(config, tmp / "data.npz", tmp / "evaluator", refs)
     stages.generate_samples(config, tmp / "unet", tmp_path / "forgot0.npz", 0, 0, 10)
     record = stages.score(config, tmp_path / "forgot0.npz", tmp / "evaluator", refs[0], 0, 0, "sa", "sa")
     assert record["forget_class"] == 0

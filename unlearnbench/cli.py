@@ -252,7 +252,7 @@ def run(args) -> None:
         stages.generate_samples(config, args.model, args.out, args.seed, args.forget_class,
                                 ImageData.load(args.data).num_classes)
     elif c == "fid-reference":
-        stages.reference_statistics(config, args.data, args.evaluator, *_per_class(args, "out"))
+        stages.write_fid_references(config, args.data, args.evaluator, *_per_class(args, "out"))
     elif c == "score":
         references, outs = _per_class(args, "reference", "out")
         stages.score_classes(config, args.samples, args.evaluator, references, args.seed, args.method, args.variant,

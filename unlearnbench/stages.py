@@ -494,12 +494,12 @@ def fid_features(config: dict, evaluator_dir, device):
     return feature_extractor("inception", device=device, weights_dir=fid.get("weights_dir"))
 
 
-def reference_statistics(config: dict, data_path, evaluator_dir, out_paths: dict) -> dict:
+def write_fid_references(config: dict, data_path, evaluator_dir, out_paths: dict) -> dict:
     """Feature statistics of the real train images of the remaining classes, one file per forget class
     ({forget class: npz path}). The features of every chosen real image are computed once and shared by
     all forget classes (one Inception pass over CIFAR-10's train set instead of one per class).
     """
-    from metrics.fid import reference_statistics as ref_stats, save_statistics
+    from metrics.fid import reference_statistics, save_statistics
 
     device = setup_runtime(config)
     data = ImageData.load(data_path)
@@ -518,7 +518,7 @@ def reference_statistics(config: dict, data_path, evaluator_dir, out_paths: dict
     features = fid_features(config, evaluator_dir, device)(to_float(data.train_x[union]))
     counts = {}
     for forget_class, out in out_paths.items():
-        stats = ref_stats(features[np.searchsorted(union, chosen[forget_class])])  # keeps a feature subset for KID
+        stats = reference_statistics(features[np.searchsorted(union, chosen[forget_class])])  # keeps a feature subset for KID
         save_statistics(out, **stats, forget_class=forget_class, backend=config["fid"]["backend"])
         counts[forget_class] = stats["n"]
     return {"n_real": counts}
