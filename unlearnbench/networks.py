@@ -72,7 +72,7 @@ def null_class(model) -> int:
 class SmallCNN(nn.Module):
     """Evaluator for 8x8 digits: two conv blocks, a 128-d penultimate layer (FID features), a linear head."""
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 8):
+    def __init__(self, in_channels: int = 1, num_classes: int = 10):
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
@@ -93,7 +93,7 @@ class SmallCNN(nn.Module):
 class CifarResNet18(nn.Module):
     """ResNet-18 with a 3x3 stem and no max-pool, the usual CIFAR variant (no pretrained weights offline)."""
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 10, image_size: int = 32):
+    def __init__(self, in_channels: int = 3, num_classes: int = 10):
         super().__init__()
         from torchvision.models import resnet18
 
@@ -114,7 +114,7 @@ class CifarResNet18(nn.Module):
 CLASSIFIERS = {"small_cnn": SmallCNN, "resnet18": CifarResNet18}
 
 
-def build_classifier(arch: str, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+def build_classifier(arch: str, in_channels: int, num_classes: int) -> nn.Module:
     if arch not in CLASSIFIERS:
         raise ValueError(f"unknown evaluator arch {arch!r}; allowed: {', '.join(CLASSIFIERS)}")
-    return CLASSIFIERS[arch](in_channels=in_channels, num_classes=num_classes, image_size=image_size)
+    return CLASSIFIERS[arch](in_channels=in_channels, num_classes=num_classes)

@@ -104,7 +104,7 @@ def train_evaluator(config: dict, data_path: str | Path, out_dir: str | Path) ->
     device = setup_runtime(config)
     generator = seed_everything(ev.get("seed", 0))
     c, h, _ = data.image_shape
-    model = build_classifier(ev["arch"], c, data.num_classes, h)
+    model = build_classifier(ev["arch"], c, data.num_classes)
     train_classifier(model, to_float(data.train_x), torch.as_tensor(data.train_y), epochs=ev["epochs"],
                      batch_size=ev["batch_size"], lr=ev["lr"], generator=generator, device=device,
                      hflip=config["base"].get("hflip", False))
@@ -124,7 +124,7 @@ def load_evaluator(folder: str | Path, device) -> torch.nn.Module:
     info = ckpt.read_json(Path(folder) / "evaluator.json")
     weights = ckpt.load_tensors(evaluator_path(folder))
     try:
-        model = build_classifier(info["arch"], info["in_channels"], info["num_classes"], info["image_size"])
+        model = build_classifier(info["arch"], info["in_channels"], info["num_classes"])
         model.load_state_dict(weights)
     except (KeyError, RuntimeError) as exc:  # a record or weights of another version, or overwritten by hand
         raise MissingResourceError(f"the evaluator in {folder} does not match its evaluator.json ({exc}): delete the "

@@ -314,7 +314,7 @@ def train_diffusion(model, schedule, stream: BatchStream, *, steps: int, lr: flo
 
 # ---------------------------------------------------------------- evaluator
 def train_classifier(model, train_x, train_y, *, epochs: int, batch_size: int, lr: float, generator: torch.Generator,
-                     device: torch.device, hflip: bool = False, augment_noise: float = 0.0):
+                     device: torch.device, hflip: bool = False):
     """Cross-entropy training with Adam and a cosine schedule; returns the model in eval mode."""
     model.to(device).train()
     stream = BatchStream(train_x, train_y, batch_size, generator, device, hflip)
@@ -323,8 +323,6 @@ def train_classifier(model, train_x, train_y, *, epochs: int, batch_size: int, l
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     for _ in progress(range(steps), "evaluator training"):
         x, y = next(stream)
-        if augment_noise:
-            x = x + augment_noise * to_device(torch.randn(x.shape, generator=generator), device)
         loss = torch.nn.functional.cross_entropy(model(x), y)
         optimizer_step(optimizer, loss, model.parameters(), None)
         sched.step()
