@@ -31,6 +31,7 @@ DEFAULTS = {
     "mask_ratio": 0.5,          # fraction of entries kept
     "mask_guidance_w": 2.0,     # guided loss of the mask: eps = 3 eps_c - 2 eps_null
     "mask_batch_size": 128,
+    "mask_grad_clip": 1.0,      # each mask batch's gradient clipped to this norm before the signed sum
 }
 # What each value may be (JSON Schema; the config is checked against it before any job runs).
 PARAM_SCHEMA = {
@@ -42,11 +43,13 @@ PARAM_SCHEMA = {
     "mask_ratio": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
     "mask_guidance_w": {"type": "number", "minimum": 0},
     "mask_batch_size": {"type": "integer", "minimum": 1},
+    "mask_grad_clip": {"type": "number", "exclusiveMinimum": 0},
 }
 
 
-def saliency_scores(model, schedule, batches, *, guidance_w: float, reduction: str, generator, amp=nullcontext) -> dict:
-    """|sum over batches of the (norm-1 clipped) gradient of the guided loss|, per parameter entry.
+def saliency_scores(model, schedule, batches, *, guidance_w: float, reduction: str, generator, grad_clip: float = 1.0,
+                    amp=nullcontext) -> dict:
+    """|sum over batches of the (norm-`grad_clip` clipped) gradient of the guided loss|, per parameter entry.
     `amp` wraps the forward passes (bf16 autocast)."""
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     total = {n: torch.zeros_like(p) for n, p in params.items()}
@@ -57,7 +60,7 @@ def saliency_scores(model, schedule, batches, *, guidance_w: float, reduction: s
         with amp():
             pred = guided_eps(model, schedule.q_sample(x0, t, noise), t, y, guidance_w)
         reduce_squared_error(pred, noise, reduction).mean().backward()
-        torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
+        torch.nn.utils.clip_grad_norm_(list(params.values()), grad_clip)
         for n, p in params.items():
             total[n] += p.grad.detach()
     return {n: g.abs() for n, g in total.items()}
@@ -84,12 +87,14 @@ def compute_mask(ctx):
                for i in range(0, len(x), p["mask_batch_size"])]
     with ctx.meter.timed():
         scores = saliency_scores(model, ctx.schedule, batches, guidance_w=p["mask_guidance_w"],
-                                 reduction=ctx.reduction, generator=ctx.generator, amp=ctx.autocast)
+                                 reduction=ctx.reduction, generator=ctx.generator, grad_clip=p["mask_grad_clip"],
+                                 amp=ctx.autocast)
         mask = top_fraction_mask(scores, p["mask_ratio"])
     save_tensors(ctx.out_dir / "mask.safetensors", {n: m.to(torch.uint8) for n, m in mask.items()})
 
 
-PRIORS = [Prior("mask", compute_mask, scope="per_class", params=("mask_batch_size", "mask_guidance_w", "mask_ratio"))]
+PRIORS = [Prior("mask", compute_mask, scope="per_class", params=("mask_batch_size", "mask_guidance_w", "mask_ratio",
+                                                                          "mask_grad_clip"))]
 
 
 def relabel_loss(model, x_t, t, labels, relabel: int, cond_dropout: float, generator) -> torch.Tensor:

@@ -147,11 +147,17 @@ def test_saliency_scores_use_clipped_signed_sums():
     model = micro_unet()
     schedule = Schedule(20, 1e-4, 0.02)
     batches = [(torch.randn(4, 1, 4, 4), torch.zeros(4, dtype=torch.long)) for _ in range(3)]
-    scores = salun.saliency_scores(model, schedule, batches, guidance_w=2.0, reduction="sum",
-                                   generator=torch.Generator().manual_seed(0))
-    total_norm = math.sqrt(sum((s ** 2).sum().item() for s in scores.values()))
-    assert 0 < total_norm <= 3.0 + 1e-4  # each batch's gradient clipped to norm 1, three batches
-    assert all((s >= 0).all() for s in scores.values())
+    def scores(**clip):
+        return salun.saliency_scores(model, schedule, batches, guidance_w=2.0, reduction="sum",
+                                     generator=torch.Generator().manual_seed(0), **clip)
+
+    def norm(s):
+        return math.sqrt(sum((v ** 2).sum().item() for v in s.values()))
+
+    assert 0 < norm(scores()) <= 3.0 + 1e-4  # each batch's gradient clipped to norm 1, three batches
+    assert all((s >= 0).all() for s in scores().values())
+    assert norm(scores(grad_clip=math.inf)) > 3e-3  # so the bound below is the clip's doing
+    assert 0 < norm(scores(grad_clip=1e-3)) <= 3e-3 * (1 + 1e-4)
 
 
 def test_salun_forget_term_relabels_and_drops_each_passs_label_apart():
@@ -240,7 +246,7 @@ def test_salun_mask_is_computed_without_dropout(tmp_path):
     x = to_uint8(torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1)
     data = SimpleNamespace(train_x=x, train_y=np.array([1, 1, 1, 1, 0, 1]), num_classes=2)
     model = _with_dropout(0)
-    params = {"mask_batch_size": 2, "mask_guidance_w": 2.0, "mask_ratio": 0.5}
+    params = {"mask_batch_size": 2, "mask_guidance_w": 2.0, "mask_ratio": 0.5, "mask_grad_clip": 1.0}
     ctx = _prior_ctx(tmp_path, {False: model}, params, forget_class=1, data=data)
     salun.compute_mask(ctx)
     saved = load_tensors(tmp_path / "mask.safetensors", torch.device("cpu"))
