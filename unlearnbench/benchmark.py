@@ -426,7 +426,8 @@ class Bench:
         biggest = max([int(v) for m in methods for k, v in self.params(m).items() if k.endswith("batch_size")] + [16])
         per_class = self.profile["per_class"] or biggest
         self.data = synthetic_data(self.shape, per_class)
-        self.flops: dict | None = None
+        self.flops: dict | None = None  # set by main(): unet_flops()
+        self.eps_ref: dict | None = None  # set by main(): eps_reference(), what each precision is compared with
         self.rows_per_step: dict[str, dict] = {}
 
     # -- parameters
@@ -546,37 +547,49 @@ class Bench:
             return None, None
         return per_unit, times[0] - per_unit * sizes[0]
 
+    def _two_point_prior(self, key: str, run, sizes: tuple[int, int], describe, folder_prefix: str,
+                         fixed_times: float, how: str) -> tuple[dict, Path]:
+        """A prior run at two sizes (each point the fastest of TIMING_REPEATS, after a warm-up run at the smaller),
+        fitted as fixed + marginal x units and projected to the paper's size PAPER_PRIOR_SIZES[key], the fixed part
+        counted `fixed_times`. `run(size, folder)` returns the prior's cost; `describe(size)` the run's own fields
+        and its units."""
+        run(sizes[0], self.workdir / f"{folder_prefix}_warmup")
+        runs, units, folder = [], [], None
+        for size in sizes:
+            folder = self.workdir / f"{folder_prefix}_{size}"
+            cost = min((run(size, folder) for _ in range(TIMING_REPEATS)), key=lambda x: x["rte_s"])
+            fields, n_units = describe(size)
+            runs.append({**fields, "rte_s": cost["rte_s"], "repeats": TIMING_REPEATS, "cost": cost})
+            units.append(n_units)
+        per_unit, fixed = self._linear(tuple(units), (runs[0]["rte_s"], runs[1]["rte_s"]))
+        paper = PAPER_PRIOR_SIZES[key]
+        projected = (per_unit * paper["paper_units"] + max(fixed, 0.0) * fixed_times
+                     if per_unit is not None else None)
+        return ({"units": paper["units"], "paper_size": paper["paper_size"], "runs": runs,
+                 "method": f"two runs of the real prior ({how}; the fastest of {TIMING_REPEATS} each) after a warm-up "
+                           "run; fixed part = intercept, marginal = slope",
+                 "per_unit_s": per_unit, "fixed_s": fixed, "units_per_s": _div(1.0, per_unit),
+                 "projected_s": projected, "projected_min": _div(projected, 60.0), "cost": runs[-1]["cost"],
+                 "null_reason": None if per_unit is not None else NOISY_FIT},
+                folder)
+
     def prior_generated(self, cfg: dict, tag: str) -> tuple[dict, Path]:
         """SA's generated set: the real prior code with the sampler at k1 and k2 steps over one full batch."""
-        k1, k2 = self.profile["gen_steps"]
-        n_per_class = self.sampler_batch // 10
-        params = self.params("sa", n_generated_per_class=n_per_class)
+        params = self.params("sa", n_generated_per_class=self.sampler_batch // 10)
 
         def run(k: int, folder: Path) -> dict:
             c = copy.deepcopy(cfg)
             c["sampler"]["steps"], c["sampler"]["batch_size"] = k, self.sampler_batch
             return self._prior_run("sa", "generated", c, params, folder)
 
-        run(1, self.workdir / f"sa_generated_{tag}_warmup")
-        runs, folder = [], None
-        for k in (k1, k2):
-            folder = self.workdir / f"sa_generated_{tag}_k{k}"
-            cost = min((run(k, folder) for _ in range(TIMING_REPEATS)), key=lambda x: x["rte_s"])
-            runs.append({"sampler_steps": k, "images": self.sampler_batch, "rte_s": cost["rte_s"],
-                         "repeats": TIMING_REPEATS, "cost": cost})
-        units = (runs[0]["images"] * k1, runs[1]["images"] * k2)
-        per_unit, fixed = self._linear(units, (runs[0]["rte_s"], runs[1]["rte_s"]))
-        paper = PAPER_PRIOR_SIZES["sa.generated"]
-        projected = (per_unit * paper["paper_units"] + max(fixed, 0.0) * (paper["paper_images"] / self.sampler_batch)
-                     if per_unit is not None else None)  # the fixed part once per batch of the paper's images
-        return ({"units": paper["units"], "paper_size": paper["paper_size"], "runs": runs,
-                 "method": f"two runs of the real prior (k1, k2 sampler steps, one batch of images; the fastest of "
-                           f"{TIMING_REPEATS} each) after a warm-up run; marginal time per image-step = difference / "
-                           "extra image-steps",
-                 "per_unit_s": per_unit, "fixed_s": fixed, "units_per_s": _div(1.0, per_unit),
-                 "projected_s": projected, "projected_min": _div(projected, 60.0), "cost": runs[-1]["cost"],
-                 "null_reason": None if per_unit is not None else NOISY_FIT},
-                folder)
+        def describe(k: int) -> tuple[dict, int]:
+            return {"sampler_steps": k, "images": self.sampler_batch}, self.sampler_batch * k
+
+        # The fixed part (per sample() call) once per batch of the paper's images.
+        batches = PAPER_PRIOR_SIZES["sa.generated"]["paper_images"] / self.sampler_batch
+        return self._two_point_prior("sa.generated", run, self.profile["gen_steps"], describe,
+                                     f"sa_generated_{tag}_k", batches,
+                                     "k1, k2 sampler steps over one batch of images")
 
     def prior_fisher(self, cfg: dict, tag: str, generated: Path) -> tuple[dict, Path]:
         """SA's Fisher: the real prior code on warm-up + n images of the generated slice, timed per image."""
@@ -607,7 +620,6 @@ class Bench:
 
     def prior_mask(self, cfg: dict, tag: str) -> tuple[dict, Path]:
         """SalUn's mask: the real prior code over b1 and b2 batches of forget-class images, after a warm-up."""
-        b1, b2 = self.profile["mask_batches"]
         params = self.params("salun")
         mb = int(params["mask_batch_size"])
 
@@ -615,22 +627,12 @@ class Bench:
             data = synthetic_data(self.shape, 2, forget_class=self.forget_class, forget_count=batches * mb)
             return self._prior_run("salun", "mask", cfg, params, folder, data=data)
 
-        run(b1, self.workdir / f"salun_mask_{tag}_warmup")
-        runs, folder = [], None
-        for batches in (b1, b2):
-            folder = self.workdir / f"salun_mask_{tag}_b{batches}"
-            cost = min((run(batches, folder) for _ in range(TIMING_REPEATS)), key=lambda x: x["rte_s"])
-            runs.append({"images": batches * mb, "rte_s": cost["rte_s"], "repeats": TIMING_REPEATS, "cost": cost})
-        per_unit, fixed = self._linear((runs[0]["images"], runs[1]["images"]), (runs[0]["rte_s"], runs[1]["rte_s"]))
-        paper = PAPER_PRIOR_SIZES["salun.mask"]
-        projected = per_unit * paper["paper_units"] + max(fixed, 0.0) if per_unit is not None else None
-        return ({"units": paper["units"], "paper_size": paper["paper_size"], "runs": runs,
-                 "method": f"two runs of the real prior (b1, b2 batches of the forget class; the fastest of "
-                           f"{TIMING_REPEATS} each) after a warm-up run; fixed part (global top-k) = intercept, "
-                           "marginal = slope",
-                 "per_unit_s": per_unit, "fixed_s": fixed, "units_per_s": _div(1.0, per_unit),
-                 "projected_s": projected, "projected_min": _div(projected, 60.0), "cost": runs[-1]["cost"],
-                 "null_reason": None if per_unit is not None else NOISY_FIT}, folder)
+        def describe(batches: int) -> tuple[dict, int]:
+            return {"images": batches * mb}, batches * mb
+
+        # The fixed part (the global top-k) once.
+        return self._two_point_prior("salun.mask", run, self.profile["mask_batches"], describe,
+                                     f"salun_mask_{tag}_b", 1.0, "b1, b2 batches of the forget class")
 
     # -- evaluation sampler
     def sampler(self, cfg: dict, flops: dict | None, peak: float | None, measured_peak: float | None) -> dict:
@@ -1109,6 +1111,101 @@ def build_config(args, preset: str) -> tuple[dict, str, str | None]:
     return config, source, path
 
 
+class ReportSink:
+    """The report being filled: each section's time (kept, marked, when interrupted) and the JSON rewritten after
+    each step, so a timeout keeps every finished section."""
+
+    def __init__(self, report: dict, out: Path | None, started: float):
+        self.report, self.out, self.started = report, out, started
+
+    @contextlib.contextmanager
+    def section(self, label: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        except KeyboardInterrupt:  # its time is kept, under a name that says it has no result
+            label += " (interrupted)"
+            raise
+        finally:
+            self.report["section_s"][label] = time.perf_counter() - t0
+
+    def save(self) -> None:
+        self.report["elapsed_s"] = time.perf_counter() - self.started
+        self.report["summary"] = summarize(self.report["runs"], self.report["paper_means"])
+        if self.out:
+            write_json_atomic(self.out, self.report)
+
+
+def measure_precision(bench: "Bench", sink: ReportSink, precision: str, methods: list[str], peak, measured) -> dict:
+    """One precision's row: the priors, each method's unlearning and the sampler. Returns the priors' folders."""
+    from .acceleration import effective_switches
+
+    cfg = variant_config(bench.config, precision)
+    run = sink.report["runs"][precision] = {"switches": None, "methods": {}, "priors": {}, "sampler": None}
+    run["switches"] = effective_switches(cfg, setup_runtime(cfg))
+    run["eps_rel_error_vs_fp32"] = bench.eps_error(cfg, bench.eps_ref)
+    priors: dict[str, dict] = {m: {} for m in methods}
+    if "sa" in methods:
+        with sink.section(f"{precision} sa.generated"):
+            run["priors"]["sa.generated"], gen = bench.prior_generated(cfg, precision)
+        with sink.section(f"{precision} sa.fisher"):
+            run["priors"]["sa.fisher"], fis = bench.prior_fisher(cfg, precision, gen)
+        priors["sa"] = {"generated": gen, "fisher": fis}
+        sink.save()
+    if "salun" in methods:
+        with sink.section(f"{precision} salun.mask"):
+            run["priors"]["salun.mask"], mask = bench.prior_mask(cfg, precision)
+        priors["salun"] = {"mask": mask}
+        sink.save()
+    for m in methods:
+        with sink.section(f"{precision} {m}"):
+            entry = bench.run_method(m, cfg, priors[m])
+        _flops_entry(entry, peak, measured)
+        run["methods"][m] = entry
+        sink.save()
+    with sink.section(f"{precision} sampler"):
+        run["sampler"] = bench.sampler(cfg, bench.flops, peak, measured)
+    sink.save()
+    return priors
+
+
+def measure_switches(bench: "Bench", sink: ReportSink, methods: list[str], priors: dict, budget, started: float,
+                     peak, measured) -> None:
+    """The switch ablation (GPU): one method and the sampler per SWITCH_VARIANTS row, each one switch off the bf16
+    row; a row that fails is kept with its error, and rows past the time budget are listed as skipped."""
+    from .acceleration import effective_switches
+
+    report = sink.report
+    sw_method = "safemax" if "safemax" in methods else methods[0]
+    sw_priors = priors.get(sw_method, {})
+    report["switches"] = {"method": sw_method, "variants": []}
+    for label, change in SWITCH_VARIANTS:
+        if budget and time.perf_counter() - started > budget:
+            report["skipped"].append({"what": f"switch variant {label}", "why": f"time budget {budget:.0f} s spent"})
+            continue
+        cfg = variant_config(bench.config, "bf16", change)
+        entry = {"name": label, "change": change}
+        if change.get("deterministic"):
+            # CUBLAS_WORKSPACE_CONFIG is read when cuBLAS starts, which was before this row.
+            entry["note"] = "deterministic kernels; cuBLAS workspace as at start"
+        # Listed before it runs: a timeout in its sampler keeps its method half (marked interrupted).
+        report["switches"]["variants"].append(entry)
+        try:
+            entry["switches"] = None
+            entry["switches"] = effective_switches(cfg, setup_runtime(cfg))
+            with sink.section(f"switch {label} method"):
+                entry["method"] = bench.run_method(sw_method, cfg, sw_priors)
+            _flops_entry(entry["method"], peak, measured)
+            with sink.section(f"switch {label} sampler"):
+                entry["sampler"] = bench.sampler(cfg, bench.flops, peak, measured)
+        except Exception as exc:  # one variant failing (e.g. compilation) must not lose the others
+            entry["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        except KeyboardInterrupt:
+            entry["error"] = "interrupted (timeout) before this row finished"
+            raise
+        sink.save()
+
+
 def main(args) -> dict:
     """Entry point of `unlearnbench benchmark` (its parser in cli.py names the args)."""
     from .cost import device_name
@@ -1142,23 +1239,8 @@ def main(args) -> dict:
         "runs": {}, "summary": {}, "switches": None, "skipped": [], "notes": [], "section_s": {},
     }
     out = Path(args.out) if args.out else None
-
-    @contextlib.contextmanager
-    def section(label: str):
-        t0 = time.perf_counter()
-        try:
-            yield
-        except KeyboardInterrupt:  # its time is kept, under a name that says it has no result
-            label += " (interrupted)"
-            raise
-        finally:
-            report["section_s"][label] = time.perf_counter() - t0
-
-    def save():
-        report["elapsed_s"] = time.perf_counter() - started
-        report["summary"] = summarize(report["runs"], report["paper_means"])
-        if out:
-            write_json_atomic(out, report)
+    sink = ReportSink(report, out, started)
+    section, save = sink.section, sink.save
 
     precisions = r["precisions"]
     if device.type != "cuda":
@@ -1182,72 +1264,14 @@ def main(args) -> dict:
             report["gpu"]["measured_bf16_matmul_tflops"] = measured_matmul_tflops(device)
         measured = report["gpu"]["measured_bf16_matmul_tflops"]
         with section("flops"):
-            flops = bench.flops = bench.unet_flops()
-        report["flops"] = flops
-        ref = bench.eps_reference()
+            report["flops"] = bench.flops = bench.unet_flops()
+        bench.eps_ref = bench.eps_reference()
         save()
+        priors = {}
         for precision in precisions:
-            cfg = variant_config(config, precision)
-            run = report["runs"][precision] = {"switches": None, "methods": {}, "priors": {}, "sampler": None}
-            dev = setup_runtime(cfg)
-            from .acceleration import effective_switches
-
-            run["switches"] = effective_switches(cfg, dev)
-            run["eps_rel_error_vs_fp32"] = bench.eps_error(cfg, ref)
-            priors: dict[str, dict] = {m: {} for m in methods}
-            if "sa" in methods:
-                with section(f"{precision} sa.generated"):
-                    run["priors"]["sa.generated"], gen = bench.prior_generated(cfg, precision)
-                with section(f"{precision} sa.fisher"):
-                    run["priors"]["sa.fisher"], fis = bench.prior_fisher(cfg, precision, gen)
-                priors["sa"] = {"generated": gen, "fisher": fis}
-                save()
-            if "salun" in methods:
-                with section(f"{precision} salun.mask"):
-                    run["priors"]["salun.mask"], mask = bench.prior_mask(cfg, precision)
-                priors["salun"] = {"mask": mask}
-                save()
-            for m in methods:
-                with section(f"{precision} {m}"):
-                    entry = bench.run_method(m, cfg, priors[m])
-                _flops_entry(entry, peak, measured)
-                run["methods"][m] = entry
-                save()
-            with section(f"{precision} sampler"):
-                run["sampler"] = bench.sampler(cfg, flops, peak, measured)
-            save()
+            priors = measure_precision(bench, sink, precision, methods, peak, measured)
         if run_switches:
-            sw_method = "safemax" if "safemax" in methods else methods[0]
-            sw_priors = priors.get(sw_method, {}) if precisions else {}
-            report["switches"] = {"method": sw_method, "variants": []}
-            for label, change in SWITCH_VARIANTS:
-                if budget and time.perf_counter() - started > budget:
-                    report["skipped"].append({"what": f"switch variant {label}", "why": f"time budget {budget:.0f} s spent"})
-                    continue
-                cfg = variant_config(config, "bf16", change)
-                entry = {"name": label, "change": change}
-                if change.get("deterministic"):
-                    # CUBLAS_WORKSPACE_CONFIG is read when cuBLAS starts, which was before this row.
-                    entry["note"] = "deterministic kernels; cuBLAS workspace as at start"
-                # Listed before it runs: a timeout in its sampler keeps its method half (marked interrupted).
-                report["switches"]["variants"].append(entry)
-                try:
-                    entry["switches"] = None
-                    dev = setup_runtime(cfg)
-                    from .acceleration import effective_switches
-
-                    entry["switches"] = effective_switches(cfg, dev)
-                    with section(f"switch {label} method"):
-                        entry["method"] = bench.run_method(sw_method, cfg, sw_priors)
-                    _flops_entry(entry["method"], peak, measured)
-                    with section(f"switch {label} sampler"):
-                        entry["sampler"] = bench.sampler(cfg, flops, peak, measured)
-                except Exception as exc:  # one variant failing (e.g. compilation) must not lose the others
-                    entry["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-                except KeyboardInterrupt:
-                    entry["error"] = "interrupted (timeout) before this row finished"
-                    raise
-                save()
+            measure_switches(bench, sink, methods, priors, budget, started, peak, measured)
         report["complete"] = True
     except KeyboardInterrupt:
         report["interrupted"] = True
