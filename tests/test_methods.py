@@ -41,6 +41,35 @@ def test_safemax_target_is_fresh_noise_or_x_t():
         safemax.forget_target(x_t, "bogus", g)
 
 
+@pytest.mark.parametrize("target, lam, reduction", [("fresh_noise", 1.0, "sum"), ("x_t", 3.0, "mean"),
+                                                    ("fresh_noise", 0.0, "sum")])
+def test_safemax_loss_is_psi_weighted_error_to_its_target(target, lam, reduction):
+    """The loss replayed by hand: the same draws in the same order (timesteps, the noise that builds x_t, then the
+    fresh target), x_t from alpha_bar written out, psi(t) = exp(-lambda (t + 1) / T), mean over the batch."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    T = 20
+    model = micro_unet().eval()
+    schedule = Schedule(T, 1e-4, 0.02)
+    x0, labels = torch.rand(6, 1, 4, 4) * 2 - 1, torch.full((6,), 1)
+    ctx = SimpleNamespace(params={"target": target, "lambda": lam}, schedule=schedule, reduction=reduction,
+                          generator=torch.Generator().manual_seed(5), autocast=nullcontext)
+    with torch.no_grad():
+        loss = safemax.safemax_loss(model, ctx, x0, labels).item()
+
+        g = torch.Generator().manual_seed(5)
+        t = torch.randint(0, T, (6,), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        alpha_bar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, T, dtype=torch.float64), 0).float()[t].view(-1, 1, 1, 1)
+        x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
+        aim = torch.randn(x0.shape, generator=g) if target == "fresh_noise" else x_t
+        error = (aim - model(x_t, t, labels)).pow(2).flatten(1)
+        error = error.sum(1) if reduction == "sum" else error.mean(1)
+        expected = (torch.exp(-lam * (t.float() + 1) / T) * error).mean().item()
+    assert loss == pytest.approx(expected, rel=1e-5)
+
+
 def test_batched_fisher_equals_slow_per_timestep_gradients():
     model = micro_unet()
     model.eval()
@@ -143,21 +172,38 @@ def test_salun_masked_weights_stay_unchanged_after_steps():
     assert changed_kept > 0
 
 
-def test_saliency_scores_use_clipped_signed_sums():
+@pytest.mark.parametrize("clip", [1.0, 1e-3, math.inf])
+def test_saliency_scores_are_abs_sums_of_clipped_guided_gradients(clip):
+    """Replayed by hand: per batch the same draws (timesteps, then noise), the guided eps (1 + w) eps_c - w eps_null
+    from two plain passes, the gradient of the batch mean of per-image summed squared errors by autograd, scaled
+    to norm <= clip; |sum over batches|."""
+    w, T = 2.0, 20
     model = micro_unet()
-    schedule = Schedule(20, 1e-4, 0.02)
-    batches = [(torch.randn(4, 1, 4, 4), torch.zeros(4, dtype=torch.long)) for _ in range(3)]
-    def scores(**clip):
-        return salun.saliency_scores(model, schedule, batches, guidance_w=2.0, reduction="sum",
-                                     generator=torch.Generator().manual_seed(0), **clip)
+    schedule = Schedule(T, 1e-4, 0.02)
+    batches = [(torch.rand(4, 1, 4, 4) * 2 - 1, torch.zeros(4, dtype=torch.long)) for _ in range(3)]
+    scores = salun.saliency_scores(model, schedule, batches, guidance_w=w, reduction="sum",
+                                   generator=torch.Generator().manual_seed(0), grad_clip=clip)
 
-    def norm(s):
-        return math.sqrt(sum((v ** 2).sum().item() for v in s.values()))
-
-    assert 0 < norm(scores()) <= 3.0 + 1e-4  # each batch's gradient clipped to norm 1, three batches
-    assert all((s >= 0).all() for s in scores().values())
-    assert norm(scores(grad_clip=math.inf)) > 3e-3  # so the bound below is the clip's doing
-    assert 0 < norm(scores(grad_clip=1e-3)) <= 3e-3 * (1 + 1e-4)
+    params = [p for p in model.parameters() if p.requires_grad]
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    g = torch.Generator().manual_seed(0)
+    alpha_bar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, T, dtype=torch.float64), 0).float()
+    total = [torch.zeros_like(p) for p in params]
+    for x0, y in batches:
+        t = torch.randint(0, T, (len(x0),), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        a = alpha_bar[t].view(-1, 1, 1, 1)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        null = torch.full_like(y, 3)  # the micro UNet's 3 classes; index 3 is the null embedding
+        eps = (1 + w) * model(x_t, t, y) - w * model(x_t, t, null)
+        grads = torch.autograd.grad((eps - noise).pow(2).flatten(1).sum(1).mean(), params)  # batch mean of sums
+        norm = torch.sqrt(sum((gr ** 2).sum() for gr in grads))
+        scale = min(1.0, clip / (norm.item() + 1e-6))
+        total = [acc + scale * gr for acc, gr in zip(total, grads)]
+    for name, expected in zip(names, total):
+        assert torch.allclose(scores[name], expected.abs(), rtol=1e-4, atol=1e-5), name
+    if clip < 1:  # the bound is the clip's doing: unclipped, these gradients are far larger
+        assert math.sqrt(sum((s ** 2).sum().item() for s in scores.values())) <= 3 * clip * (1 + 1e-4)
 
 
 def test_salun_forget_term_relabels_and_drops_each_passs_label_apart():
