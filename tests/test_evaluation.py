@@ -1,5 +1,5 @@
 """Evaluation stages: shared FID references, scoring several forget classes at once, and reuse of the
-samples an unlearning job draws. Each batched path is checked against the one-at-a-time computation."""
+samples an unlearning job draws. Each batched path is checked against the one-at-a-time computation, and a record and a reference against numpy."""
 import copy
 import json
 from pathlib import Path
@@ -10,7 +10,7 @@ import torch
 
 from metrics.fid import load_statistics
 from unlearnbench import stages
-from unlearnbench.checkpoints import folder_digest, save_unet
+from unlearnbench.checkpoints import folder_digest, load_tensors, save_unet
 from unlearnbench.errors import UserError
 from unlearnbench.networks import build_unet
 
@@ -50,6 +50,12 @@ def test_references_of_many_classes_equal_those_made_one_by_one(assets, tmp_path
         np.testing.assert_allclose(many["sigma"], one["sigma"], rtol=1e-5, atol=1e-6)
     first, last = load_statistics(tmp_path / "many0.npz"), load_statistics(tmp_path / "many9.npz")
     assert not np.allclose(first["mu"], last["mu"])  # each class leaves out different images
+    if n_real_per_class is None:  # every train image of the other classes: the statistics recomputed with numpy
+        with np.load(tmp / "data.npz") as data, torch.no_grad():
+            x = torch.as_tensor(data["train_x"][data["train_y"] != 9]).float() / 127.5 - 1
+            features = stages.load_evaluator(tmp / "evaluator", "cpu").features(x).double().numpy()
+        np.testing.assert_allclose(last["mu"], features.mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(last["sigma"], np.cov(features, rowvar=False), rtol=1e-4, atol=1e-6)
 
 
 def test_the_cli_needs_one_output_per_forget_class(assets, tmp_path):
@@ -76,7 +82,9 @@ def test_an_evaluator_unlike_its_record_says_to_remake_it(assets, tmp_path):
     (tmp_path / "evaluator" / "evaluator.json").write_text(json.dumps({**record, "num_classes": 5}))
     with pytest.raises(UserError, match="(?s)does not match its evaluator.json .* delete the folder and rerun"):
         stages.load_evaluator(tmp_path / "evaluator", "cpu")
-    assert stages.load_evaluator(tmp / "evaluator", "cpu") is not None
+    model = stages.load_evaluator(tmp / "evaluator", "cpu")  # the folder it came from still loads, with its weights
+    saved = load_tensors(stages.evaluator_path(tmp / "evaluator"))
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
 
 
 def test_the_cli_refuses_a_prior_without_its_path():
@@ -102,6 +110,39 @@ def test_scoring_many_classes_at_once_equals_scoring_each(assets, tmp_path):
         for key in ("fid", "kid", "H", "UA", "forget_prob", "remaining_acc"):
             assert rec[key] == pytest.approx(alone[key], rel=1e-5, abs=1e-6), key
         assert rec["provenance"]["n_forget_samples"] == 6 and rec["provenance"]["n_fid_gen"] == 9 * 4
+
+
+def test_a_record_scores_the_right_slices_of_its_samples(assets, tmp_path):
+    """Each metric recomputed from the saved samples with numpy: H, UA and forget_prob over the first n_forget
+    images of the forgotten class, remaining_acc and FID over the first n_per_remaining_class of each other class,
+    FID against the reference's statistics through the eigenvalues of sigma_gen sigma_ref."""
+    config, tmp = assets
+    c = 4
+    stages.write_fid_references(config, tmp / "data.npz", tmp / "evaluator", {c: tmp_path / "ref.npz"})
+    stages.generate_samples(config, tmp / "unet", tmp_path / "samples.npz", 0, None, 10)
+    record = stages.score(config, tmp_path / "samples.npz", tmp / "evaluator", tmp_path / "ref.npz", c, 0,
+                          "original", "original")
+
+    with np.load(tmp_path / "samples.npz") as f:
+        images, labels = f["images"], f["labels"]
+    evaluator = stages.load_evaluator(tmp / "evaluator", "cpu")
+    with torch.no_grad():
+        x = torch.as_tensor(images).float() / 127.5 - 1
+        probs = torch.softmax(evaluator(x).double(), 1).numpy()
+        features = evaluator.features(x).double().numpy()
+    forget = np.flatnonzero(labels == c)[:6]
+    remain = np.concatenate([np.flatnonzero(labels == k)[:4] for k in range(10) if k != c])
+    p = probs[forget]
+    assert record["H"] == pytest.approx(-np.sum(p * np.log(np.where(p > 0, p, 1)), axis=1).mean(), rel=1e-5)
+    assert record["UA"] == pytest.approx(100 * np.mean(p.argmax(1) != c))
+    assert record["forget_prob"] == pytest.approx(p[:, c].mean(), rel=1e-5)
+    assert record["remaining_acc"] == pytest.approx(100 * np.mean(probs[remain].argmax(1) == labels[remain]))
+    ref = load_statistics(tmp_path / "ref.npz")
+    mu, sigma = features[remain].mean(0), np.cov(features[remain], rowvar=False)
+    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvals(sigma @ ref["sigma"]).real, 0, None)).sum()
+    fid = np.sum((mu - ref["mu"]) ** 2) + np.trace(sigma) + np.trace(ref["sigma"]) - 2 * tr_sqrt
+    assert record["fid"] == pytest.approx(fid, rel=1e-4)
+    assert record["provenance"]["n_fid_gen"] == len(remain) == 36
 
 
 def test_evaluation_reuses_matching_presamples_and_redraws_otherwise(assets, tmp_path):
