@@ -1,5 +1,6 @@
 """Evaluation stages: shared FID references, scoring several forget classes at once, and reuse of the
-samples an unlearning job draws. Each batched path is checked against the one-at-a-time computation, and a record and a reference against numpy."""
+samples an unlearning job draws. Each batched path is checked against the one-at-a-time computation, and a
+record and a reference against numpy."""
 import copy
 import json
 from pathlib import Path
