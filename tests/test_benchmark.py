@@ -109,8 +109,12 @@ def test_gpu_fields_null_with_reason(report):
 
 def test_summary_ratios(report):
     s = report["summary"]["fp32"]
-    for key in ("rte_sa_over_safemax", "rte_salun_over_safemax", "rte_sa_with_priors_over_safemax"):
-        assert _positive(s[key]), key
+    rte = {m: e["projected_rte_min"] for m, e in report["runs"]["fp32"]["methods"].items()}
+    priors = report["runs"]["fp32"]["priors"]
+    sa_priors = priors["sa.generated"]["projected_min"] + priors["sa.fisher"]["projected_min"]
+    assert s["rte_sa_over_safemax"] == pytest.approx(rte["sa"] / rte["safemax"])
+    assert s["rte_salun_over_safemax"] == pytest.approx(rte["salun"] / rte["safemax"])
+    assert s["rte_sa_with_priors_over_safemax"] == pytest.approx((rte["sa"] + sa_priors) / rte["safemax"])
     assert s["paper_rte_sa_over_safemax"] == pytest.approx(174.37 / 5.82, rel=0.01)
     assert s["gpu_saving_safemax_vs_sa_pct"] is None  # no GPU memory on CPU
     assert s["paper_gpu_saving_safemax_vs_sa_pct"] == pytest.approx(45.1, abs=0.1)
@@ -144,11 +148,17 @@ def test_markdown_side_by_side_precisions(report_path, tmp_path):
     """Two precisions render side by side (a GPU report's layout), from a copy with a second run."""
     r = json.loads(report_path.read_text())
     r["runs"]["bf16"] = json.loads(json.dumps(r["runs"]["fp32"]))
+    for entry in r["runs"]["bf16"]["methods"].values():  # the copy twice as fast
+        entry["step"]["mean_s"] /= 2
     r["summary"] = benchmark.summarize(r["runs"], r["paper_means"])
     path = tmp_path / "two.json"
     path.write_text(json.dumps(r))
     text = benchmark.render_markdown(json.loads(path.read_text()))
-    assert "## Precisions side by side" in text and "speed-up bf16 vs fp32" in text
+    side = text.split("## Precisions side by side", 1)[1].split("\n## ", 1)[0]
+    assert "speed-up bf16 vs fp32" in side
+    rows = {line.split("|")[1].strip(): line.split("|")[-2].strip() for line in side.splitlines()
+            if line.startswith("| ") and not line.startswith("| method")}
+    assert rows == {m: "2.00" for m in ("safemax", "salun", "sa")}
 
 
 def test_peak_table():

@@ -65,16 +65,26 @@ def run_stage(fake, spike, relax):
     return meter.result()
 
 
-def test_cpu_meter_nulls_and_rte():
+def test_cpu_meter_nulls_and_rte(monkeypatch):
+    import unlearnbench.cost as cost
+
+    now = [100.0]  # a scripted clock: the blocks' lengths are exact, whatever else the machine runs
+    clock = {k: getattr(time, k) for k in dir(time) if not k.startswith("_")}
+    monkeypatch.setattr(cost, "time", SimpleNamespace(**{**clock, "perf_counter": lambda: now[0]}))
+
+    def elapse(seconds):
+        now[0] += seconds
+
     with CostMeter("cpu", sample_interval_s=0.01) as meter:
-        time.sleep(0.15)  # setup: not RTE
+        elapse(7.0)  # setup: not RTE
         with meter.timed():
-            time.sleep(0.1)
+            elapse(0.1)
+        elapse(3.0)  # between the blocks: not RTE either
         with meter.timed():
-            time.sleep(0.05)
+            elapse(0.05)
     r = meter.result()
     assert set(r) == KEYS
-    assert 0.15 <= r["rte_s"] < 0.28  # the 0.15 s setup sleep is excluded
+    assert r["rte_s"] == pytest.approx(0.15)
     assert r["rte_min"] == pytest.approx(r["rte_s"] / 60)
     assert r["gpu_peak_gb"] is None and r["gpu_peak_source"] is None
     assert r["gpu_null_reason"] == "device is cpu"
