@@ -58,6 +58,10 @@ def test_model_overrides_that_fit_the_data_are_kept(root):
     config = load_config(overrides={"model": {"overrides": {"dropout": 0.1, "block_out_channels": [16, 16]}}},
                          methods_dir=root / "methods")
     assert config["model"]["overrides"] == {"dropout": 0.1, "block_out_channels": [16, 16]}
+    from unlearnbench.networks import build_unet  # and the UNet the jobs build has them
+
+    unet = build_unet(config["model"]["preset"], 10, config["model"]["overrides"])
+    assert unet.config.dropout == 0.1 and tuple(unet.config.block_out_channels) == (16, 16)
 
 
 def test_shipped_configs_are_valid(root):

@@ -313,11 +313,6 @@ def test_paper_numbers_match_protocol():
     paper = report.load_paper_numbers()
     assert list(paper.columns) == ["method", "forget_class", "fid", "rte_min", "gpu_gb", "H", "UA"]
     assert len(paper) == 30
-    cell = paper.set_index(["method", "forget_class"])
-    assert cell.loc[("sa", 2), "UA"] == 1.80
-    assert cell.loc[("salun", 0), "gpu_gb"] == 23.22
-    assert cell.loc[("safemax", 0), "fid"] == 13.11
-    assert cell.loc[("salun", 7), "H"] == 0.027
     means = paper.groupby("method").mean(numeric_only=True)
     stds = paper.groupby("method").std(ddof=1, numeric_only=True)
     for method, column, mu in [("sa", "fid", 17.71), ("salun", "fid", 16.76), ("safemax", "fid", 16.74),
