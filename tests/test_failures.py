@@ -25,6 +25,24 @@ def run_cli(args, tmp_path):
     return proc.returncode, proc.stdout + proc.stderr
 
 
+@pytest.fixture
+def method_workdir(tmp_path, tiny_config, monkeypatch):
+    """make(files, shipped=False, **adopt) -> config: tmp_path as the working directory of a workflow copy, its
+    methods/ holding `files` ({name: source}; beside the shipped methods if `shipped`), and an untrained original
+    adopted there (`adopt`: adopted_original's options)."""
+    def make(files: dict, shipped: bool = False, **adopt) -> dict:
+        monkeypatch.chdir(tmp_path)  # methods/ of the working directory, as in a user's workflow copy
+        if shipped:
+            shutil.copytree(Path(__file__).parents[1] / "methods", tmp_path / "methods")
+        else:
+            (tmp_path / "methods").mkdir()
+        for name, source in files.items():
+            (tmp_path / "methods" / f"{name}.py").write_text(source)
+        adopted_original(tmp_path, tiny_config, **adopt)
+        return tiny_config
+    return make
+
+
 def write_config(tmp_path, config):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -238,32 +256,24 @@ AUTHOR_MISTAKES = {
     ("misspells_param", "reads param 'retain_wieght', which is not one of its params (retain_weight, steps): did "
                         "you mean retain_weight? (else add it to DEFAULTS in its method file)"),
 ])
-def test_a_method_authors_mistakes_are_named_and_nothing_is_saved(tmp_path, tiny_config, monkeypatch, name, message):
+def test_a_method_authors_mistakes_are_named_and_nothing_is_saved(tmp_path, method_workdir, name, message):
     """Before: the base model scored as unlearned with RTE 0 (untimed), or a bare TypeError/KeyError traceback."""
-    monkeypatch.chdir(tmp_path)  # methods/ of the working directory, as in a user's workflow copy
-    (tmp_path / "methods").mkdir()
-    (tmp_path / "methods" / f"{name}.py").write_text(AUTHOR_MISTAKES[name])
-    config = json.loads(json.dumps(tiny_config))
-    adopted_original(tmp_path, config, distinct_ema=True)
+    config = method_workdir({name: AUTHOR_MISTAKES[name]}, distinct_ema=True)
     with pytest.raises(UserError) as err:
         stages.run_unlearning(config, name, 2, 0, tmp_path / "data.npz", tmp_path / "original", tmp_path / "out")
     assert message in str(err.value) and not str(err.value).startswith("'")  # not a KeyError's quoted text
     assert not (tmp_path / "out" / "unet").exists()
 
 
-def test_a_bug_in_a_method_file_ends_its_log_with_the_line_and_what_to_do_and_leaves_no_old_grid(tmp_path, tiny_config, monkeypatch, capsys):
+def test_a_bug_in_a_method_file_ends_its_log_with_the_line_and_what_to_do_and_leaves_no_old_grid(tmp_path, method_workdir, capsys):
     """A method's own exception is no UserError: the traceback stays, and the last line names the method file's line
     (before: the traceback, then the progress bar redrawn as the log's last line)."""
     from unlearnbench.config import write_resolved
 
-    monkeypatch.chdir(tmp_path)
-    shutil.copytree(Path(__file__).parents[1] / "methods", tmp_path / "methods")  # a workflow copy's, with a new one
-    (tmp_path / "methods" / "buggy.py").write_text(
+    config = method_workdir({"buggy": (
         "DEFAULTS = {'steps': 3}\n\n\ndef unlearn(ctx):\n    model = ctx.load_original(ema=False)\n\n"
         "    def step(i):\n        return [1, 2][i + 5]\n\n    ctx.run_steps(ctx.params['steps'], step, desc='buggy')\n"
-        "    return model\n")
-    config = json.loads(json.dumps(tiny_config))
-    adopted_original(tmp_path, config)
+        "    return model\n")}, shipped=True)
     write_resolved({**config, "methods": ["buggy"]}, tmp_path / "config.yaml")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "eval_samples.png").write_bytes(b"the grid of the model this job replaces")
@@ -283,32 +293,23 @@ def test_a_bug_in_a_method_file_ends_its_log_with_the_line_and_what_to_do_and_le
     ("    pass\n", "prior 'stats' of method 'm' wrote nothing to ctx.out_dir"),
     ("    (ctx.out_dir / 'stats.txt').write_text('1')\n", "prior 'stats' of method 'm' timed nothing"),
 ])
-def test_a_prior_that_writes_or_times_nothing_is_refused(tmp_path, tiny_config, monkeypatch, body, message):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "methods").mkdir()
-    (tmp_path / "methods" / "m.py").write_text(
-        "from unlearnbench.method_api import Prior\n\ndef stats(ctx):\n" + body +
-        "\nPRIORS = [Prior('stats', stats)]\n\ndef unlearn(ctx):\n    pass\n")
-    config = json.loads(json.dumps(tiny_config))
-    adopted_original(tmp_path, config)
+def test_a_prior_that_writes_or_times_nothing_is_refused(tmp_path, method_workdir, body, message):
+    config = method_workdir({"m": "from unlearnbench.method_api import Prior\n\ndef stats(ctx):\n" + body +
+                                  "\nPRIORS = [Prior('stats', stats)]\n\ndef unlearn(ctx):\n    pass\n"})
     with pytest.raises(UserError, match=re.escape(message)):
         stages.run_prior(config, "m", "stats", tmp_path / "data.npz", tmp_path / "original", tmp_path / "prior")
     assert not (tmp_path / "prior").exists()
 
 
-def test_a_prior_file_lost_after_its_job_is_named_with_what_to_do(tmp_path, tiny_config, monkeypatch):
+def test_a_prior_file_lost_after_its_job_is_named_with_what_to_do(tmp_path, method_workdir):
     """A prior job's output is its cost.json: a file of the folder deleted or cut short later is not redone by a
     plain rerun, so the next job names it and says to delete the folder (before: "re-run the step that writes it")."""
     from unlearnbench.errors import MissingResourceError
 
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "methods").mkdir()
-    (tmp_path / "methods" / "m.py").write_text(
+    config = method_workdir({"m": (
         "from unlearnbench.method_api import Prior\n\ndef stats(ctx):\n    with ctx.meter.timed():\n"
         "        (ctx.out_dir / 'stats.txt').write_text('12345')\n\nPRIORS = [Prior('stats', stats)]\n\n"
-        "def unlearn(ctx):\n    raise RuntimeError('reached unlearn')\n")
-    config = json.loads(json.dumps(tiny_config))
-    adopted_original(tmp_path, config)
+        "def unlearn(ctx):\n    raise RuntimeError('reached unlearn')\n")})
     stages.run_prior(config, "m", "stats", tmp_path / "data.npz", tmp_path / "original", tmp_path / "prior")
     priors = {"stats": tmp_path / "prior"}
 
