@@ -323,6 +323,32 @@ def test_a_timeout_keeps_the_finished_half_of_a_switch_row(tmp_path, monkeypatch
     assert benchmark.switch_rows(saved)[1][-1].startswith("interrupted")
 
 
+def test_a_failing_prior_loses_only_what_needs_it(tmp_path, monkeypatch, capsys):
+    """One GPU run, one try: SA's Fisher raising skips SA (its unlearning needs it) with the error kept, the other
+    methods and the sampler are still measured, the report is marked incomplete and the command exits non-zero."""
+    def broken_fisher(self, cfg, precision, generated):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered\nsecond line")
+
+    monkeypatch.setattr(benchmark.Bench, "prior_fisher", broken_fisher)
+    out = tmp_path / "b.json"
+    rc = cli_main(["benchmark", "--preset", "tiny", "--steps", "1", "--warmup", "0", "--methods", *METHODS,
+                   "--precision", "fp32", "--out", str(out), "--device", "cpu", "--threads", "1"])
+    err = capsys.readouterr().err
+    saved = json.loads(out.read_text())
+    assert rc == 1 and "1 section(s) failed: fp32 sa.fisher" in err and "broken_fisher" in err  # its traceback
+    assert saved["complete"] is False and saved["interrupted"] is False
+    assert saved["errors"] == [{"section": "fp32 sa.fisher",
+                                "error": "RuntimeError: CUDA error: an illegal memory access was encountered"}]
+    run = saved["runs"]["fp32"]
+    assert set(run["methods"]) == {"safemax", "salun"} and set(run["priors"]) == {"sa.generated", "salun.mask"}
+    assert _positive(run["sampler"]["image_steps_per_s"])
+    assert {"what": "fp32 sa", "why": "its prior failed (see errors)"} in saved["skipped"]
+    assert "fp32 sa.fisher" in saved["section_s"] and "fp32 sa" not in saved["section_s"]
+    md = benchmark.render_markdown(saved)
+    assert "## Failed sections" in md and "- fp32 sa.fisher: `RuntimeError: CUDA error" in md
+    assert "- fp32 sa: its prior failed" in md
+
+
 def _gpu_script(root, out, **env):
     import os
     import subprocess

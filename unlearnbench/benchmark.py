@@ -49,6 +49,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -986,6 +987,8 @@ def print_report(report: dict, file=sys.stdout) -> None:
       f"measured bf16 matmul: {_fmt(gpu.get('measured_bf16_matmul_tflops'), 1)} TFLOP/s")
     for skipped in report.get("skipped", []):
         p(f"skipped: {skipped['what']}: {skipped['why']}")
+    for error in report.get("errors", []):
+        p(f"FAILED: {error['section']}: {error['error']}")
     for note in report.get("notes", []):
         p(f"note: {note}")
 
@@ -1059,6 +1062,10 @@ def render_markdown(report: dict) -> str:
         lines += ["## Switch ablation", "", "Each row changes one switch of the bf16 row (SAFEMax unlearning steps, "
                   "and the sampler). 'first step' includes compilation and cuDNN autotuning.", "",
                   _md_table(SWITCH_HEADER, switch_rows(report)), ""]
+    if report.get("errors"):
+        lines += ["## Failed sections", "", *[f"- {e['section']}: `{e['error']}`" for e in report["errors"]], ""]
+    if report.get("skipped"):
+        lines += ["## Skipped", "", *[f"- {k['what']}: {k['why']}" for k in report["skipped"]], ""]
     notes = report.get("notes", [])
     if notes:
         lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
@@ -1129,6 +1136,19 @@ class ReportSink:
         finally:
             self.report["section_s"][label] = time.perf_counter() - t0
 
+    def attempt(self, label: str, fn):
+        """fn() timed as section `label`; an exception in it is recorded (report["errors"], its traceback on
+        stderr) and None returned, so one failing section of a single GPU run does not lose the others."""
+        try:
+            with self.section(label):
+                return fn()
+        except Exception as exc:
+            traceback.print_exc()
+            first = str(exc).splitlines()[0][:300] if str(exc) else ""
+            self.report["errors"].append({"section": label, "error": f"{type(exc).__name__}: {first}"})
+            self.save()
+            return None
+
     def save(self) -> None:
         self.report["elapsed_s"] = time.perf_counter() - self.started
         self.report["summary"] = summarize(self.report["runs"], self.report["paper_means"])
@@ -1145,26 +1165,35 @@ def measure_precision(bench: "Bench", sink: ReportSink, precision: str, methods:
     run["switches"] = effective_switches(cfg, setup_runtime(cfg))
     run["eps_rel_error_vs_fp32"] = bench.eps_error(cfg, bench.eps_ref)
     priors: dict[str, dict] = {m: {} for m in methods}
+    failed: set[str] = set()  # methods whose priors failed: not run (their error says why)
     if "sa" in methods:
-        with sink.section(f"{precision} sa.generated"):
-            run["priors"]["sa.generated"], gen = bench.prior_generated(cfg, precision)
-        with sink.section(f"{precision} sa.fisher"):
-            run["priors"]["sa.fisher"], fis = bench.prior_fisher(cfg, precision, gen)
-        priors["sa"] = {"generated": gen, "fisher": fis}
+        gen = sink.attempt(f"{precision} sa.generated", lambda: bench.prior_generated(cfg, precision))
+        fis = gen and sink.attempt(f"{precision} sa.fisher", lambda: bench.prior_fisher(cfg, precision, gen[1]))
+        if gen:
+            run["priors"]["sa.generated"] = gen[0]
+        if fis:
+            run["priors"]["sa.fisher"] = fis[0]
+            priors["sa"] = {"generated": gen[1], "fisher": fis[1]}
+        else:
+            failed.add("sa")
         sink.save()
     if "salun" in methods:
-        with sink.section(f"{precision} salun.mask"):
-            run["priors"]["salun.mask"], mask = bench.prior_mask(cfg, precision)
-        priors["salun"] = {"mask": mask}
+        mask = sink.attempt(f"{precision} salun.mask", lambda: bench.prior_mask(cfg, precision))
+        if mask:
+            run["priors"]["salun.mask"], priors["salun"] = mask[0], {"mask": mask[1]}
+        else:
+            failed.add("salun")
         sink.save()
     for m in methods:
-        with sink.section(f"{precision} {m}"):
-            entry = bench.run_method(m, cfg, priors[m])
-        _flops_entry(entry, peak, measured)
-        run["methods"][m] = entry
+        if m in failed:
+            sink.report["skipped"].append({"what": f"{precision} {m}", "why": "its prior failed (see errors)"})
+            continue
+        entry = sink.attempt(f"{precision} {m}", lambda: bench.run_method(m, cfg, priors[m]))
+        if entry is not None:
+            _flops_entry(entry, peak, measured)
+            run["methods"][m] = entry
         sink.save()
-    with sink.section(f"{precision} sampler"):
-        run["sampler"] = bench.sampler(cfg, bench.flops, peak, measured)
+    run["sampler"] = sink.attempt(f"{precision} sampler", lambda: bench.sampler(cfg, bench.flops, peak, measured))
     sink.save()
     return priors
 
@@ -1236,7 +1265,7 @@ def main(args) -> dict:
         "gpu": {"bf16_dense_peak_tflops": peak, "peak_source": peak_why if peak else None,
                 "peak_null_reason": None if peak else peak_why, "measured_bf16_matmul_tflops": None},
         "paper_means": paper_means(), "paper_steps": PAPER_STEPS, "paper_prior_sizes": PAPER_PRIOR_SIZES,
-        "runs": {}, "summary": {}, "switches": None, "skipped": [], "notes": [], "section_s": {},
+        "runs": {}, "summary": {}, "switches": None, "skipped": [], "errors": [], "notes": [], "section_s": {},
     }
     out = Path(args.out) if args.out else None
     sink = ReportSink(report, out, started)
@@ -1272,7 +1301,7 @@ def main(args) -> dict:
             priors = measure_precision(bench, sink, precision, methods, peak, measured)
         if run_switches:
             measure_switches(bench, sink, methods, priors, budget, started, peak, measured)
-        report["complete"] = True
+        report["complete"] = not report["errors"]  # every section ran and none failed
     except KeyboardInterrupt:
         report["interrupted"] = True
         report["notes"].append("interrupted (e.g. by timeout): the sections present are complete, the rest missing")

@@ -206,7 +206,7 @@ def _drop_stale_grids(command: str, args) -> None:
         Path(path).with_suffix(".png").unlink(missing_ok=True)
 
 
-def run(args) -> None:
+def run(args) -> int | None:
     from . import stages
 
     if args.command == "validate-config":
@@ -224,7 +224,12 @@ def run(args) -> None:
     if args.command == "benchmark":
         from .benchmark import main as bench_main
 
-        bench_main(args)
+        report = bench_main(args)
+        if report["errors"]:  # the report keeps the other sections; the exit status must still say it failed
+            print(f"error: benchmark: {len(report['errors'])} section(s) failed: "
+                  + "; ".join(e["section"] for e in report["errors"]) + " (tracebacks above; the report keeps "
+                  "every other section)", file=sys.stderr)
+            return 1
         return
     config = stages.load_run_config(args.config)
     c = args.command
@@ -287,7 +292,7 @@ def run(args) -> None:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        run(args)
+        rc = run(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -304,7 +309,7 @@ def main(argv=None) -> int:
         traceback.print_exc()
         print(f"error: {unexpected_error(exc)}", file=sys.stderr)  # a log's last line says what to do
         return 1
-    return 0
+    return rc or 0
 
 
 def unexpected_error(exc: BaseException) -> str:
