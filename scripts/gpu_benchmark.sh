@@ -6,20 +6,26 @@
 # Through the device tool (a bare GPU machine with PyTorch but without jsonschema):
 #   1. here, once (needs the pip registry):   bash scripts/gpu_benchmark.sh --fetch-wheels    # -> .whl/ (git-ignored)
 #   2. device run: command "bash scripts/gpu_benchmark.sh", carry [".whl"], timeout_s 600
-#   3. copy the markdown it writes ($OUT/gpu-<device>.md) to docs/benchmarks/, keep benchmark.json beside it.
+#   3. copy benchmark.json and benchmark.log to docs/benchmarks/gpu-<device>-<rows>.json/.log and render
+#      docs/benchmarks/gpu-<device>.md from the JSON(s): python scripts/benchmark_report.py docs/benchmarks/gpu-*.json
 # Writes to $OUT: benchmark.json (the full report), benchmark.log (this script's output), gpu-<device>.md.
 #
-# Sizing (H100, estimated before any GPU run; the log's section_s shows the real split): 30 timed steps after
-# 5 warm-up steps per method and precision. A SAFEMax step is one forward+backward of 128 images (4.6 TFLOP),
-# SA's two (9.3), SalUn's two plus a forward (10.8): ~0.9 PFLOP per precision for the methods, ~30 s in strict
-# fp32 and a few seconds in bf16; the priors' slices and the sampler (batch 1,000 = 2,000 UNet rows per step,
-# 24 TFLOP per step) about as much again. Then the switch ablation on SAFEMax and the sampler; torch.compile
-# compiles for one to two minutes. UNLEARNBENCH_BENCHMARK_BUDGET_S stops starting ablation rows after that
-# many seconds, and `timeout` interrupts the benchmark at LIMIT_S (the JSON keeps every finished section).
+# Measured sizing (H200, 2026-12-04, docs/benchmarks/gpu-nvidia-h200.md): the bf16 row took ~80 s (priors 42,
+# methods 22, sampler 10, 20 steps), its switch ablation ~150 s (torch.compile's first SAFEMax step alone 91 s,
+# its sampler 45 s), and the strict-fp32 row ~400 s (each prior section 80-110 s, mostly outside its timed runs:
+# autotuning and set-up on first use, see warmup_run_wall_s). So one call of ~7 minutes holds the bf16 row, the
+# ablation and the start of the fp32 row: the rows run in that order, each method right after its own priors
+# and SAFEMax first, so the time limit cuts the least important part. For the full fp32 row, a second call:
+#   PRECISIONS=fp32 SWITCHES=0 bash scripts/gpu_benchmark.sh   (~7 min), then merge the two JSONs:
+#   python scripts/benchmark_report.py bf16.json fp32.json  (each row says which run it came from).
+# UNLEARNBENCH_BENCHMARK_BUDGET_S stops starting ablation rows after that many seconds, and `timeout`
+# interrupts the benchmark at LIMIT_S (the JSON keeps every finished section).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PRESET=${PRESET:-paper}                      # tiny: a CPU smoke test of this script
+PRECISIONS=${PRECISIONS:-bf16 fp32}          # in this order (the ablation runs right after bf16)
+SWITCHES=${SWITCHES:-1}                      # 0: no switch ablation
 STEPS=${STEPS:-30}
 WARMUP=${WARMUP:-5}
 LIMIT_S=${LIMIT_S:-390}                      # the benchmark itself (+ <= 20 s to stop, + setup and report:
@@ -57,6 +63,8 @@ if ! "$PY" -c "import jsonschema" 2>/dev/null; then
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}   # the checkout, installed or not
 
+switch_flag=()
+[[ "$SWITCHES" == 0 ]] && switch_flag=(--no-switches)
 status=0
 {
   echo "== $(date -u +%FT%TZ)  $(uname -srm)  $(nproc) CPUs"
@@ -68,10 +76,10 @@ print("python", platform.python_version(), "| torch", torch.__version__, "| cuda
       "| cudnn", torch.backends.cudnn.version())
 print("device:", torch.cuda.get_device_name() if torch.cuda.is_available() else "NO CUDA DEVICE")
 EOF
-  echo "== unlearnbench benchmark --preset $PRESET --precision fp32 bf16 --steps $STEPS --warmup $WARMUP (limit ${LIMIT_S}s)"
+  echo "== unlearnbench benchmark --preset $PRESET --precision $PRECISIONS --steps $STEPS --warmup $WARMUP (limit ${LIMIT_S}s)"
   set +e
   timeout --signal=INT --kill-after=20 "$LIMIT_S" "$PY" -m unlearnbench.cli benchmark --preset "$PRESET" \
-    --precision fp32 bf16 --steps "$STEPS" --warmup "$WARMUP" --out "$OUT/benchmark.json"
+    --precision $PRECISIONS --steps "$STEPS" --warmup "$WARMUP" --out "$OUT/benchmark.json" "${switch_flag[@]}"
   status=$?
   set -e
   echo "== benchmark exit status $status"
