@@ -349,6 +349,90 @@ def test_a_failing_prior_loses_only_what_needs_it(tmp_path, monkeypatch, capsys)
     assert "- fp32 sa: its prior failed" in md
 
 
+def test_each_method_runs_right_after_its_priors_safemax_first(report):
+    """A time limit cuts the end of a row: SAFEMax (no prior) first, each prior just before its method."""
+    assert [k for k in report["section_s"] if k.startswith("fp32")] == [
+        "fp32 safemax", "fp32 salun.mask", "fp32 salun", "fp32 sa.generated", "fp32 sa.fisher", "fp32 sa",
+        "fp32 sampler"]
+    mask, fisher = report["runs"]["fp32"]["priors"]["salun.mask"], report["runs"]["fp32"]["priors"]["sa.fisher"]
+    assert _positive(mask["warmup_run_wall_s"]) and len(fisher["warmup_images_s"]) == fisher["warmup_images"]
+
+
+def test_the_switch_ablation_follows_the_bf16_row():
+    assert benchmark.switch_ablation_after(["bf16", "fp32"]) == "bf16"
+    assert benchmark.switch_ablation_after(["fp32", "bf16", "tf32"]) == "bf16"
+    assert benchmark.switch_ablation_after(["fp32", "tf32"]) == "tf32"
+
+
+def _as_other_run(report: dict, precision: str, started: str) -> dict:
+    """A copy of `report` whose only row is `precision` (the fp32 row relabelled) with its own steps and dates."""
+    other = json.loads(json.dumps(report))
+    other["runs"] = {precision: other["runs"]["fp32"]}
+    other["settings"].update(steps=7, warmup=2)
+    other.update(started=started, finished=started, complete=False, interrupted=True,
+                 switches={"method": "safemax", "variants": [{"name": "bf16", "change": {}}]})
+    return other
+
+
+def test_runs_of_one_device_merge_into_one_report_that_names_its_sources(report_path, report, tmp_path):
+    import runpy
+
+    from unlearnbench.config import ROOT
+
+    second = tmp_path / "second.json"
+    second.write_text(json.dumps(_as_other_run(report, "bf16", "2099-01-01T00:00:00+00:00")))
+    merged = benchmark.merge_reports([report, json.loads(second.read_text())], ["first.json", "second.json"])
+    assert list(merged["runs"]) == ["fp32", "bf16"] and merged["switches"]["variants"][0]["name"] == "bf16"
+    assert [s["name"] for s in merged["sources"]] == ["first.json", "second.json"]
+    assert [(s["precisions"], s["steps"], s["switch_ablation"]) for s in merged["sources"]] == [
+        (["fp32"], 2, False), (["bf16"], 7, True)]
+    assert merged["complete"] is False and merged["interrupted"] is True
+    assert merged["started"] == report["started"] and merged["finished"] == "2099-01-01T00:00:00+00:00"
+    assert set(merged["summary"]) == {"fp32", "bf16"}
+    assert merged["summary"]["bf16"]["rte_sa_over_safemax"] == merged["summary"]["fp32"]["rte_sa_over_safemax"]
+    assert "first.json: fp32 safemax" in merged["section_s"] and "second.json: fp32 safemax" in merged["section_s"]
+
+    out = tmp_path / "merged.md"
+    script = runpy.run_path(str(ROOT / "scripts" / "benchmark_report.py"))
+    assert script["main"]([str(report_path), str(second), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "measured by those runs" in text and "Merged from these runs" in text and "| steps | per run, below |" in text
+    assert "| benchmark.json | fp32 | 2 after 1 |" in text and "| second.json | bf16 + switch ablation | 7 after 2 |" in text
+    assert "speed-up bf16 vs fp32" in text
+
+
+def test_runs_that_are_not_comparable_are_not_merged(report_path, report, tmp_path, capsys):
+    import runpy
+
+    from unlearnbench.config import ROOT
+
+    with pytest.raises(ValueError, match="precision fp32 is in more than one run"):
+        benchmark.merge_reports([report, report])
+    other = _as_other_run(report, "bf16", report["started"])
+    other["device_name"] = "another GPU"
+    with pytest.raises(ValueError, match="differ in device_name"):
+        benchmark.merge_reports([report, other])
+    two = [_as_other_run(report, p, report["started"]) for p in ("bf16", "tf32")]
+    with pytest.raises(ValueError, match="both have a switch ablation"):
+        benchmark.merge_reports(two)
+    bad = tmp_path / "other.json"
+    bad.write_text(json.dumps(other))
+    script = runpy.run_path(str(ROOT / "scripts" / "benchmark_report.py"))
+    assert script["main"]([str(report_path), str(bad), "--out", str(tmp_path / "x.md")]) == 2
+    assert "differ in device_name" in capsys.readouterr().err and not (tmp_path / "x.md").exists()
+
+
+def test_the_committed_device_reports_are_what_their_json_renders(root):
+    """docs/benchmarks: no table is written by hand; each markdown is its JSON(s) rendered (merged if several)."""
+    folder = root / "docs" / "benchmarks"
+    reports = [md for md in folder.glob("*.md") if md.name != "README.md"]
+    for md in reports:
+        jsons = sorted(folder.glob(md.stem + ".json")) or sorted(folder.glob(md.stem + "-*.json"))
+        assert jsons, f"{md.name} has no JSON beside it"
+        loaded = [json.loads(j.read_text()) for j in jsons]
+        assert md.read_text() == benchmark.render_markdown(benchmark.merge_reports(loaded, [j.name for j in jsons]))
+
+
 def _gpu_script(root, out, **env):
     import os
     import subprocess
@@ -361,10 +445,13 @@ def _gpu_script(root, out, **env):
 
 def test_gpu_script_runs_end_to_end_on_the_tiny_preset(root, tmp_path):
     """The device gets one try at scripts/gpu_benchmark.sh: its CPU smoke test runs the same lines."""
-    proc = _gpu_script(root, tmp_path, PRESET="tiny", STEPS="1", WARMUP="0", UNLEARNBENCH_BENCHMARK_BUDGET_S="5")
+    proc = _gpu_script(root, tmp_path, PRESET="tiny", STEPS="1", WARMUP="0", UNLEARNBENCH_BENCHMARK_BUDGET_S="5",
+                       SWITCHES="0")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     report = json.loads((tmp_path / "benchmark.json").read_text())
     assert report["complete"] is True and report["preset"] == "tiny"
+    assert report["settings"]["precisions"] == ["bf16", "fp32"] and report["settings"]["switch_ablation"] is False
+    assert report["settings"]["command"].endswith("--no-switches")
     assert list(report["runs"]["fp32"]["methods"]) == METHODS
     log = (tmp_path / "benchmark.log").read_text()
     assert "== benchmark exit status 0" in log and "complete: True" in log and "python " in log
