@@ -433,6 +433,31 @@ def test_the_committed_device_reports_are_what_their_json_renders(root):
         assert md.read_text() == benchmark.render_markdown(benchmark.merge_reports(loaded, [j.name for j in jsons]))
 
 
+def test_sampler_numerics_compare_each_row_with_its_reference():
+    ref = torch.ones(4, 3, 2, 2)
+    rows = benchmark.sampler_numerics({"fp32": ref, "bf16": ref * 1.01, "switch bf16": ref * 1.01,
+                                       "switch bf16 + compile": ref * 1.01 + 0.02, "tf32": ref})
+    got = {(r["row"], r["reference"]): (round(r["rel_diff"], 6), round(r["max_abs_diff"], 6)) for r in rows}
+    assert got == {("bf16", "fp32"): (0.01, 0.01), ("switch bf16", "bf16"): (0.0, 0.0),
+                   ("switch bf16 + compile", "bf16"): (round(0.02 / 1.01, 6), 0.02), ("tf32", "fp32"): (0.0, 0.0)}
+    assert benchmark.sampler_numerics({"switch bf16": ref}) == []  # no reference row: nothing to compare
+
+
+def test_on_cpu_every_switch_row_samples_exactly_the_fp32_images(tmp_path):
+    """The switches do nothing on CPU, so each ablation row's probe images equal the fp32 row's bit for bit: the
+    comparison the GPU run makes (compile against eager, say) is wired to the rows it names."""
+    out = tmp_path / "b.json"
+    rc = cli_main(["benchmark", "--preset", "tiny", "--steps", "1", "--warmup", "0", "--methods", "safemax",
+                   "--precision", "fp32", "--out", str(out), "--device", "cpu", "--threads", "1", "--switches"])
+    saved = json.loads(out.read_text())
+    assert rc == 0
+    rows = saved["sampler_numerics"]
+    assert [(r["row"], r["reference"]) for r in rows] == [
+        (f"switch {name}", "fp32") for name, _ in benchmark.SWITCH_VARIANTS]
+    assert all(r["rel_diff"] == 0.0 and r["max_abs_diff"] == 0.0 for r in rows)
+    assert "## Sampler numerics" in benchmark.render_markdown(saved)
+
+
 def _gpu_script(root, out, **env):
     import os
     import subprocess

@@ -430,6 +430,7 @@ class Bench:
         self.flops: dict | None = None  # set by main(): unet_flops()
         self.eps_ref: dict | None = None  # set by main(): eps_reference(), what each precision is compared with
         self.rows_per_step: dict[str, dict] = {}
+        self.probe_images: dict[str, torch.Tensor] = {}  # sampler() label -> its 3-step images (sampler_numerics)
 
     # -- parameters
     def params(self, method: str, **overrides) -> dict:
@@ -640,7 +641,9 @@ class Bench:
                                      f"salun_mask_{tag}_b", 1.0, "b1, b2 batches of the forget class")
 
     # -- evaluation sampler
-    def sampler(self, cfg: dict, flops: dict | None, peak: float | None, measured_peak: float | None) -> dict:
+    def sampler(self, cfg: dict, flops: dict | None, peak: float | None, measured_peak: float | None,
+                label: str | None = None) -> dict:
+        """The evaluation sampler's throughput; `label` keeps its 3-step probe images for sampler_numerics."""
         from .checkpoints import load_unet
         from .diffusion import Schedule, guided_eps, sample_as_configured
         from .training import prepare_model
@@ -670,7 +673,10 @@ class Bench:
         run(1)  # warm-up: cuDNN autotuning, compilation
         syncs = SyncCounter(device, watch_steps=[0])
         probe_steps = 3
-        syncs.step(0, lambda _: sample_steps(probe_steps))
+        probe = []  # same seed, labels and steps in every row: the images differ only by the switches' numerics
+        syncs.step(0, lambda _: probe.append(sample_steps(probe_steps)))
+        if label is not None and probe:
+            self.probe_images[label] = probe[0].detach().float().cpu()
         counted = syncs.result()
         host_syncs = {"per_call": counted["per_step"], "sampler_steps": probe_steps, "batches": 1,
                       "expected": "1 per batch: the finished images' copy to the host; none inside the steps",
@@ -944,6 +950,14 @@ def ratio_rows(report: dict) -> list[list[str]]:
 RATIO_HEADER = ["precision", "quantity", "measured", "paper"]
 
 
+def numerics_rows(report: dict) -> list[list[str]]:
+    return [[n["row"], n["reference"], f"{n['rel_diff']:.3g}", f"{n['max_abs_diff']:.3g}"]
+            for n in report.get("sampler_numerics") or []]
+
+
+NUMERICS_HEADER = ["row", "against", "relative difference", "max abs difference"]
+
+
 def switch_rows(report: dict) -> list[list[str]]:
     sw = report.get("switches") or {}
     rows = []
@@ -985,6 +999,9 @@ def print_report(report: dict, file=sys.stdout) -> None:
     if ratio_rows(report):
         p("\nratios (projected to the paper's step counts)")
         p(_text_table(RATIO_HEADER, ratio_rows(report)))
+    if numerics_rows(report):
+        p("\nsampler numerics (3-step images against the reference row's)")
+        p(_text_table(NUMERICS_HEADER, numerics_rows(report)))
     if switch_rows(report):
         p("\nswitch ablation (SAFEMax steps and the sampler; each row changes one switch of the bf16 row)")
         p(_text_table(SWITCH_HEADER, switch_rows(report)))
@@ -1069,6 +1086,11 @@ def render_markdown(report: dict) -> str:
                   _md_table(SAMPLER_HEADER, sampler_rows(report)), ""]
     if ratio_rows(report):
         lines += ["## Ratios", "", _md_table(RATIO_HEADER, ratio_rows(report)), ""]
+    if numerics_rows(report):
+        lines += ["## Sampler numerics", "", "Each row's 3-step guided sampler images (same seed, labels and batch) "
+                  "against its reference row's: relative L2 difference and largest absolute difference (pixels "
+                  "in [-1, 1]). The ablation's `bf16` row repeats the bf16 row: its difference is the run-to-run floor.",
+                  "", _md_table(NUMERICS_HEADER, numerics_rows(report)), ""]
     if switch_rows(report):
         lines += ["## Switch ablation", "", "Each row changes one switch of the bf16 row (SAFEMax unlearning steps, "
                   "and the sampler). 'first step' includes compilation and cuDNN autotuning.", "",
@@ -1107,7 +1129,8 @@ def merge_reports(reports: list[dict], names: list[str] | None = None) -> dict:
             raise ValueError(f"{name} cannot be merged with {names[0]}: they differ in {', '.join(differ)} "
                              "(merge only runs of the same code, preset and device)")
     merged = copy.deepcopy(first)
-    merged.update(runs={}, switches=None, skipped=[], errors=[], notes=[], section_s={}, sources=[])
+    merged.update(runs={}, switches=None, skipped=[], errors=[], notes=[], section_s={}, sources=[],
+                  sampler_numerics=[])
     for name, r in zip(names, reports):
         for precision, run in r["runs"].items():
             if precision in merged["runs"]:
@@ -1119,6 +1142,7 @@ def merge_reports(reports: list[dict], names: list[str] | None = None) -> dict:
                 raise ValueError(f"{name} and an earlier run both have a switch ablation: merge one of them")
             merged["switches"] = r["switches"]
         merged["skipped"] += r.get("skipped", [])
+        merged["sampler_numerics"] += r.get("sampler_numerics") or []
         merged["errors"] += r.get("errors", [])
         merged["notes"] += [n for n in r.get("notes", []) if n not in merged["notes"]]
         merged["section_s"].update({f"{name}: {k}": v for k, v in r.get("section_s", {}).items()})
@@ -1201,6 +1225,7 @@ class ReportSink:
 
     def __init__(self, report: dict, out: Path | None, started: float):
         self.report, self.out, self.started = report, out, started
+        self.bench: Bench | None = None  # set once built: its sampler probe images give sampler_numerics
 
     @contextlib.contextmanager
     def section(self, label: str):
@@ -1229,6 +1254,8 @@ class ReportSink:
     def save(self) -> None:
         self.report["elapsed_s"] = time.perf_counter() - self.started
         self.report["summary"] = summarize(self.report["runs"], self.report["paper_means"])
+        if self.bench is not None:
+            self.report["sampler_numerics"] = sampler_numerics(self.bench.probe_images)
         if self.out:
             write_json_atomic(self.out, self.report)
 
@@ -1269,9 +1296,26 @@ def measure_precision(bench: "Bench", sink: ReportSink, precision: str, methods:
             _flops_entry(entry, peak, measured)
             run["methods"][m] = entry
         sink.save()
-    run["sampler"] = sink.attempt(f"{precision} sampler", lambda: bench.sampler(cfg, bench.flops, peak, measured))
+    run["sampler"] = sink.attempt(f"{precision} sampler",
+                                  lambda: bench.sampler(cfg, bench.flops, peak, measured, label=precision))
     sink.save()
     return priors
+
+
+def sampler_numerics(probe_images: dict[str, torch.Tensor]) -> list[dict]:
+    """How far each row's 3-step sampler images are from its reference row's (same seed, labels, steps): each
+    precision against strict fp32, each switch-ablation row against the bf16 row. The ablation's own `bf16` row
+    repeats the bf16 row's configuration, so its difference is the run-to-run floor (autotuned kernels)."""
+    out = []
+    for name, images in probe_images.items():
+        ref = "fp32" if not name.startswith("switch ") else ("bf16" if "bf16" in probe_images else "fp32")
+        if ref == name or ref not in probe_images:
+            continue
+        base = probe_images[ref]
+        out.append({"row": name, "reference": ref,
+                    "rel_diff": float((images - base).norm() / base.norm()),
+                    "max_abs_diff": float((images - base).abs().max())})
+    return out
 
 
 def switch_ablation_after(precisions: list[str]) -> str:
@@ -1308,7 +1352,7 @@ def measure_switches(bench: "Bench", sink: ReportSink, methods: list[str], prior
                 entry["method"] = bench.run_method(sw_method, cfg, sw_priors)
             _flops_entry(entry["method"], peak, measured)
             with sink.section(f"switch {label} sampler"):
-                entry["sampler"] = bench.sampler(cfg, bench.flops, peak, measured)
+                entry["sampler"] = bench.sampler(cfg, bench.flops, peak, measured, label=f"switch {label}")
         except Exception as exc:  # one variant failing (e.g. compilation) must not lose the others
             entry["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
         except KeyboardInterrupt:
@@ -1348,6 +1392,7 @@ def main(args) -> dict:
                 "peak_null_reason": None if peak else peak_why, "measured_bf16_matmul_tflops": None},
         "paper_means": paper_means(), "paper_steps": PAPER_STEPS, "paper_prior_sizes": PAPER_PRIOR_SIZES,
         "runs": {}, "summary": {}, "switches": None, "skipped": [], "errors": [], "notes": [], "section_s": {},
+        "sampler_numerics": [],
     }
     out = Path(args.out) if args.out else None
     sink = ReportSink(report, out, started)
@@ -1369,6 +1414,7 @@ def main(args) -> dict:
     try:
         with section("setup"):
             bench = Bench(config, r["preset"], device, workdir, args.steps, args.warmup, methods, param_source)
+        sink.bench = bench
         report["parameters"], report["image_shape"] = bench.parameters, list(bench.shape)
         report["settings"]["sampler_batch_images"] = bench.sampler_batch
         if device.type == "cuda" and bench.profile["flops_gpu_matmul"]:
