@@ -214,6 +214,22 @@ def test_maybe_compile_off_or_cpu_is_a_no_op():
     assert effective_switches({"performance": {"compile": True, "bf16": True}}, "cpu")["compile"] is False
 
 
+def test_compile_sampling_compiles_only_models_that_just_sample():
+    """performance.compile_sampling: the evaluation samples' UNet is compiled on a GPU, the unlearning loop's (RTE)
+    is not; `compile` still compiles both; nothing is compiled off CUDA."""
+    from unlearnbench.acceleration import compiles
+
+    sampling_only = {"performance": {"compile_sampling": True}}
+    assert compiles(sampling_only, "cuda", sampling=True) and not compiles(sampling_only, "cuda")
+    assert not compiles(sampling_only, "cpu", sampling=True)
+    everywhere = {"performance": {"compile": True}}
+    assert compiles(everywhere, "cuda") and compiles(everywhere, "cuda", sampling=True)
+    assert effective_switches(sampling_only, "cuda", sampling=True)["compile"] is True
+    assert effective_switches(sampling_only, "cuda")["compile"] is False
+    model = _Net()
+    assert maybe_compile(model, sampling_only, "cuda") is model and not is_compiled(model)  # an unlearning job's
+
+
 @pytest.mark.filterwarnings("ignore:CUDA is not available")  # autocast("cuda") on a machine without one
 def test_a_cost_record_says_bf16_only_where_the_jobs_code_entered_it():
     """performance.bf16 on a GPU allows bf16; a method whose loop never enters ctx.autocast() ran fp32, and its

@@ -26,25 +26,30 @@ COMPILE_KWARGS = {"dynamic": False}
 def performance(config: dict) -> dict:
     """The config's `performance` section with every switch present (missing ones are off)."""
     perf = config.get("performance") or {}
-    return {k: bool(perf.get(k, False)) for k in ("bf16", "tf32", "channels_last", "compile")}
+    return {k: bool(perf.get(k, False)) for k in ("bf16", "tf32", "channels_last", "compile", "compile_sampling")}
+
+
+def compiles(config: dict, device, *, sampling: bool = False) -> bool:
+    """Whether a model prepared for this job is compiled: `compile` everywhere, `compile_sampling` only where the
+    model just samples (the evaluation sets, whose cost is not RTE); never off CUDA."""
+    perf = performance(config)
+    return torch.device(device).type == "cuda" and (perf["compile"] or (sampling and perf["compile_sampling"]))
 
 
 def is_compiled(model: torch.nn.Module) -> bool:
     return getattr(model, "_compiled_call_impl", None) is not None
 
 
-def maybe_compile(model: torch.nn.Module, config: dict, device, *, force: bool = False, **compile_kwargs):
-    """Compile `model`'s forward in place when `performance.compile` is on and the device is CUDA.
+def maybe_compile(model: torch.nn.Module, config: dict, device, *, force: bool = False, sampling: bool = False,
+                  **compile_kwargs):
+    """Compile `model`'s forward in place when `compiles(config, device, sampling=sampling)`.
 
     Returns the same object (so `model = maybe_compile(model, ...)` and a bare call both work).
     No effect on CPU, like every `performance` switch, unless `force=True` (tests: check that a
     compiled model computes what the eager one does, e.g. with `backend="aot_eager"`).
     Idempotent: a model that is already compiled is returned untouched.
     """
-    device = torch.device(device)
-    if not (performance(config)["compile"] or force):
-        return model
-    if device.type != "cuda" and not force:
+    if not (force or compiles(config, device, sampling=sampling)):
         return model
     if is_compiled(model):
         return model
@@ -52,8 +57,9 @@ def maybe_compile(model: torch.nn.Module, config: dict, device, *, force: bool =
     return model
 
 
-def effective_switches(config: dict, device) -> dict:
-    """What actually applies on this device (for reports): every switch is off on CPU."""
+def effective_switches(config: dict, device, *, sampling: bool = False) -> dict:
+    """What actually applies on this device (for reports): every switch is off on CPU. `sampling`: for a job that
+    only samples (compile_sampling counts there)."""
     device = torch.device(device)
     perf = performance(config)
     on_gpu = device.type == "cuda"
@@ -61,7 +67,7 @@ def effective_switches(config: dict, device) -> dict:
         "bf16_autocast": perf["bf16"] and on_gpu,
         "tf32": perf["tf32"] and on_gpu,
         "channels_last": perf["channels_last"] and on_gpu,
-        "compile": perf["compile"] and on_gpu,
+        "compile": compiles(config, device, sampling=sampling),
         "deterministic": bool(config.get("deterministic", True)),
         "cudnn_benchmark": on_gpu and not config.get("deterministic", True),
     }

@@ -381,12 +381,13 @@ def sample_meta(config: dict, model_dir, seed: int, forget_class: int | None, nu
 def generate_samples(config: dict, model_dir, out_path, seed: int, forget_class: int | None, num_classes: int) -> dict:
     """Sample the configured images per class with the evaluation sampler; npz + PNG grid."""
     device = setup_runtime(config)
-    model = prepare_model(ckpt.load_unet(model_dir), config, device)
+    model = prepare_model(ckpt.load_unet(model_dir), config, device, sampling=True)
     counts = sample_counts(config, num_classes, forget_class)
     labels = torch.cat([torch.full((n,), c, dtype=torch.long) for c, n in counts.items()])
     generator = torch.Generator().manual_seed(sampling_seed(seed, forget_class))
     images = sample_as_configured(model, config, labels, generator, device, progress=True)
-    meta = {**sample_meta(config, model_dir, seed, forget_class, num_classes), "device_name": device_name(device)}
+    meta = {**sample_meta(config, model_dir, seed, forget_class, num_classes), "device_name": device_name(device),
+            "speed_switches": switches_label(effective_switches(config, device, sampling=True))}
     save_samples(out_path, to_uint8(images), labels.numpy(), meta)
     return meta
 

@@ -87,14 +87,15 @@ def autocast(config: dict, device: torch.device):
     return torch.autocast("cuda", dtype=dtype)
 
 
-def prepare_model(model, config: dict, device: torch.device):
-    """Move to the device with the config's layout and compile switches (no-ops on CPU)."""
+def prepare_model(model, config: dict, device: torch.device, *, sampling: bool = False):
+    """Move to the device with the config's layout and compile switches (no-ops on CPU); `sampling`: the model
+    only samples (performance.compile_sampling applies)."""
     from .acceleration import maybe_compile
 
     model = model.to(device)
     if device.type == "cuda" and (config.get("performance", {}) or {}).get("channels_last", False):
         model = model.to(memory_format=torch.channels_last)
-    return maybe_compile(model, config, device)
+    return maybe_compile(model, config, device, sampling=sampling)
 
 
 def seed_everything(seed: int) -> torch.Generator:
