@@ -365,6 +365,34 @@ def test_a_failing_prior_loses_only_what_needs_it(tmp_path, monkeypatch, capsys)
     assert "- fp32 sa: its prior failed" in md
 
 
+def test_a_failing_switch_row_is_an_error_of_the_run(tmp_path, monkeypatch, capsys):
+    """A switch-ablation row that raises (torch.compile failing, say) keeps its error in its row and in the
+    report's errors, with its traceback; the rows after it still run, and the command exits non-zero."""
+    real_run_method = benchmark.Bench.run_method
+
+    def run_method(self, method, cfg, priors):
+        if (cfg.get("performance") or {}).get("compile"):
+            raise RuntimeError("inductor: no working C++ compiler\nsecond line")
+        return real_run_method(self, method, cfg, priors)
+
+    monkeypatch.setattr(benchmark.Bench, "run_method", run_method)
+    out = tmp_path / "b.json"
+    rc = cli_main(["benchmark", "--preset", "tiny", "--steps", "1", "--warmup", "0", "--methods", "safemax",
+                   "--precision", "fp32", "--out", str(out), "--device", "cpu", "--threads", "1", "--switches"])
+    err = capsys.readouterr().err
+    saved = json.loads(out.read_text())
+    assert rc == 1 and "1 section(s) failed: switch bf16 + compile" in err and "in run_method" in err
+    assert saved["complete"] is False
+    assert saved["errors"] == [{"section": "switch bf16 + compile",
+                                "error": "RuntimeError: inductor: no working C++ compiler"}]
+    variants = {v["name"]: v for v in saved["switches"]["variants"]}
+    assert variants["bf16 + compile"]["error"] == saved["errors"][0]["error"]
+    assert "method" not in variants["bf16 + compile"]
+    later = [v for name, v in variants.items() if name not in ("bf16", "bf16 + compile")]
+    assert later and all(_positive(v["method"]["step"]["mean_s"]) and "error" not in v for v in later)
+    assert "- switch bf16 + compile: `RuntimeError: inductor" in benchmark.render_markdown(saved)
+
+
 def test_each_method_runs_right_after_its_priors_safemax_first(report):
     """A time limit cuts the end of a row: SAFEMax (no prior) first, each prior just before its method."""
     assert [k for k in report["section_s"] if k.startswith("fp32")] == [

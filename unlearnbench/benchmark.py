@@ -1245,11 +1245,18 @@ class ReportSink:
             with self.section(label):
                 return fn()
         except Exception as exc:
-            traceback.print_exc()
-            first = str(exc).splitlines()[0][:300] if str(exc) else ""
-            self.report["errors"].append({"section": label, "error": f"{type(exc).__name__}: {first}"})
+            self.record_error(label, exc)
             self.save()
             return None
+
+    def record_error(self, label: str, exc: Exception) -> str:
+        """Keep `exc` in report["errors"] under `label` (the report is then incomplete and the command exits 1),
+        its traceback on stderr; returns its one-line text."""
+        traceback.print_exc()
+        first = str(exc).splitlines()[0][:300] if str(exc) else ""
+        text = f"{type(exc).__name__}: {first}"
+        self.report["errors"].append({"section": label, "error": text})
+        return text
 
     def save(self) -> None:
         self.report["elapsed_s"] = time.perf_counter() - self.started
@@ -1327,7 +1334,8 @@ def switch_ablation_after(precisions: list[str]) -> str:
 def measure_switches(bench: "Bench", sink: ReportSink, methods: list[str], priors: dict, budget, started: float,
                      peak, measured) -> None:
     """The switch ablation (GPU): one method and the sampler per SWITCH_VARIANTS row, each one switch off the bf16
-    row; a row that fails is kept with its error, and rows past the time budget are listed as skipped."""
+    row; a row that fails is kept with its error (also in report["errors"]: the run is then incomplete), and rows past
+    the time budget are listed as skipped."""
     from .acceleration import effective_switches
 
     report = sink.report
@@ -1354,7 +1362,7 @@ def measure_switches(bench: "Bench", sink: ReportSink, methods: list[str], prior
             with sink.section(f"switch {label} sampler"):
                 entry["sampler"] = bench.sampler(cfg, bench.flops, peak, measured, label=f"switch {label}")
         except Exception as exc:  # one variant failing (e.g. compilation) must not lose the others
-            entry["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            entry["error"] = sink.record_error(f"switch {label}", exc)
         except KeyboardInterrupt:
             entry["error"] = "interrupted (timeout) before this row finished"
             raise
