@@ -643,3 +643,63 @@ def test_each_job_is_given_the_folders_of_the_priors_it_reads():
     assert prior_folders("results/r", "salun", forget_class=3) == {"mask": "results/r/priors/salun/mask/class3"}
     assert prior_folders("results/r", "safemax", forget_class=3) == {}
     assert prior_arguments(sa) == "generated=results/r/priors/sa/generated/shared fisher=results/r/priors/sa/fisher/shared"
+
+
+def _ewc_penalty_loop(model, fisher, star):
+    """The per-tensor reference: sum_i F_i (theta_i - theta*_i)^2, one autograd expression per parameter tensor."""
+    total = 0.0
+    for n, p in model.named_parameters():
+        if n in fisher:
+            total = total + (fisher[n] * (p - star[n]) ** 2).sum()
+    return total
+
+
+@pytest.mark.parametrize("subset", [False, True])
+def test_ewc_penalty_multi_tensor_equals_the_per_tensor_loop(subset):
+    """sa.ewc_penalty (multi-tensor kernels, its own backward) against the loop: the same penalty, the same gradients
+    (alone and added to a UNet loss, as in SA's step, clipped), and the same weights after Adam steps; `subset`: a
+    Fisher that covers only some parameters (the others get no penalty and no gradient from it)."""
+    model = micro_unet(1)
+    star = {n: p.detach().clone() for n, p in model.named_parameters()}
+    g = torch.Generator().manual_seed(2)
+    fisher = {n: torch.rand(p.shape, generator=g) * 10 ** -torch.randint(0, 6, (1,), generator=g).item()
+              for i, (n, p) in enumerate(model.named_parameters()) if not subset or i % 3}
+    with torch.no_grad():  # away from theta*, where the penalty and its gradient are not zero
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    reference = micro_unet(1)
+    reference.load_state_dict(model.state_dict())
+    schedule = Schedule(20, 1e-4, 0.02)
+    x0, labels = torch.rand(4, 1, 4, 4) * 2 - 1, torch.tensor([0, 1, 2, 1])
+
+    def grads(m):
+        return [p.grad.clone() if p.grad is not None else None for p in m.parameters()]
+
+    # the penalty alone
+    for m, fn in ((model, sa.ewc_penalty), (reference, _ewc_penalty_loop)):
+        m.zero_grad(set_to_none=True)
+        (3.0 * fn(m, fisher, star)).backward()
+    new, old = sa.ewc_penalty(model, fisher, star), _ewc_penalty_loop(reference, fisher, star)
+    assert new.item() > 0 and torch.allclose(new, old, rtol=1e-6, atol=0)
+    for n, a, b in zip(dict(model.named_parameters()), grads(model), grads(reference)):
+        if n in fisher:
+            assert torch.allclose(a, b, rtol=1e-6, atol=1e-12), n
+        else:
+            assert a is None and b is None, n
+    # SA's step: UNet loss + lambda * penalty, clipped, one Adam step. One: after it the two models differ by
+    # rounding, and the next step's gradients of the parameters the loss cannot move (the attention's key bias: its
+    # gradient is cancellation noise) would differ by more than rounding, which Adam's normalisation amplifies.
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for m, fn in ((model, sa.ewc_penalty), (reference, _ewc_penalty_loop)):
+        optimizer = torch.optim.Adam(m.parameters(), lr=1e-3)
+        loss = epsilon_loss(m, schedule, x0, labels, reduction="mean", generator=torch.Generator().manual_seed(3))
+        optimizer.zero_grad(set_to_none=True)
+        (loss + 10.0 * fn(m, fisher, star)).backward()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+        optimizer.step()
+    for (n, a), b, ga, gb in zip(model.named_parameters(), reference.parameters(), grads(model), grads(reference)):
+        # rounding of the sum of the two gradients: a few units in the last place of the tensor's largest entry
+        assert torch.allclose(ga, gb, rtol=1e-6, atol=1e-6 * gb.abs().max().item()), n
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-8), n
+    assert all(not torch.equal(p, before[n]) for n, p in model.named_parameters() if n in fisher)  # all moved
+    assert sa.ewc_penalty(model, {}, star) == 0.0
