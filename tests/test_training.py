@@ -134,3 +134,65 @@ def test_resumed_base_training_ends_as_an_uninterrupted_one(tmp_path, capsys):
         assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
     assert losses == reference_losses and losses[0][0] == 0
     assert meter.rte_s > 0 and meter.timed_blocks == 1  # the resumed job timed steps 6-8, plus the saved RTE
+
+
+def _masked_step_loop(optimizer, loss, params, grad_clip, grad_mask):
+    """The per-tensor reference of optimizer_step with a mask: backward, clip the full gradient, multiply each
+    gradient by its mask, step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for p in params if p.grad is not None]
+    torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=False)
+    for p in params:
+        if p in grad_mask:
+            p.grad.mul_(grad_mask[p])
+    optimizer.step()
+
+
+def test_optimizer_step_masks_gradients_as_the_per_tensor_loop():
+    """SalUn's step (clip, then mask, then Adam) with the multi-tensor mask: the same gradients and weights as the
+    per-tensor loop, bit for bit; a mask on some parameters only leaves the others' gradients as clipped."""
+    from unlearnbench.diffusion import Schedule, epsilon_loss
+    from unlearnbench.networks import build_unet
+    from unlearnbench.training import optimizer_step
+
+    micro = {"block_out_channels": (8, 8), "norm_num_groups": 4, "sample_size": 4,
+             "down_block_types": ("DownBlock2D", "DownBlock2D"), "up_block_types": ("UpBlock2D", "UpBlock2D")}
+    models = []
+    for _ in range(3):
+        torch.manual_seed(0)
+        models.append(build_unet("tiny", 3, micro))
+    masked_model, reference, unmasked = models
+    g = torch.Generator().manual_seed(1)
+
+    def masks(model):  # every third parameter unmasked; mask entries 0/1 in the parameter's dtype, as SalUn's,
+        out = {}       # each mask with a 0 (a tensor left out of the masking would show)
+        for i, p in enumerate(model.parameters()):
+            if i % 3:
+                out[p] = (torch.rand(p.shape, generator=torch.Generator().manual_seed(i)) < 0.5).to(p.dtype)
+                out[p].view(-1)[0] = 0
+        return out
+
+    schedule = Schedule(20, 1e-4, 0.02)
+    x0, labels = torch.rand(4, 1, 4, 4, generator=g) * 2 - 1, torch.tensor([0, 1, 2, 1])
+    optimizers = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in models]
+    for step in range(2):  # the second step also compares Adam's state after a masked step
+        grads = []
+        for model, optimizer in zip(models, optimizers):
+            loss = epsilon_loss(model, schedule, x0, labels, reduction="mean",
+                                generator=torch.Generator().manual_seed(step))
+            if model is reference:
+                _masked_step_loop(optimizer, loss, model.parameters(), 0.01, masks(model))
+            else:
+                optimizer_step(optimizer, loss, model.parameters(), 0.01, masks(model) if model is masked_model else None)
+            grads.append([p.grad.clone() for p in model.parameters()])
+        for i, (a, b, c) in enumerate(zip(*grads)):
+            assert torch.equal(a, b), (step, i)
+            if i % 3 == 0 and step == 0:  # not masked: the clipped gradient (same weights before the first step)
+                assert torch.equal(a, c), i
+        for p, q in zip(masked_model.parameters(), reference.parameters()):
+            assert torch.equal(p, q)
+    mask = masks(masked_model)
+    zeroed = [p.grad[mask[p] == 0] for p in masked_model.parameters() if p in mask]
+    assert all(bool((z == 0).all()) for z in zeroed) and sum(z.numel() for z in zeroed) > 0
+    assert not all(torch.equal(p, q) for p, q in zip(masked_model.parameters(), unmasked.parameters()))

@@ -121,16 +121,17 @@ def make_ema(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def optimizer_step(optimizer, loss: torch.Tensor, params, grad_clip: float | None, grad_mask: dict | None = None) -> None:
-    """Backward, clip the full gradient, optionally multiply by a mask (SalUn), step."""
+    """Backward, clip the full gradient, optionally multiply by a mask (SalUn: {parameter: mask of its shape}), step.
+    The clip and the mask are multi-tensor kernels (a few launches, not one per parameter tensor)."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     params = [p for p in params if p.grad is not None]
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
     if grad_mask is not None:
-        for p in params:
-            if p in grad_mask:
-                p.grad.mul_(grad_mask[p])
+        masked = [p for p in params if p in grad_mask]
+        if masked:
+            torch._foreach_mul_([p.grad for p in masked], [grad_mask[p] for p in masked])
     optimizer.step()
 
 
