@@ -13,10 +13,14 @@
 # Measured sizing (H200, 2026-12-04, docs/benchmarks/gpu-nvidia-h200.md): the bf16 row took ~80 s (priors 42,
 # methods 22, sampler 10, 20 steps), its switch ablation ~150 s (torch.compile's first SAFEMax step alone 91 s,
 # its sampler 45 s), and the strict-fp32 row ~400 s (each prior section 80-110 s, mostly outside its timed runs:
-# autotuning and set-up on first use, see warmup_run_wall_s). So one call of ~7 minutes holds the bf16 row, the
-# ablation and the start of the fp32 row: the rows run in that order, each method right after its own priors
+# autotuning and set-up on first use, see warmup_run_wall_s). With the 200 timed steps of now (from 20-30), each
+# method section of a row takes about 200 x its step time longer (bf16 ~0.1-0.25 s, fp32 ~0.16-0.38 s per step: about
+# +1.5 min for the bf16 row's methods, under +1 min for the ablation's four SAFEMax rows, +3 min for the fp32
+# row's; an estimate from those step times, not measured). So one call of ~7 minutes holds the bf16 row, the ablation and
+# perhaps the start of the fp32 row: the rows run in that order, each method right after its own priors
 # and SAFEMax first, so the time limit cuts the least important part. For the full fp32 row, a second call:
-#   PRECISIONS=fp32 SWITCHES=0 bash scripts/gpu_benchmark.sh   (~7 min), then merge the two JSONs:
+#   PRECISIONS=fp32 SWITCHES=0 STEPS=50 bash scripts/gpu_benchmark.sh   (~7 min; at 200 steps the fp32 row, ~400 s
+#   at 30, would not fit), then merge the two JSONs:
 #   python scripts/benchmark_report.py bf16.json fp32.json  (each row says which run it came from).
 # UNLEARNBENCH_BENCHMARK_BUDGET_S stops starting ablation rows after that many seconds, and `timeout`
 # interrupts the benchmark at LIMIT_S (the JSON keeps every finished section).
@@ -26,7 +30,9 @@ cd "$(dirname "$0")/.."
 PRESET=${PRESET:-paper}                      # tiny: a CPU smoke test of this script
 PRECISIONS=${PRECISIONS:-bf16 fp32}          # in this order (the ablation runs right after bf16)
 SWITCHES=${SWITCHES:-1}                      # 0: no switch ablation
-STEPS=${STEPS:-30}
+STEPS=${STEPS:-200}                          # timed steps per method and precision: the steady-state step time
+                                             # (the projections' median) over 200 steps; the first and the
+                                             # warm-up steps are kept apart (first_step_s, projected_job_rte_min)
 WARMUP=${WARMUP:-5}
 LIMIT_S=${LIMIT_S:-390}                      # the benchmark itself (+ <= 20 s to stop, + setup and report:
                                              # the whole script stays under ~7.5 min)

@@ -64,7 +64,22 @@ def test_methods_timed_and_projected(report):
         assert _positive(entry["first_step_s"])
         assert entry["paper_steps"] == benchmark.PAPER_STEPS[name]
         assert entry["projected_rte_min"] == pytest.approx(entry["projected_rte_s"] / 60)
-        assert entry["projected_rte_s"] >= entry["step"]["mean_s"] * entry["paper_steps"]
+        assert entry["projection_step_statistic"] == "median_s"
+        assert entry["projected_rte_s"] == pytest.approx(
+            entry["step"]["median_s"] * entry["paper_steps"] + entry["timed_outside_steps_s"])
+        # A real job's timed loop: its first step and the other warm-up steps as measured (at least the median each,
+        # together), the rest at the median step, plus the time outside the steps.
+        assert entry["job_steps_as_measured"] == 1 and entry["warmup_after_first_s"] == 0.0  # --warmup 1
+        cold = entry["first_step_s"] + entry["warmup_after_first_s"]
+        job_s = (max(cold, entry["job_steps_as_measured"] * entry["step"]["median_s"])
+                 + (entry["paper_steps"] - entry["job_steps_as_measured"]) * entry["step"]["median_s"]
+                 + entry["timed_outside_steps_s"])
+        assert entry["projected_job_rte_s"] == pytest.approx(job_s, rel=1e-12)
+        assert entry["projected_job_rte_min"] == pytest.approx(entry["projected_job_rte_s"] / 60)
+        assert entry["projected_job_rte_min"] >= entry["projected_rte_min"]
+        if cold > entry["step"]["median_s"]:  # the cold step's extra time is what the job adds
+            assert entry["projected_job_rte_s"] - entry["projected_rte_s"] == pytest.approx(
+                cold - entry["step"]["median_s"], rel=1e-6, abs=1e-9)
         assert _positive(entry["flops_per_step"]) and _positive(entry["achieved_tflops"])
         assert entry["unet_rows_per_step"]["with_grad"] > 0
         cost = entry["cost"]
@@ -115,6 +130,10 @@ def test_summary_ratios(report):
     assert s["rte_sa_over_safemax"] == pytest.approx(rte["sa"] / rte["safemax"])
     assert s["rte_salun_over_safemax"] == pytest.approx(rte["salun"] / rte["safemax"])
     assert s["rte_sa_with_priors_over_safemax"] == pytest.approx((rte["sa"] + sa_priors) / rte["safemax"])
+    # The priors are shared by the 10 forget classes: amortised, each class is charged a tenth of them.
+    assert s["sa_priors_projected_min"] == pytest.approx(sa_priors) and s["sa_priors_shared_by_classes"] == 10
+    assert s["rte_sa_with_amortised_priors_over_safemax"] == pytest.approx((rte["sa"] + sa_priors / 10) / rte["safemax"])
+    assert s["rte_sa_over_safemax"] < s["rte_sa_with_amortised_priors_over_safemax"] < s["rte_sa_with_priors_over_safemax"]
     assert s["paper_rte_sa_over_safemax"] == pytest.approx(174.37 / 5.82, rel=0.01)
     assert s["gpu_saving_safemax_vs_sa_pct"] is None  # no GPU memory on CPU
     assert s["paper_gpu_saving_safemax_vs_sa_pct"] == pytest.approx(45.1, abs=0.1)
@@ -136,8 +155,16 @@ def test_markdown_report(report_path, tmp_path):
     text = out.read_text()
     assert "# Cost benchmark:" in text and "NOT comparable with the paper" in text
     for needle in ("| safemax |", "| salun |", "| sa |", "sa.generated", "salun.mask", "RTE SA / SAFEMax",
-                   "paper RTE min", "torch", "Evaluation sampler"):
+                   "paper RTE min", "torch", "Evaluation sampler", "proj. job RTE min", "first step s",
+                   "priors amortised over the 10 classes", "all priors charged to one class"):
         assert needle in text, needle
+    report = json.loads(report_path.read_text())
+    row = next(r for r in benchmark.method_rows(report, "fp32") if r[0] == "sa")
+    job_col = benchmark.METHOD_HEADER.index("proj. job RTE min")
+    assert row[job_col] == benchmark._fmt(report["runs"]["fp32"]["methods"]["sa"]["projected_job_rte_min"], 2)
+    del report["runs"]["fp32"]["methods"]["sa"]["projected_job_rte_min"]  # a run from before it was recorded
+    row = next(r for r in benchmark.method_rows(report, "fp32") if r[0] == "sa")
+    assert row[job_col] == "not measured"
     # The paper's SAFEMax RTE mean sits beside the measured row.
     assert "5.82" in text
     default = benchmark.default_markdown_path(json.loads(report_path.read_text()), root=tmp_path)
@@ -183,7 +210,10 @@ def test_a_method_the_paper_lacks_is_projected_to_its_defaults_steps(tmp_path):
     steps = load_method("finetune").DEFAULTS["steps"]
     assert entry["paper_steps"] is None and entry["projected_steps"] == steps
     assert entry["projected_steps_source"] == "DEFAULTS"
-    assert entry["projected_rte_s"] == pytest.approx(entry["step"]["mean_s"] * steps + entry["timed_outside_steps_s"])
+    assert entry["projected_rte_s"] == pytest.approx(entry["step"]["median_s"] * steps + entry["timed_outside_steps_s"])
+    assert entry["projected_job_rte_s"] == pytest.approx(  # --warmup 0: the first step is the one as measured
+        max(entry["first_step_s"], entry["step"]["median_s"]) + (steps - 1) * entry["step"]["median_s"]
+        + entry["timed_outside_steps_s"])
     assert f"({steps:,} steps: DEFAULTS)" in benchmark.render_markdown(json.loads(out.read_text()))
 
 
