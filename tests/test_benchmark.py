@@ -585,3 +585,19 @@ def test_a_fit_swamped_by_noise_is_null_with_its_reason(report):
     assert mask_row[3] == f"- ({benchmark.NOISY_FIT})"
     sampler_row = next(r for r in benchmark.sampler_rows(noisy) if r[0] == "fp32")
     assert sampler_row[2] == f"- ({benchmark.NOISY_FIT})"
+
+
+def test_paper_config_runs_fp32_and_its_bf16_overlay_changes_only_the_precision(root):
+    """The references ran in fp32: config/paper.yaml too (bf16 and TF32 off); config/paper-bf16.yaml, its speed overlay,
+    turns both on under a run_name of its own (results never mixed with the fp32 run's) and changes nothing else."""
+    from unlearnbench.config import load_config
+
+    paper = load_config(root / "config" / "paper.yaml", methods_dir=root / "methods")
+    fast = load_config(root / "config" / "paper.yaml", root / "config" / "paper-bf16.yaml", methods_dir=root / "methods")
+    assert paper["performance"]["bf16"] is False and paper["performance"]["tf32"] is False
+    assert fast["performance"]["bf16"] is True and fast["performance"]["tf32"] is True
+    assert paper["run_name"] == "paper" and fast["run_name"] == "paper-bf16"
+    differ = {k for k in paper.keys() | fast.keys() if paper.get(k) != fast.get(k)}
+    assert differ == {"run_name", "performance"}
+    assert {k for k in paper["performance"] if paper["performance"][k] != fast["performance"][k]} == {"bf16", "tf32"}
+    assert "not yet measured" in (root / "config" / "paper-bf16.yaml").read_text().lower()

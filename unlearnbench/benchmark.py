@@ -1458,6 +1458,10 @@ def main(args) -> dict:
                            "the sampler, SA's Fisher and SalUn's mask through ctx.autocast): the bf16 rows run them in "
                            "bf16, with fp32 weights, gradients and accumulators.")
     report["notes"].append("Synthetic data and a randomly initialised UNet: costs only (no metric is meaningful).")
+    report["notes"].append("first_step_s and projected_job_rte_min: one process runs every section, so cuDNN's "
+                           "autotuning results and torch.compile's caches carry over from the sections before (the "
+                           "first method of a precision row, SAFEMax, pays them most fully); a real job, a process of "
+                           "its own, pays them every time, so a later method's job RTE can be below a job's.")
 
     workdir = Path(tempfile.mkdtemp(prefix="unlearnbench-benchmark-"))
     try:
