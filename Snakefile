@@ -13,6 +13,7 @@ include: "rules/unlearning.smk"
 include: "rules/evaluation.smk"
 include: "rules/report.smk"
 include: "rules/guidance.smk"
+include: "rules/finding.smk"
 
 
 rule all:

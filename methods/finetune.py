@@ -19,6 +19,7 @@ DEFAULTS = {
     "grad_clip": 1.0,
     "cond_dropout": 0.0,      # 0 as in SAFEMax's retain term; 0.1 would be the base model's training
 }
+SCALED = {"steps": "steps", "batch_size": "batch"}
 PARAM_SCHEMA = {
     **LOOP_PARAM_SCHEMA,  # steps, batch_size, lr, grad_clip
     "cond_dropout": {"type": "number", "minimum": 0, "maximum": 1},

@@ -29,7 +29,10 @@ DEFAULTS = {
     "ema_decay": 0.9999,
     "n_generated_per_class": 500,
     "fisher_images": None,      # None: all generated images
-    "fisher_timesteps": None,   # None: all T timesteps per image
+    # None: all T timesteps per image, the paper's sum. A subset n is rescaled by T/n, which inflates the Fisher's
+    # noise part about T/n times (its square is not an unbiased estimate of the square of the full sum): for cost
+    # measurements and quick tests only.
+    "fisher_timesteps": None,
     "fisher_batch": 250,        # timesteps per forward pass (memory bound)
     # Each (image, t) term's label is the null class with this probability, as in the reference's save_fim (its
     # loss keeps the training default cond_drop_prob = 0.1), so the Fisher also weighs the unconditional eps
@@ -37,6 +40,10 @@ DEFAULTS = {
     "fisher_cond_dropout": 0.1,
     "checkpoint_every": 1000,   # resumable state every so many steps (0: never)
 }
+# How a smaller config scales these paper-scale values (unlearnbench/scaling.py; the config's `scale` section): the
+# EMA decay follows the steps that run, so that the evaluated EMA keeps the paper's share of the starting weights.
+SCALED = {"steps": "steps", "batch_size": "batch", "replay_batch_size": "batch", "ema_decay": "ema",
+          "checkpoint_every": "steps"}
 # What each value may be (JSON Schema; the config is checked against it before any job runs).
 PARAM_SCHEMA = {
     **LOOP_PARAM_SCHEMA,  # steps, batch_size, lr, grad_clip
@@ -169,7 +176,6 @@ def ewc_penalty(model, fisher: dict, star: dict) -> torch.Tensor:
     if not params:
         return 0.0
     return _EWCPenalty.apply(fishers, stars, *params)
-
 
 
 def unlearn(ctx):

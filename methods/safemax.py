@@ -27,6 +27,8 @@ DEFAULTS = {
     "ema_decay": None,        # null: evaluate the raw weights; a number: keep an EMA, continued from the base
                               # model's EMA as SA's is, and evaluate it
 }
+# How a smaller config scales these paper-scale values (unlearnbench/scaling.py; the config's `scale` section).
+SCALED = {"steps": "steps", "batch_size": "batch", "retain_batch_size": "batch", "ema_decay": "ema"}
 # What each value may be (JSON Schema; the config is checked against it before any job runs).
 PARAM_SCHEMA = {
     **LOOP_PARAM_SCHEMA,  # steps, batch_size, lr, grad_clip

@@ -23,7 +23,7 @@ DEFAULTS = {
     "retain_batch_size": 128,
     "lr": 1.0e-4,
     "grad_clip": 1.0,
-    "alpha": 1.0e-3,            # retain weight
+    "alpha": 1.0e-3,            # retain weight, at CIFAR-10's image dimension (SCALED below)
     "cond_dropout": 0.1,        # on the retain term
     # On each of the forget term's two passes, its own draw: the reference runs both in the model's training mode,
     # which drops the label with the config's cond_drop_prob = 0.1.
@@ -33,6 +33,11 @@ DEFAULTS = {
     "mask_batch_size": 128,
     "mask_grad_clip": 1.0,      # each mask batch's gradient clipped to this norm before the signed sum
 }
+# How a smaller config scales these paper-scale values (unlearnbench/scaling.py; the config's `scale` section).
+# alpha weighs the pixel-summed retain loss against the element-mean forget term: its balance follows the image
+# dimension (1e-3 at CIFAR-10's 3072 values is 0.048 at digits' 64).
+SCALED = {"steps": "steps", "batch_size": "batch", "retain_batch_size": "batch", "mask_batch_size": "batch",
+          "alpha": "pixel_sum_weight"}
 # What each value may be (JSON Schema; the config is checked against it before any job runs).
 PARAM_SCHEMA = {
     **LOOP_PARAM_SCHEMA,  # steps, batch_size, lr, grad_clip

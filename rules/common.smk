@@ -1,8 +1,8 @@
 # Shared paths and input functions for the rules.
-from unlearnbench.method_api import methods_dir, NAME_PATTERN
+from unlearnbench.method_api import method_sources, NAME_PATTERN
 from unlearnbench.workflow import prior_folders, prior_arguments, parse_variant, ablation_variants, fingerprint
 from unlearnbench.workflow import resolved_config_path, base_checkpoint_files, suite_code, workflow_relative, guidance_labels
-from unlearnbench.workflow import imported_model_files, remake_marker
+from unlearnbench.workflow import imported_model_files, remake_marker, finding_variants
 from unlearnbench.workflow import UNET_FILES, EVALUATOR_WEIGHTS, TABLES
 from unlearnbench.config import evaluated_methods
 
@@ -15,6 +15,7 @@ ORIGINAL_FILES = [f"{ORIGINAL}/train.json",
                   *expand(f"{ORIGINAL}/{{sub}}/{{name}}", sub=("unet", "unet_ema"), name=UNET_FILES)]
 EVALUATOR_FILES = [f"{EVALUATOR}/evaluator.json", f"{EVALUATOR}/{EVALUATOR_WEIGHTS}"]
 MODEL = f"{RUN}/models/{{variant}}/class{{c}}/seed{{s}}"  # an unlearned model's folder
+MAIN_MODEL = f"{RUN}/models/{{method}}/class{{c}}/seed{{s}}"  # ... of a main run (a method or imported model)
 MODEL_WEIGHTS = expand(f"{MODEL}/unet/{{name}}", name=UNET_FILES, allow_missing=True)
 CLASSES = config["forget_classes"]
 SEEDS = config["seeds"]
@@ -33,7 +34,8 @@ def fp(stage, method=None, prior=None):
     """Params value that changes when the config sections this stage depends on change."""
     return fingerprint(config, stage, method, prior)
 
-VARIANT_PATTERN = f"(?!original){NAME_PATTERN}(-[A-Za-z0-9_]+=[-0-9.e]+)?"  # "original" has rules of its own
+STUDY_VARIANT_PATTERN = f"{NAME_PATTERN}-[A-Za-z0-9_]+=[-A-Za-z0-9_.]+"  # a method with one param changed
+VARIANT_PATTERN = f"(?!original){NAME_PATTERN}(-[A-Za-z0-9_]+=[-A-Za-z0-9_.]+)?"  # "original" has rules of its own
 
 wildcard_constraints:
     method=NAME_PATTERN,
@@ -44,8 +46,8 @@ wildcard_constraints:
 
 
 def method_file(method):
-    """methods/<name>.py as an input: editing a method reruns its priors and unlearning jobs."""
-    return workflow_relative(methods_dir() / f"{method}.py")
+    """methods/<name>.py (and a variant's base file) as inputs: editing a method reruns its priors and unlearning jobs."""
+    return [workflow_relative(path) for path in method_sources(method)]
 
 
 def prior_inputs(method, forget_class=None, prior=None):

@@ -1,6 +1,7 @@
 # Evaluation: samples saved once per model (npz + PNG grid) and scored from the saved file;
 # FID reference statistics cached per forget class (one job: the real images' features are computed once).
-REFERENCE_CLASSES = sorted(set(CLASSES) | ({config["ablation"]["forget_class"]} if ABLATION else set()))
+REFERENCE_CLASSES = sorted(set(CLASSES) | ({config["ablation"]["forget_class"]} if ABLATION else set())
+                           | ({config["finding"]["forget_class"]} if finding_variants(config) else set()))
 
 
 rule fid_reference:
@@ -42,9 +43,36 @@ rule score_original:
         " --out {output} > {log} 2>&1"
 
 
+rule evaluate_method:
+    """Every forgotten class of one method (or imported model) and seed, in one process (a job per model would spend
+    more on starting Python and torch than on scoring): each model's samples (npz + PNG), reused from its unlearning
+    job when they match the config, then its metrics from the saved samples."""
+    input:
+        data=DATA, evaluator=EVALUATOR_FILES, code=METRICS_CODE,
+        cost=expand(f"{MAIN_MODEL}/cost.json", c=CLASSES, allow_missing=True),
+        weights=expand(f"{MAIN_MODEL}/unet/{{name}}", c=CLASSES, name=UNET_FILES, allow_missing=True),
+        presampled=expand(f"{MAIN_MODEL}/eval_samples.npz", c=CLASSES, allow_missing=True),
+        reference=expand(f"{RUN}/fid_reference/class{{c}}.npz", c=CLASSES),
+    output:
+        samples=expand(f"{RUN}/samples/{{method}}/class{{c}}/seed{{s}}.npz", c=CLASSES, allow_missing=True),
+        records=expand(f"{RUN}/metrics/{{method}}/class{{c}}/seed{{s}}.json", c=CLASSES, allow_missing=True),
+    params:
+        fp=lambda w: fp("evaluate", w.method), classes=" ".join(map(str, CLASSES)),
+        models=lambda w: " ".join(f"{RUN}/models/{w.method}/class{c}/seed{w.s}/unet" for c in CLASSES),
+    wildcard_constraints: method=f"(?!original){NAME_PATTERN}"
+    log: f"{RUN}/logs/evaluate/{{method}}_seed{{s}}.log"
+    threads: THREADS
+    shell:
+        "{CLI} evaluate --config {CFG} --model {params.models} --data {input.data} --samples {output.samples}"
+        " --evaluator {EVALUATOR} --reference {input.reference} --cost {input.cost} --method {wildcards.method}"
+        " --variant {wildcards.method} --forget-class {params.classes} --seed {wildcards.s} --out {output.records}"
+        " --presampled {input.presampled} > {log} 2>&1"
+
+
 rule evaluate_unlearned:
-    """Samples of the unlearned model (npz + PNG), reused from its unlearning job when they match the config,
-    then its metrics from the saved samples."""
+    """A study's model (an ablation or finding point: one param changed, one class): its samples, reused from its
+    unlearning job when they match the config, then its metrics from the saved samples."""
+    wildcard_constraints: variant=STUDY_VARIANT_PATTERN
     input:
         data=DATA, cost=f"{MODEL}/cost.json", weights=MODEL_WEIGHTS, presampled=f"{MODEL}/eval_samples.npz",
         evaluator=EVALUATOR_FILES,

@@ -17,7 +17,7 @@ from unlearnbench.config import ConfigError, load_config, method_params
     ({"forget_classes": ["a"]}, "'forget_classes[0]' = \"a\" is not allowed; allowed: type integer"),
     ({"seeds": [0, 0]}, "'seeds' = [0, 0] is not allowed; allowed: no repeated entries"),
     ({"seeds": []}, "'seeds' = [] is not allowed; allowed: at least 1 entry"),
-    ({"methods": ["nope"]}, "'methods[0]' = 'nope' is not a method; allowed: finetune, sa, safemax, salun"),
+    ({"methods": ["nope"]}, "'methods[0]' = 'nope' is not a method; allowed: finetune, sa, safemax, safemax_r, salun"),
     ({"methods": "safemax"}, "'methods' = \"safemax\" is not allowed; allowed: type array (a list, even of one: [safemax]"),
     ({"sampler": {"steps": 0}}, "'sampler.steps' = 0 is not allowed; allowed: type integer, >= 1"),
     ({"sampler": {"steps": 2000}}, "'sampler.steps' = 2000 exceeds 'diffusion.timesteps' = 1000"),
@@ -76,8 +76,9 @@ def test_paper_config_restates_the_methods_paper_defaults(root):
 
     config = load_config(root / "config" / "paper.yaml", methods_dir=root / "methods")
     for method in ("sa", "salun", "safemax"):
-        defaults = load_method(method, root / "methods").DEFAULTS
-        resolved = method_params(config, method, defaults)
+        module = load_method(method, root / "methods")
+        defaults = module.DEFAULTS
+        resolved = method_params(config, method, module)
         differing = {k: (resolved[k], defaults[k]) for k in defaults if resolved[k] != defaults[k]}
         assert differing == {}, (method, differing)
         assert config["method_params"][method].get("steps") == defaults["steps"]
@@ -107,7 +108,8 @@ def test_paper_config_plans_the_whole_dag(root, tmp_path):
     assert proc.returncode == 0, out[-3000:]
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, re.M))
     # 10 forget classes x 3 methods, SA's two shared priors, SalUn's mask per class, from training up
-    assert counts["unlearn"] == "30" and counts["evaluate_unlearned"] == "30", counts
+    # each unlearning job draws its model's samples; one job per method and seed scores the 10 models
+    assert counts["unlearn"] == "30" and counts["evaluate_method"] == "3", counts
     assert counts["prior_shared"] == "2" and counts["prior_per_class"] == "10", counts
     assert counts["train_base"] == "1" and counts["train_evaluator"] == "1", counts
     assert "results/paper/" in out
@@ -142,7 +144,7 @@ def test_method_params_reject_unknown_keys(root, tmp_path):
     ({"salun": {"grad_clip": 0}}, "'method_params.salun.grad_clip' = 0 is not allowed"),
     ({"sa": {"fisher_images": "many"}}, "'method_params.sa.fisher_images' = \"many\" is not allowed"),
     ({"sa": {"ema_decay": 1.0}}, "'method_params.sa.ema_decay' = 1.0 is not allowed"),
-    ({"safemx": {"steps": 5}}, "unknown method 'safemx' under 'method_params'; allowed: finetune, sa, safemax, salun"),
+    ({"safemx": {"steps": 5}}, "unknown method 'safemx' under 'method_params'; allowed: finetune, sa, safemax, safemax_r, salun"),
 ])
 def test_method_params_are_checked_against_the_methods_schemas(root, params, expected):
     """A bad value stops the run before any job: 0 steps would pass the original model off as unlearned."""
@@ -209,11 +211,88 @@ def test_a_method_without_a_schema_is_checked_by_its_defaults_types(root, tmp_pa
         load_method("stray", tmp_path)
 
 
+def fake_method(defaults, scaled=None, changes=None):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(DEFAULTS={**defaults, **(changes or {})}, PUBLISHED_DEFAULTS=defaults,
+                           SCALED=scaled or {}, VARIANT_CHANGES=changes or {})
+
+
 def test_method_params_layering(tiny_config):
-    defaults = {"steps": 1, "lr": 2.0, "batch_size": 9}
+    module = fake_method({"steps": 1, "lr": 2.0, "batch_size": 9})
     cfg = copy.deepcopy(tiny_config)
     cfg["method_params"]["safemax"] = {"steps": 5}
-    assert method_params(cfg, "safemax", defaults, {"lr": 3.0}) == {"steps": 5, "lr": 3.0, "batch_size": 9}
+    assert method_params(cfg, "safemax", module, {"lr": 3.0}) == {"steps": 5, "lr": 3.0, "batch_size": 9}
+
+
+def test_scale_rules_turn_paper_defaults_into_the_configs_values(tiny_config):
+    """Each rule by hand: steps and batches x the scale factors, an EMA decay keeping its share of the start weights
+    after the steps that run, a pixel-summed loss weight x 3072 / d (digits: d = 64)."""
+    module = fake_method({"steps": 20000, "batch_size": 128, "ema_decay": 0.9999, "alpha": 1e-3, "lr": 1e-4},
+                         {"steps": "steps", "batch_size": "batch", "ema_decay": "ema", "alpha": "pixel_sum_weight"})
+    cfg = {**copy.deepcopy(tiny_config), "scale": {"steps": 0.06, "batch": 0.5}}
+    cfg["method_params"] = {}
+    params, origins = method_params(cfg, "m", module, with_origins=True)
+    assert params["steps"] == 1200 and params["batch_size"] == 64 and params["lr"] == 1e-4
+    assert params["alpha"] == pytest.approx(1e-3 * 3072 / 64) == pytest.approx(0.048)
+    assert params["ema_decay"] ** 1200 == pytest.approx(0.9999 ** 20000)
+    assert set(origins) == {"steps", "batch_size", "ema_decay", "alpha"} and all(o.startswith("rule") for o in origins.values())
+    # A value set by hand wins and is recorded as such; the EMA follows the steps that run.
+    cfg["method_params"] = {"m": {"steps": 120, "batch_size": 64}}
+    params, origins = method_params(cfg, "m", module, with_origins=True)
+    assert params["steps"] == 120 and params["ema_decay"] ** 120 == pytest.approx(0.9999 ** 20000)
+    assert origins["steps"].startswith("config") and "1200" in origins["steps"]
+    assert origins["batch_size"].startswith("rule")  # the rule's own value restated is no deviation
+    # Under mean reduction both of SalUn's terms are element means: the balance needs x 3072.
+    cfg["diffusion"] = {**cfg["diffusion"], "loss_reduction": "mean"}
+    assert method_params(cfg, "m", module)["alpha"] == pytest.approx(3.072)
+    # At the paper's scale (CIFAR-10, factors 1) every rule gives the published value.
+    paper = {**cfg, "dataset": "cifar10", "scale": {"steps": 1, "batch": 1}, "method_params": {},
+             "diffusion": {**cfg["diffusion"], "loss_reduction": "sum"}}
+    assert method_params(paper, "m", module, with_origins=True) == (module.DEFAULTS, {})
+
+
+def test_the_default_config_runs_the_shipped_methods_by_the_rules(root):
+    """SalUn's alpha and SA's Fisher in the default run: 1e-3 x 3072 / 64, and the sum over all T."""
+    from unlearnbench.method_api import load_method
+
+    config = load_config(methods_dir=root / "methods")
+    salun = method_params(config, "salun", load_method("salun", root / "methods"))
+    assert salun["alpha"] == pytest.approx(0.048)
+    sa, origins = method_params(config, "sa", load_method("sa", root / "methods"), with_origins=True)
+    assert sa["fisher_timesteps"] is None and sa["lambda"] == 10.0
+    assert "lambda" not in origins and "fisher_timesteps" not in origins
+    for method in ("safemax", "safemax_r", "salun", "sa"):
+        params = method_params(config, method, load_method(method, root / "methods"))
+        assert params["lr"] == 1e-4, method  # one learning rate for every method, as the paper
+    safemax, safemax_r = (method_params(config, m, load_method(m, root / "methods")) for m in ("safemax", "safemax_r"))
+    assert safemax["retain_weight"] == 0.0 and safemax_r["retain_weight"] == 1.0
+    assert {k: v for k, v in safemax_r.items() if safemax[k] != v} == {"retain_weight": 1.0}
+
+
+def test_a_variant_is_its_base_with_its_changes_under_its_own_name(tmp_path):
+    from unlearnbench.errors import UserError
+    from unlearnbench.method_api import load_method, method_sources
+
+    (tmp_path / "base.py").write_text('DEFAULTS = {"steps": 3, "w": 0.0}\nSCALED = {"steps": "steps"}\n'
+                                      "def unlearn(ctx):\n    return ctx\n")
+    (tmp_path / "base_w.py").write_text('VARIANT_OF = "base"\nDISPLAY_NAME = "Base+W"\nNOTE = "w = 1"\n'
+                                        'CHANGES = {"w": 1.0}\n')
+    variant, base = load_method("base_w", tmp_path), load_method("base", tmp_path)
+    assert variant.unlearn is base.unlearn and variant.DEFAULTS == {"steps": 3, "w": 1.0}
+    assert variant.PUBLISHED_DEFAULTS == base.DEFAULTS and variant.VARIANT_CHANGES == {"w": 1.0}
+    assert variant.SCALED == base.SCALED and variant.NOTE == "w = 1" and variant.DISPLAY_NAME == "Base+W"
+    assert method_sources("base_w", tmp_path) == [tmp_path / "base_w.py", tmp_path / "base.py"]
+    for name, text, message in [
+        ("no_note", 'VARIANT_OF = "base"\nCHANGES = {"w": 1.0}\n', "give it NOTE"),
+        ("own_code", 'VARIANT_OF = "base"\nNOTE = "x"\nCHANGES = {"w": 1.0}\ndef unlearn(ctx):\n    pass\n',
+         "also defines unlearn"),
+        ("typo", 'VARIANT_OF = "base"\nNOTE = "x"\nCHANGES = {"ww": 1.0}\n', "CHANGES names ww"),
+        ("bad_base", 'VARIANT_OF = "nothere"\nNOTE = "x"\nCHANGES = {"w": 1.0}\n', "not found"),
+    ]:
+        (tmp_path / f"{name}.py").write_text(text)
+        with pytest.raises(UserError, match=message):
+            load_method(name, tmp_path)
 
 
 def test_snakemake_refuses_bad_config_before_any_job(root, tmp_path):
@@ -251,7 +330,7 @@ def test_an_overlays_params_for_a_method_not_run_get_a_note(tmp_path, monkeypatc
     mine = tmp_path / "mine.yaml"
     mine.write_text("method_params: {finetune: {steps: 7}, safemax: {steps: 9}}\n")
     load_workflow_config({"method_params": {"finetune": {"steps": 7}}}, [str(DEFAULT_CONFIG), str(mine)])
-    assert ("note: " + str(mine) + " sets method_params for finetune, which 'methods' (sa, salun, safemax) leaves "
+    assert ("note: " + str(mine) + " sets method_params for finetune, which 'methods' (sa, salun, safemax, safemax_r) leaves "
             "out: those params are unused; add it to 'methods' to run it") in capsys.readouterr().err
     load_workflow_config({"methods": ["safemax", "finetune"]}, [str(DEFAULT_CONFIG), str(mine)])
     assert "method_params" not in capsys.readouterr().err

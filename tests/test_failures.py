@@ -153,7 +153,7 @@ def test_out_of_memory_names_the_batch_size_keys(monkeypatch, capsys):
 def test_unknown_method_file(tmp_path):
     from unlearnbench.method_api import load_method
 
-    with pytest.raises(UserError, match="method 'nope' not found: no file .*nope.py. Available: finetune, sa, safemax, salun"):
+    with pytest.raises(UserError, match="method 'nope' not found: no file .*nope.py. Available: finetune, sa, safemax, safemax_r, salun"):
         load_method("nope")
     (tmp_path / "broken.py").write_text("DEFAULTS = {}\n")
     with pytest.raises(UserError, match="must define unlearn\\(ctx\\)"):
@@ -407,7 +407,7 @@ def test_a_method_file_named_in_capitals_is_told_to_be_renamed(tmp_path, root):
         load_config(overrides={"methods": ["GradAscent"]}, methods_dir=tmp_path / "methods")
     with pytest.raises(ConfigError) as err:  # the list of what is allowed leaves it out
         load_config(overrides={"methods": ["gradascent"]}, methods_dir=tmp_path / "methods")
-    assert "allowed: finetune, sa, safemax, salun (a method" in str(err.value)
+    assert "allowed: finetune, sa, safemax, safemax_r, salun (a method" in str(err.value)
 
 
 def test_original_cannot_name_a_method(tmp_path):

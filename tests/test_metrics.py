@@ -292,3 +292,44 @@ def test_inception_pipeline_with_stand_in_network(tmp_path):
     channel_means = ((resized.astype(np.float64) - 128) / 128).mean(axis=(2, 3))
     expected = np.tile(channel_means, 683)[:, :2048]
     np.testing.assert_allclose(extract(rgb), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_eps_mean_squares_replayed_one_image_at_a_time():
+    """The denoiser check against a loop written out: the same draws (forget images' timesteps and noise, then the
+    remaining images'), x_t = sqrt(a) x0 + sqrt(1 - a) noise, one image per forward pass, the mean square of the
+    predictions under c_f, the own labels and the null label (the latter two on the same x_t)."""
+    from metrics.denoiser import eps_mean_squares
+    from unlearnbench.diffusion import Schedule
+    from unlearnbench.networks import build_unet
+
+    torch.manual_seed(0)
+    model = build_unet("tiny", 3, {"block_out_channels": (8, 8), "norm_num_groups": 4, "sample_size": 4,
+                                   "down_block_types": ("DownBlock2D", "DownBlock2D"),
+                                   "up_block_types": ("UpBlock2D", "UpBlock2D")}).eval()
+    T = 50
+    schedule = Schedule(T, 1e-4, 0.02)
+    forget, remaining = torch.rand(5, 1, 4, 4) * 2 - 1, torch.rand(7, 1, 4, 4) * 2 - 1
+    labels = torch.tensor([1, 2, 1, 2, 2, 1, 1])
+    got = eps_mean_squares(model, schedule, forget, remaining, labels, 0, 3, torch.Generator().manual_seed(5),
+                           batch_size=3)
+
+    g = torch.Generator().manual_seed(5)
+    alpha_bar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, T, dtype=torch.float64), 0).float()
+
+    def noised(x0):
+        t = torch.randint(0, T, (len(x0),), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        a = alpha_bar[t].view(-1, 1, 1, 1)
+        return a.sqrt() * x0 + (1 - a).sqrt() * noise, t
+
+    def mean_square(x_t, t, y):
+        with torch.no_grad():
+            return sum(model(x_t[i:i + 1], t[i:i + 1], y[i:i + 1]).pow(2).sum().item() for i in range(len(x_t))) / x_t.numel()
+
+    x_f, t_f = noised(forget)
+    x_r, t_r = noised(remaining)
+    want = {"forget": mean_square(x_f, t_f, torch.zeros(5, dtype=torch.long)),
+            "remaining": mean_square(x_r, t_r, labels), "null": mean_square(x_r, t_r, torch.full((7,), 3))}
+    assert got.keys() == want.keys()
+    for key in want:
+        assert got[key] == pytest.approx(want[key], rel=1e-5), key

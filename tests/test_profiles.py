@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # CLI commands that train or sample a UNet (or train the evaluator) on config `device`; scoring, FID references
 # and tables are CPU stages by design (docs/cluster.md).
 DEVICE_COMMANDS = {"train-base", "train-evaluator", "prior", "unlearn", "import-model", "sample", "evaluate",
-                   "evaluate-guidance"}
+                   "evaluate-guidance", "denoiser-norms"}
 GPUS_PER_PROFILE = {"slurm": 1, "local-gpu": 1, "slurm-test": 0}  # slurm-test: its node has none
 
 

@@ -470,7 +470,7 @@ def test_aggregate_refuses_records_that_are_not_the_configs(tmp_path, capsys):
     config = tmp_path / "config.yaml"
 
     def aggregate(classes, seeds, records):
-        config.write_text(f"run_name: agg\nforget_classes: {classes}\nseeds: {seeds}\n")
+        config.write_text(f"run_name: agg\nmethods: [sa, salun, safemax]\nforget_classes: {classes}\nseeds: {seeds}\n")
         return cli_main(["aggregate", "--config", str(config), "--records", *map(str, records),
                          "--out-dir", str(tmp_path / "out")])
 
@@ -746,44 +746,74 @@ def test_paired_difference_without_an_interval():
     assert np.isnan(report.paired_difference([1.0, np.nan], [1.0, 2.0], lower_is_better=True).mean)
 
 
-def test_paired_comparison_pairs_each_method_with_safemax_class_by_class(run):
-    records, metrics, table = run
-    paired = report.paired_comparison(table, METHODS).set_index(["method", "metric"])
+def cell_values(records, method, column):
+    """Independent of pandas: {(class, seed): value} of a method's main records."""
+    return {(r["forget_class"], r["seed"]): float(r[column]) for r in records
+            if r["method"] == method and r["variant"] == method}
+
+
+def test_paired_comparison_pairs_each_method_with_safemax_cell_by_cell(run):
+    from scipy import stats
+
+    records, metrics, _ = run
+    paired = report.paired_comparison(metrics, METHODS).set_index(["method", "metric"])
     assert set(paired.index.get_level_values("method")) == {"original", "sa", "salun"}
+    m = 3 * len(report.PAIRED_METRICS)  # comparisons of the table: Bonferroni
+    level = 1 - 0.05 / m
     for method in ("original", "sa", "salun"):
         for metric, column, lower in [("FID", "fid", True), ("H [nats]", "H", False), ("UA [%]", "UA", False)]:
-            diff = seed_averaged(records, method, column) - seed_averaged(records, "safemax", column)
+            ours, ref = cell_values(records, method, column), cell_values(records, "safemax", column)
+            cells = sorted(set(ours) & set(ref))  # the original: seed 0 only, 10 cells; the methods 20
+            diff = np.array([ours[k] - ref[k] for k in cells])
             row = paired.loc[(method, metric)]
-            assert row["n"] == 10 and np.isclose(row["mean"], diff.mean()), (method, metric)
+            assert row["n"] == len(cells) == (10 if method == "original" else 20) and np.isclose(row["mean"], diff.mean())
+            low, high = stats.t.interval(level, len(diff) - 1, loc=diff.mean(), scale=stats.sem(diff))
+            assert np.isclose(row["ci_low"], low) and np.isclose(row["ci_high"], high), (method, metric)
+            assert row["holds"] == (low > 0 or high < 0)
             assert row["reference_better"] == int(np.sum(diff > 0 if lower else diff < 0))
             assert row["reference_worse"] == int(np.sum(diff < 0 if lower else diff > 0))
-            assert row["ci_low"] < row["mean"] < row["ci_high"]
+    assert paired.loc[("sa", "FID"), "confidence"] == level
     paper = report.load_paper_numbers().set_index(["method", "forget_class"])
     fid_gap = paper.loc["sa", "fid"].to_numpy() - paper.loc["safemax", "fid"].to_numpy()
     assert np.isclose(paired.loc[("sa", "FID"), "paper_mean"], fid_gap.mean())
     assert paired.loc[("sa", "FID"), "paper_reference_better"] == int(np.sum(fid_gap > 0))
     assert np.isnan(paired.loc[("original", "FID"), "paper_mean"])  # the paper has no per-class original
+    assert np.isnan(paired.loc[("sa", report.REMAINING.label), "paper_mean"])  # nor the remaining classes' accuracy
     # Over classes 0 and 1, the paper's side covers the same two classes.
-    two = report.paired_comparison(report.paper_layout_table(metrics[metrics["forget_class"].isin([0, 1])], METHODS),
-                                   METHODS).set_index(["method", "metric"])
+    two = report.paired_comparison(metrics[metrics["forget_class"].isin([0, 1])], METHODS).set_index(["method", "metric"])
     assert two.loc[("sa", "FID"), "paper_n"] == 2 and np.isclose(two.loc[("sa", "FID"), "paper_mean"], fid_gap[:2].mean())
-    assert report.paired_comparison(table, ["original", "sa", "salun"]).empty  # no SAFEMax, nothing to pair with
+    assert report.paired_comparison(metrics, ["original", "sa", "salun"]).empty  # no SAFEMax, nothing to pair with
 
 
-def test_comparison_shows_the_paired_differences(run, tmp_path):
-    _, metrics, table = run
+def test_a_difference_holds_only_where_its_corrected_interval_excludes_zero():
+    clear = report.paired_difference(np.arange(20.0) + 10, np.arange(20.0), lower_is_better=True, confidence=0.99)
+    assert clear.holds and clear.reference_better == 20
+    noise = np.random.default_rng(0).normal(size=20)
+    assert not report.paired_difference(noise, np.zeros(20), lower_is_better=True, confidence=0.999).holds
+    assert not report.paired_difference([3.0], [1.0], lower_is_better=True).holds  # no interval: no verdict
+
+
+def test_comparison_shows_the_paired_differences_and_says_which_hold(run, tmp_path):
+    _, metrics, _ = run
     report.write_metrics_csv(metrics, tmp_path / "metrics.csv")
     text = report.write_reports(tmp_path / "metrics.csv", tmp_path / "reports", METHODS)["comparison.md"].read_text()
     section = text.split("## Paired differences to SAFEMax")[1]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("| ")]
     sa_fid = next(cells for cells in rows if cells[:2] == ["SA", "FID"])
-    row = report.paired_comparison(table, METHODS).set_index(["method", "metric"]).loc[("sa", "FID")]
+    row = report.paired_comparison(metrics, METHODS).set_index(["method", "metric"]).loc[("sa", "FID")]
     assert sa_fid[2] == f"{row['mean']:+.2f} [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]"
     better, worse = int(row["reference_better"]), int(row["reference_worse"])
-    assert sa_fid[3] == f"{better} / {10 - better - worse} / {worse}"
-    assert sa_fid[4].startswith(f"{row['paper_mean']:+.2f} [")
+    assert sa_fid[3] == f"{better} / {20 - better - worse} / {worse}"
+    assert sa_fid[4] == ("yes" if row["holds"] else "no")
+    assert sa_fid[5].startswith(f"{row['paper_mean']:+.2f} [")
     original_ua = next(cells for cells in rows if cells[:2] == ["Original", "UA [%]"])
-    assert original_ua[4:] == ["–", "–"]
+    assert original_ua[5:] == ["–", "–"]
+    words = section.split("In words (this run):")[1]
+    sa_line = next(line for line in words.splitlines() if line.startswith("- SA vs SAFEMax, FID:"))
+    if row["holds"]:
+        assert ("SAFEMax is better" if row["mean"] > 0 else "SA is better") in sa_line
+    else:
+        assert "no difference holds" in sa_line
 
 
 def test_the_paired_differences_on_the_papers_tables_are_those_protocol_notes_cite():

@@ -31,12 +31,23 @@ def test_full_dag_produces_the_tables(test_run):
     results = test_run / "results"
     table = pd.read_csv(results / "table.csv", dtype={"forget_class": str})
     assert table["forget_class"].tolist() == ["0", "1", "mean", "std"]
-    for method in ("SA", "SalUn", "SAFEMax"):
+    for method in ("SA", "SalUn", "SAFEMax", "SAFEMax+R"):
         for col in ("FID", "RTE [min]", "GPU [GB]", "H [nats]", "UA [%]"):
             assert f"{method} {col}" in table.columns
     metrics = pd.read_csv(results / "metrics.csv")
-    assert len(metrics) == 4 * 2  # (original + 3 methods) x 2 classes x 1 seed
-    assert set(metrics["method"]) == {"original", "sa", "salun", "safemax"}
+    assert len(metrics) == 5 * 2  # (original + 4 methods) x 2 classes x 1 seed
+    assert set(metrics["method"]) == {"original", "sa", "salun", "safemax", "safemax_r"}
+    # every row says what ran: the params in effect, and where each one off the published value came from
+    params = {m: json.loads(p) for m, p in zip(metrics["method"], metrics["params"]) if m != "original"}
+    origins = {m: json.loads(o) for m, o in zip(metrics["method"], metrics["param_origins"]) if m != "original"}
+    assert params["safemax"]["retain_weight"] == 0.0 and params["safemax_r"]["retain_weight"] == 1.0
+    assert {k for k in params["safemax"] if params["safemax"][k] != params["safemax_r"][k]} == {"retain_weight"}
+    assert origins["safemax_r"]["retain_weight"].startswith("variant")
+    assert params["salun"]["alpha"] == pytest.approx(1e-3 * 3072 / 64) and origins["salun"]["alpha"].startswith("rule")
+    assert origins["safemax"]["steps"].startswith("config")  # test.yaml's 5 steps, set by hand
+    table1 = (results / "table1.md").read_text()
+    assert "SAFEMax+R: SAFEMax plus the standard loss on the remaining classes" in table1
+    assert "Set by hand, not by the scale rules" in table1 and "steps = 5" in table1
     for col in ("rte_min", "prior_min", "gpu_peak_gb", "config_hash", "sampler_steps", "guidance_w",
                 "n_forget_samples", "n_fid_real", "fid_backend", "device_name", "version_torch"):
         assert col in metrics.columns, col
@@ -66,14 +77,14 @@ def test_guidance_sweep_reevaluates_every_main_model_at_each_weight(test_run):
 
     proc = snakemake(test_run, "--configfile=config/test.yaml", "guidance")  # the README's target
     out = proc.stdout + proc.stderr
-    for rule, count in (("sweep_original", 1), ("sweep_unlearned", 6), ("guidance_table", 1), ("figure_guidance", 1)):
+    for rule, count in (("sweep_original", 1), ("sweep_unlearned", 8), ("guidance_table", 1), ("figure_guidance", 1)):
         assert re.search(rf"^{rule}\s+{count}$", out, re.M), (rule, out[-3000:])
-    for rule in ("train_base", "unlearn", "prior_shared", "prior_per_class", "evaluate_unlearned", "score_original"):
+    for rule in ("train_base", "unlearn", "prior_shared", "prior_per_class", "evaluate_method", "score_original"):
         assert not re.search(rf"^{rule}\s+\d+", out, re.M), rule
     table = pd.read_csv(test_run / "results/test/guidance.csv").set_index(["guidance_w", "method", "forget_class"])
     main = pd.read_csv(test_run / "results/test/metrics.csv").set_index(["method", "forget_class"])
     assert sorted(table.index.get_level_values(0).unique()) == [0.0, 2.0]
-    assert len(table) == 2 * 4 * 2  # weights x (original + 3 methods) x classes
+    assert len(table) == 2 * 5 * 2  # weights x (original + 4 methods) x classes
     for column in ("fid", "H", "UA", "remaining_acc"):
         assert np.allclose(table.loc[2.0][column].sort_index(), main[column].sort_index()), column
     assert (table.loc[0.0]["fid"].sort_index() != main["fid"].sort_index()).all()  # other samples, other FIDs
@@ -94,6 +105,27 @@ def test_guidance_sweep_reevaluates_every_main_model_at_each_weight(test_run):
     assert (kept / "guidance.csv").read_bytes() == (test_run / "results/test/guidance.csv").read_bytes()
 
 
+def test_the_finding_study_runs_its_points_and_checks_each_models_noise(test_run):
+    """`snakemake finding` (test.yaml: SAFEMax on class 0, retain_weight 1 and target x_t): two new models, each
+    point's denoiser check; the main run and the original are the main run's, not trained again."""
+    proc = snakemake(test_run, "--configfile=config/test.yaml", "finding")
+    out = proc.stdout + proc.stderr
+    for rule, count in (("unlearn", 2), ("evaluate_unlearned", 2), ("denoiser_norms", 3),
+                        ("denoiser_norms_original", 1), ("finding_table", 1), ("figure_finding", 1)):
+        assert re.search(rf"^{rule}\s+{count}$", out, re.M), (rule, out[-3000:])
+    for rule in ("train_base", "evaluate_method", "score_original", "prior_per_class"):
+        assert not re.search(rf"^{rule}\s+\d+", out, re.M), rule
+    table = pd.read_csv(test_run / "results/test/finding.csv")
+    assert table["variant"].tolist() == ["original", "safemax", "safemax-retain_weight=1", "safemax-target=x_t"]
+    assert table["point"].tolist()[:2] == ["Original", "SAFEMax (as in the config)"]
+    assert json.loads(table.loc[3, "params"])["target"] == "x_t" and table["forget_class"].eq(0).all()
+    main = pd.read_csv(test_run / "results/test/metrics.csv").set_index(["method", "forget_class"])
+    assert table.loc[1, "fid"] == main.loc[("safemax", 0), "fid"]  # the main point is the main run's record
+    assert table[["eps_forget", "eps_remaining", "eps_null"]].gt(0).all().all()
+    assert "| SAFEMax (as in the config) |" in (test_run / "results/test/finding.md").read_text()
+    assert (test_run / "figures/test/finding.png").stat().st_size > 0
+
+
 def test_second_invocation_does_nothing(test_run):
     proc = snakemake(test_run, "--configfile=config/test.yaml", "results/table.csv")
     assert "Nothing to be done" in proc.stdout + proc.stderr
@@ -107,7 +139,7 @@ def test_a_record_lost_after_the_tables_were_made_is_remade_not_ignored(test_run
     record.unlink()
     proc = snakemake(test_run, "--configfile=config/test.yaml", "results/table.csv")
     out = proc.stdout + proc.stderr
-    for rule in ("evaluate_unlearned", "aggregate", "publish"):
+    for rule in ("evaluate_method", "aggregate", "publish"):  # SA's seed-0 models of both classes: one job
         assert re.search(rf"^{rule}\s+1$", out, re.M), (rule, out[-3000:])
     assert {k: json.loads(record.read_text())[k] for k in METRICS} == {k: before[k] for k in METRICS}
     proc = snakemake(test_run, "-n", "--configfile=config/test.yaml", "results/table.csv")
@@ -127,7 +159,7 @@ def test_changing_evaluation_reevaluates_without_retraining(test_run):
     # --configfile takes several files: the target goes before it
     proc = snakemake(test_run, "-n", "results/table.csv", "--configfile", "config/test.yaml", "config/eval16.yaml")
     out = proc.stdout + proc.stderr
-    assert re.search(r"evaluate_unlearned\s+6", out), out[-3000:]
+    assert re.search(r"^evaluate_method\s+4$", out, re.M), out[-3000:]  # a job per method and seed, all classes
     for rule in ("train_base", "unlearn", "prior_shared", "prior_per_class", "train_evaluator"):
         assert not re.search(rf"^{rule}\s+\d+", out, re.M), rule
 
@@ -188,7 +220,7 @@ def test_changing_the_sampler_retrains_only_what_samples_with_it(test_run):
     out = proc.stdout + proc.stderr
     assert re.search(r"^prior_shared\s+2$", out, re.M), out[-3000:]  # SA's replay set, then its Fisher
     assert re.search(r"^unlearn\s+2$", out, re.M), out[-3000:]  # SA on classes 0 and 1; SalUn and SAFEMax kept
-    assert re.search(r"^evaluate_unlearned\s+6$", out, re.M), out[-3000:]  # every model sampled anew
+    assert re.search(r"^evaluate_method\s+4$", out, re.M), out[-3000:]  # every model sampled anew
     for rule in ("train_base", "train_evaluator", "prior_per_class"):  # SalUn's masks do not sample
         assert not re.search(rf"^{rule}\s+\d+", out, re.M), rule
 
@@ -208,20 +240,21 @@ def dry_run_after_editing(workdir: Path, relative: str, *targets: str) -> str:
 
 def test_editing_a_method_file_reruns_its_jobs(test_run):
     out = dry_run_after_editing(test_run, "methods/safemax.py", "results/table.csv")
-    assert re.search(r"^unlearn\s+2$", out, re.M), out[-3000:]  # safemax on classes 0 and 1, nothing else
+    # safemax and its variant safemax_r (whose code it is) on classes 0 and 1, nothing else
+    assert re.search(r"^unlearn\s+4$", out, re.M), out[-3000:]
     assert not re.search(r"^prior_(shared|per_class)\s+\d+", out, re.M), out[-3000:]
 
 
 def test_editing_the_suites_metric_or_report_code_redoes_what_it_computes(test_run):
     out = dry_run_after_editing(test_run, "lib/metrics/forgetting.py", "results/table.csv")
     assert "Updated input files: lib/metrics/forgetting.py" in out  # the private copy is what the jobs import
-    for rule, count in (("fid_reference", 1), ("score_original", 1), ("evaluate_unlearned", 6), ("aggregate", 1)):
+    for rule, count in (("fid_reference", 1), ("score_original", 1), ("evaluate_method", 4), ("aggregate", 1)):
         assert re.search(rf"^{rule}\s+{count}$", out, re.M), (rule, out[-3000:])
     for rule in ("train_base", "train_evaluator", "unlearn", "prior_shared", "prior_per_class", "sample_original"):
         assert not re.search(rf"^{rule}\s+\d+", out, re.M), rule
     out = dry_run_after_editing(test_run, "lib/unlearnbench/report.py", "results/table.csv")
     assert re.search(r"^aggregate\s+1$", out, re.M), out[-3000:]
-    assert not re.search(r"^(evaluate_unlearned|score_original|fid_reference)\s+\d+", out, re.M), out[-3000:]
+    assert not re.search(r"^(evaluate_method|score_original|fid_reference)\s+\d+", out, re.M), out[-3000:]
 
 
 def test_independent_runs_give_identical_metrics(test_run, tmp_path):
@@ -275,7 +308,7 @@ def test_models_made_elsewhere_are_imported_and_scored_as_the_suites_own(test_ru
     (test_run / "config" / "imported.yaml").write_text(yaml.safe_dump(overlay))
     proc = snakemake(test_run, "results/table.csv", "--configfile", "config/test.yaml", "config/imported.yaml")
     out = proc.stdout + proc.stderr
-    for rule, count in (("import_model", 2), ("evaluate_unlearned", 2), ("aggregate", 1)):
+    for rule, count in (("import_model", 2), ("evaluate_method", 1), ("aggregate", 1)):
         assert re.search(rf"^{rule}\s+{count}$", out, re.M), (rule, out[-3000:])
     assert not re.search(r"^(train_base|unlearn|prior_shared|prior_per_class|score_original)\s+\d+", out, re.M)
     assert "Exception" not in out  # rule unlearn is not tried for an imported name (it has no method file)

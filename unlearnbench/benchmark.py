@@ -444,7 +444,7 @@ class Bench:
 
         module = load_method(method)
         if self.param_source == "config":
-            params = method_params(self.config, method, module.DEFAULTS)
+            params = method_params(self.config, method, module)
         else:
             params = dict(module.DEFAULTS)
             params.update({k: v for k, v in self.profile["method_batches"].items() if k in params})

@@ -107,13 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", nargs="+", required=True, help="one per forget class, in the same order")
     s.add_argument("--seed", type=int, required=True)
 
-    s = cmd("evaluate", "sample a model, then score it from the saved samples")
-    for a in ("--model", "--data", "--samples", "--evaluator", "--reference", "--method", "--variant", "--out"):
+    s = cmd("evaluate", "sample models, then score them from the saved samples (one model per forget class given: "
+                        "the per-class flags take one value per --forget-class, in the same order)")
+    for a in ("--data", "--evaluator", "--method", "--variant"):
         s.add_argument(a, required=True)
-    s.add_argument("--cost")
-    s.add_argument("--forget-class", type=int, required=True)
+    for a in ("--model", "--samples", "--reference", "--out"):
+        s.add_argument(a, nargs="+", required=True)
+    s.add_argument("--cost", nargs="+")
+    s.add_argument("--forget-class", type=int, nargs="+", required=True)
     s.add_argument("--seed", type=int, required=True)
-    s.add_argument("--presampled", help="samples drawn by the unlearning job, reused when they match the config")
+    s.add_argument("--presampled", nargs="+",
+                   help="samples drawn by the unlearning jobs, reused when they match the config")
 
     s = cmd("evaluate-guidance", "sample and score one model at each of several guidance weights (the sweep)")
     for a in ("--model", "--data", "--evaluator", "--method", "--variant"):
@@ -132,6 +136,19 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument(a, required=True)
     s.add_argument("--records", nargs="+", required=True)
 
+    s = cmd("denoiser-norms", "the finding study's check: the size of a model's noise predictions per label")
+    s.add_argument("--model", required=True, help="a UNet folder")
+    s.add_argument("--data", required=True)
+    s.add_argument("--forget-class", type=int, required=True)
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--variant", required=True)
+    s.add_argument("--out", required=True)
+
+    s = cmd("aggregate-finding", "the finding study's records and denoiser norms: finding.csv and .md")
+    s.add_argument("--records", nargs="+", required=True)
+    s.add_argument("--norms", nargs="+", required=True)
+    s.add_argument("--out-dir", required=True)
+
     s = cmd("aggregate", "metrics.csv, table.csv and the paper's tables")
     s.add_argument("--records", nargs="+", required=True)
     s.add_argument("--out-dir", required=True)
@@ -145,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-dir", required=True)
 
     s = cmd("figures", "render figures from aggregated results and saved samples (no model is run)")
-    s.add_argument("--kind", required=True, choices=["summary", "samples", "ablation", "guidance"])
+    s.add_argument("--kind", required=True, choices=["summary", "samples", "ablation", "guidance", "finding"])
     s.add_argument("--metrics", help="metrics.csv (summary), ablation.csv (ablation) or guidance.csv (guidance)")
     s.add_argument("--samples", nargs="*", help="samples npz: the original's first, then one per method")
     s.add_argument("--forget-class", type=int)
@@ -262,14 +279,25 @@ def run(args) -> int | None:
         references, outs = _per_class(args, "reference", "out")
         stages.score_classes(config, args.samples, args.evaluator, references, args.seed, args.method, args.variant,
                              args.cost, outs, args.config)
-    elif c == "evaluate":
-        stages.evaluate_model(config, args.model, args.data, args.samples, args.evaluator, args.reference,
-                              args.forget_class, args.seed, args.method, args.variant, args.cost, args.out, args.config,
-                              args.presampled)
+    elif c == "evaluate":  # several models in one process: the imports and the evaluator are loaded once
+        flags = ["model", "samples", "reference", "out"] + [f for f in ("cost", "presampled") if getattr(args, f)]
+        per_class = dict(zip(flags, _per_class(args, *flags)))
+        for forget_class in args.forget_class:
+            value = {flag: per_class[flag][forget_class] if flag in per_class else None
+                     for flag in ("model", "samples", "reference", "out", "cost", "presampled")}
+            stages.evaluate_model(config, value["model"], args.data, value["samples"], args.evaluator,
+                                  value["reference"], forget_class, args.seed, args.method, args.variant, value["cost"],
+                                  value["out"], args.config, value["presampled"])
     elif c == "evaluate-guidance":
         (references,) = _per_class(args, "reference")
         stages.evaluate_at_weights(config, args.weights, args.model, args.data, args.evaluator, references, args.seed,
                                    args.method, args.variant, args.cost, args.samples, args.out, args.config)
+    elif c == "denoiser-norms":
+        stages.denoiser_norms(config, args.model, args.data, args.forget_class, args.seed, args.variant, args.out)
+    elif c == "aggregate-finding":
+        from . import report
+
+        report.aggregate_finding(config, args.records, args.norms, args.out_dir)
     elif c == "summarize-original":
         stages.summarize_original(config, args.samples, args.evaluator, args.records,
                                   str(Path(args.evaluator) / "evaluator.json"), args.out)

@@ -262,10 +262,49 @@ def _check_methods(config: dict, methods_dir) -> tuple[dict, list[str]]:
         params[name], found = checked_params(module, given or {}, ("method_params", name))
         problems += found
     config = {**config, "method_params": params}
+    if config.get("finding"):
+        config, found = _finding_checked(config, known, loaded, allowed)
+        problems += found
     if config.get("ablation"):
         config, found = _ablation_checked(config, known, loaded, allowed)
         problems += found
     return config, problems
+
+
+def _prior_readers(module, param: str) -> list[str]:
+    """The priors of a method that read `param`: made once with the main value, so a study cannot vary it."""
+    return [p.name for p in module.PRIORS if p.params is None or param in p.params]
+
+
+def _finding_checked(config: dict, known, loaded, allowed: str) -> tuple[dict, list[str]]:
+    """The finding study against its method file: params unlearn() alone reads, values of their schemas, a class the
+    run forgets (the study's main point and the original's record are the main run's)."""
+    from .method_api import param_schema
+
+    study = config["finding"]
+    if study["method"] not in known:
+        return config, [f"'finding.method' = {study['method']!r} is not a method; {allowed}"]
+    module = loaded(study["method"])
+    if module is None:
+        return config, []
+    problems = []
+    schemas = param_schema(module)
+    points = []
+    for i, point in enumerate(study["points"]):
+        (param, value), = point.items()
+        where = f"'finding.points[{i}]'"
+        if param not in module.DEFAULTS:
+            problems.append(f"{where} changes {param!r}, not a parameter of {study['method']}; allowed: "
+                            f"{_param_names(module.DEFAULTS)}{did_you_mean([param], module.DEFAULTS)}")
+            continue
+        if readers := _prior_readers(module, param):
+            problems.append(f"{where} changes {param!r}, which prior(s) {', '.join(readers)} of {study['method']} "
+                            "read, made once with the main value: vary a parameter that only unlearn() reads")
+            continue
+        value = coerce(value, schemas[param])
+        points.append({param: value})
+        problems += schema_problems(schemas[param], value, ("finding", "points", i, param))
+    return {**config, "finding": {**study, "points": points}}, problems
 
 
 def _ablation_checked(config: dict, known, loaded, allowed: str) -> tuple[dict, list[str]]:
@@ -283,7 +322,7 @@ def _ablation_checked(config: dict, known, loaded, allowed: str) -> tuple[dict, 
     if param not in module.DEFAULTS:
         return config, [f"'ablation.param' = {param!r} is not a parameter of {abl['method']}; "
                         f"allowed: {_param_names(module.DEFAULTS)}"]
-    if readers := [p.name for p in module.PRIORS if p.params is None or param in p.params]:
+    if readers := _prior_readers(module, param):
         # Priors are made once per method (per class), for its main params: ablation runs reuse them.
         return config, [f"'ablation.param' = {param!r} is read by prior(s) {', '.join(readers)} of "
                         f"{abl['method']}, which are made once with the main value, not per ablation value: "
@@ -296,7 +335,7 @@ def _ablation_checked(config: dict, known, loaded, allowed: str) -> tuple[dict, 
                         "ablation figure plots the metrics against a number; allowed: "
                         f"{', '.join(sorted(name for name, kind in kinds.items() if kind))}"]
     try:
-        main = method_params(config, abl["method"], module.DEFAULTS)[param]
+        main = method_params(config, abl["method"], module)[param]
     except ConfigError:  # an unknown key there: listed already
         return config, []
     if main is None:  # the main run is the curve's point at its own value, so that value must be a number
@@ -452,14 +491,18 @@ def write_resolved(config: dict, path: str | Path) -> bool:
     return True
 
 
-def method_params(config: dict, name: str, defaults: dict, overrides: dict | None = None) -> dict:
-    """A method's hyper-parameters: the method file's DEFAULTS, then config method_params.<name>, then ablation overrides."""
-    given = config.get("method_params", {}).get(name, {}) or {}
-    unknown = sorted(set(given) - set(defaults))
+def method_params(config: dict, name: str, module, overrides: dict | None = None, *, with_origins: bool = False):
+    """A method's effective hyper-parameters: its file's paper-scale DEFAULTS (a variant's CHANGES applied), scaled
+    by the rules its SCALED names (unlearnbench/scaling.py, the config's `scale` section), then the config's
+    `method_params.<name>`, then `overrides` (an ablation point, `--set`). With `with_origins`, also where each value
+    that is not the published default came from."""
+    from .scaling import resolve_params
+
+    given = (config.get("method_params") or {}).get(name) or {}
+    unknown = sorted(set(given) - set(module.DEFAULTS))
     if unknown:
         raise ConfigError(f"unknown key(s) {', '.join(unknown)} under 'method_params.{name}'; "
-                          f"allowed: {_param_names(defaults)}{did_you_mean(unknown, defaults)}")
-    params = {**defaults, **given, **(overrides or {})}
-    return params
-
-
+                          f"allowed: {_param_names(module.DEFAULTS)}{did_you_mean(unknown, module.DEFAULTS)}")
+    params, origins = resolve_params(module.PUBLISHED_DEFAULTS, module.SCALED, given, overrides or {}, config,
+                                     IMAGE_SHAPES[config["dataset"]], variant=module.VARIANT_CHANGES)
+    return (params, origins) if with_origins else params

@@ -245,3 +245,35 @@ def guidance_curves(table: pd.DataFrame, out_path, main_w: float, colors: Mappin
                  f"w = {main_w:g}); mean ± std over forgotten classes", fontsize=10)
     fig.tight_layout()
     _save(fig, out_path)
+
+
+def finding_bars(table: pd.DataFrame, out_path) -> None:
+    """The finding study (finding.csv): per point, the remaining classes' recognition, FID, UA and the size of the
+    noise predictions per label; mean ± std over seeds."""
+    points = list(dict.fromkeys(table["point"]))
+    summary = table.groupby("point", sort=False)[["remaining_acc", "fid", "UA", "eps_forget", "eps_remaining",
+                                                  "eps_null"]].agg(["mean", "std"]).reindex(points)
+    x = np.arange(len(points))
+    fig, axes = plt.subplots(1, 4, figsize=(15.0, 3.9))
+    panels = (("remaining_acc", "remaining classes recognised [%]"), ("fid", "FID (remaining classes)"),
+              ("UA", "UA [%] (forgotten class)"))
+    for ax, (column, label) in zip(axes, panels):
+        ax.bar(x, summary[(column, "mean")], yerr=summary[(column, "std")].fillna(0.0), capsize=3, color="tab:green")
+        ax.set_ylabel(label)
+        if column != "fid":
+            ax.set_ylim(0, 103)
+    width = 0.27
+    for i, (group, color) in enumerate((("forget", "tab:red"), ("remaining", "tab:blue"), ("null", "tab:gray"))):
+        axes[3].bar(x + (i - 1) * width, summary[(f"eps_{group}", "mean")], width,
+                    yerr=summary[(f"eps_{group}", "std")].fillna(0.0), capsize=2, color=color,
+                    label={"forget": "forgotten label", "remaining": "own labels", "null": "null label"}[group])
+    axes[3].axhline(1.0, color="0.4", linestyle="--", linewidth=1)
+    axes[3].set_ylabel("mean eps_θ² (1 = true noise)")
+    axes[3].legend(fontsize=7)
+    for ax in axes:
+        ax.set_xticks(x, points, rotation=35, ha="right", fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"One parameter changed at a time, forgotten class {int(table['forget_class'].iloc[0])}; "
+                 f"mean ± std over {table['seed'].nunique()} seeds", fontsize=10)
+    fig.tight_layout()
+    _save(fig, out_path)

@@ -8,6 +8,14 @@ A method file defines
     DISPLAY_NAME: str                   what tables and figures call it (optional; else the file's name)
     CONTROL: bool                       a reference point, not an unlearning method (optional, e.g. FT): its
                                         columns are shown but never marked best
+    NOTE: str                           what differs from the published algorithm (optional; printed under the
+                                        tables); required of a variant
+    SCALED: dict                        {param: scale rule} for the paper-scale DEFAULTS that a smaller config
+                                        scales (unlearnbench/scaling.py: steps, batch, ema, pixel_sum_weight)
+A variant of a published method (another loss weight, another target) is a file of its own with no code:
+    VARIANT_OF = "safemax"; CHANGES = {"retain_weight": 1.0}; DISPLAY_NAME = "SAFEMax+R"; NOTE = "..."
+It runs its base's unlearn() and priors with the base's DEFAULTS updated by CHANGES, under its own name, rows and
+colour; editing either file reruns its jobs.
     def unlearn(ctx: UnlearnContext) -> torch.nn.Module
         runs the unlearning loop with ctx.run_steps(steps, step_fn, desc=...) (timed: the RTE) and returns
         the model to evaluate.
@@ -32,6 +40,7 @@ from typing import Callable
 import torch
 
 from .errors import UndeclaredError, UserError, did_you_mean
+from .scaling import RULES as SCALE_RULES
 
 PACKAGE_METHODS_DIR = Path(__file__).resolve().parent.parent / "methods"
 # Config sections that shape evaluation, not the base model: a method's stage reads one only if it declares it.
@@ -184,6 +193,9 @@ def load_method(name: str, directory: str | Path | None = None):
             raise UserError(f"method file {path} cannot be loaded: {type(exc).__name__}: "
                             f"{getattr(exc, 'msg', None) or exc}{_line_in(path, exc)}; fix it, or take {name!r} "
                             "out of 'methods'") from exc
+        module.SOURCES = (path,)
+        if hasattr(module, "VARIANT_OF"):
+            _compose_variant(module, name, path, directory)
         _check_interface(module, name, path)
     except BaseException:
         del sys.modules[module_name]  # never serve a half-initialised method to the next caller
@@ -194,6 +206,17 @@ def load_method(name: str, directory: str | Path | None = None):
 def _present_method(name: str, directory=None):
     """The method's module, or None where its file is gone (tables redrawn from another run's metrics.csv)."""
     return load_method(name, directory) if (methods_dir(directory) / f"{name}.py").exists() else None
+
+
+def method_sources(name: str, directory=None) -> list[Path]:
+    """The files a method's results depend on: its own, and a variant's base file(s)."""
+    return list(load_method(name, directory).SOURCES)
+
+
+def method_note(name: str, directory=None) -> str | None:
+    """What differs from the published algorithm (a method file's NOTE), for the tables' notes."""
+    module = None if name == "original" else _present_method(name, directory)
+    return module.NOTE if module else None
 
 
 def method_label(name: str, directory=None) -> str:
@@ -234,7 +257,43 @@ def _line_in(path: Path, exc: Exception) -> str:
 NAME_PATTERN = "[a-z][a-z0-9_]*"  # method and prior names: they are path parts and Snakemake wildcards
 
 
-INTERFACE_NAMES = ("DEFAULTS", "PARAM_SCHEMA", "PRIORS", "SECTIONS", "DISPLAY_NAME", "CONTROL")
+INTERFACE_NAMES = ("DEFAULTS", "PARAM_SCHEMA", "PRIORS", "SECTIONS", "DISPLAY_NAME", "CONTROL", "NOTE", "SCALED",
+                   "VARIANT_OF", "CHANGES")
+# What a variant takes from the method it varies: a variant file that defines one of these would run other code
+# or other defaults than its name says.
+VARIANT_INHERITS = ("unlearn", "DEFAULTS", "PARAM_SCHEMA", "PRIORS", "SECTIONS", "SCALED")
+
+
+def _compose_variant(module, name: str, path: Path, directory) -> None:
+    """A variant file (VARIANT_OF, CHANGES, DISPLAY_NAME, NOTE) becomes a method: its base's code and priors, the
+    base's DEFAULTS updated by CHANGES."""
+    base_name = module.VARIANT_OF
+    if not isinstance(base_name, str) or base_name == name:
+        raise UserError(f"method file {path}: VARIANT_OF must name another method file, got {base_name!r}")
+    own = [attr for attr in VARIANT_INHERITS if attr in vars(module)]
+    if own:
+        raise UserError(f"method file {path} is a variant of {base_name!r} (VARIANT_OF) and also defines "
+                        f"{', '.join(own)}; a variant takes these from its base and states its differences in "
+                        "CHANGES = {param: value}; a method with code of its own is a method file without VARIANT_OF")
+    if not isinstance(getattr(module, "NOTE", None), str) or not module.NOTE.strip():
+        raise UserError(f"method file {path} is a variant: give it NOTE = \"what differs from {base_name}\" (the "
+                        "tables print it)")
+    base = load_method(base_name, directory)
+    changes = getattr(module, "CHANGES", {})
+    if not isinstance(changes, dict) or not changes:
+        raise UserError(f"method file {path}: CHANGES must be a non-empty dict of {base_name}'s params, e.g. "
+                        "{'retain_weight': 1.0}")
+    unknown = sorted(set(changes) - set(base.DEFAULTS))
+    if unknown:
+        raise UserError(f"method file {path}: CHANGES names {', '.join(unknown)}, which {base_name}'s DEFAULTS lack"
+                        f"{did_you_mean(unknown, base.DEFAULTS)}")
+    for attr in VARIANT_INHERITS:
+        setattr(module, attr, getattr(base, attr))
+    module.DEFAULTS = {**base.DEFAULTS, **changes}
+    module.PUBLISHED_DEFAULTS = base.PUBLISHED_DEFAULTS
+    module.VARIANT_CHANGES = {**base.VARIANT_CHANGES, **changes}
+    module.CONTROL = getattr(module, "CONTROL", base.CONTROL)
+    module.SOURCES = (path, *base.SOURCES)
 
 
 def _misspelled_interface(module, path: Path) -> None:
@@ -273,6 +332,17 @@ def _check_interface(module, name: str, path: Path) -> None:
     module.CONTROL = getattr(module, "CONTROL", False)
     if not isinstance(module.CONTROL, bool):
         raise UserError(f"method file {path}: CONTROL must be True or False, got {module.CONTROL!r}")
+    module.NOTE = getattr(module, "NOTE", None)
+    if module.NOTE is not None and (not isinstance(module.NOTE, str) or not module.NOTE.strip()):
+        raise UserError(f"method file {path}: NOTE must be a non-empty string, got {module.NOTE!r}")
+    if not hasattr(module, "VARIANT_OF"):
+        module.PUBLISHED_DEFAULTS = module.DEFAULTS
+        module.VARIANT_CHANGES = {}
+    module.SCALED = dict(getattr(module, "SCALED", {}))
+    for param, rule in module.SCALED.items():
+        if param not in module.DEFAULTS or rule not in SCALE_RULES:
+            raise UserError(f"method file {path}: SCALED[{param!r}] = {rule!r}: SCALED maps params of DEFAULTS to "
+                            f"scale rules ({', '.join(SCALE_RULES)}; unlearnbench/scaling.py)")
     module.PRIORS = list(getattr(module, "PRIORS", []))
     module.SECTIONS = tuple(getattr(module, "SECTIONS", ()))
     _check_sections(module.SECTIONS, f"method {name} (SECTIONS)")

@@ -20,7 +20,7 @@ import pandas as pd
 from .config import evaluated_methods
 from .errors import UserError
 from .files import atomic_output
-from .method_api import check_labels, is_control, method_label
+from .method_api import check_labels, is_control, method_label, method_note
 from .workflow import REPORTS, TABLES
 
 METHOD_ORDER = ["original", "sa", "salun", "safemax"]  # the paper's column order; other methods follow by name
@@ -44,29 +44,35 @@ GPU = Metric("GPU [GB]", "gpu_peak_gb", "gpu_gb", 2, True)
 ENTROPY = Metric("H [nats]", "H", "H", 3, False)
 UA = Metric("UA [%]", "UA", "UA", 2, False)
 METRICS = (FID, RTE, GPU, ENTROPY, UA)
+# Not in the paper's tables: the share of the remaining classes' samples the evaluator recognises (a model that
+# forgets by collapsing every class shows here, where guidance can hide it from FID).
+REMAINING = Metric("Remaining recognised [%]", "remaining_acc", "", 1, False)
 TABLE1_METRICS = (FID, RTE, GPU)
 TABLE2_METRICS = (ENTROPY, UA)
 
 RECORD_COLUMNS = [
     "method", "variant", "forget_class", "seed",
     "fid", "kid", "H", "UA", "forget_prob", "remaining_acc",
-    "rte_min", "prior_min", "gpu_peak_gb", "gpu_peak_source", "gpu_null_reason",
+    "rte_min", "prior_min", "prior_shared_min", "gpu_peak_gb", "gpu_peak_source", "gpu_null_reason",
     "torch_peak_allocated_gb", "host_rss_peak_gb", "device_name", "speed_switches", "imported_from",
+    "params", "param_origins",  # JSON: the effective params of what ran, and where each non-published value came from
 ]
 _REQUIRED = ("method", "forget_class", "seed")
 _IDENTITY = ["method", "variant", "forget_class", "seed"]
 # Every evaluation writes these, and every unlearning job its RTE: a record without one is broken, and a mean
 # taken without it would silently cover fewer classes or seeds than the others.
 _MEASURED = ("fid", "H", "UA")
-_TOP_LEVEL = ("fid", "kid", "H", "UA", "forget_prob", "remaining_acc", "prior_min", "imported_from")
+_TOP_LEVEL = ("fid", "kid", "H", "UA", "forget_prob", "remaining_acc", "prior_min", "prior_shared_min", "imported_from")
+_JSON = ("params", "param_origins")  # kept whole, as JSON text in one cell each
 _FROM_COST = ("rte_min", "gpu_peak_gb", "gpu_peak_source", "gpu_null_reason",
               "torch_peak_allocated_gb", "host_rss_peak_gb", "device_name", "speed_switches")
-_NUMERIC = ("fid", "kid", "H", "UA", "forget_prob", "remaining_acc", "rte_min", "prior_min",
+_NUMERIC = ("fid", "kid", "H", "UA", "forget_prob", "remaining_acc", "rte_min", "prior_min", "prior_shared_min",
             "gpu_peak_gb", "torch_peak_allocated_gb", "host_rss_peak_gb")
 
 # The poster's headline claims, next to what its own tables give (see PROTOCOL.md section 1).
 RTE_RATIO = "RTE / SAFEMax RTE [x]"
-RTE_WITH_PRIORS_RATIO = "(RTE + priors) / SAFEMax RTE [x]"
+RTE_WITH_PRIORS_RATIO = "(RTE + priors) / SAFEMax RTE [x]"  # as the paper counts: all shared priors on one class
+RTE_WITH_AMORTISED_PRIORS_RATIO = "(RTE + priors, shared ones / classes) / SAFEMax RTE [x]"
 GPU_RATIO = "GPU / SAFEMax GPU [x]"
 GPU_SAVING = "SAFEMax GPU saving [%]"
 PAPER_CLAIMS = {
@@ -111,6 +117,7 @@ def _flatten_record(record: Mapping, source) -> dict:
     provenance = record.get("provenance") or {}
     row.update({key: record.get(key) for key in _TOP_LEVEL})
     row.update({key: cost.get(key) for key in _FROM_COST})
+    row.update({key: None if record.get(key) is None else json.dumps(record[key], sort_keys=True) for key in _JSON})
     if row["rte_min"] is None and cost.get("rte_s") is not None:
         row["rte_min"] = cost["rte_s"] / 60.0
     if row["device_name"] is None:
@@ -354,19 +361,25 @@ def setup_notes(metrics: pd.DataFrame) -> tuple[list[str], list[str]]:
 # ---------------------------------------------------------------------------- paper comparison
 
 
-def _ratio_rows(method: str, mean: Mapping[str, Mapping[str, float]], prior: float = np.nan) -> dict:
-    """The headline ratios of one method against SAFEMax, from one source of per-method means."""
+def _ratio_rows(method: str, mean: Mapping[str, Mapping[str, float]], prior: float = np.nan,
+                shared_prior: float = np.nan, n_classes: int = 10) -> dict:
+    """The headline ratios of one method against SAFEMax, from one source of per-method means. With priors, the
+    ratio as the paper counts it (every prior charged to each class) and amortised (the shared priors, made once
+    for all forget classes, divided among `n_classes`)."""
     ref = mean[UNLEARNING_REFERENCE]
     rows = {RTE_RATIO: mean[method][RTE.label] / ref[RTE.label],
             GPU_RATIO: mean[method][GPU.label] / ref[GPU.label],
             GPU_SAVING: 100.0 * (1.0 - ref[GPU.label] / mean[method][GPU.label])}
     if not _is_missing(prior):
         rows[RTE_WITH_PRIORS_RATIO] = (mean[method][RTE.label] + prior) / ref[RTE.label]
+        shared = 0.0 if _is_missing(shared_prior) else shared_prior
+        rows[RTE_WITH_AMORTISED_PRIORS_RATIO] = (mean[method][RTE.label] + prior - shared + shared / n_classes) / ref[RTE.label]
     return rows
 
 
 def paper_comparison(table: pd.DataFrame, methods: Sequence[str],
-                     prior_min: Mapping[str, float] | None = None) -> pd.DataFrame:
+                     prior_min: Mapping[str, float] | None = None,
+                     prior_shared_min: Mapping[str, float] | None = None) -> pd.DataFrame:
     """This run's class means beside the paper's, and both sides' ratios to SAFEMax.
 
     Columns: method, quantity, this_run, paper (the paper's tables, averaged over the same forgotten
@@ -388,7 +401,8 @@ def paper_comparison(table: pd.DataFrame, methods: Sequence[str],
             if method in ("original", UNLEARNING_REFERENCE) or _is_missing(run_mean[method][RTE.label]):
                 continue  # an imported model has no cost: no ratio to SAFEMax's
             prior = (prior_min or {}).get(method, np.nan)
-            ours = _ratio_rows(method, run_mean, prior)
+            shared = (prior_shared_min or {}).get(method, np.nan)
+            ours = _ratio_rows(method, run_mean, prior, shared, len(run_classes(table)))
             theirs = _ratio_rows(method, paper_mean)
             rows += [(method, quantity, value, theirs.get(quantity, np.nan)) for quantity, value in ours.items()]
     df = pd.DataFrame(rows, columns=["method", "quantity", "this_run", "paper"])
@@ -398,12 +412,12 @@ def paper_comparison(table: pd.DataFrame, methods: Sequence[str],
 
 # ---------------------------------------------------------------------------- paired differences
 
-PAIRED_METRICS = (FID, ENTROPY, UA)  # the quality metrics; the costs have their ratios above
-PAIRED_CONFIDENCE = 0.95
+PAIRED_METRICS = (FID, ENTROPY, UA, REMAINING)  # the quality metrics; the costs have their ratios above
+PAIRED_CONFIDENCE = 0.95  # for the whole family of comparisons of one table (Bonferroni)
 
 
 class PairedDifference(NamedTuple):
-    """A method minus the reference over paired units (forgotten classes)."""
+    """A method minus the reference over paired units (forgotten class and seed)."""
 
     n: int
     mean: float
@@ -417,10 +431,15 @@ class PairedDifference(NamedTuple):
         """No difference to report (no units, or a value missing in one)."""
         return cls(n, np.nan, np.nan, np.nan, 0, 0)
 
+    @property
+    def holds(self) -> bool:
+        """The interval excludes 0: the difference holds across the units."""
+        return not _is_missing(self.ci_low) and (self.ci_low > 0 or self.ci_high < 0)
+
 
 def paired_difference(values, reference, lower_is_better: bool,
                       confidence: float = PAIRED_CONFIDENCE) -> PairedDifference:
-    """Mean of `values - reference` with its paired t interval (the units, here classes, are the sample)."""
+    """Mean of `values - reference` with its paired t interval (the units are the sample)."""
     from scipy import stats  # here: the other importers of this module never need it
 
     diff = np.asarray(values, dtype=float) - np.asarray(reference, dtype=float)
@@ -435,33 +454,46 @@ def paired_difference(values, reference, lower_is_better: bool,
     return PairedDifference(n, mean, mean - half, mean + half, int(reference_better.sum()), int(reference_worse.sum()))
 
 
-def paired_comparison(table: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
-    """Each method minus SAFEMax, class by class, for FID, H and UA: this run's and the paper's (its tables,
-    over this run's classes). Empty when SAFEMax is not in `methods`.
+def _paired_values(metrics: pd.DataFrame, method: str, column: str) -> pd.Series:
+    """A method's main-run values of `column` indexed by (forget_class, seed)."""
+    main = metrics[(metrics["method"] == method) & (metrics["variant"] == metrics["method"])]
+    return main.set_index(["forget_class", "seed"])[column].astype(float).sort_index()
 
-    Columns: method, metric, then the fields of `PairedDifference` for this run and, prefixed `paper_`, the paper.
+
+def paired_comparison(metrics: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
+    """Each method minus SAFEMax over the (forgotten class, seed) cells both have, for FID, H, UA and the remaining
+    classes' recognition: this run's and the paper's (its tables, over this run's classes, one unit per class).
+    Intervals are Bonferroni-corrected: each at 1 - (1 - PAIRED_CONFIDENCE) / m for the m comparisons of this
+    run's side, so that all of them hold together with PAIRED_CONFIDENCE. Empty when SAFEMax is not in `methods`.
+
+    Columns: method, metric, confidence, then the fields of `PairedDifference` for this run and, prefixed
+    `paper_`, the paper, and `holds` / `paper_holds`.
     """
     fields = list(PairedDifference._fields)
-    columns = ["method", "metric", *fields, *(f"paper_{f}" for f in fields)]
-    if UNLEARNING_REFERENCE not in methods:
+    columns = ["method", "metric", "confidence", *fields, "holds", *(f"paper_{f}" for f in fields), "paper_holds"]
+    others = [m for m in methods if m != UNLEARNING_REFERENCE]
+    if UNLEARNING_REFERENCE not in methods or not others:
         return pd.DataFrame(columns=columns)
-    classes = run_classes(table)
-    per_class = table[table["forget_class"].isin([str(c) for c in classes])]
+    comparisons = len(others) * len(PAIRED_METRICS)
+    level = 1 - (1 - PAIRED_CONFIDENCE) / comparisons
+    main = metrics[metrics["variant"] == metrics["method"]]
+    classes = sorted(int(c) for c in main.loc[main["method"] == UNLEARNING_REFERENCE, "forget_class"].unique())
     paper = load_paper_numbers().set_index(["method", "forget_class"])
+    in_paper = set(paper.index.get_level_values("method"))
     rows = []
-    for method in methods:
-        if method == UNLEARNING_REFERENCE:
-            continue
+    for method in others:
         for metric in PAIRED_METRICS:
-            ours = paired_difference(per_class[column_name(method, metric)],
-                                     per_class[column_name(UNLEARNING_REFERENCE, metric)], metric.lower_is_better)
-            if method in paper.index.get_level_values("method"):
+            ours_values = _paired_values(metrics, method, metric.column)
+            ref_values = _paired_values(metrics, UNLEARNING_REFERENCE, metric.column)
+            both = ours_values.index.intersection(ref_values.index)
+            ours = paired_difference(ours_values[both], ref_values[both], metric.lower_is_better, level)
+            if method in in_paper and metric.paper_column and UNLEARNING_REFERENCE in in_paper:
                 theirs = paired_difference(paper.loc[[(method, c) for c in classes], metric.paper_column],
                                            paper.loc[[(UNLEARNING_REFERENCE, c) for c in classes], metric.paper_column],
-                                           metric.lower_is_better)
+                                           metric.lower_is_better, level)
             else:
                 theirs = PairedDifference.missing()
-            rows.append((method, metric.label, *ours, *theirs))
+            rows.append((method, metric.label, level, *ours, ours.holds, *theirs, theirs.holds))
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -480,18 +512,38 @@ def _format_paired(mean: float, low: float, high: float, decimals: int) -> str:
     return signed(mean) + interval
 
 
+def _verdict(row, ref: str) -> str:
+    """One sentence: does the difference hold, and in whose favour."""
+    metric = next(m for m in PAIRED_METRICS if m.label == row.metric)
+    name = display_name(row.method)
+    if _is_missing(row.mean):
+        return f"{name} vs {ref}, {metric.label}: not measured."
+    if not row.holds:
+        return (f"{name} vs {ref}, {metric.label}: no difference holds (the interval contains 0; {ref} better in "
+                f"{row.reference_better} of {row.n} cells, worse in {row.reference_worse}).")
+    better = ref if (row.mean > 0) == metric.lower_is_better else name  # the sign of method - reference
+    return (f"{name} vs {ref}, {metric.label}: **{better} is better** ({row.method_minus} "
+            f"{_format_paired(row.mean, row.ci_low, row.ci_high, metric.decimals)}; {ref} better in "
+            f"{row.reference_better} of {row.n} cells).")
+
+
 def render_paired(paired: pd.DataFrame) -> str:
-    """Markdown: the paired differences to SAFEMax, this run's beside the paper's."""
+    """Markdown: the paired differences to SAFEMax, this run's beside the paper's, then which hold, in words."""
     ref = display_name(UNLEARNING_REFERENCE)
-    level = f"{100 * PAIRED_CONFIDENCE:.0f}%"
-    lines = [f"## Paired differences to {ref}, class by class", "",
-             f"Per forgotten class, a method's value minus {ref}'s (seed-averaged, as in the tables): the mean over "
-             f"classes, its {level} paired t interval (the forgotten classes are the sample: an interval that "
-             f"excludes 0 is a difference that holds across classes, not a claim about other datasets), and in how "
-             f"many classes {ref} is better, tied and worse (better: FID lower, H and UA higher). A t interval may "
-             "pass a bounded metric's bounds (UA: 0-100 %); the class counts do not assume normality.", "",
-             f"| Method | Metric | This run: mean [{level} CI] | {ref} better / tied / worse | "
-             f"Paper: mean [{level} CI] | {ref} better / tied / worse |", "|---|---|---:|---:|---:|---:|"]
+    level = float(paired["confidence"].iloc[0]) if len(paired) else PAIRED_CONFIDENCE
+    comparisons = len(paired)
+    cells = int(paired["n"].max()) if len(paired) else 0
+    lines = [f"## Paired differences to {ref}", "",
+             f"Per (forgotten class, seed) cell, a method's value minus {ref}'s ({cells} cells; the methods of a cell "
+             f"are sampled from the same noise): the mean, its paired t interval at {100 * level:.2f}% each, which is "
+             f"{100 * PAIRED_CONFIDENCE:.0f}% for all {comparisons} comparisons of this run together (Bonferroni), and "
+             f"in how many cells {ref} is better, tied and worse (better: FID lower; H, UA and remaining classes "
+             "recognised higher). A difference holds where its interval excludes 0. The two seeds of a class share "
+             "its forgotten class, so the intervals treat cells as more independent than they may be; the cell "
+             "counts do not assume normality, and a t interval may pass a bounded metric's bounds (UA: 0-100 %). "
+             "The paper's side: its tables, one unit per class, at the same level.", "",
+             f"| Method | Metric | This run: mean [CI] | {ref} better / tied / worse | holds | "
+             f"Paper: mean [CI] | {ref} better / tied / worse |", "|---|---|---:|---:|:---:|---:|---:|"]
     decimals = {metric.label: metric.decimals for metric in PAIRED_METRICS}
     for row in paired.itertuples(index=False):
         d = decimals[row.metric]
@@ -499,9 +551,13 @@ def render_paired(paired: pd.DataFrame) -> str:
             display_name(row.method), row.metric,
             _format_paired(row.mean, row.ci_low, row.ci_high, d),
             _format_counts(row.mean, row.n, row.reference_better, row.reference_worse),
+            "–" if _is_missing(row.mean) else ("yes" if row.holds else "no"),
             _format_paired(row.paper_mean, row.paper_ci_low, row.paper_ci_high, d),
             _format_counts(row.paper_mean, row.paper_n, row.paper_reference_better, row.paper_reference_worse),
         ]) + " |")
+    lines += ["", "In words (this run):", ""]
+    lines += [f"- {_verdict(row, ref)}" for row in paired.assign(method_minus=[
+        f"{display_name(m)} - {ref}" for m in paired["method"]]).itertuples(index=False)]
     return "\n".join(lines) + "\n"
 
 
@@ -522,7 +578,8 @@ def _format_quantity(quantity: str, value: float) -> str:
 
 
 def render_comparison(comparison: pd.DataFrame, scale_note: str | None = None, classes: Sequence[int] | None = None,
-                      cost_note: str | None = None, paired: pd.DataFrame | None = None) -> str:
+                      cost_note: str | None = None, paired: pd.DataFrame | None = None,
+                      notes: Sequence[str] = ()) -> str:
     """Markdown: the comparison table, with the caveat that this run's scale may not be the paper's, then the
     paired differences to SAFEMax (`paired_comparison`) when given."""
     classes = list(range(10)) if classes is None else list(classes)
@@ -544,9 +601,12 @@ def render_comparison(comparison: pd.DataFrame, scale_note: str | None = None, c
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Ratios are relative to {display_name(UNLEARNING_REFERENCE)}; the claims are the poster's headline "
               "(SA 30x slower, 230x with its priors; SalUn 2x slower; 45% / 59% less GPU memory than SA / SalUn). "
+              "With priors, two counts: as the paper's 230x (every prior charged to one class), and amortised (a "
+              f"shared prior, made once for all forgotten classes, divided among this run's {len(classes)}). "
               "The paper's RTE is taken to be minutes and GPU memory GB. The paper's means are computed from its "
               "per-class numbers (the claims are over all 10 classes); two of its printed summary cells disagree "
               "with them (SalUn mean RTE printed 11.81, computed 11.88; SAFEMax FID std printed 0.32, computed 1.48)."]
+    lines += [line for note in notes for line in ("", note)]
     if paired is not None and len(paired):
         lines += ["", render_paired(paired).rstrip("\n")]
     return "\n".join(lines) + "\n"
@@ -559,6 +619,15 @@ def _scale_note(metrics: pd.DataFrame) -> str:
     keys = ["dataset", "sampler", "sampler_steps", "guidance_w", "fid_backend", "n_fid_gen_per_class", "n_fid_real",
             "n_forget_samples", "device_name", "speed_switches"]  # the paper: 500 forget-class images (H, UA)
     return "; ".join(f"{key} = {values}" for key in keys if (values := _distinct(metrics, key)) is not None)
+
+
+def _shared_prior_note(main: pd.DataFrame, methods: Sequence[str]) -> list[str]:
+    """The shared priors' cost, once per method (every record of the method carries the same figure)."""
+    if "prior_shared_min" not in main.columns:
+        return []
+    shared = main[main["method"].isin(methods)].groupby("method")["prior_shared_min"].first().dropna()
+    return [f"{display_name(m)}'s shared priors (made once for all forgotten classes): {minutes:.3f} min."
+            for m, minutes in shared.items() if minutes > 0]
 
 
 def mixed_cost_note(metrics: pd.DataFrame, methods: Sequence[str]) -> str | None:
@@ -591,6 +660,38 @@ def imported_note(metrics: pd.DataFrame, methods: Sequence[str]) -> str | None:
             "'imported'); evaluated as the others, cost not measured.")
 
 
+def method_notes(metrics: pd.DataFrame, methods: Sequence[str]) -> list[str]:
+    """Under the tables: what each method that is not the published algorithm changes (its file's NOTE), and every
+    param set by hand against the scale rules (from the records' `param_origins`, so from what ran)."""
+    notes = []
+    for method in methods:
+        if method == "original":
+            continue
+        note = method_note(method)
+        if note:
+            notes.append(f"{display_name(method)}: {note}")
+    by_hand = []
+    main = metrics[metrics["variant"] == metrics["method"]]
+    for method in methods:
+        rows = main[main["method"] == method]
+        if "param_origins" not in rows.columns or rows.empty:
+            continue
+        params = [json.loads(p) if isinstance(p, str) else {} for p in rows["params"]]
+        origins = [json.loads(o) if isinstance(o, str) else {} for o in rows["param_origins"]]
+        hand = sorted({name for o in origins for name, why in o.items() if not why.startswith(("rule", "variant"))})
+        if hand:
+            values = "; ".join(f"{name} = {params[0].get(name)!r} ({origins[0][name]})" for name in hand
+                               if name in origins[0])
+            by_hand.append(f"{display_name(method)}: {values}")
+    if by_hand:
+        notes.append("Set by hand, not by the scale rules (unlearnbench/scaling.py; metrics.csv `params` holds every "
+                     "row's values): " + ". ".join(by_hand) + ".")
+    elif "params" in main.columns and main["params"].notna().any():
+        notes.append("Every method's params are its paper values scaled by the rules of unlearnbench/scaling.py "
+                     "(metrics.csv `params` holds every row's values).")
+    return notes
+
+
 def write_reports(metrics_csv, out_dir, methods: Sequence[str] | None = None) -> dict[str, Path]:
     """table.csv, table1/2 (.md, .tex) and comparison.md from metrics.csv, each written atomically."""
     metrics = pd.read_csv(metrics_csv)
@@ -601,6 +702,8 @@ def write_reports(metrics_csv, out_dir, methods: Sequence[str] | None = None) ->
     table = paper_layout_table(metrics, methods)
     main = metrics[metrics["variant"] == metrics["method"]]
     prior_min = main.groupby("method")["prior_min"].mean(skipna=False).dropna().to_dict()
+    prior_shared_min = (main.groupby("method")["prior_shared_min"].mean(skipna=False).dropna().to_dict()
+                        if "prior_shared_min" in main.columns else {})
     paths = {name: out_dir / name for name in REPORTS}
     with atomic_output(paths["table.csv"]) as tmp:
         table.to_csv(tmp, index=False, float_format="%.5g")  # 5 significant digits: readable, no false precision
@@ -608,13 +711,15 @@ def write_reports(metrics_csv, out_dir, methods: Sequence[str] | None = None) ->
     if cost_note:
         print(f"warning: {cost_note}")
     setup1, setup2 = setup_notes(main)
-    notes1 = [*setup1, *(note for note in (cost_note, imported_note(metrics, methods)) if note)]
+    differ = method_notes(metrics, methods)
+    notes1 = [*setup1, *(note for note in (cost_note, imported_note(metrics, methods)) if note), *differ]
     for fmt, suffix in (("markdown", "md"), ("latex", "tex")):
         _write_text(paths[f"table1.{suffix}"], render_table1(table, methods, fmt, notes1))
-        _write_text(paths[f"table2.{suffix}"], render_table2(table, methods, fmt, setup2))
+        _write_text(paths[f"table2.{suffix}"], render_table2(table, methods, fmt, [*setup2, *differ]))
     _write_text(paths["comparison.md"],
-                render_comparison(paper_comparison(table, methods, prior_min), _scale_note(metrics),
-                                  run_classes(table), cost_note, paired_comparison(table, methods)))
+                render_comparison(paper_comparison(table, methods, prior_min, prior_shared_min), _scale_note(metrics),
+                                  run_classes(table), cost_note, paired_comparison(metrics, methods),
+                                  [*_shared_prior_note(main, methods), *differ]))
     return paths
 
 
@@ -761,3 +866,69 @@ def aggregate_guidance(config: dict, records: Iterable, out_dir) -> Path | None:
     written = write_guidance_tables(records, ["original", *evaluated_methods(config)], config["forget_classes"],
                                     config["seeds"], config["sampler"]["guidance_w"], out_dir)
     return keep_history(out_dir, list(written), folder="history/guidance")
+
+
+# ---------------------------------------------------------------------------- the finding study
+
+FINDING_COLUMNS = ["fid", "H", "UA", "remaining_acc", "eps_forget", "eps_remaining", "eps_null"]
+FINDING_LABELS = {"fid": "FID (remaining)", "H": "H [nats]", "UA": "UA [%]", "remaining_acc": "Remaining recognised [%]",
+                  "eps_forget": "mean eps^2, c_f", "eps_remaining": "mean eps^2, own labels",
+                  "eps_null": "mean eps^2, null label"}
+FINDING_FORMATS = {"fid": ".1f", "H": ".3f", "UA": ".1f", "remaining_acc": ".1f", "eps_forget": ".3f",
+                   "eps_remaining": ".3f", "eps_null": ".3f"}
+
+
+def point_label(variant: str, method: str) -> str:
+    """A finding point's name: the original, the method as published, or the one param it changes."""
+    from .workflow import parse_variant
+
+    if variant == "original":
+        return "Original"
+    _, overrides = parse_variant(variant)
+    return f"{display_name(method)} (as in the config)" if not overrides else overrides[0].replace("=", " = ")
+
+
+def finding_table(records: Iterable, norms: Iterable) -> pd.DataFrame:
+    """One row per (point, seed): the metrics of the point's model on the study's forgotten class and the sizes of
+    its noise predictions (metrics.denoiser), joined on (variant, seed)."""
+    from .checkpoints import read_json
+
+    metrics = collect_records(records)
+    rows = []
+    for path in norms:
+        n = read_json(path)
+        rows.append({"variant": n["variant"], "seed": int(n["seed"]),
+                     **{f"eps_{group}": value for group, value in n["eps_mean_square"].items()}})
+    eps = pd.DataFrame(rows)
+    table = metrics[["method", "variant", "forget_class", "seed", "fid", "H", "UA", "remaining_acc", "params"]].merge(
+        eps, on=["variant", "seed"], how="outer", validate="one_to_one")
+    missing = table[table[FINDING_COLUMNS].isna().any(axis=1)]
+    if len(missing):
+        raise UserError(f"the finding study lacks a record or a denoiser check of {missing['variant'].tolist()}: pass "
+                        "both of every point and seed (the workflow's finding_table rule does)")
+    table.insert(0, "point", [point_label(v, m) for v, m in zip(table["variant"], table["method"])])
+    # the original, the main run, then the points one parameter away from it
+    table["_rank"] = [(v != "original") + ("-" in v) for v in table["variant"]]
+    return table.sort_values(["_rank", "variant", "seed"]).drop(columns="_rank").reset_index(drop=True)
+
+
+def render_finding(table: pd.DataFrame) -> str:
+    """Markdown: mean ± std over seeds of each point's metrics and noise-prediction sizes."""
+    head = ["Point", *(FINDING_LABELS[c] for c in FINDING_COLUMNS)]
+    lines = ["# What the method does to the classes it keeps", "",
+             f"Forgotten class {int(table['forget_class'].iloc[0])}; mean ± std over seeds ({table['seed'].nunique()}). "
+             "Each point changes one parameter of the method's main run. Mean eps^2: the mean square of the model's "
+             "noise prediction on noised real images (1 is the size of the true noise), under the forgotten label "
+             "(its own images), the remaining images' own labels, and the null label on the same images.", "",
+             "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for point, rows in table.groupby("point", sort=False):
+        cells = [point] + [_mean_std(rows[c].mean(), rows[c].std(ddof=1), FINDING_FORMATS[c]) for c in FINDING_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def aggregate_finding(config: dict, records: Iterable, norms: Iterable, out_dir) -> None:
+    table = finding_table(records, norms)
+    out_dir = Path(out_dir)
+    write_metrics_csv(table, out_dir / "finding.csv")
+    _write_text(out_dir / "finding.md", render_finding(table))

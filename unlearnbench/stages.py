@@ -168,7 +168,10 @@ def diverged_hint(method: str, params) -> str:
 def method_code_digest(method: str) -> str:
     import hashlib
 
-    return hashlib.sha256(Path(load_method(method).__file__).read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    for path in load_method(method).SOURCES:  # a variant's file and its base's
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
 
 
 def device_generator(seed: int, device: torch.device) -> torch.Generator:
@@ -194,7 +197,7 @@ def run_prior(config: dict, method_name: str, prior_name: str, data_path, origin
     module = load_method(method_name)
     prior = prior_by_name(module, prior_name)
     check_priors(required)
-    params = method_params(config, method_name, module.DEFAULTS)
+    params = method_params(config, method_name, module)
     data = ImageData.load(data_path)
     device = setup_runtime(config)
     out_dir = Path(out_dir)
@@ -280,7 +283,7 @@ def run_unlearning(config: dict, method_name: str, forget_class: int, seed: int,
         overrides, problems = checked_params(module, overrides, ("--set",))
         if problems:
             raise UserError(f"{method_name}: {'; '.join(problems)}")
-    params = method_params(config, method_name, module.DEFAULTS, overrides)
+    params, origins = method_params(config, method_name, module, overrides, with_origins=True)
     data = ImageData.load(data_path)
     device = setup_runtime(config)
     out_dir = Path(out_dir)
@@ -307,11 +310,15 @@ def run_unlearning(config: dict, method_name: str, forget_class: int, seed: int,
                         "parameters of the model it returns and that each step calls optimizer.step() (a zero "
                         "learning rate or an all-zero mask also leave it unchanged)")
     cost = meter.result()
-    prior_min = 0.0
-    for folder in (priors or {}).values():
-        prior_min += ckpt.read_json(Path(folder) / "cost.json")["rte_min"]
+    prior_min = prior_shared_min = 0.0  # the shared priors serve every forget class: reported apart, once
+    scopes = {prior.name: prior.scope for prior in module.PRIORS}
+    for name, folder in (priors or {}).items():
+        minutes = ckpt.read_json(Path(folder) / "cost.json")["rte_min"]
+        prior_min += minutes
+        prior_shared_min += minutes if scopes.get(name) == "shared" else 0.0
     record = {"method": method_name, "forget_class": forget_class, "seed": seed, "params": params,
-              "prior_min": prior_min if priors else None, **cost,
+              "param_origins": origins, "prior_min": prior_min if priors else None,
+              "prior_shared_min": prior_shared_min if priors else None, **cost,
               "speed_switches": switches_label(switches_that_ran(config, device, bf16_uses() > bf16_before))}
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt.save_unet(model, out_dir / "unet")
@@ -600,8 +607,10 @@ def score_classes(config: dict, samples_path, evaluator_dir, references: dict, s
                                                    "torch_peak_allocated_gb", "torch_peak_reserved_gb", "host_rss_peak_gb",
                                                    "device", "device_name", "speed_switches", "units")}
         record["prior_min"] = cost.get("prior_min")
+        record["prior_shared_min"] = cost.get("prior_shared_min")
         record["imported_from"] = cost.get("imported_from")
         record["params"] = cost.get("params")
+        record["param_origins"] = cost.get("param_origins")
         record["provenance"] = {
             "run_name": config["run_name"], "config_hash": config_hash(config), "config_path": str(config_path or ""),
             "dataset": config["dataset"], "seed": seed,
@@ -617,6 +626,29 @@ def score_classes(config: dict, samples_path, evaluator_dir, references: dict, s
             ckpt.write_json(out_paths[forget_class], record)
         records.append(record)
     return records
+
+
+def denoiser_norms(config: dict, model_dir, data_path, forget_class: int, seed: int, variant: str, out_path) -> dict:
+    """The finding study's eps check (metrics.denoiser): how large the model's noise predictions are under the
+    forgotten label, the remaining classes' own labels and the null label, on noised real training images."""
+    from metrics.denoiser import eps_mean_squares
+
+    from .data import class_subset
+    from .networks import null_class
+
+    device = setup_runtime(config)
+    data = ImageData.load(data_path)
+    model = ckpt.load_unet(model_dir).to(device).eval()
+    x_f, _ = class_subset(data.train_x, data.train_y, [forget_class])
+    x_r, y_r = class_subset(data.train_x, data.train_y, [c for c in range(data.num_classes) if c != forget_class])
+    schedule = Schedule.from_config(config)
+    norms = eps_mean_squares(model, schedule, to_float(x_f), to_float(x_r), torch.as_tensor(y_r), forget_class,
+                             null_class(model), torch.Generator().manual_seed(sampling_seed(seed, forget_class)))
+    record = {"variant": variant, "forget_class": forget_class, "seed": seed, "eps_mean_square": norms,
+              "model_dir": str(model_dir), "model_digest": ckpt.folder_digest(model_dir)}
+    ckpt.write_json(out_path, record)
+    print(f"{variant} (class {forget_class}, seed {seed}): mean eps^2 " + ", ".join(f"{k} {v:.3f}" for k, v in norms.items()))
+    return record
 
 
 def summarize_original(config: dict, samples_path, evaluator_dir, records: list, evaluator_record, out_path) -> dict:
@@ -662,5 +694,7 @@ def render_figures(config: dict, kind: str, *, metrics=None, samples=None, forge
                              forget_class=abl["forget_class"])
     elif kind == "guidance":
         figures.guidance_curves(pd.read_csv(metrics), out, config["sampler"]["guidance_w"], colors)
+    elif kind == "finding":
+        figures.finding_bars(pd.read_csv(metrics), out)
     else:
         raise UserError(f"unknown figure kind {kind!r}")

@@ -54,7 +54,8 @@ SHIPPED_CONFIGS = ("default.yaml", "test.yaml", "paper.yaml")
 
 def config_notes(config: dict, configfiles=()) -> list[str]:
     """What a valid config leaves out that its author likely meant to run (printed, not refused)."""
-    notes = [skipped_ablation_note(config), *unused_params_notes(config, configfiles), *shared_import_notes(config)]
+    notes = [skipped_ablation_note(config), skipped_finding_note(config), *unused_params_notes(config, configfiles),
+             *shared_import_notes(config)]
     return [note for note in notes if note]
 
 
@@ -86,6 +87,18 @@ def unused_params_notes(config: dict, configfiles=()) -> list[str]:
                          f"({', '.join(config['methods'])}) leaves out: those params are unused; add {it} to "
                          f"'methods' to run {it}")
     return notes
+
+
+def skipped_finding_note(config: dict) -> str | None:
+    """Why `snakemake finding` has nothing to do, if so: the study needs its method's main run of its class."""
+    study = config.get("finding")
+    if not study or finding_variants(config):
+        return None
+    where = (f"'{study['method']}' is not in 'methods'" if study["method"] not in config["methods"] else
+             f"class {study['forget_class']} is not in 'forget_classes'" if study["forget_class"] not in
+             config["forget_classes"] else "every point is the main runs' own value")
+    return (f"the finding study (snakemake finding) is skipped: {where}; change 'finding' to run it, or set "
+            "'finding: null' to drop it without this note")
 
 
 def skipped_ablation_note(config: dict) -> str | None:
@@ -266,7 +279,7 @@ STAGE_SECTIONS = {
 def fingerprint(config: dict, stage: str, method: str | None = None, prior: str | None = None) -> str:
     """Hash of what a stage's result depends on: its sections (for a method's stage, plus those it declares)
     and the method's params (for a prior that declares its params, only those)."""
-    from .config import config_hash
+    from .config import config_hash, method_params
     from .method_api import load_method, prior_by_name
 
     sections = list(STAGE_SECTIONS[stage])
@@ -276,10 +289,10 @@ def fingerprint(config: dict, stage: str, method: str | None = None, prior: str 
         module = load_method(method)
         sections += prior_by_name(module, prior).sections if prior else module.SECTIONS
     part = {k: config.get(k) for k in sections}
-    if method:
-        params = (config.get("method_params") or {}).get(method)
+    if method:  # the params in effect (scale rules applied): restating a value, or a rule's, reruns nothing
+        params = method_params(config, method, module)
         declared = prior_by_name(module, prior).params if prior else None
-        if declared is not None and params:
+        if declared is not None:
             params = {k: v for k, v in params.items() if k in declared}
         part["method_params"] = params
     return config_hash(part)
@@ -288,7 +301,8 @@ def fingerprint(config: dict, stage: str, method: str | None = None, prior: str 
 def variant_name(method: str, param: str | None = None, value=None) -> str:
     if param is None:
         return method
-    value = int(value) if float(value).is_integer() else value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = int(value) if float(value).is_integer() else value
     return f"{method}-{param}={value}"
 
 
@@ -333,6 +347,20 @@ def ablation_variants(config: dict) -> list[str]:
     return [variant_name(abl["method"], abl["param"], v) for v in abl["values"] if float(v) != float(main_value)]
 
 
+def finding_variants(config: dict) -> list[str]:
+    """The finding study's points (config `finding`): its method with one param changed each, on one class; a
+    point equal to the main runs' value is the main run itself."""
+    study = config.get("finding")
+    if not study or study["method"] not in config["methods"] or study["forget_class"] not in config["forget_classes"]:
+        return []  # its main point is the method's main run of that class (skipped_finding_note says so)
+    variants = []
+    for point in study["points"]:
+        (param, value), = point.items()
+        if value != main_param_value(config, study["method"], param):
+            variants.append(variant_name(study["method"], param, value))
+    return list(dict.fromkeys(variants))
+
+
 def guidance_labels(config: dict) -> list[str]:
     """Path labels (w<label>) of the guidance_sweep weights that need evaluations of their own: all but the
     sampler's own weight, whose records are the main run's."""
@@ -349,4 +377,4 @@ def main_param_value(config: dict, method: str, param: str):
     from .config import method_params
     from .method_api import load_method
 
-    return method_params(config, method, load_method(method).DEFAULTS)[param]
+    return method_params(config, method, load_method(method))[param]

@@ -1,0 +1,55 @@
+# The finding study (config `finding`; not a default target: snakemake --cores all finding): the method with one
+# param changed per point, on one forgotten class, each seed; every model's metrics, and the size of its noise
+# predictions per label (denoiser_norms). docs/safemax-finding.md reads its table and figure.
+FINDING = finding_variants(config)
+FINDING_CLASS = config["finding"]["forget_class"] if FINDING else None
+FINDING_POINTS = ["original", config["finding"]["method"], *FINDING] if FINDING else []
+FINDING_RECORDS = [f"{RUN}/metrics/{v}/class{FINDING_CLASS}/seed{s}.json" for v in FINDING_POINTS for s in SEEDS]
+# the weights of a finding point's model (class FINDING_CLASS), as declared by its unlearn job
+FINDING_MODEL_WEIGHTS = [f"{RUN}/models/{{variant}}/class{FINDING_CLASS}/seed{{s}}/unet/{f}" for f in UNET_FILES]
+FINDING_NORMS = [f"{RUN}/finding/norms/{v}/seed{s}.json" for v in FINDING_POINTS for s in SEEDS]
+
+
+rule finding:
+    """`snakemake finding`: the finding study's table and figure."""
+    input: [f"{RUN}/finding.csv", f"{FIGS}/finding.png"] if FINDING else []
+
+
+if FINDING:
+    rule denoiser_norms_original:
+        input: data=DATA, model=ORIGINAL_FILES
+        output: f"{RUN}/finding/norms/original/seed{{s}}.json"
+        params: fp=fp("evaluate")
+        log: f"{RUN}/logs/finding/norms_original_seed{{s}}.log"
+        threads: THREADS
+        shell:
+            "{CLI} denoiser-norms --config {CFG} --model {ORIGINAL}/unet_ema --data {input.data}"
+            " --forget-class {FINDING_CLASS} --seed {wildcards.s} --variant original --out {output} > {log} 2>&1"
+
+
+    rule denoiser_norms:
+        input: data=DATA, weights=FINDING_MODEL_WEIGHTS
+        output: f"{RUN}/finding/norms/{{variant}}/seed{{s}}.json"
+        params: fp=fp("evaluate")
+        log: f"{RUN}/logs/finding/norms_{{variant}}_seed{{s}}.log"
+        threads: THREADS
+        shell:
+            "{CLI} denoiser-norms --config {CFG} --model {RUN}/models/{wildcards.variant}/class{FINDING_CLASS}/seed{wildcards.s}/unet"
+            " --data {input.data} --forget-class {FINDING_CLASS} --seed {wildcards.s} --variant {wildcards.variant}"
+            " --out {output} > {log} 2>&1"
+
+
+    rule finding_table:
+        input: records=FINDING_RECORDS, norms=FINDING_NORMS, code=REPORT_CODE
+        output: f"{RUN}/finding.csv", f"{RUN}/finding.md"
+        log: f"{RUN}/logs/finding/table.log"
+        shell:
+            "{CLI} aggregate-finding --config {CFG} --records {input.records} --norms {input.norms} --out-dir {RUN}"
+            " > {log} 2>&1"
+
+
+    rule figure_finding:
+        input: table=f"{RUN}/finding.csv", code=FIGURES_CODE
+        output: f"{FIGS}/finding.png"
+        log: f"{RUN}/logs/figures_finding.log"
+        shell: "{CLI} figures --config {CFG} --metrics {input.table} --out {output} --kind finding > {log} 2>&1"
