@@ -829,3 +829,24 @@ def test_the_paired_differences_on_the_papers_tables_are_those_protocol_notes_ci
         assert diff.reference_better == better, (method, metric)
     sa_ua = report.paired_difference(paper.loc["sa", "UA"], paper.loc["safemax", "UA"], lower_is_better=False)
     assert sa_ua.n - sa_ua.reference_better - sa_ua.reference_worse == 7  # "equal in 7 classes"
+
+
+def test_priors_count_as_the_paper_counts_them_and_amortised():
+    """SA's priors: all on one class (the paper's 230x), and the shared ones divided among the forgotten classes."""
+    mean = {"safemax": {report.RTE.label: 2.0, report.GPU.label: 1.0}, "sa": {report.RTE.label: 10.0, report.GPU.label: 2.0}}
+    rows = report._ratio_rows("sa", mean, prior=100.0, shared_prior=90.0, n_classes=10)
+    assert rows[report.RTE_RATIO] == 5.0
+    assert rows[report.RTE_WITH_PRIORS_RATIO] == (10.0 + 100.0) / 2.0
+    assert rows[report.RTE_WITH_AMORTISED_PRIORS_RATIO] == (10.0 + 10.0 + 90.0 / 10) / 2.0  # per-class 10, shared 9
+    assert report.RTE_WITH_PRIORS_RATIO not in report._ratio_rows("sa", mean)  # no priors, no such ratio
+
+
+def test_notes_name_every_value_set_by_hand_against_the_rules(run, tmp_path):
+    _, metrics, _ = run
+    metrics = metrics.copy()
+    origins = {"steps": "config; the rule gives 1200", "batch_size": "rule: 128 x scale.batch"}
+    metrics["params"] = json.dumps({"steps": 120, "batch_size": 64})
+    metrics["param_origins"] = [json.dumps(origins) if m == "sa" else json.dumps({}) for m in metrics["method"]]
+    notes = report.method_notes(metrics, METHODS)
+    assert notes == ["Set by hand, not by the scale rules (unlearnbench/scaling.py; metrics.csv `params` holds every "
+                     "row's values): SA: steps = 120 (config; the rule gives 1200)."]  # the rule's batch is no deviation
