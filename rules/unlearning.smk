@@ -30,27 +30,32 @@ rule prior_per_class:
 
 
 rule unlearn:
+    """One method (or study variant) on one forgotten class, every seed in turn in one process (a process per seed
+    would spend as long starting Python and torch as unlearning at digits scale)."""
     input:
         data=DATA, original=ORIGINAL_FILES,
         priors=lambda w: prior_inputs(parse_variant(w.variant)[0], int(w.c)),
         code=lambda w: method_file(parse_variant(w.variant)[0]),
     output:
-        cost=f"{MODEL}/cost.json", weights=MODEL_WEIGHTS,
-        # drawn after the timed loop while the model is loaded; evaluate_unlearned reuses them if they match
-        presample=f"{MODEL}/eval_samples.npz",
+        cost=expand(f"{MODEL}/cost.json", s=SEEDS, allow_missing=True),
+        weights=expand(f"{MODEL}/unet/{{name}}", s=SEEDS, name=UNET_FILES, allow_missing=True),
+        # drawn after the timed loop while the model is loaded; the evaluation jobs reuse them if they match
+        presample=expand(f"{MODEL}/eval_samples.npz", s=SEEDS, allow_missing=True),
     params:
         fp=lambda w: fp("method", parse_variant(w.variant)[0]),
         method=lambda w: parse_variant(w.variant)[0],
         overrides=lambda w: " ".join(parse_variant(w.variant)[1]),
         priors=lambda w: prior_flags(parse_variant(w.variant)[0], int(w.c)),
+        seeds=" ".join(map(str, SEEDS)),
+        folders=lambda w: " ".join(f"{RUN}/models/{w.variant}/class{w.c}/seed{s}" for s in SEEDS),
     # not an imported name: its input functions would look for a method file it does not have
     wildcard_constraints: variant="".join(f"(?!{name}/)" for name in IMPORTED) + VARIANT_PATTERN
-    log: f"{RUN}/logs/unlearn/{{variant}}_class{{c}}_seed{{s}}.log"
+    log: f"{RUN}/logs/unlearn/{{variant}}_class{{c}}.log"
     threads: THREADS
     shell:
-        "{CLI} unlearn --config {CFG} --method {params.method} --forget-class {wildcards.c} --seed {wildcards.s}"
+        "{CLI} unlearn --config {CFG} --method {params.method} --forget-class {wildcards.c} --seed {params.seeds}"
         " --data {input.data} --original {ORIGINAL} --priors {params.priors} --set {params.overrides}"
-        " --out $(dirname {output.cost}) --presample {output.presample} > {log} 2>&1"
+        " --out {params.folders} --presample {output.presample} > {log} 2>&1"
 
 
 rule import_model:

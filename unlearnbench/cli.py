@@ -64,17 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--requires", nargs="*", default=[], metavar="NAME=DIR")
     s.add_argument("--out", required=True)
 
-    s = cmd("unlearn", "run one method on one forget class and seed")
+    s = cmd("unlearn", "run one method on one forget class, once per seed (one process: imports and data load once)")
     s.add_argument("--method", required=True)
     s.add_argument("--forget-class", type=int, required=True)
-    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--seed", type=int, nargs="+", required=True)
     s.add_argument("--data", required=True)
     s.add_argument("--original", required=True)
     s.add_argument("--priors", nargs="*", default=[], metavar="NAME=DIR")
     s.add_argument("--set", nargs="*", default=[], metavar="PARAM=VALUE", help="override method parameters (ablations)")
-    s.add_argument("--out", required=True)
-    s.add_argument("--presample", help="also draw the evaluation samples of the unlearned model into this npz "
-                                       "(outside RTE); `evaluate --presampled` reuses them when they still match")
+    s.add_argument("--out", nargs="+", required=True, help="one folder per --seed, in the same order")
+    s.add_argument("--presample", nargs="+", help="also draw the evaluation samples of each unlearned model into "
+                   "these npz, one per --seed (outside RTE); `evaluate --presampled` reuses them when they still match")
 
     s = cmd("import-model", "adopt an unlearned model made outside the suite (config `imported`) for evaluation")
     s.add_argument("--name", required=True)
@@ -187,14 +187,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _presample(config: dict, args) -> None:
-    """--presample: the evaluation samples of the model just saved in --out, drawn while this process runs."""
-    if args.presample:
+def _presample(config: dict, args, seed: int, out, presample) -> None:
+    """--presample: the evaluation samples of the model just saved in `out`, drawn while this process runs."""
+    if presample:
         from .data import ImageData
         from .stages import generate_samples
 
-        generate_samples(config, Path(args.out) / "unet", args.presample, args.seed, args.forget_class,
+        generate_samples(config, Path(out) / "unet", presample, seed, args.forget_class,
                          ImageData.load(args.data).num_classes)
+
+
+def _per_seed(args) -> list[tuple[int, str, str | None]]:
+    """unlearn's (seed, --out, --presample) triples: one of each per seed."""
+    presample = args.presample or [None] * len(args.seed)
+    if not (len(args.out) == len(presample) == len(args.seed)):
+        raise UserError(f"unlearn: {len(args.seed)} --seed values need as many --out folders and --presample files "
+                        f"(got {len(args.out)} and {len(args.presample or [])})")
+    return list(zip(args.seed, args.out, presample))
 
 
 # The record each model-making command writes last: there, the --out folder holds a finished result. The workflow
@@ -204,10 +213,12 @@ FINISHED_RECORD = {"train-base": "train.json", "train-evaluator": "evaluator.jso
 
 
 def _refuse_finished(command: str, out) -> None:
-    record = Path(out) / FINISHED_RECORD[command] if command in FINISHED_RECORD and out else None
-    if record and record.exists():
-        raise UserError(f"{out} holds a finished result ({record}): {command} would replace it. Write elsewhere, "
-                        "or delete that folder first (the workflow redoes a job by itself when its inputs change)")
+    for folder in out if isinstance(out, list) else [out]:
+        record = Path(folder) / FINISHED_RECORD[command] if command in FINISHED_RECORD and folder else None
+        if record and record.exists():
+                raise UserError(f"{folder} holds a finished result ({record}): {command} would replace it. Write "
+                            "elsewhere, or delete that folder first (the workflow redoes a job by itself when its "
+                            "inputs change)")
 
 
 # The sample sets (npz) each command writes, by flag. Each has a PNG grid beside it that is no declared output, so
@@ -262,12 +273,13 @@ def run(args) -> int | None:
         stages.run_prior(config, args.method, args.prior, args.data, args.original, args.out, args.forget_class,
                          _pairs(args.requires))
     elif c == "unlearn":
-        stages.run_unlearning(config, args.method, args.forget_class, args.seed, args.data, args.original, args.out,
-                              _pairs(args.priors), stages.parse_overrides(args.set))
-        _presample(config, args)
+        for seed, out, presample in _per_seed(args):
+            stages.run_unlearning(config, args.method, args.forget_class, seed, args.data, args.original, out,
+                                  _pairs(args.priors), stages.parse_overrides(args.set))
+            _presample(config, args, seed, out, presample)
     elif c == "import-model":
         stages.import_model(config, args.name, args.forget_class, args.seed, args.data, args.original, args.out)
-        _presample(config, args)
+        _presample(config, args, args.seed, args.out, args.presample)
     elif c == "sample":
         from .data import ImageData
 
