@@ -285,6 +285,10 @@ def test_a_variant_is_its_base_with_its_changes_under_its_own_name(tmp_path):
     assert variant.SCALED == base.SCALED and variant.NOTE == "w = 1" and variant.DISPLAY_NAME == "Base+W"
     assert method_sources("base_w", tmp_path) == [tmp_path / "base_w.py", tmp_path / "base.py"]
     for name, text, message in [
+        ("no_steps", 'DEFAULTS = {"decay": 0.9}\nSCALED = {"decay": "ema"}\ndef unlearn(ctx):\n    pass\n',
+         "'ema' needs a 'steps' param"),
+        ("bad_rule", 'DEFAULTS = {"steps": 9}\nSCALED = {"steps": "stepz"}\ndef unlearn(ctx):\n    pass\n',
+         "SCALED maps params of DEFAULTS to scale rules"),
         ("no_note", 'VARIANT_OF = "base"\nCHANGES = {"w": 1.0}\n', "give it NOTE"),
         ("own_code", 'VARIANT_OF = "base"\nNOTE = "x"\nCHANGES = {"w": 1.0}\ndef unlearn(ctx):\n    pass\n',
          "also defines unlearn"),

@@ -343,6 +343,8 @@ def _check_interface(module, name: str, path: Path) -> None:
         if param not in module.DEFAULTS or rule not in SCALE_RULES:
             raise UserError(f"method file {path}: SCALED[{param!r}] = {rule!r}: SCALED maps params of DEFAULTS to "
                             f"scale rules ({', '.join(SCALE_RULES)}; unlearnbench/scaling.py)")
+        if rule == "ema" and "steps" not in module.DEFAULTS:  # the rule follows the steps that run
+            raise UserError(f"method file {path}: SCALED[{param!r}] = 'ema' needs a 'steps' param in DEFAULTS")
     module.PRIORS = list(getattr(module, "PRIORS", []))
     module.SECTIONS = tuple(getattr(module, "SECTIONS", ()))
     _check_sections(module.SECTIONS, f"method {name} (SECTIONS)")
