@@ -522,7 +522,7 @@ def _verdict(row, ref: str) -> str:
         return (f"{name} vs {ref}, {metric.label}: no difference holds (the interval contains 0; {ref} better in "
                 f"{row.reference_better} of {row.n} cells, worse in {row.reference_worse}).")
     better = ref if (row.mean > 0) == metric.lower_is_better else name  # the sign of method - reference
-    return (f"{name} vs {ref}, {metric.label}: **{better} is better** ({row.method_minus} "
+    return (f"{name} vs {ref}, {metric.label}: **{better} is better** ({name} - {ref} "
             f"{_format_paired(row.mean, row.ci_low, row.ci_high, metric.decimals)}; {ref} better in "
             f"{row.reference_better} of {row.n} cells).")
 
@@ -556,8 +556,7 @@ def render_paired(paired: pd.DataFrame) -> str:
             _format_counts(row.paper_mean, row.paper_n, row.paper_reference_better, row.paper_reference_worse),
         ]) + " |")
     lines += ["", "In words (this run):", ""]
-    lines += [f"- {_verdict(row, ref)}" for row in paired.assign(method_minus=[
-        f"{display_name(m)} - {ref}" for m in paired["method"]]).itertuples(index=False)]
+    lines += [f"- {_verdict(row, ref)}" for row in paired.itertuples(index=False)]
     return "\n".join(lines) + "\n"
 
 
