@@ -1,6 +1,6 @@
 # Unlearning benchmark: `snakemake --cores all results/table.csv` (tables) or `snakemake --cores all` (tables and figures).
 # Loads and validates the config, includes the rules, names the default targets; logic lives in unlearnbench/.
-from unlearnbench.workflow import load_workflow_config, PUBLISHED
+from unlearnbench.workflow import load_workflow_config, start_run, PUBLISHED
 
 configfile: "config/default.yaml"
 config = load_workflow_config(config, workflow.configfiles)
@@ -14,6 +14,10 @@ include: "rules/evaluation.smk"
 include: "rules/report.smk"
 include: "rules/guidance.smk"
 include: "rules/finding.smk"
+
+
+onstart:  # not at parse time: a dry run writes nothing
+    start_run(config, jobs_run_here=workflow.local_exec)
 
 
 rule all:

@@ -2,8 +2,8 @@
 from unlearnbench.method_api import method_sources, NAME_PATTERN
 from unlearnbench.workflow import prior_folders, prior_arguments, parse_variant, ablation_variants, fingerprint
 from unlearnbench.workflow import resolved_config_path, base_checkpoint_files, suite_code, workflow_relative, guidance_labels
-from unlearnbench.workflow import imported_model_files, remake_marker, finding_variants
-from unlearnbench.workflow import UNET_FILES, EVALUATOR_WEIGHTS, TABLES
+from unlearnbench.workflow import imported_model_files, redo_token, finding_variants
+from unlearnbench.workflow import UNET_FILES, EVALUATOR_WEIGHTS, TABLES, REDO_RECORD
 from unlearnbench.config import evaluated_methods
 
 CFG = resolved_config_path(config)
@@ -57,3 +57,13 @@ def prior_inputs(method, forget_class=None, prior=None):
 
 def prior_flags(method, forget_class=None, prior=None):
     return prior_arguments(prior_folders(RUN, method, forget_class, prior))
+
+
+def redo_state(name):
+    """The `redo` output of a job that gathers files (workflow.redo_token): the token it last ran under."""
+    return f"{RUN}/.remake/{name}"
+
+
+def redo_when_lost(name, output, inputs):
+    """The `redo` params value of that job: it runs again when `output` exists while one of `inputs` is gone."""
+    return lambda w: redo_token(output, inputs, redo_state(name))

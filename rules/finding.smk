@@ -41,11 +41,12 @@ if FINDING:
 
     rule finding_table:
         input: records=FINDING_RECORDS, norms=FINDING_NORMS, code=REPORT_CODE
-        output: f"{RUN}/finding.csv", f"{RUN}/finding.md"
+        output: f"{RUN}/finding.csv", f"{RUN}/finding.md", redo=redo_state("finding")
+        params: redo=redo_when_lost("finding", f"{RUN}/finding.csv", FINDING_RECORDS + FINDING_NORMS)
         log: f"{RUN}/logs/finding/table.log"
         shell:
             "{CLI} aggregate-finding --config {CFG} --records {input.records} --norms {input.norms} --out-dir {RUN}"
-            " > {log} 2>&1"
+            " > {log} 2>&1 && " + REDO_RECORD
 
 
     rule figure_finding:

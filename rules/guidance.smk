@@ -53,10 +53,10 @@ rule guidance:
 
 rule guidance_table:
     input: records=MAIN_RECORDS + SWEEP_RECORDS, code=REPORT_CODE
-    output: f"{RUN}/guidance.csv", f"{RUN}/guidance.md"
-    params: remake=lambda w: remake_marker(f"{RUN}/guidance.csv", MAIN_RECORDS + SWEEP_RECORDS, f"{RUN}/.remake/guidance")
+    output: f"{RUN}/guidance.csv", f"{RUN}/guidance.md", redo=redo_state("guidance")
+    params: redo=redo_when_lost("guidance", f"{RUN}/guidance.csv", MAIN_RECORDS + SWEEP_RECORDS)
     log: f"{RUN}/logs/guidance/table.log"
-    shell: "{CLI} aggregate-guidance --config {CFG} --records {input.records} --out-dir {RUN} > {log} 2>&1"
+    shell: "{CLI} aggregate-guidance --config {CFG} --records {input.records} --out-dir {RUN} > {log} 2>&1 && " + REDO_RECORD
 
 
 rule figure_guidance:

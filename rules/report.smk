@@ -9,11 +9,11 @@ ABLATION_TABLE_RECORDS = ABLATION_RECORDS + expand(
 
 rule aggregate:
     input: records=MAIN_RECORDS, code=REPORT_CODE
-    output: [f"{RUN}/{name}" for name in TABLES]
+    output: tables=[f"{RUN}/{name}" for name in TABLES], redo=redo_state("aggregate")
     # not from `input`: Snakemake compares no params derived from it
-    params: remake=lambda w: remake_marker(f"{RUN}/metrics.csv", MAIN_RECORDS, f"{RUN}/.remake/aggregate")
+    params: redo=redo_when_lost("aggregate", f"{RUN}/metrics.csv", MAIN_RECORDS)
     log: f"{RUN}/logs/aggregate.log"
-    shell: "{CLI} aggregate --config {CFG} --records {input.records} --out-dir {RUN} > {log} 2>&1"
+    shell: "{CLI} aggregate --config {CFG} --records {input.records} --out-dir {RUN} > {log} 2>&1 && " + REDO_RECORD
 
 
 rule copy_evaluator_record:
@@ -23,21 +23,23 @@ rule copy_evaluator_record:
 
 
 rule publish:
-    """results/<name>: copies of the latest run's tables and records (results/<run>/<name> stay)."""
+    """results/<name>: copies of the latest run's tables and records (results/<run>/<name> stay), each as its job
+    wrote it; redone, with what they are made from, when one of the run's is gone (a failed aggregate deletes them)."""
     input: [f"{RUN}/{name}" for name in PUBLISHED]
-    output: [f"results/{name}" for name in PUBLISHED]
+    output: published=[f"results/{name}" for name in PUBLISHED], redo=redo_state("publish")
+    params: redo=redo_when_lost("publish", f"results/{PUBLISHED[0]}", [f"{RUN}/{name}" for name in PUBLISHED])
     localrule: True
-    shell: "cp {input} results/"  # a shell call: a `run:` block costs seconds of Snakefile re-import
+    shell: "{CLI} publish {input} --to results && " + REDO_RECORD
 
 
 rule ablation_table:
     input:
         records=ABLATION_TABLE_RECORDS,
         code=REPORT_CODE,
-    output: f"{RUN}/ablation.csv"
-    params: remake=lambda w: remake_marker(f"{RUN}/ablation.csv", ABLATION_TABLE_RECORDS, f"{RUN}/.remake/ablation")
+    output: table=f"{RUN}/ablation.csv", redo=redo_state("ablation")
+    params: redo=redo_when_lost("ablation", f"{RUN}/ablation.csv", ABLATION_TABLE_RECORDS)
     log: f"{RUN}/logs/ablation_table.log"
-    shell: "{CLI} aggregate-ablation --config {CFG} --records {input.records} --out {output} > {log} 2>&1"
+    shell: "{CLI} aggregate-ablation --config {CFG} --records {input.records} --out {output.table} > {log} 2>&1 && " + REDO_RECORD
 
 
 rule figures:

@@ -1,4 +1,5 @@
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,23 @@ def write_miniature_cifar10():
             expected[name] = (images, labels)
         return expected
     return write
+
+
+@pytest.fixture
+def method_workdir(tmp_path, tiny_config, monkeypatch):
+    """make(files, shipped=False, **adopt) -> config: tmp_path as the working directory of a workflow copy, its
+    methods/ holding `files` ({name: source}; beside the shipped methods if `shipped`), and an untrained original
+    adopted there (`adopt`: adopted_original's options)."""
+    def make(files: dict, shipped: bool = False, **adopt) -> dict:
+        monkeypatch.chdir(tmp_path)  # methods/ of the working directory, as in a user's workflow copy
+        if shipped:
+            shutil.copytree(ROOT / "methods", tmp_path / "methods")
+        else:
+            (tmp_path / "methods").mkdir()
+        for name, source in files.items():
+            (tmp_path / "methods" / f"{name}.py").write_text(source)
+        from tiny_original import adopted_original
+
+        adopted_original(tmp_path, tiny_config, **adopt)
+        return tiny_config
+    return make

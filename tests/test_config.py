@@ -426,7 +426,8 @@ def test_rule_inputs_keep_a_linked_methods_folder_relative(tmp_path, monkeypatch
 
 
 def test_an_unwritable_results_folder_is_named(tmp_path, monkeypatch, capsys):
-    """The Snakefile writes the resolved config first: a folder it may not write is an error, not a traceback."""
+    """The run writes the resolved config before its first job (Snakemake's onstart, never while the Snakefile is
+    parsed): a folder it may not write is an error naming it, not a traceback."""
     import unlearnbench.workflow as workflow
 
     def refuse(config, path):
@@ -434,10 +435,10 @@ def test_an_unwritable_results_folder_is_named(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(workflow, "write_resolved", refuse)
     with pytest.raises(SystemExit):
-        workflow.load_workflow_config({"run_name": "locked"})
+        workflow.start_run({"run_name": "locked", "device": "cpu"})
     err = capsys.readouterr().err
     assert "error: cannot write the run's config to results/locked/configs/" in err
-    assert "(Permission denied: results/locked/configs/" in err and "make results/locked/ writable" in err
+    assert "(Permission denied)" in err and "make results/locked/ writable" in err and "nothing was run" in err
 
 
 def test_guidance_sweep_weights_are_checked_and_keep_their_digits(root):

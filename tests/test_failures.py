@@ -25,24 +25,6 @@ def run_cli(args, tmp_path):
     return proc.returncode, proc.stdout + proc.stderr
 
 
-@pytest.fixture
-def method_workdir(tmp_path, tiny_config, monkeypatch):
-    """make(files, shipped=False, **adopt) -> config: tmp_path as the working directory of a workflow copy, its
-    methods/ holding `files` ({name: source}; beside the shipped methods if `shipped`), and an untrained original
-    adopted there (`adopt`: adopted_original's options)."""
-    def make(files: dict, shipped: bool = False, **adopt) -> dict:
-        monkeypatch.chdir(tmp_path)  # methods/ of the working directory, as in a user's workflow copy
-        if shipped:
-            shutil.copytree(Path(__file__).parents[1] / "methods", tmp_path / "methods")
-        else:
-            (tmp_path / "methods").mkdir()
-        for name, source in files.items():
-            (tmp_path / "methods" / f"{name}.py").write_text(source)
-        adopted_original(tmp_path, tiny_config, **adopt)
-        return tiny_config
-    return make
-
-
 def write_config(tmp_path, config):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -166,7 +148,8 @@ def test_a_failed_job_shows_its_error_in_snakemakes_output(root, tmp_path):
     for name in ("Snakefile", "rules", "config", "methods", "profiles"):
         src = root / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
-    (tmp_path / "offline.yaml").write_text(f"data: {{download: false, root: {tmp_path / 'nowhere'}}}\n")
+    # device: the paper's cuda stops a run on a machine without one before its first job
+    (tmp_path / "offline.yaml").write_text(f"data: {{download: false, root: {tmp_path / 'nowhere'}}}\ndevice: cpu\n")
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "results/table.csv", "--configfile",
                            "config/paper.yaml", "offline.yaml"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=300, env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})

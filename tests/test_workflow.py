@@ -182,17 +182,69 @@ def test_lost_weights_are_remade_by_their_job_not_a_load_error(test_run, tmp_pat
             (tmp_path / str(i)).rename(path)
 
 
-def test_a_dry_run_with_another_config_leaves_the_jobs_config_alone(test_run):
-    """Jobs read results/<run>/configs/<hash>.yaml: previewing a change while a run goes on must not alter it."""
-    configs = test_run / "results" / "test" / "configs"
-    before = {p.name: p.read_bytes() for p in configs.iterdir()}
+def test_a_dry_run_with_another_config_writes_nothing(test_run):
+    """Jobs read results/<run>/configs/<hash>.yaml, written when a run starts its jobs (Snakemake's onstart), never
+    while the Snakefile is parsed: previewing a change while a run goes on leaves the run's files alone."""
+    run = test_run / "results" / "test"
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
     (test_run / "config" / "preview.yaml").write_text("sampler: {steps: 9}\n")
-    snakemake(test_run, "-n", "results/table.csv", "--configfile", "config/test.yaml", "config/preview.yaml")
-    after = {p.name: p.read_bytes() for p in configs.iterdir()}
-    assert len(after) == len(before) + 1 and all(after[name] == text for name, text in before.items())
+    (run / "metrics" / "sa" / "class1" / "seed0.json").rename(test_run / "kept.json")  # as a failed job leaves it
+    try:
+        proc = snakemake(test_run, "-n", "results/table.csv", "--configfile", "config/test.yaml", "config/preview.yaml")
+        assert re.search(r"^evaluate_method\s+4$", proc.stdout + proc.stderr, re.M)
+    finally:
+        (test_run / "kept.json").rename(run / "metrics" / "sa" / "class1" / "seed0.json")
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == before
     metrics = pd.read_csv(test_run / "results" / "metrics.csv")
     assert len(set(metrics["config_hash"])) == 1  # the records name the file their jobs read
-    assert f"{metrics['config_hash'][0]}.yaml" in before
+    assert (run / "configs" / f"{metrics['config_hash'][0]}.yaml").is_file()
+
+
+def test_a_failed_aggregate_leaves_no_published_table_older_than_its_records(test_run):
+    """The issue's recipe: an aggregate that fails (on a cut-short record) deletes the run's tables; once the record
+    is removed, as its message says, the next run remakes it, the tables and their published copies. Before, the
+    copies under results/ kept the old numbers and Snakemake said 'Nothing to be done'."""
+    run = test_run / "results" / "test"
+    record = run / "metrics" / "sa" / "class0" / "seed0.json"
+    report = test_run / "lib" / "unlearnbench" / "report.py"  # an edit makes the aggregate run again
+    text, stat = report.read_text(), report.stat()
+    report.write_text(text + "# an edit that makes the aggregate run\n")
+    try:
+        record.write_bytes(record.read_bytes()[:20])
+        proc = snakemake(test_run, "--configfile=config/test.yaml", "results/table.csv", check=False)
+        assert proc.returncode != 0 and not (run / "table.csv").exists()
+        assert "is not a valid JSON record" in (run / "logs" / "aggregate.log").read_text()
+        record.unlink()
+        proc = snakemake(test_run, "--configfile=config/test.yaml", "results/table.csv")
+        out = proc.stdout + proc.stderr
+        for rule in ("evaluate_method", "aggregate", "publish"):
+            assert re.search(rf"^{rule}\s+1$", out, re.M), (rule, out[-3000:])
+    finally:
+        report.write_text(text)
+        os.utime(report, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    newest_record = max(p.stat().st_mtime_ns for p in (run / "metrics").rglob("*.json"))
+    for name in ("metrics.csv", "table.csv", "tables.sha256"):
+        published = test_run / "results" / name
+        assert published.stat().st_mtime_ns >= newest_record and published.read_bytes() == (run / name).read_bytes()
+    proc = snakemake(test_run, "-n", "--configfile=config/test.yaml", "results/table.csv")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_a_hand_edited_table_is_not_published(test_run):
+    """results/<run>/metrics.csv edited by hand: its publication is refused with what to do (and the failed job's
+    copies are gone, not left with other numbers); put back, it is published again."""
+    table = test_run / "results" / "test" / "metrics.csv"
+    text = table.read_text()
+    table.write_text(text + text.splitlines()[-1] + "\n")  # a row pasted twice
+    try:
+        proc = snakemake(test_run, "--configfile=config/test.yaml", "results/table.csv", check=False)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0 and "metrics.csv is not what the aggregate wrote" in out, out[-3000:]
+        assert not (test_run / "results" / "metrics.csv").exists()
+    finally:
+        table.write_text(text)
+    snakemake(test_run, "--configfile=config/test.yaml", "results/table.csv")
+    assert (test_run / "results" / "metrics.csv").read_text() == text
 
 
 def test_the_figures_target_publishes_the_tables_it_draws(test_run):

@@ -83,6 +83,26 @@ def test_a_job_outliving_a_killed_snakemake_is_redone_by_the_next_plain_run(tmp_
     assert re.search(r"Finished jobid: \d+ \(Rule: train_base\)", redone.stdout + redone.stderr)
 
 
+def test_a_second_run_in_the_same_folder_is_refused_while_the_first_runs(tmp_path):
+    """Snakemake's lock: two runs writing one results folder at once would mix their files; the second stops with
+    what to do while the first goes on."""
+    import signal
+
+    workdir = copy_workflow(tmp_path / "lock")
+    write_short_base_training(workdir)
+    kill = workdir / "config" / "kill.yaml"
+    kill.write_text(kill.read_text().replace("steps: 200,", "steps: 100000,"))  # outlasts the second's start
+    target = "results/kill/models/original/train.json"
+    first = start_snakemake_until(workdir, "config/kill.yaml", target, workdir / "results/kill/models/original/train_state.pt")
+    try:
+        second = snakemake(workdir, "--configfile=config/kill.yaml", target, check=False)
+        assert second.returncode != 0 and "Directory cannot be locked" in second.stdout + second.stderr
+        assert first.poll() is None
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+
+
 def test_replacing_a_users_checkpoint_reruns_from_the_original_model(tmp_path):
     """base.checkpoint's files are inputs of train_base: new weights at the same path are not silently ignored,
     and the adopted weights' digests are recorded."""

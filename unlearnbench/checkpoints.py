@@ -169,6 +169,40 @@ def _architecture(config: dict) -> dict:
     return arch
 
 
+def check_weights_file(path: str | Path) -> None:
+    """A safetensors file is whole: its header parses and the tensors it lists end where the file does. Reads the
+    header only (a few kB), so a job checks every model it will read before its loop, and validation checks the
+    user's models, instead of a load failing after hours of steps."""
+    path = Path(path)
+    problem = None
+    try:
+        with open(path, "rb") as fh:
+            size = path.stat().st_size
+            length = int.from_bytes(fh.read(8), "little") if size >= 8 else None
+            if length is None or not 2 <= length <= size - 8:
+                problem = f"{size} bytes, too short for its header"
+            else:
+                header = json.loads(fh.read(length))
+                ends = [info["data_offsets"][1] for key, info in header.items() if key != "__metadata__"]
+                if 8 + length + max(ends, default=0) != size:
+                    problem = f"{size:,} bytes where its header lists {8 + length + max(ends, default=0):,}"
+    except FileNotFoundError:
+        problem = "missing"
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        problem = f"its header is not valid safetensors ({type(exc).__name__})"
+    if problem:
+        raise MissingResourceError(f"weights file {path} is corrupt or incomplete ({problem}). {_REDO}")
+
+
+def check_unet_folder(folder: str | Path, expect: dict | None = None, mismatch_fix: str | None = None) -> None:
+    """A saved UNet folder is usable, without loading it: its config.json (read_unet_config) and whole weights."""
+    from .unet import WEIGHTS_NAME
+
+    read_unet_config(folder, expect, mismatch_fix)
+    if (Path(folder) / WEIGHTS_NAME).exists() or not any(Path(folder).glob("*.bin")):  # .bin: older diffusers'
+        check_weights_file(Path(folder) / WEIGHTS_NAME)
+
+
 def same_weights(model, folder: str | Path) -> bool:
     """Whether `model` holds exactly the weights saved in the UNet folder (bit for bit, every tensor)."""
     from safetensors.torch import load_file
@@ -178,6 +212,7 @@ def same_weights(model, folder: str | Path) -> bool:
     path = Path(folder) / WEIGHTS_NAME
     if not path.exists():
         return False
+    check_weights_file(path)
     saved = load_file(str(path))
     mine = getattr(model, "_orig_mod", model).state_dict()  # torch.compile(model) prefixes its keys
     return saved.keys() == mine.keys() and all(

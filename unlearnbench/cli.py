@@ -40,9 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--config", required=True, help="resolved run config (results/<run>/configs/<hash>.yaml)")
         return s
 
+    s = sub.add_parser("publish", help="copy a run's tables into a folder (results/), each checked to be as the "
+                       "aggregate wrote it")
+    s.add_argument("files", nargs="+")
+    s.add_argument("--to", required=True)
+
     s = sub.add_parser("validate-config", help="validate config files (default.yaml + the given ones)")
     s.add_argument("files", nargs="*")
     s.add_argument("--write", help="write the resolved config here")
+    s.add_argument("--jobs-elsewhere", action="store_true",
+                   help="the jobs run on other machines (an executor profile): skip the check of this one's device")
 
     s = cmd("prepare-data", "load the dataset and write it as uint8 arrays")
     s.add_argument("--out", required=True)
@@ -235,19 +242,25 @@ def _drop_stale_grids(command: str, args) -> None:
 
 
 def run(args) -> int | None:
-    from . import stages
-
     if args.command == "validate-config":
         from .config import load_config, write_resolved
-        from .workflow import check_model_folders, config_notes
+        from .workflow import check_model_folders, config_notes, device_problem
 
         config = load_config(*args.files)
         check_model_folders(config)  # as the Snakefile does, from this folder
+        if not args.jobs_elsewhere and (problem := device_problem(config)):  # as a local run does before its jobs
+            raise UserError(f"{problem}; if the jobs run on other machines (an executor profile), check with "
+                            "--jobs-elsewhere")
         for note in config_notes(config, args.files):
             print(f"note: {note}", file=sys.stderr)
         if args.write:
             write_resolved(config, args.write)
         print(f"config OK: run {config['run_name']}")
+        return
+    if args.command == "publish":
+        from .files import publish
+
+        publish(args.files, args.to)
         return
     if args.command == "benchmark":
         from .benchmark import main as bench_main
@@ -259,6 +272,8 @@ def run(args) -> int | None:
                   "every other section)", file=sys.stderr)
             return 1
         return
+    from . import stages
+
     config = stages.load_run_config(args.config)
     c = args.command
     _refuse_finished(c, getattr(args, "out", None))
@@ -337,19 +352,61 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
-        import torch
-
-        if isinstance(exc, torch.cuda.OutOfMemoryError):
-            print("error: out of GPU memory. Lower the batch sizes: method_params.<method>.batch_size "
-                  "(and .replay_batch_size for sa), sampler.batch_size, base.batch_size, evaluator.batch_size; "
-                  "or free the GPU of other processes.", file=sys.stderr)
+        if memory := out_of_memory(exc):
+            print(f"error: {out_of_memory_advice(memory, exc, args)}", file=sys.stderr)
             return 3
+        if unwritable := cannot_write(exc):
+            print(f"error: {unwritable}", file=sys.stderr)
+            return 2
         import traceback
 
         traceback.print_exc()
         print(f"error: {unexpected_error(exc)}", file=sys.stderr)  # a log's last line says what to do
         return 1
     return rc or 0
+
+
+def cannot_write(exc: BaseException) -> str | None:
+    """The message for a result that could not be written for want of permission or a writable mount, else None."""
+    import errno
+
+    if not (isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and exc.filename):
+        return None
+    return (f"cannot write {exc.filename} ({exc.strerror}): make its folder writable (or mount it read-write), or "
+            "set another run_name; then rerun: only the failed jobs run again")
+
+
+def out_of_memory(exc: BaseException) -> str | None:
+    """'GPU' or 'host' when `exc` is running out of that memory (torch's errors for it), else None."""
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return "GPU"
+    text = str(exc)
+    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and (
+            "can't allocate memory" in text or "not enough memory" in text or "DefaultCPUAllocator" in text)):
+        return "host"
+    return None
+
+
+def out_of_memory_advice(memory: str, exc: BaseException, args) -> str:
+    """What ran out, and the config values of this job that set its size, largest first: what to lower."""
+    from .config import size_settings
+
+    what = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    try:
+        from .stages import load_run_config
+
+        settings = size_settings(load_run_config(args.config), getattr(args, "method", None))
+        sizes = ", ".join(f"{key} = {value:,}" for key, value in settings[:8])
+    except Exception:  # the advice must not hide the error: the config may be what is broken
+        sizes = ""
+    where = (f"the sizes in this job's config, largest first: {sizes}" if sizes else
+             "the batch sizes (method_params.<method>.batch_size and the like, sampler.batch_size, base.batch_size, "
+             "evaluator.batch_size) and image counts (evaluation.n_forget, ...)")
+    free = "free the GPU of other processes" if memory == "GPU" else "run on a machine with more memory"
+    return (f"out of {memory} memory ({what}). The job's memory is set by {where}. Lower the largest in your "
+            f"config overlay (or through --config), or {free}; then rerun: only the failed jobs run again")
 
 
 def unexpected_error(exc: BaseException) -> str:

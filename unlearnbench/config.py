@@ -19,6 +19,9 @@ SCHEMA_PATH = ROOT / "config" / "schema.yaml"
 DEFAULT_CONFIG = ROOT / "config" / "default.yaml"
 NUM_CLASSES = {"digits": 10, "cifar10": 10}
 IMAGE_SHAPES = {"digits": (1, 8, 8), "cifar10": (3, 32, 32)}  # (C, H, W)
+DATASET_IMAGES = {"digits": 1797, "cifar10": 60000}  # train and test: the bound of any batch (size_settings)
+# Config keys that set how much memory a job takes: batch sizes, and counts of images made or read.
+SIZE_KEY = re.compile(r"(^|_)batch(_size)?$|^n_|_images$")
 
 
 class ConfigError(UserError):
@@ -69,7 +72,7 @@ def read_yaml(path: str | Path) -> dict:
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = parse_yaml(path.read_text()) or {}
+        data = parse_yaml(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -77,6 +80,10 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file {path} is not valid YAML: {where}{problem}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not a text file; pass a YAML config") from None
+    if data is None:  # as Snakemake refuses it, so that validate-config agrees with the workflow
+        raise ConfigError(f"config file {path} is empty (or only comments), which Snakemake refuses ('Config file "
+                          "must be given as JSON or YAML with keys at top level'): put at least one key in it, or "
+                          "leave the file out")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values")
     return data
@@ -430,7 +437,35 @@ def _cross_checks(config: dict) -> list[str]:
         problems.append(f"'diffusion.beta_start' = {d['beta_start']} must be below 'diffusion.beta_end' = {d['beta_end']}")
     if config["sampler"]["steps"] > d["timesteps"]:
         problems.append(f"'sampler.steps' = {config['sampler']['steps']} exceeds 'diffusion.timesteps' = {d['timesteps']}")
+    bound = DATASET_IMAGES[config["dataset"]]
+    for key, value in size_settings(config):
+        if re.search(r"batch(_size)?$", key) and value > bound:
+            problems.append(f"'{key}' = {value:,} exceeds the {bound:,} images of {config['dataset']}: no batch "
+                            "needs more images than the dataset has; lower it")
     return problems + _model_problems(config)
+
+
+def size_settings(config: dict, method: str | None = None) -> list[tuple[str, int]]:
+    """('section.key', value) of each config value that sets a job's memory (SIZE_KEY: batch sizes, image counts),
+    largest first: in every section and method_params (with `method`, only that method's, in effect after the
+    scale rules)."""
+    found = []
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            elif isinstance(value, int) and not isinstance(value, bool) and SIZE_KEY.search(str(key)):
+                found.append((f"{prefix}{key}", value))
+
+    walk({k: v for k, v in config.items() if k != "method_params"}, "")
+    if method is not None:
+        from .method_api import load_method
+
+        walk({method: method_params(config, method, load_method(method))}, "method_params.")
+    else:
+        walk({"method_params": config.get("method_params") or {}}, "")
+    return sorted(found, key=lambda kv: -kv[1])
 
 
 def _model_problems(config: dict) -> list[str]:

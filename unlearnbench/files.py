@@ -81,3 +81,52 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+
+
+# What the aggregate wrote, as `sha256sum` writes it: tables derived from records are published and drawn only as
+# their job wrote them (a hand-edited table is refused, not spread), and `sha256sum -c` checks a copy by hand.
+DIGESTS = "tables.sha256"
+
+
+def file_sha256(path: str | Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_digests(folder: str | Path, names) -> Path:
+    """<folder>/tables.sha256: the sha256 of each of `names` (files in `folder`), in `sha256sum` format."""
+    folder = Path(folder)
+    atomic_write_text(folder / DIGESTS, "".join(f"{file_sha256(folder / name)}  {name}\n" for name in names))
+    return folder / DIGESTS
+
+
+def check_unedited(path: str | Path) -> None:
+    """Refuse a table that differs from what its job wrote (the digests beside it name it): a hand-edited
+    metrics.csv would otherwise be published, and drawn, as if the records said so."""
+    from .errors import UserError
+
+    path = Path(path)
+    manifest = path.parent / DIGESTS
+    if not manifest.is_file():
+        return
+    recorded = dict(reversed(line.split(None, 1)) for line in manifest.read_text().splitlines() if line.strip())
+    want = recorded.get(path.name)
+    if want is not None and (not path.is_file() or file_sha256(path) != want):
+        raise UserError(f"{path} is not what the aggregate wrote (its sha256 differs from {manifest}): it was "
+                        "edited or replaced after its job. Tables are made from the records only: delete "
+                        f"{path} and rerun snakemake to remake it from them (to change a result, change its "
+                        "record's job)")
+
+
+def publish(paths, to: str | Path) -> None:
+    """Copy `paths` into the folder `to`, each checked (check_unedited) before any is copied, each atomically."""
+    for path in paths:
+        check_unedited(path)
+    for path in paths:
+        with atomic_output(Path(to) / Path(path).name) as tmp:
+            shutil.copyfile(path, tmp)

@@ -19,7 +19,7 @@ import pandas as pd
 
 from .config import evaluated_methods
 from .errors import UserError
-from .files import atomic_output
+from .files import DIGESTS, atomic_output, write_digests
 from .method_api import check_labels, is_control, method_label, method_note
 from .workflow import REPORTS, TABLES
 
@@ -767,6 +767,7 @@ def aggregate(config: dict, records: Iterable, out_dir) -> Path | None:
     check_coverage(df, methods, config["forget_classes"], config["seeds"])
     write_metrics_csv(df, out_dir / "metrics.csv")
     write_reports(out_dir / "metrics.csv", out_dir, methods)
+    write_digests(out_dir, [name for name in TABLES if name != DIGESTS])
     return keep_history(out_dir, TABLES)
 
 

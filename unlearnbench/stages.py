@@ -20,7 +20,7 @@ from .cost import CostMeter, device_name
 from .data import ImageData, load_dataset, to_float, to_uint8
 from .diffusion import Schedule, sample_as_configured
 from .errors import MissingResourceError, UserError
-from .files import atomic_output
+from .files import atomic_output, check_unedited
 from .method_api import DeclaredParams, DeclaredSections, MethodParams, RunContext, load_method, prior_by_name
 from .networks import build_classifier, build_unet
 from .training import (BatchStream, autocast, bf16_uses, classifier_accuracy, prepare_model, seed_everything,
@@ -197,6 +197,7 @@ def run_prior(config: dict, method_name: str, prior_name: str, data_path, origin
     module = load_method(method_name)
     prior = prior_by_name(module, prior_name)
     check_priors(required)
+    check_original(original_dir)
     params = method_params(config, method_name, module)
     data = ImageData.load(data_path)
     device = setup_runtime(config)
@@ -253,6 +254,13 @@ def check_priors(priors: dict | None) -> None:
                 f"folder {folder} and run snakemake again: it redoes the prior and what was made from it")
 
 
+def check_original(original_dir) -> None:
+    """Both weight folders of the original model are whole, before a method's loop runs: a corrupt file found after
+    it (e.g. by original_weights_in) would cost every step, at paper scale hours."""
+    for sub in ("unet", "unet_ema"):
+        ckpt.check_unet_folder(Path(original_dir) / sub)
+
+
 def unlearning_state_key(config: dict, method: str, params: dict, seed: int, forget_class: int, original_dir,
                          priors: dict | None) -> str:
     """What a resumable unlearning state belongs to: its config, params, seed, class and method code, and what
@@ -284,6 +292,7 @@ def run_unlearning(config: dict, method_name: str, forget_class: int, seed: int,
         if problems:
             raise UserError(f"{method_name}: {'; '.join(problems)}")
     params, origins = method_params(config, method_name, module, overrides, with_origins=True)
+    check_original(original_dir)  # its EMA weights are compared only after the loop (original_weights_in)
     data = ImageData.load(data_path)
     device = setup_runtime(config)
     out_dir = Path(out_dir)
@@ -679,6 +688,8 @@ def render_figures(config: dict, kind: str, *, metrics=None, samples=None, forge
 
     methods = evaluated_methods(config)
     colors = figures.method_colors(["original", *methods])  # alike in every figure of the run
+    if metrics:
+        check_unedited(metrics)  # a figure shows the records, not a hand edit of their table
     if kind == "summary":
         df = pd.read_csv(metrics)
         Path(out_dir).mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .config import deep_merge, imported_cells, imported_model_dir, read_yaml, validate, write_resolved, DEFAULT_CONFIG
 from .errors import UserError
+from .files import DIGESTS
 
 # The files of a saved UNet folder (save_pretrained; unet.WEIGHTS_NAME) and the evaluator's weights:
 # outputs of the jobs that write them and inputs of the jobs that load them, so that weights lost after their job
@@ -14,9 +15,10 @@ from .errors import UserError
 UNET_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
 EVALUATOR_WEIGHTS = "model.safetensors"
 
-# What the aggregate writes in results/<run>/: metrics.csv and the reports made from it (report.write_reports).
+# What the aggregate writes in results/<run>/: metrics.csv, the reports made from it (report.write_reports) and
+# their digests (files.DIGESTS).
 REPORTS = ("table.csv", "table1.md", "table1.tex", "table2.md", "table2.tex", "comparison.md")
-TABLES = ("metrics.csv", *REPORTS)
+TABLES = ("metrics.csv", *REPORTS, DIGESTS)
 # Files of results/<run>/ copied to results/ so `snakemake results/table.csv` works for any config.
 PUBLISHED = (*TABLES, "evaluator.json", "original.json")
 
@@ -39,14 +41,65 @@ def load_workflow_config(config: dict, configfiles=()) -> dict:
         sys.exit(1)
     for note in config_notes(merged, configfiles):
         print(f"note: {note}", file=sys.stderr)
-    path = resolved_config_path(merged)
-    try:
-        write_resolved(merged, path)
-    except PermissionError as exc:
-        print(f"error: cannot write the run's config to {path} ({exc.strerror}: {exc.filename}): make "
-              f"results/{merged['run_name']}/ writable, or set another run_name", file=sys.stderr)
-        sys.exit(1)
+    if problem := device_problem(merged):  # the executor is not known yet: jobs may run on GPU nodes
+        print(f"note: {problem}; a run here stops before its first job, an executor profile runs the jobs where "
+              "there is one", file=sys.stderr)
     return merged
+
+
+def device_problem(config: dict) -> str | None:
+    """Why the jobs cannot run on this machine's devices, if so (config `device: cuda` without a CUDA device)."""
+    if config.get("device") != "cuda":
+        return None
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    return ("the config asks for device: cuda, but torch sees no CUDA device here (torch "
+            f"{torch.__version__}, {'built for CUDA ' + torch.version.cuda if torch.version.cuda else 'a CPU-only build'})"
+            "; set device: auto (a GPU when there is one) or cpu")
+
+
+def start_run(config: dict, jobs_run_here: bool = True) -> None:
+    """Snakemake's onstart: jobs are about to run (never on a dry run or when nothing is to be done). The folders
+    they write must be writable and, when the jobs run on this machine, the device they need must be here; then
+    the resolved config they read is written. Nothing is written while the Snakefile is parsed, so a dry run, or a
+    run that has nothing to do, works on a read-only results folder."""
+    if jobs_run_here and (problem := device_problem(config)):
+        print(f"error: {problem}; nothing was run", file=sys.stderr)
+        sys.exit(1)
+    folders = [Path("results") / config["run_name"], Path("results"), Path("figures") / config["run_name"]]
+    blocked = [(folder, why) for folder in folders if (why := unwritable(folder))]
+    if blocked:
+        shown = "; ".join(f"{folder}/ ({why})" for folder, why in blocked)
+        print(f"error: the run cannot write its results: {shown}. Make the folder writable (or mount it read-write), "
+              f"or set another run_name (config run_name, now {config['run_name']!r}); nothing was run",
+              file=sys.stderr)
+        sys.exit(1)
+    path = resolved_config_path(config)
+    try:
+        write_resolved(config, path)
+    except OSError as exc:
+        print(f"error: cannot write the run's config to {path} ({exc.strerror}): make "
+              f"results/{config['run_name']}/ writable, or set another run_name; nothing was run", file=sys.stderr)
+        sys.exit(1)
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why the jobs could not write in `folder` (or create it), if so: checked at its nearest existing folder."""
+    import errno
+
+    existing = next(p for p in [folder, *folder.parents] if p.exists())
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if os.access(existing, os.W_OK | os.X_OK):
+        return None
+    try:  # access() tells a read-only mount (EROFS) from missing permissions only through statvfs
+        read_only = os.statvfs(existing).f_flag & os.ST_RDONLY
+    except OSError:
+        read_only = False
+    what = os.strerror(errno.EROFS if read_only else errno.EACCES)
+    return what + (f" at {existing}" if existing != folder else "")
 
 
 SHIPPED_CONFIGS = ("default.yaml", "test.yaml", "paper.yaml")
@@ -155,15 +208,16 @@ def check_model_folders(config: dict) -> None:
                         "Fix the pattern, or unlearn the missing classes with that method too; to compare on fewer "
                         "classes, set 'forget_classes' to those you have (the tables then cover only them, for "
                         "every method)")
-    # Their architecture too, from config.json alone: a mismatch would otherwise fail only in the job that loads it.
-    from .checkpoints import read_unet_config, unet_expectations
+    # Their architecture (config.json) and whole weights (the safetensors header) too, without loading them: a
+    # mismatch or a file cut short would otherwise fail only in the job that loads it.
+    from .checkpoints import check_unet_folder, unet_expectations
     from .config import NUM_CLASSES, imported_architecture_fix
 
     expect = unet_expectations(config, NUM_CLASSES[config["dataset"]])
     for folder in [Path(checkpoint) / sub for sub in ("unet", "unet_ema")] if checkpoint else []:
-        read_unet_config(folder, expect)
+        check_unet_folder(folder, expect)
     for folder, name in wanted:
-        read_unet_config(folder, expect, imported_architecture_fix(name))
+        check_unet_folder(folder, expect, imported_architecture_fix(name))
 
 
 def check_scored_copies(config: dict) -> None:
@@ -204,23 +258,26 @@ def check_scored_copies(config: dict) -> None:
                         "(everything after a changed base.checkpoint reruns), or put back the models that were scored")
 
 
-def remake_marker(output: str, inputs: list[str], state: str) -> str:
-    """A params value of a job that gathers records into a table. Snakemake redoes a missing intermediate file only
-    for a job after it that has to run anyway, so a record removed by a failed or killed job (or by hand) would leave
-    the table as it was, whatever the record's job would now give. While `output` exists and an input is missing,
-    the value is a new token, which makes this job run, and with it the jobs that remake its inputs; the token stays
-    in the `state` file afterwards, so that the value remains what Snakemake recorded and nothing reruns again."""
+def redo_token(output: str, inputs: list[str], state: str) -> str:
+    """The `redo` params value of a job that gathers files into one (records into a table, tables into their
+    published copies). Snakemake redoes a missing intermediate file only for a job after it that has to run anyway,
+    so a record or table removed by a failed or killed job (or by hand) would leave the files made from it standing,
+    whatever its job would now give. While `output` exists and an input is missing (or newer: Snakemake evaluates
+    the value again when the job starts, once the inputs are remade), the value is a token of that output, which
+    makes this job run, and with it the jobs that remake its inputs. The job writes the token to `state` (its `redo`
+    output, REDO_RECORD), so that the value stays what Snakemake recorded and nothing reruns again.
+    Reads only: nothing is written while the Snakefile is parsed or the jobs are planned."""
     import hashlib
 
-    state = Path(state)
-    missing = [path for path in inputs if not Path(path).exists()] if Path(output).exists() else []
-    if missing:  # this table, from when it was made, with these records gone: a state not met before
-        token = hashlib.sha256(f"{Path(output).stat().st_mtime_ns} {missing}".encode()).hexdigest()[:12]
-        if not state.exists() or state.read_text() != token:
-            state.parent.mkdir(parents=True, exist_ok=True)
-            state.write_text(token)
-        return token
-    return state.read_text() if state.exists() else ""
+    if Path(output).exists():
+        made = Path(output).stat().st_mtime_ns
+        if any(not Path(path).exists() or Path(path).stat().st_mtime_ns > made for path in inputs):
+            return hashlib.sha256(f"{output} {made}".encode()).hexdigest()[:12]
+    return Path(state).read_text().strip() if Path(state).is_file() else ""
+
+
+# The shell command's tail of a job with a `redo` params value and output (redo_token)
+REDO_RECORD = "printf '%s\\n' '{params.redo}' > {output.redo}"
 
 
 def imported_model_files(config: dict, name: str, forget_class: int, seed: int) -> list[str]:
