@@ -18,6 +18,7 @@ from unlearnbench.method_api import LOOP_PARAM_SCHEMA, Prior
 from unlearnbench.training import ema_update, make_ema, optimizer_step
 
 DISPLAY_NAME = "SA"
+COLOR = "tab:blue"
 DEFAULTS = {
     "steps": 20000,
     "batch_size": 128,          # surrogate (forget) batch

@@ -13,6 +13,7 @@ from unlearnbench.networks import predict_eps
 from unlearnbench.training import ema_update, make_ema, optimizer_step
 
 DISPLAY_NAME = "SAFEMax"
+COLOR = "tab:green"
 DEFAULTS = {
     "steps": 1000,            # inferred from the reported RTE (PROTOCOL.md section 3)
     "batch_size": 128,
@@ -32,7 +33,7 @@ SCALED = {"steps": "steps", "batch_size": "batch", "retain_batch_size": "batch",
 # What each value may be (JSON Schema; the config is checked against it before any job runs).
 PARAM_SCHEMA = {
     **LOOP_PARAM_SCHEMA,  # steps, batch_size, lr, grad_clip
-    "lambda": {"type": "number", "minimum": 0},
+    "lambda": {"type": "number", "minimum": 0, "title": "λ  (ψ(t) = exp(−λ·t/T))"},  # title: the figures' axis
     "target": {"enum": ["fresh_noise", "x_t"]},
     "retain_weight": {"type": "number", "minimum": 0},
     "retain_batch_size": {"type": "integer", "minimum": 1},

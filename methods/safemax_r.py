@@ -7,5 +7,6 @@ classes (docs/safemax-finding.md).
 """
 VARIANT_OF = "safemax"
 DISPLAY_NAME = "SAFEMax+R"
+COLOR = "tab:purple"
 NOTE = "SAFEMax plus the standard loss on the remaining classes (retain_weight 1): not in the paper."
 CHANGES = {"retain_weight": 1.0}

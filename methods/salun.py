@@ -17,6 +17,7 @@ from unlearnbench.networks import null_class, predict_eps
 from unlearnbench.training import optimizer_step
 
 DISPLAY_NAME = "SalUn"
+COLOR = "tab:orange"
 DEFAULTS = {
     "steps": 1000,
     "batch_size": 128,          # forget batch

@@ -11,7 +11,7 @@ rule aggregate:
     input: records=MAIN_RECORDS, code=REPORT_CODE
     output: tables=[f"{RUN}/{name}" for name in TABLES], redo=redo_state("aggregate")
     # not from `input`: Snakemake compares no params derived from it
-    params: redo=redo_when_lost("aggregate", f"{RUN}/metrics.csv", MAIN_RECORDS)
+    params: redo=redo_when_lost("aggregate", f"{RUN}/metrics.csv", MAIN_RECORDS), fp=fp("report")
     log: f"{RUN}/logs/aggregate.log"
     shell: "{CLI} aggregate --config {CFG} --records {input.records} --out-dir {RUN} > {log} 2>&1 && " + REDO_RECORD
 
@@ -53,6 +53,7 @@ rule figures:
 rule figure_summary:
     input: metrics=f"{RUN}/metrics.csv", code=FIGURES_CODE
     output: f"{FIGS}/cost.png", f"{FIGS}/per_class.png"
+    params: fp=fp("report")  # the methods' order and colours
     log: f"{RUN}/logs/figures_summary.log"
     shell: "{CLI} figures --config {CFG} --metrics {input.metrics} --out-dir {FIGS} --kind summary > {log} 2>&1"
 
@@ -63,6 +64,7 @@ rule figure_samples:
         + [f"{RUN}/samples/{m}/class{w.c}/seed{SEEDS[0]}.npz" for m in METHODS],
         code=FIGURES_CODE,
     output: f"{FIGS}/samples_class{{c}}.png"
+    params: fp=fp("report")  # the methods' order and colours
     log: f"{RUN}/logs/figures_samples_class{{c}}.log"
     shell:
         "{CLI} figures --config {CFG} --samples {input.samples} --forget-class {wildcards.c}"
@@ -72,5 +74,6 @@ rule figure_samples:
 rule figure_ablation:
     input: table=f"{RUN}/ablation.csv", code=FIGURES_CODE
     output: f"{FIGS}/psi_ablation.png"
+    params: fp=fp("report")  # the methods' order and colours
     log: f"{RUN}/logs/figures_ablation.log"
     shell: "{CLI} figures --config {CFG} --metrics {input.table} --out {output} --kind ablation > {log} 2>&1"

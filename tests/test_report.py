@@ -74,7 +74,7 @@ def seed_averaged(records, method, column):
 @pytest.fixture
 def run(tmp_path):
     records, paths = write_records(tmp_path)
-    metrics = report.collect_records(paths)
+    metrics = report.collect_records(paths, METHODS)
     return records, metrics, report.paper_layout_table(metrics, METHODS)
 
 
@@ -146,7 +146,7 @@ def test_a_seed_missing_for_one_class_is_refused(tmp_path):
 
     records, paths = write_records(tmp_path)
     kept = [p for p, r in zip(paths, records) if not (r["variant"] == "salun" and r["forget_class"] == 4 and r["seed"] == 1)]
-    df = report.collect_records(kept)
+    df = report.collect_records(kept, METHODS)
     with pytest.raises(UserError, match=r"method 'salun' lacks the records of seed\(s\) \{4: \[1\]\}"):
         report.paper_layout_table(df, METHODS)
 
@@ -214,7 +214,7 @@ def test_a_method_missing_a_class_is_refused(tmp_path):
     from unlearnbench.errors import UserError
 
     with pytest.raises(UserError, match=r"'salun' for forgotten class\(es\) \[4\]"):
-        report.paper_layout_table(report.collect_records(kept), METHODS)
+        report.paper_layout_table(report.collect_records(kept, METHODS), METHODS)
 
 
 def test_every_method_tied_at_the_best_value_is_bold(tmp_path):
@@ -227,7 +227,7 @@ def test_every_method_tied_at_the_best_value_is_bold(tmp_path):
         record["H"] = 1.0
         paths.append(tmp_path / f"{method}.json")
         paths[-1].write_text(json.dumps(record))
-    table = report.paper_layout_table(report.collect_records(paths), METHODS)
+    table = report.paper_layout_table(report.collect_records(paths, METHODS), METHODS)
     row = markdown_rows(report.render_table2(table, METHODS, "markdown"))["0"]
     h, ua = row[0::2], row[1::2]  # per method: H, UA (original, SA, SalUn, SAFEMax)
     assert ua == ["0.00", "**100.00**", "99.90", "**100.00**"]
@@ -248,7 +248,7 @@ def test_a_control_keeps_its_columns_but_is_never_bold(tmp_path):
         paths.append(tmp_path / f"{method}.json")
         paths[-1].write_text(json.dumps(record))
     methods = list(values)
-    table = report.paper_layout_table(report.collect_records(paths), methods)
+    table = report.paper_layout_table(report.collect_records(paths, METHODS), methods)
     assert {"FT FID", "mystery FID", "SAFEMax FID"} <= set(table.columns)
     text = report.render_table1(table, methods, "markdown")
     fid, rte = markdown_rows(text)["0"][0::3], markdown_rows(text)["0"][1::3]
@@ -329,7 +329,7 @@ def test_paper_numbers_match_protocol():
 
 def test_paper_comparison(run):
     records, _, table = run
-    comparison = report.paper_comparison(table, METHODS, {"sa": 100.0})
+    comparison = report.paper_comparison(table, METHODS, {"sa": 100.0}, reference="safemax")
     value = comparison.set_index(["method", "quantity"])
     assert abs(value.loc[("safemax", "RTE [min]"), "paper"] - 5.83) <= 0.01
     assert abs(value.loc[("sa", "FID"), "paper"] - 17.71) <= 0.01
@@ -347,7 +347,7 @@ def test_paper_comparison(run):
     assert np.isclose(value.loc[("salun", report.GPU_RATIO), "this_run"], gpu["salun"] / gpu["safemax"])
     assert np.isclose(value.loc[("salun", report.GPU_SAVING), "this_run"], 100 * (1 - gpu["safemax"] / gpu["salun"]))
     assert np.isclose(value.loc[("safemax", "UA [%]"), "this_run"], seed_averaged(records, "safemax", "UA").mean())
-    text = report.render_comparison(comparison, "dataset = digits")
+    text = report.render_comparison(comparison, "dataset = digits", reference="safemax")
     assert "5.82" in text or "5.83" in text
     assert "may differ" in text and "dataset = digits" in text and "SAFEMax" in text
 
@@ -355,7 +355,7 @@ def test_paper_comparison(run):
 def test_write_reports(run, tmp_path):
     _, metrics, _ = run
     report.write_metrics_csv(metrics, tmp_path / "metrics.csv")
-    paths = report.write_reports(tmp_path / "metrics.csv", tmp_path / "reports", METHODS)
+    paths = report.write_reports(tmp_path / "metrics.csv", tmp_path / "reports", METHODS, reference="safemax")
     names = {"table.csv", "table1.md", "table1.tex", "table2.md", "table2.tex", "comparison.md"}
     assert {p.name for p in (tmp_path / "reports").iterdir()} == names == set(paths)
     assert all(p.stat().st_size > 0 for p in paths.values())
@@ -378,9 +378,9 @@ def test_write_reports(run, tmp_path):
 
 def test_cpu_run_keeps_gpu_nan(tmp_path):
     _, paths = write_records(tmp_path, gpu=False)
-    metrics = report.collect_records(paths)
+    metrics = report.collect_records(paths, METHODS)
     report.write_metrics_csv(metrics, tmp_path / "metrics.csv")
-    written = report.write_reports(tmp_path / "metrics.csv", tmp_path / "reports", METHODS)
+    written = report.write_reports(tmp_path / "metrics.csv", tmp_path / "reports", METHODS, reference="safemax")
     table = pd.read_csv(written["table.csv"])
     assert table["SAFEMax GPU [GB]"].isna().all()
     assert ",," in written["table.csv"].read_text()  # NaN written as empty
@@ -413,8 +413,8 @@ def test_figures(run, tmp_path):
         "grid_empty.png": lambda p: figures.sample_grid(colour, 11, p),
         "cost.png": lambda p: figures.cost_bars(metrics, METHODS, p),
         "per_class.png": lambda p: figures.per_class_metrics(metrics, METHODS, p),
-        "psi.png": lambda p: figures.psi_ablation(metrics, p, main_value=1.0),
-        "psi_none.png": lambda p: figures.psi_ablation(metrics[metrics["variant"] == "sa"], p),
+        "psi.png": lambda p: figures.psi_ablation(metrics, p, method="safemax", param="lambda", main_value=1.0),
+        "psi_none.png": lambda p: figures.psi_ablation(metrics[metrics["variant"] == "sa"], p, method="safemax", param="lambda"),
     }
     for name, draw in outputs.items():
         draw(tmp_path / "figs" / name)
@@ -436,7 +436,7 @@ def test_every_set_of_tables_a_run_had_is_kept_in_its_history(run, tmp_path):
     _, metrics, _ = run
     out = tmp_path / "run"
     report.write_metrics_csv(metrics, out / "metrics.csv")
-    written = report.write_reports(out / "metrics.csv", out, METHODS)
+    written = report.write_reports(out / "metrics.csv", out, METHODS, reference="safemax")
     names = ["metrics.csv", *(p.name for p in written.values())]
     first = report.keep_history(out, names)
     assert sorted(p.name for p in first.iterdir()) == sorted(names)
@@ -444,7 +444,7 @@ def test_every_set_of_tables_a_run_had_is_kept_in_its_history(run, tmp_path):
     assert report.keep_history(out, names) is None  # the same metrics again (an aggregate redone for its code)
     before = (out / "metrics.csv").read_bytes()
     report.write_metrics_csv(metrics[metrics["method"] != "sa"], out / "metrics.csv")
-    report.write_reports(out / "metrics.csv", out, [m for m in METHODS if m != "sa"])
+    report.write_reports(out / "metrics.csv", out, [m for m in METHODS if m != "sa"], reference="safemax")
     second = report.keep_history(out, names)
     assert report.history_snapshots(out / "history") == [first, second]
     assert (first / "metrics.csv").read_bytes() == before != (second / "metrics.csv").read_bytes()
@@ -514,7 +514,7 @@ def test_an_ablation_of_another_method_gets_no_paper_points(run, tmp_path, monke
     _, metrics, _ = run
     drawn = []
     monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig))
-    figures.psi_ablation(metrics, tmp_path / "psi.png", main_value=1.0)
+    figures.psi_ablation(metrics, tmp_path / "psi.png", method="safemax", param="lambda", main_value=1.0)
     own = metrics.copy()
     own.loc[own["variant"].str.startswith("safemax-"), "variant"] = own["variant"].str.replace("lambda", "lr")
     figures.psi_ablation(own, tmp_path / "lr.png", method="safemax", param="lr", main_value=1.0)
@@ -532,7 +532,7 @@ def test_psi_ablation_breaks_its_line_at_a_value_it_lacks_and_scales_both_fids_f
     _, metrics, _ = run
     drawn = []
     monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig))
-    figures.psi_ablation(metrics[metrics["variant"] != "safemax-lambda=50"], tmp_path / "psi.png", main_value=1.0)
+    figures.psi_ablation(metrics[metrics["variant"] != "safemax-lambda=50"], tmp_path / "psi.png", method="safemax", param="lambda", main_value=1.0)
     ua_ax, fid_ax, paper_fid_ax = drawn[0].axes
     line = ua_ax.containers[0].lines[0]
     ua = np.asarray(line.get_ydata(), dtype=float)
@@ -545,7 +545,7 @@ def test_paper_means_cover_the_runs_classes_only(run):
     """A run on classes 0 and 1 is set beside the paper's classes 0 and 1, not its 10-class means."""
     _, metrics, _ = run
     table = report.paper_layout_table(metrics[metrics["forget_class"].isin([0, 1])], METHODS)
-    value = report.paper_comparison(table, METHODS).set_index(["method", "quantity"])
+    value = report.paper_comparison(table, METHODS, reference="safemax").set_index(["method", "quantity"])
     paper = report.load_paper_numbers().set_index(["method", "forget_class"])
     for method, metric, column in [("safemax", "UA [%]", "UA"), ("sa", "FID", "fid"), ("salun", "RTE [min]", "rte_min")]:
         expected = (paper.loc[(method, 0), column] + paper.loc[(method, 1), column]) / 2
@@ -553,7 +553,8 @@ def test_paper_means_cover_the_runs_classes_only(run):
     ratio = (paper.loc[("sa", 0), "rte_min"] + paper.loc[("sa", 1), "rte_min"]) / (
         paper.loc[("safemax", 0), "rte_min"] + paper.loc[("safemax", 1), "rte_min"])
     assert np.isclose(value.loc[("sa", report.RTE_RATIO), "paper"], ratio)
-    text = report.render_comparison(report.paper_comparison(table, METHODS), classes=report.run_classes(table))
+    text = report.render_comparison(report.paper_comparison(table, METHODS, reference="safemax"), classes=report.run_classes(table),
+                                    reference="safemax")
     assert "classes 0, 1 only" in text
 
 
@@ -566,12 +567,12 @@ def test_costs_from_mixed_devices_or_switches_are_flagged(tmp_path):
         if record["forget_class"] == 3 and record["method"] == "sa":
             record["cost"]["device_name"] = "NVIDIA A100"
         path.write_text(json.dumps(record))
-    metrics = report.collect_records(paths)
+    metrics = report.collect_records(paths, METHODS)
     assert set(metrics["speed_switches"]) == {"bf16_autocast+tf32"}
     note = report.mixed_cost_note(metrics, METHODS)
     assert "2 setups" in note and "H100 / bf16_autocast+tf32 (58 jobs)" in note and "NVIDIA A100" in note
     report.write_metrics_csv(metrics, tmp_path / "metrics.csv")
-    written = report.write_reports(tmp_path / "metrics.csv", tmp_path / "reports", METHODS)
+    written = report.write_reports(tmp_path / "metrics.csv", tmp_path / "reports", METHODS, reference="safemax")
     assert note in written["table1.md"].read_text() and note in written["comparison.md"].read_text()
     same = metrics.copy()
     same["device_name"] = "H100"
@@ -618,8 +619,8 @@ def test_psi_ablation_of_another_class_gets_no_paper_points(run, monkeypatch, tm
     monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig))
     moved = metrics.copy()
     moved.loc[moved["variant"].str.startswith("safemax-"), "forget_class"] = 3
-    figures.psi_ablation(moved, tmp_path / "psi3.png", main_value=1.0, forget_class=3)
-    figures.psi_ablation(metrics, tmp_path / "psi0.png", main_value=1.0, forget_class=0)
+    figures.psi_ablation(moved, tmp_path / "psi3.png", method="safemax", param="lambda", main_value=1.0, forget_class=3)
+    figures.psi_ablation(metrics, tmp_path / "psi0.png", method="safemax", param="lambda", main_value=1.0, forget_class=0)
     psi3, psi0 = drawn
     assert len(psi3.axes) == 2 and [t.get_text() for t in psi3.legends[0].get_texts()] == ["this run"]
     assert psi3._suptitle.get_text() == "Forgotten class 3"
@@ -756,7 +757,7 @@ def test_paired_comparison_pairs_each_method_with_safemax_cell_by_cell(run):
     from scipy import stats
 
     records, metrics, _ = run
-    paired = report.paired_comparison(metrics, METHODS).set_index(["method", "metric"])
+    paired = report.paired_comparison(metrics, METHODS, "safemax").set_index(["method", "metric"])
     assert set(paired.index.get_level_values("method")) == {"original", "sa", "salun"}
     m = 3 * len(report.PAIRED_METRICS)  # comparisons of the table: Bonferroni
     level = 1 - 0.05 / m
@@ -780,9 +781,9 @@ def test_paired_comparison_pairs_each_method_with_safemax_cell_by_cell(run):
     assert np.isnan(paired.loc[("original", "FID"), "paper_mean"])  # the paper has no per-class original
     assert np.isnan(paired.loc[("sa", report.REMAINING.label), "paper_mean"])  # nor the remaining classes' accuracy
     # Over classes 0 and 1, the paper's side covers the same two classes.
-    two = report.paired_comparison(metrics[metrics["forget_class"].isin([0, 1])], METHODS).set_index(["method", "metric"])
+    two = report.paired_comparison(metrics[metrics["forget_class"].isin([0, 1])], METHODS, "safemax").set_index(["method", "metric"])
     assert two.loc[("sa", "FID"), "paper_n"] == 2 and np.isclose(two.loc[("sa", "FID"), "paper_mean"], fid_gap[:2].mean())
-    assert report.paired_comparison(metrics, ["original", "sa", "salun"]).empty  # no SAFEMax, nothing to pair with
+    assert report.paired_comparison(metrics, ["original", "sa", "salun"], "safemax").empty  # no SAFEMax, nothing to pair with
 
 
 def test_a_difference_holds_only_where_its_corrected_interval_excludes_zero():
@@ -796,11 +797,11 @@ def test_a_difference_holds_only_where_its_corrected_interval_excludes_zero():
 def test_comparison_shows_the_paired_differences_and_says_which_hold(run, tmp_path):
     _, metrics, _ = run
     report.write_metrics_csv(metrics, tmp_path / "metrics.csv")
-    text = report.write_reports(tmp_path / "metrics.csv", tmp_path / "reports", METHODS)["comparison.md"].read_text()
+    text = report.write_reports(tmp_path / "metrics.csv", tmp_path / "reports", METHODS, reference="safemax")["comparison.md"].read_text()
     section = text.split("## Paired differences to SAFEMax")[1]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("| ")]
     sa_fid = next(cells for cells in rows if cells[:2] == ["SA", "FID"])
-    row = report.paired_comparison(metrics, METHODS).set_index(["method", "metric"]).loc[("sa", "FID")]
+    row = report.paired_comparison(metrics, METHODS, "safemax").set_index(["method", "metric"]).loc[("sa", "FID")]
     assert sa_fid[2] == f"{row['mean']:+.2f} [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]"
     better, worse = int(row["reference_better"]), int(row["reference_worse"])
     assert sa_fid[3] == f"{better} / {20 - better - worse} / {worse}"
@@ -834,11 +835,11 @@ def test_the_paired_differences_on_the_papers_tables_are_those_protocol_notes_ci
 def test_priors_count_as_the_paper_counts_them_and_amortised():
     """SA's priors: all on one class (the paper's 230x), and the shared ones divided among the forgotten classes."""
     mean = {"safemax": {report.RTE.label: 2.0, report.GPU.label: 1.0}, "sa": {report.RTE.label: 10.0, report.GPU.label: 2.0}}
-    rows = report._ratio_rows("sa", mean, prior=100.0, shared_prior=90.0, n_classes=10)
+    rows = report._ratio_rows("sa", mean, "safemax", prior=100.0, shared_prior=90.0, n_classes=10)
     assert rows[report.RTE_RATIO] == 5.0
     assert rows[report.RTE_WITH_PRIORS_RATIO] == (10.0 + 100.0) / 2.0
     assert rows[report.RTE_WITH_AMORTISED_PRIORS_RATIO] == (10.0 + 10.0 + 90.0 / 10) / 2.0  # per-class 10, shared 9
-    assert report.RTE_WITH_PRIORS_RATIO not in report._ratio_rows("sa", mean)  # no priors, no such ratio
+    assert report.RTE_WITH_PRIORS_RATIO not in report._ratio_rows("sa", mean, "safemax")  # no priors, no such ratio
 
 
 def test_notes_name_every_value_set_by_hand_against_the_rules(run, tmp_path):

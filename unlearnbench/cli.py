@@ -14,7 +14,7 @@ def _pairs(items):
     for item in items or []:
         name, eq, path = item.partition("=")
         if not (name and eq and path):
-            raise UserError(f"{item!r}: expected name=path (e.g. fisher=results/<run>/priors/sa/fisher/shared)")
+            raise UserError(f"{item!r}: expected name=path (e.g. <prior>=results/<run>/priors/<method>/<prior>/shared)")
         out[name] = path
     return out
 

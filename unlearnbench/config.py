@@ -257,7 +257,16 @@ def _check_methods(config: dict, methods_dir) -> tuple[dict, list[str]]:
             check_labels(evaluated_methods(config), methods_dir)
         except UserError as exc:
             problems.append(str(exc))
+        from matplotlib.colors import is_color_like  # here, not when a job loads a method: 0.1 s
+
+        problems += [f"method file methods/{name}.py: COLOR = {modules[name].COLOR!r} is not a matplotlib colour "
+                     "(e.g. \"tab:blue\" or \"#1f77b4\")" for name in config["methods"]
+                     if modules[name].COLOR is not None and not is_color_like(modules[name].COLOR)]
     problems += _imported_problems(config, known)
+    reference = config.get("reference_method")
+    if reference is not None and reference not in known and reference not in (config.get("imported") or {}):
+        problems.append(f"'reference_method' = {reference!r} is not a method; {allowed}, or null for no reference"
+                        f"{did_you_mean([reference], named)}")
     params = dict(config.get("method_params") or {})
     for name, given in params.items():
         if name not in known:  # a typo here would silently leave the method at its defaults

@@ -16,15 +16,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .files import atomic_output  # noqa: E402
-from .report import FID, GPU, RTE, UA, display_name, per_class_means  # noqa: E402
+from .method_api import method_color  # noqa: E402
+from .report import FID, GPU, RTE, UA, display_name, load_paper_ablation, per_class_means  # noqa: E402
 
 DPI = 150
-METHOD_COLORS = {"original": "tab:gray", "sa": "tab:blue", "salun": "tab:orange", "safemax": "tab:green"}
-# The paper's psi ablation on CIFAR-10 class 0 (PROTOCOL.md section 1); FID not reported for 50 and 100.
-PAPER_PSI_CLASS = 0
-PAPER_PSI_ABLATION = pd.DataFrame({"value": [0.0, 1.0, 50.0, 100.0],
-                                   "UA": [100.0, 100.0, 98.8, 83.8],
-                                   "fid": [13.89, 13.11, np.nan, np.nan]})
+ORIGINAL_COLOR = "tab:gray"  # the base model, in every figure; a method's comes from its file (COLOR)
 
 plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10})
 
@@ -33,11 +29,15 @@ SPARE_COLORS = ("tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", 
 
 
 def method_colors(methods: Sequence[str]) -> dict[str, str]:
-    """A colour per method: the suite's own fixed, the others (a user's method, imported models) in the given
-    order. Given the run's whole list, every figure colours a method alike, whichever subset or order it draws."""
-    others = [m for m in dict.fromkeys(methods) if m not in METHOD_COLORS]
-    return {**{m: METHOD_COLORS[m] for m in methods if m in METHOD_COLORS},
-            **{m: SPARE_COLORS[i % len(SPARE_COLORS)] for i, m in enumerate(others)}}
+    """A colour per method: its file's COLOR, else (a method without one, imported models) a spare colour no
+    declared one uses, in the given order. Given the run's whole list, every figure colours a method alike,
+    whichever subset or order it draws."""
+    methods = list(dict.fromkeys(methods))
+    declared = {m: ORIGINAL_COLOR if m == "original" else method_color(m) for m in methods}
+    declared = {m: color for m, color in declared.items() if color}
+    spare = [c for c in SPARE_COLORS if c not in declared.values()] or list(SPARE_COLORS)
+    others = [m for m in methods if m not in declared]
+    return {**declared, **{m: spare[i % len(spare)] for i, m in enumerate(others)}}
 
 
 def _save(fig, out_path) -> None:
@@ -163,16 +163,18 @@ def _ablation_rows(df: pd.DataFrame, method: str, param: str, main_value: float,
     return rows[rows["forget_class"].isin(classes)]
 
 
-def psi_ablation(df: pd.DataFrame, out_path, method: str = "safemax", param: str = "lambda",
-                 main_value: float = 1.0, forget_class: int | None = None) -> None:
-    """UA and FID against the ablated parameter; for SAFEMax's lambda (the psi scheduler) on class 0, with the
-    paper's CIFAR-10 points overlaid (another class or a user's own ablation gets no paper points)."""
+def psi_ablation(df: pd.DataFrame, out_path, method: str, param: str, main_value: float = 1.0,
+                 forget_class: int | None = None, color: str | None = None) -> None:
+    """UA and FID against the ablated parameter, with the paper's CIFAR-10 points overlaid where it ablated the
+    same param on the same one class (paper_ablation.csv: SAFEMax's lambda, the psi scheduler, on class 0). The
+    x axis is labelled by the param's PARAM_SCHEMA title in its method file, else its name."""
     rows = _ablation_rows(df, method, param, main_value, forget_class)
     summary = rows.groupby("value")[[UA.column, FID.column]].agg(["mean", "std"])
-    is_psi = (method, param) == ("safemax", "lambda")
     classes = sorted(int(c) for c in rows["forget_class"].unique())
-    with_paper = is_psi and classes == [PAPER_PSI_CLASS]  # the paper ablated class 0 only
-    paper = PAPER_PSI_ABLATION.set_index("value") if with_paper else PAPER_PSI_ABLATION.iloc[:0].set_index("value")
+    paper = load_paper_ablation()
+    paper = paper[(paper["method"] == method) & (paper["param"] == param)]
+    with_paper = len(paper) > 0 and classes == sorted(set(paper["forget_class"]))  # the paper's class(es) only
+    paper = (paper if with_paper else paper.iloc[:0]).set_index("value")[[UA.column, FID.column]]
     values = sorted(set(summary.index) | set(paper.index))
     summary = summary.reindex(values)  # NaN where this run has no value: the line breaks there, not across it
     position = {v: i for i, v in enumerate(values)}
@@ -183,7 +185,7 @@ def psi_ablation(df: pd.DataFrame, out_path, method: str = "safemax", param: str
         if summary[(metric.column, "mean")].notna().any():
             spread = summary[(metric.column, "std")].fillna(0.0)
             handles["this run"] = ax.errorbar(x, summary[(metric.column, "mean")], yerr=spread, fmt="o-",
-                                              color="tab:green", capsize=4)
+                                              color=color or method_colors([method])[method], capsize=4)
         else:
             ax.text(0.5, 0.5, "no ablation runs", ha="center", va="center", transform=ax.transAxes)
         # The paper's FID lives on another scale (Inception features, CIFAR-10): give it its own axis.
@@ -203,7 +205,7 @@ def psi_ablation(df: pd.DataFrame, out_path, method: str = "safemax", param: str
         if metric is UA:
             ax.set_ylim(-3, 103)
         ax.set_xticks(range(len(values)), [f"{v:g}" for v in values])
-        ax.set_xlabel("λ  (ψ(t) = exp(−λ·t/T))" if is_psi else param)
+        ax.set_xlabel(param_title(method, param))
         ax.set_ylabel(f"{metric.label} ({where})")
         ax.set_title(f"{display_name(method)}: {metric.label}")
         ax.grid(alpha=0.3)
@@ -247,7 +249,14 @@ def guidance_curves(table: pd.DataFrame, out_path, main_w: float, colors: Mappin
     _save(fig, out_path)
 
 
-def finding_bars(table: pd.DataFrame, out_path) -> None:
+def param_title(method: str, param: str) -> str:
+    """A param's name in figures: the `title` of its PARAM_SCHEMA entry in its method file, else the name."""
+    from .method_api import load_method
+
+    return load_method(method).PARAM_SCHEMA.get(param, {}).get("title", param)
+
+
+def finding_bars(table: pd.DataFrame, out_path, color: str = ORIGINAL_COLOR) -> None:
     """The finding study (finding.csv): per point, the remaining classes' recognition, FID, UA and the size of the
     noise predictions per label; mean ± std over seeds."""
     points = list(dict.fromkeys(table["point"]))
@@ -258,7 +267,7 @@ def finding_bars(table: pd.DataFrame, out_path) -> None:
     panels = (("remaining_acc", "remaining classes recognised [%]"), ("fid", "FID (remaining classes)"),
               ("UA", "UA [%] (forgotten class)"))
     for ax, (column, label) in zip(axes, panels):
-        ax.bar(x, summary[(column, "mean")], yerr=summary[(column, "std")].fillna(0.0), capsize=3, color="tab:green")
+        ax.bar(x, summary[(column, "mean")], yerr=summary[(column, "std")].fillna(0.0), capsize=3, color=color)
         ax.set_ylabel(label)
         if column != "fid":
             ax.set_ylim(0, 103)

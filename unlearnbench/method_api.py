@@ -6,6 +6,8 @@ A method file defines
     PRIORS: list[Prior]                 work done once before unlearning (optional)
     SECTIONS: tuple[str, ...]           evaluation-side config sections unlearn() reads (optional, e.g. "sampler")
     DISPLAY_NAME: str                   what tables and figures call it (optional; else the file's name)
+    COLOR: str                          its colour in the figures, a matplotlib colour (optional; else one of
+                                        figures.SPARE_COLORS); a variant has its own, never its base's
     CONTROL: bool                       a reference point, not an unlearning method (optional, e.g. FT): its
                                         columns are shown but never marked best
     NOTE: str                           what differs from the published algorithm (optional; printed under the
@@ -227,6 +229,12 @@ def method_label(name: str, directory=None) -> str:
     return module.DISPLAY_NAME if module else name
 
 
+def method_color(name: str, directory=None) -> str | None:
+    """A method's colour in the figures: its file's COLOR, if it declares one."""
+    module = None if name == "original" else _present_method(name, directory)
+    return module.COLOR if module else None
+
+
 def is_control(name: str, directory=None) -> bool:
     """Whether a method is a control (CONTROL = True in its file), never marked as the best unlearning method."""
     module = None if name == "original" else _present_method(name, directory)
@@ -257,8 +265,8 @@ def _line_in(path: Path, exc: Exception) -> str:
 NAME_PATTERN = "[a-z][a-z0-9_]*"  # method and prior names: they are path parts and Snakemake wildcards
 
 
-INTERFACE_NAMES = ("DEFAULTS", "PARAM_SCHEMA", "PRIORS", "SECTIONS", "DISPLAY_NAME", "CONTROL", "NOTE", "SCALED",
-                   "VARIANT_OF", "CHANGES")
+INTERFACE_NAMES = ("DEFAULTS", "PARAM_SCHEMA", "PRIORS", "SECTIONS", "DISPLAY_NAME", "COLOR", "CONTROL", "NOTE",
+                   "SCALED", "VARIANT_OF", "CHANGES")
 # What a variant takes from the method it varies: a variant file that defines one of these would run other code
 # or other defaults than its name says.
 VARIANT_INHERITS = ("unlearn", "DEFAULTS", "PARAM_SCHEMA", "PRIORS", "SECTIONS", "SCALED")
@@ -329,6 +337,9 @@ def _check_interface(module, name: str, path: Path) -> None:
     module.DISPLAY_NAME = getattr(module, "DISPLAY_NAME", name)
     if not isinstance(module.DISPLAY_NAME, str) or not module.DISPLAY_NAME.strip():
         raise UserError(f"method file {path}: DISPLAY_NAME must be a non-empty string, got {module.DISPLAY_NAME!r}")
+    module.COLOR = getattr(module, "COLOR", None)  # a variant's own: _compose_variant does not copy its base's
+    if module.COLOR is not None and (not isinstance(module.COLOR, str) or not module.COLOR.strip()):
+        raise UserError(f"method file {path}: COLOR must be a matplotlib colour name, got {module.COLOR!r}")
     module.CONTROL = getattr(module, "CONTROL", False)
     if not isinstance(module.CONTROL, bool):
         raise UserError(f"method file {path}: CONTROL must be True or False, got {module.CONTROL!r}")

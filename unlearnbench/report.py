@@ -23,8 +23,6 @@ from .files import DIGESTS, atomic_output, write_digests
 from .method_api import check_labels, is_control, method_label, method_note
 from .workflow import REPORTS, TABLES
 
-METHOD_ORDER = ["original", "sa", "salun", "safemax"]  # the paper's column order; other methods follow by name
-UNLEARNING_REFERENCE = "safemax"  # the paper's headline ratios are relative to SAFEMax
 display_name = method_label  # a method file's DISPLAY_NAME
 
 
@@ -69,20 +67,22 @@ _FROM_COST = ("rte_min", "gpu_peak_gb", "gpu_peak_source", "gpu_null_reason",
 _NUMERIC = ("fid", "kid", "H", "UA", "forget_prob", "remaining_acc", "rte_min", "prior_min", "prior_shared_min",
             "gpu_peak_gb", "torch_peak_allocated_gb", "host_rss_peak_gb")
 
-# The poster's headline claims, next to what its own tables give (see PROTOCOL.md section 1).
-RTE_RATIO = "RTE / SAFEMax RTE [x]"
-RTE_WITH_PRIORS_RATIO = "(RTE + priors) / SAFEMax RTE [x]"  # as the paper counts: all shared priors on one class
-RTE_WITH_AMORTISED_PRIORS_RATIO = "(RTE + priors, shared ones / classes) / SAFEMax RTE [x]"
-GPU_RATIO = "GPU / SAFEMax GPU [x]"
-GPU_SAVING = "SAFEMax GPU saving [%]"
-PAPER_CLAIMS = {
-    ("sa", RTE_RATIO): 30.0, ("sa", RTE_WITH_PRIORS_RATIO): 230.0, ("salun", RTE_RATIO): 2.0,
-    ("sa", GPU_SAVING): 45.0, ("salun", GPU_SAVING): 59.0,
-}
+# The ratios of a method to the comparison's reference (config `reference_method`), as comparison.md labels them:
+# "{reference}" is the reference's display name.
+RTE_RATIO = "RTE / {reference} RTE [x]"
+RTE_WITH_PRIORS_RATIO = "(RTE + priors) / {reference} RTE [x]"  # as the paper counts: all shared priors on one class
+RTE_WITH_AMORTISED_PRIORS_RATIO = "(RTE + priors, shared ones / classes) / {reference} RTE [x]"
+GPU_RATIO = "GPU / {reference} GPU [x]"
+GPU_SAVING = "{reference} GPU saving [%]"
+# paper_claims.csv's names of the quantities the poster states a headline figure for
+CLAIMED_QUANTITIES = {"rte_ratio": RTE_RATIO, "rte_with_priors_ratio": RTE_WITH_PRIORS_RATIO, "gpu_saving": GPU_SAVING}
 
 
-def _method_rank(method: str) -> int:
-    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+def method_order(methods: Sequence[str] = ()):
+    """A sort key: the original first, then `methods` in their order (the config's: the tables' columns follow
+    it), then any other method by name."""
+    rank = {m: i for i, m in enumerate(dict.fromkeys(["original", *methods]))}
+    return lambda method: (rank.get(method, len(rank)), method)
 
 
 # ---------------------------------------------------------------------------- files
@@ -97,6 +97,25 @@ def load_paper_numbers() -> pd.DataFrame:
     """The paper's Tables 1 and 2 as tidy rows (method, forget_class, fid, rte_min, gpu_gb, H, UA)."""
     with resources.files("unlearnbench").joinpath("paper_numbers.csv").open("r", encoding="utf-8") as f:
         return pd.read_csv(f)
+
+
+def paper_claims(reference: str | None) -> dict[tuple[str, str], float]:
+    """The poster's headline figures (paper_claims.csv) relative to `reference`: {(method, quantity label): value}."""
+    with resources.files("unlearnbench").joinpath("paper_claims.csv").open("r", encoding="utf-8") as f:
+        claims = pd.read_csv(f)
+    return {(row.method, CLAIMED_QUANTITIES[row.quantity]): float(row.claim)
+            for row in claims.itertuples(index=False) if row.reference == reference}
+
+
+def load_paper_ablation() -> pd.DataFrame:
+    """The paper's ablations (paper_ablation.csv): method, param, forget_class, value, UA, fid (NaN: not reported)."""
+    with resources.files("unlearnbench").joinpath("paper_ablation.csv").open("r", encoding="utf-8") as f:
+        return pd.read_csv(f)
+
+
+def paper_errata() -> str:
+    """What the paper's printed summary cells get wrong against its per-class numbers (paper_errata.txt)."""
+    return resources.files("unlearnbench").joinpath("paper_errata.txt").read_text(encoding="utf-8").strip()
 
 
 # ---------------------------------------------------------------------------- metrics.csv
@@ -143,8 +162,9 @@ def _flatten_record(record: Mapping, source) -> dict:
     return row
 
 
-def collect_records(paths: Iterable) -> pd.DataFrame:
-    """Per-job metrics JSON records -> one tidy row each, in method, variant, class, seed order."""
+def collect_records(paths: Iterable, methods: Sequence[str] = ()) -> pd.DataFrame:
+    """Per-job metrics JSON records -> one tidy row each, in method (method_order(methods)), variant, class, seed
+    order."""
     from .checkpoints import read_json
 
     rows, sources = [], {}
@@ -163,7 +183,8 @@ def collect_records(paths: Iterable) -> pd.DataFrame:
         df[column] = df[column].astype(float)
     if df.empty:
         return df
-    order = pd.DataFrame({"rank": df["method"].map(_method_rank), "side": df["variant"] != df["method"]})
+    order = pd.DataFrame({"rank": df["method"].map(lambda m: method_order(methods)(m)[0]),
+                          "side": df["variant"] != df["method"]})
     df = pd.concat([order, df], axis=1)
     df = df.sort_values(["rank", "method", "side", "variant", "forget_class", "seed"], kind="stable")
     return df.drop(columns=["rank", "side"]).reset_index(drop=True)
@@ -361,12 +382,12 @@ def setup_notes(metrics: pd.DataFrame) -> tuple[list[str], list[str]]:
 # ---------------------------------------------------------------------------- paper comparison
 
 
-def _ratio_rows(method: str, mean: Mapping[str, Mapping[str, float]], prior: float = np.nan,
+def _ratio_rows(method: str, mean: Mapping[str, Mapping[str, float]], reference: str, prior: float = np.nan,
                 shared_prior: float = np.nan, n_classes: int = 10) -> dict:
-    """The headline ratios of one method against SAFEMax, from one source of per-method means. With priors, the
-    ratio as the paper counts it (every prior charged to each class) and amortised (the shared priors, made once
+    """The headline ratios of one method against the reference, from one source of per-method means. With priors,
+    the ratio as the paper counts it (every prior charged to each class) and amortised (the shared priors, made once
     for all forget classes, divided among `n_classes`)."""
-    ref = mean[UNLEARNING_REFERENCE]
+    ref = mean[reference]
     rows = {RTE_RATIO: mean[method][RTE.label] / ref[RTE.label],
             GPU_RATIO: mean[method][GPU.label] / ref[GPU.label],
             GPU_SAVING: 100.0 * (1.0 - ref[GPU.label] / mean[method][GPU.label])}
@@ -379,8 +400,8 @@ def _ratio_rows(method: str, mean: Mapping[str, Mapping[str, float]], prior: flo
 
 def paper_comparison(table: pd.DataFrame, methods: Sequence[str],
                      prior_min: Mapping[str, float] | None = None,
-                     prior_shared_min: Mapping[str, float] | None = None) -> pd.DataFrame:
-    """This run's class means beside the paper's, and both sides' ratios to SAFEMax.
+                     prior_shared_min: Mapping[str, float] | None = None, reference: str | None = None) -> pd.DataFrame:
+    """This run's class means beside the paper's, and both sides' ratios to `reference` (none without one).
 
     Columns: method, quantity, this_run, paper (the paper's tables, averaged over the same forgotten
     classes as this run), paper_claim (the poster's headline figure, where it states one). `prior_min`
@@ -396,17 +417,18 @@ def paper_comparison(table: pd.DataFrame, methods: Sequence[str],
     for method in methods:
         for metric in METRICS:
             rows.append((method, metric.label, run_mean[method][metric.label], paper_mean[method][metric.label]))
-    if UNLEARNING_REFERENCE in methods:
+    if reference in methods:
         for method in methods:
-            if method in ("original", UNLEARNING_REFERENCE) or _is_missing(run_mean[method][RTE.label]):
-                continue  # an imported model has no cost: no ratio to SAFEMax's
+            if method in ("original", reference) or _is_missing(run_mean[method][RTE.label]):
+                continue  # an imported model has no cost: no ratio to the reference's
             prior = (prior_min or {}).get(method, np.nan)
             shared = (prior_shared_min or {}).get(method, np.nan)
-            ours = _ratio_rows(method, run_mean, prior, shared, len(run_classes(table)))
-            theirs = _ratio_rows(method, paper_mean)
+            ours = _ratio_rows(method, run_mean, reference, prior, shared, len(run_classes(table)))
+            theirs = _ratio_rows(method, paper_mean, reference)
             rows += [(method, quantity, value, theirs.get(quantity, np.nan)) for quantity, value in ours.items()]
     df = pd.DataFrame(rows, columns=["method", "quantity", "this_run", "paper"])
-    df["paper_claim"] = [PAPER_CLAIMS.get((m, q), np.nan) for m, q in zip(df["method"], df["quantity"])]
+    claims = paper_claims(reference)
+    df["paper_claim"] = [claims.get((m, q), np.nan) for m, q in zip(df["method"], df["quantity"])]
     return df
 
 
@@ -460,36 +482,37 @@ def _paired_values(metrics: pd.DataFrame, method: str, column: str) -> pd.Series
     return main.set_index(["forget_class", "seed"])[column].astype(float).sort_index()
 
 
-def paired_comparison(metrics: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
-    """Each method minus SAFEMax over the (forgotten class, seed) cells both have, for FID, H, UA and the remaining
+def paired_comparison(metrics: pd.DataFrame, methods: Sequence[str], reference: str | None = None) -> pd.DataFrame:
+    """Each method minus `reference` over the (forgotten class, seed) cells both have, for FID, H, UA and the remaining
     classes' recognition: this run's and the paper's (its tables, over this run's classes, one unit per class).
     Intervals are Bonferroni-corrected: each at 1 - (1 - PAIRED_CONFIDENCE) / m for the m comparisons of this
-    run's side, so that all of them hold together with PAIRED_CONFIDENCE. Empty when SAFEMax is not in `methods`.
+    run's side, so that all of them hold together with PAIRED_CONFIDENCE. Empty when the reference is not in
+    `methods`.
 
     Columns: method, metric, confidence, then the fields of `PairedDifference` for this run and, prefixed
     `paper_`, the paper, and `holds` / `paper_holds`.
     """
     fields = list(PairedDifference._fields)
     columns = ["method", "metric", "confidence", *fields, "holds", *(f"paper_{f}" for f in fields), "paper_holds"]
-    others = [m for m in methods if m != UNLEARNING_REFERENCE]
-    if UNLEARNING_REFERENCE not in methods or not others:
+    others = [m for m in methods if m != reference]
+    if reference not in methods or not others:
         return pd.DataFrame(columns=columns)
     comparisons = len(others) * len(PAIRED_METRICS)
     level = 1 - (1 - PAIRED_CONFIDENCE) / comparisons
     main = metrics[metrics["variant"] == metrics["method"]]
-    classes = sorted(int(c) for c in main.loc[main["method"] == UNLEARNING_REFERENCE, "forget_class"].unique())
+    classes = sorted(int(c) for c in main.loc[main["method"] == reference, "forget_class"].unique())
     paper = load_paper_numbers().set_index(["method", "forget_class"])
     in_paper = set(paper.index.get_level_values("method"))
     rows = []
     for method in others:
         for metric in PAIRED_METRICS:
             ours_values = _paired_values(metrics, method, metric.column)
-            ref_values = _paired_values(metrics, UNLEARNING_REFERENCE, metric.column)
+            ref_values = _paired_values(metrics, reference, metric.column)
             both = ours_values.index.intersection(ref_values.index)
             ours = paired_difference(ours_values[both], ref_values[both], metric.lower_is_better, level)
-            if method in in_paper and metric.paper_column and UNLEARNING_REFERENCE in in_paper:
+            if method in in_paper and metric.paper_column and reference in in_paper:
                 theirs = paired_difference(paper.loc[[(method, c) for c in classes], metric.paper_column],
-                                           paper.loc[[(UNLEARNING_REFERENCE, c) for c in classes], metric.paper_column],
+                                           paper.loc[[(reference, c) for c in classes], metric.paper_column],
                                            metric.lower_is_better, level)
             else:
                 theirs = PairedDifference.missing()
@@ -527,9 +550,9 @@ def _verdict(row, ref: str) -> str:
             f"{row.reference_better} of {row.n} cells).")
 
 
-def render_paired(paired: pd.DataFrame) -> str:
-    """Markdown: the paired differences to SAFEMax, this run's beside the paper's, then which hold, in words."""
-    ref = display_name(UNLEARNING_REFERENCE)
+def render_paired(paired: pd.DataFrame, reference: str) -> str:
+    """Markdown: the paired differences to the reference, this run's beside the paper's, then which hold, in words."""
+    ref = display_name(reference)
     level = float(paired["confidence"].iloc[0]) if len(paired) else PAIRED_CONFIDENCE
     comparisons = len(paired)
     cells = int(paired["n"].max()) if len(paired) else 0
@@ -578,9 +601,9 @@ def _format_quantity(quantity: str, value: float) -> str:
 
 def render_comparison(comparison: pd.DataFrame, scale_note: str | None = None, classes: Sequence[int] | None = None,
                       cost_note: str | None = None, paired: pd.DataFrame | None = None,
-                      notes: Sequence[str] = ()) -> str:
+                      notes: Sequence[str] = (), reference: str | None = None) -> str:
     """Markdown: the comparison table, with the caveat that this run's scale may not be the paper's, then the
-    paired differences to SAFEMax (`paired_comparison`) when given."""
+    paired differences to the reference (`paired_comparison`) when given."""
     classes = list(range(10)) if classes is None else list(classes)
     over = ("all 10" if len(classes) == 10 else
             f"class{'es' if len(classes) > 1 else ''} {', '.join(map(str, classes))} only")
@@ -594,20 +617,22 @@ def render_comparison(comparison: pd.DataFrame, scale_note: str | None = None, c
     if cost_note:
         lines += ["", f"**{cost_note}**"]
     lines += ["", "| Method | Quantity | This run | Paper (tables) | Paper (claim) |", "|---|---|---:|---:|---:|"]
+    ref = display_name(reference) if reference else ""
     for row in comparison.itertuples(index=False):
-        cells = [display_name(row.method), row.quantity] + [
+        cells = [display_name(row.method), row.quantity.format(reference=ref)] + [
             _format_quantity(row.quantity, value) for value in (row.this_run, row.paper, row.paper_claim)]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"Ratios are relative to {display_name(UNLEARNING_REFERENCE)}; the claims are the poster's headline "
-              "(SA 30x slower, 230x with its priors; SalUn 2x slower; 45% / 59% less GPU memory than SA / SalUn). "
-              "With priors, two counts: as the paper's 230x (every prior charged to one class), and amortised (a "
+    claims = "; ".join(f"{display_name(m)}: {q.format(reference=ref).rsplit(' [', 1)[0]} = {_format_quantity(q, v)}"
+                       for (m, q), v in paper_claims(reference).items())
+    lines += ["", (f"Ratios are relative to {ref}" if reference else "No reference method: no ratios") +
+              (f"; the claims are the poster's headline figures ({claims})" if claims else "") +
+              ". With priors, two counts: as the paper's (every prior charged to one class), and amortised (a "
               f"shared prior, made once for all forgotten classes, divided among this run's {len(classes)}). "
               "The paper's RTE is taken to be minutes and GPU memory GB. The paper's means are computed from its "
-              "per-class numbers (the claims are over all 10 classes); two of its printed summary cells disagree "
-              "with them (SalUn mean RTE printed 11.81, computed 11.88; SAFEMax FID std printed 0.32, computed 1.48)."]
+              f"per-class numbers (the claims are over all 10 classes); {paper_errata()}"]
     lines += [line for note in notes for line in ("", note)]
     if paired is not None and len(paired):
-        lines += ["", render_paired(paired).rstrip("\n")]
+        lines += ["", render_paired(paired, reference).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
@@ -691,11 +716,13 @@ def method_notes(metrics: pd.DataFrame, methods: Sequence[str]) -> list[str]:
     return notes
 
 
-def write_reports(metrics_csv, out_dir, methods: Sequence[str] | None = None) -> dict[str, Path]:
-    """table.csv, table1/2 (.md, .tex) and comparison.md from metrics.csv, each written atomically."""
+def write_reports(metrics_csv, out_dir, methods: Sequence[str] | None = None,
+                  reference: str | None = None) -> dict[str, Path]:
+    """table.csv, table1/2 (.md, .tex) and comparison.md (ratios and paired differences to `reference`) from
+    metrics.csv, each written atomically. The tables' columns follow `methods` (default: the original, then by name)."""
     metrics = pd.read_csv(metrics_csv)
     if methods is None:
-        methods = sorted(metrics["method"].unique(), key=lambda m: (_method_rank(m), m))
+        methods = sorted(metrics["method"].unique(), key=method_order())
     methods = list(methods)
     out_dir = Path(out_dir)
     table = paper_layout_table(metrics, methods)
@@ -716,9 +743,10 @@ def write_reports(metrics_csv, out_dir, methods: Sequence[str] | None = None) ->
         _write_text(paths[f"table1.{suffix}"], render_table1(table, methods, fmt, notes1))
         _write_text(paths[f"table2.{suffix}"], render_table2(table, methods, fmt, [*setup2, *differ]))
     _write_text(paths["comparison.md"],
-                render_comparison(paper_comparison(table, methods, prior_min, prior_shared_min), _scale_note(metrics),
-                                  run_classes(table), cost_note, paired_comparison(metrics, methods),
-                                  [*_shared_prior_note(main, methods), *differ]))
+                render_comparison(paper_comparison(table, methods, prior_min, prior_shared_min, reference),
+                                  _scale_note(metrics), run_classes(table), cost_note,
+                                  paired_comparison(metrics, methods, reference),
+                                  [*_shared_prior_note(main, methods), *differ], reference))
     return paths
 
 
@@ -762,11 +790,11 @@ def aggregate(config: dict, records: Iterable, out_dir) -> Path | None:
     """The aggregate job: the records, checked to be the config's methods x forget classes x seeds, into
     metrics.csv and the reports made from it; returns the copy kept in history/ (None if metrics.csv is as before)."""
     out_dir = Path(out_dir)
-    df = collect_records(records)
     methods = ["original", *evaluated_methods(config)]
+    df = collect_records(records, methods)
     check_coverage(df, methods, config["forget_classes"], config["seeds"])
     write_metrics_csv(df, out_dir / "metrics.csv")
-    write_reports(out_dir / "metrics.csv", out_dir, methods)
+    write_reports(out_dir / "metrics.csv", out_dir, methods, config.get("reference_method"))
     write_digests(out_dir, [name for name in TABLES if name != DIGESTS])
     return keep_history(out_dir, TABLES)
 
@@ -792,7 +820,7 @@ def guidance_table(paths: Iterable, methods: Sequence[str], classes: Sequence[in
     """Seed-averaged metrics per (method, guidance weight, forget class) from records of several weights (their
     provenance says which); every weight must cover exactly the config's methods, classes and seeds, so that each
     point of a curve averages the same cells."""
-    df = collect_records(paths)
+    df = collect_records(paths, methods)
     unweighted = df[df["guidance_w"].isna()] if "guidance_w" in df else df
     if len(unweighted):
         first = unweighted.iloc[0]
@@ -813,7 +841,7 @@ def guidance_table(paths: Iterable, methods: Sequence[str], classes: Sequence[in
     provenance = [c for c in df.columns if c not in RECORD_COLUMNS and c not in keys]
     joined = df.groupby(keys)[provenance].agg(lambda v: ";".join(dict.fromkeys(str(x) for x in v.dropna())))
     means = means.merge(joined.reset_index(), on=keys)
-    means["rank"] = means["method"].map(_method_rank)
+    means["rank"] = means["method"].map(lambda m: method_order(methods)(m)[0])
     return means.sort_values(["rank", "method", "guidance_w", "forget_class"]).drop(columns="rank").reset_index(drop=True)
 
 

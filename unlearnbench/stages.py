@@ -702,10 +702,11 @@ def render_figures(config: dict, kind: str, *, metrics=None, samples=None, forge
         abl = config["ablation"]
         main_value = main_param_value(config, abl["method"], abl["param"])
         figures.psi_ablation(pd.read_csv(metrics), out, method=abl["method"], param=abl["param"], main_value=main_value,
+                             color=colors.get(abl["method"]),
                              forget_class=abl["forget_class"])
     elif kind == "guidance":
         figures.guidance_curves(pd.read_csv(metrics), out, config["sampler"]["guidance_w"], colors)
     elif kind == "finding":
-        figures.finding_bars(pd.read_csv(metrics), out)
+        figures.finding_bars(pd.read_csv(metrics), out, colors.get(config["finding"]["method"], figures.ORIGINAL_COLOR))
     else:
         raise UserError(f"unknown figure kind {kind!r}")

@@ -330,6 +330,8 @@ STAGE_SECTIONS = {
     "evaluator": ["dataset", "data", "evaluator", "deterministic"],
     "method": _BASE,  # + the method's own params and the sections its unlearn() or prior declares
     "evaluate": [*_BASE, "sampler", "evaluator", "evaluation", "fid"],
+    # the tables' and figures' layout: which columns, in what order, against which reference
+    "report": ["methods", "imported", "forget_classes", "seeds", "reference_method"],
 }
 
 
