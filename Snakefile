@@ -3,6 +3,7 @@
 from unlearnbench.workflow import load_workflow_config, start_run, PUBLISHED
 
 configfile: "config/default.yaml"
+report: "report/workflow.rst"  # snakemake --report report.html: the tables and figures with their captions
 config = load_workflow_config(config, workflow.configfiles)
 RUN = f"results/{config['run_name']}"
 FIGS = f"figures/{config['run_name']}"

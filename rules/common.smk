@@ -1,4 +1,10 @@
 # Shared paths and input functions for the rules.
+from snakemake.utils import min_version, validate
+
+min_version("9.27")
+# The suite's own checks ran in the Snakefile (load_workflow_config: every problem named, with what to do); this is
+# the same schema through Snakemake's mechanism, which a valid config always passes.
+validate(config, "../config/schema.yaml")
 from unlearnbench.method_api import method_sources, NAME_PATTERN
 from unlearnbench.workflow import prior_folders, prior_arguments, parse_variant, ablation_variants, fingerprint
 from unlearnbench.workflow import resolved_config_path, base_checkpoint_files, suite_code, workflow_relative, guidance_labels

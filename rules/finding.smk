@@ -51,6 +51,6 @@ if FINDING:
 
     rule figure_finding:
         input: table=f"{RUN}/finding.csv", code=FIGURES_CODE
-        output: f"{FIGS}/finding.png"
+        output: report(f"{FIGS}/finding.png", caption="../report/finding.rst", category="Figures")
         log: f"{RUN}/logs/figures_finding.log"
         shell: "{CLI} figures --config {CFG} --metrics {input.table} --out {output} --kind finding > {log} 2>&1"

@@ -61,6 +61,6 @@ rule guidance_table:
 
 rule figure_guidance:
     input: table=f"{RUN}/guidance.csv", code=FIGURES_CODE
-    output: f"{FIGS}/guidance.png"
+    output: report(f"{FIGS}/guidance.png", caption="../report/guidance.rst", category="Figures")
     log: f"{RUN}/logs/figures_guidance.log"
     shell: "{CLI} figures --config {CFG} --metrics {input.table} --out {output} --kind guidance > {log} 2>&1"

@@ -26,7 +26,10 @@ rule publish:
     """results/<name>: copies of the latest run's tables and records (results/<run>/<name> stay), each as its job
     wrote it; redone, with what they are made from, when one of the run's is gone (a failed aggregate deletes them)."""
     input: [f"{RUN}/{name}" for name in PUBLISHED]
-    output: published=[f"results/{name}" for name in PUBLISHED], redo=redo_state("publish")
+    output:
+        published=[report(f"results/{name}", caption="../report/table.rst", category="Tables") if name == "table.csv"
+                   else f"results/{name}" for name in PUBLISHED],
+        redo=redo_state("publish"),
     params: redo=redo_when_lost("publish", f"results/{PUBLISHED[0]}", [f"{RUN}/{name}" for name in PUBLISHED])
     localrule: True
     shell: "{CLI} publish {input} --to results && " + REDO_RECORD
@@ -52,7 +55,9 @@ rule figures:
 
 rule figure_summary:
     input: metrics=f"{RUN}/metrics.csv", code=FIGURES_CODE
-    output: f"{FIGS}/cost.png", f"{FIGS}/per_class.png"
+    output:
+        report(f"{FIGS}/cost.png", caption="../report/cost.rst", category="Figures"),
+        report(f"{FIGS}/per_class.png", caption="../report/per_class.rst", category="Figures"),
     params: fp=fp("report")  # the methods' order and colours
     log: f"{RUN}/logs/figures_summary.log"
     shell: "{CLI} figures --config {CFG} --metrics {input.metrics} --out-dir {FIGS} --kind summary > {log} 2>&1"
@@ -63,7 +68,7 @@ rule figure_samples:
         samples=lambda w: [f"{RUN}/samples/original/seed{SEEDS[0]}.npz"]
         + [f"{RUN}/samples/{m}/class{w.c}/seed{SEEDS[0]}.npz" for m in METHODS],
         code=FIGURES_CODE,
-    output: f"{FIGS}/samples_class{{c}}.png"
+    output: report(f"{FIGS}/samples_class{{c}}.png", caption="../report/samples.rst", category="Samples", labels={"forgotten class": "{c}"})
     params: fp=fp("report")  # the methods' order and colours
     log: f"{RUN}/logs/figures_samples_class{{c}}.log"
     shell:
@@ -73,7 +78,7 @@ rule figure_samples:
 
 rule figure_ablation:
     input: table=f"{RUN}/ablation.csv", code=FIGURES_CODE
-    output: f"{FIGS}/psi_ablation.png"
+    output: report(f"{FIGS}/psi_ablation.png", caption="../report/ablation.rst", category="Figures")
     params: fp=fp("report")  # the methods' order and colours
     log: f"{RUN}/logs/figures_ablation.log"
     shell: "{CLI} figures --config {CFG} --metrics {input.table} --out {output} --kind ablation > {log} 2>&1"

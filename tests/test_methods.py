@@ -475,7 +475,10 @@ def test_only_stages_that_declare_the_sampler_rerun_when_it_changes(tiny_config)
     changed = deepcopy(tiny_config)
     changed["sampler"] = {**changed["sampler"], "steps": 7}
     changed["evaluation"] = {**changed["evaluation"], "n_forget": 3}
-    fp = lambda config, *stage: fingerprint(config, "method", *stage)
+
+    def fp(config, *stage):
+        return fingerprint(config, "method", *stage)
+
     # SA's replay set is drawn with the sampler (declared); nothing else of the methods reads it
     assert fp(changed, "sa", "generated") != fp(tiny_config, "sa", "generated")
     for stage in (("sa",), ("sa", "fisher"), ("salun",), ("salun", "mask"), ("safemax",)):

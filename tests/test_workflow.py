@@ -18,6 +18,8 @@ import yaml
 
 from workflow_copies import METRICS, ROOT, copy_library, copy_workflow, snakemake
 
+pytestmark = pytest.mark.slow  # minutes: `pytest -m "not slow"` is the quick loop
+
 
 @pytest.fixture(scope="module")
 def test_run(tmp_path_factory):
@@ -253,6 +255,18 @@ def test_the_figures_target_publishes_the_tables_it_draws(test_run):
     out = proc.stdout + proc.stderr
     for rule in ("aggregate", "publish", "figure_summary"):
         assert re.search(rf"^{rule}\s+1$", out, re.M), (rule, out[-3000:])
+
+
+def test_the_html_report_holds_the_tables_and_figures(test_run, tmp_path):
+    """`snakemake --report`: Snakemake's own report of the run (the outputs marked with report() in the rules, with
+    their captions from report/), one self-contained HTML file."""
+    snakemake(test_run, "--configfile=config/test.yaml", "figures")
+    snakemake(test_run, "--configfile=config/test.yaml", "--report", str(tmp_path / "report.html"))
+    html = (tmp_path / "report.html").read_text()
+    assert html.lstrip().lower().startswith("<!doctype html>")
+    for name in ("table.csv", "cost.png", "per_class.png", "samples_class0.png", "psi_ablation.png",
+                 "The paper's layout: per forgotten class"):
+        assert name in html, name
 
 
 def test_changing_sa_lambda_keeps_its_priors(test_run):

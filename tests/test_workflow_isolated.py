@@ -13,8 +13,11 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from workflow_copies import METRICS, ROOT, copy_workflow, snakemake
+
+pytestmark = pytest.mark.slow  # minutes: `pytest -m "not slow"` is the quick loop
 
 
 def write_short_base_training(workdir: Path) -> None:
