@@ -1,11 +1,9 @@
 """Load, merge and validate run configs; every input error names the key, the bad value and what is allowed."""
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
-import math
 import re
 import string
 from pathlib import Path
@@ -13,6 +11,8 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError, did_you_mean
+from .method_api import NAME_PATTERN, available_methods, check_labels, load_method, param_schema
+from .schema import NUMBER_TYPES, coerce, key_path, schema_problems, types_of
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = ROOT / "config" / "schema.yaml"
@@ -89,129 +89,6 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def _key_path(path) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-def _allowed(error) -> str:
-    schema = error.schema
-    kind = error.validator
-    if kind == "enum":
-        return "one of " + ", ".join(repr(v) for v in schema["enum"])
-    if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "type"):
-        parts = []
-        if "type" in schema:
-            parts.append("type " + (" or ".join(schema["type"]) if isinstance(schema["type"], list) else schema["type"]))
-        for k, word in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<")):
-            if k in schema:
-                parts.append(f"{word} {schema[k]}")
-        return ", ".join(parts)
-    if kind == "pattern":
-        return f"text matching {schema['pattern']}"
-    if kind == "additionalProperties":
-        return "only the keys " + ", ".join(sorted(schema.get("properties", {})))
-    if kind == "required":
-        return "the keys " + ", ".join(schema["required"])
-    if kind == "uniqueItems":
-        return "no repeated entries"
-    if kind == "minItems":
-        count = schema["minItems"]
-        return f"at least {count} {'entry' if count == 1 else 'entries'}"
-    return error.message
-
-
-NUMBER_TYPES = {"number", "integer"}
-
-
-def _types(schema: dict) -> set:
-    kind = schema.get("type")
-    return set(kind if isinstance(kind, list) else [kind] if kind else [])
-
-
-def coerce(value, schema: dict):
-    """Numbers, booleans and null written as text become the type the schema asks for.
-
-    Snakemake's `--config seeds=[0,1]` passes list items as text, and YAML 1.1 (Snakemake's reader) reads 1e-4
-    without a dot as text; both are meant as numbers. A value the schema allows as text is left alone.
-    """
-    if isinstance(value, dict):
-        props, extra = schema.get("properties", {}), schema.get("additionalProperties")
-        return {k: coerce(v, props.get(k, extra if isinstance(extra, dict) else {})) for k, v in value.items()}
-    if isinstance(value, list):
-        return [coerce(v, schema.get("items", {})) for v in value]
-    types = _types(schema)
-    if isinstance(value, float) and "integer" in types and "number" not in types and value.is_integer():
-        return int(value)  # steps: 60.0 -> 60 (range() needs an int)
-    if isinstance(value, str) and "null" in types and value.strip() in ("null", "~"):
-        return None  # --config reads every value as text: `base={checkpoint: null}` means null, not a folder
-    if not isinstance(value, str) or "string" in types:
-        return value
-    text = value.strip()
-    if "boolean" in types and text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    if "integer" in types:
-        with contextlib.suppress(ValueError):
-            return int(text)
-        with contextlib.suppress(ValueError):  # 1.0e3, which YAML 1.1 reads as text: a whole number all the same
-            if (number := float(text)).is_integer():
-                return int(number)
-    if "number" in types:
-        with contextlib.suppress(ValueError):
-            number = float(text)
-            if math.isfinite(number):
-                return number
-    return value
-
-
-def _non_finite(instance, path: tuple = ()):
-    """(path, value) of each NaN or inf (YAML's .nan, .inf): a schema bound compared with NaN is False, so passes."""
-    if isinstance(instance, dict):
-        for key, value in instance.items():
-            yield from _non_finite(value, (*path, key))
-    elif isinstance(instance, list):
-        for i, value in enumerate(instance):
-            yield from _non_finite(value, (*path, i))
-    elif isinstance(instance, float) and not math.isfinite(instance):
-        yield path, instance
-
-
-def schema_problems(schema: dict, instance, prefix: tuple = ()) -> list[str]:
-    """Each way `instance` breaks `schema`, as "'key' = value is not allowed; allowed: ..." (keys under `prefix`)."""
-    import jsonschema
-
-    problems = [f"'{_key_path([*prefix, *path])}' is {value}; allowed: a finite number"
-                for path, value in _non_finite(instance)]
-    for error in sorted(jsonschema.Draft202012Validator(schema).iter_errors(instance), key=lambda e: list(map(str, e.path))):
-        key = _key_path([*prefix, *error.absolute_path])
-        if error.validator == "additionalProperties":
-            extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
-            spaced = " (YAML needs a space after ':', as in {steps: 5})" if any(":" in k for k in extra) else ""
-            typo = did_you_mean(extra, error.schema.get("properties", {}))
-            problems.append(f"unknown key(s) {', '.join(extra)} under '{key}'; allowed: {_allowed(error)}{typo}{spaced}")
-        elif "propertyNames" in error.absolute_schema_path:  # the name of a key, not a value, is what breaks it
-            problems.append(f"'{key}' has a key {error.instance!r}, which is not allowed; allowed: {_allowed(error)}")
-        elif error.validator == "required":
-            problems.append(f"'{key}': {error.message}; required: {_allowed(error)}")
-        else:
-            hint = ""
-            value = error.instance
-            if error.validator == "type" and "array" in _types(error.schema) and str(value).lstrip().startswith("["):
-                hint = " (its '[' is not closed: [a, b])"  # Snakemake's --config reads an unclosed list as text
-            elif (error.validator == "type" and "array" in _types(error.schema) and isinstance(value, (str, int, float))
-                    and " " not in str(value) and str(value) not in ("", "null", "~")):
-                cli = "" if "." in key or "[" in key else f"; on the command line --config {key}=[{error.instance}]"
-                hint = f" (a list, even of one: [{error.instance}]{cli})"
-            elif error.validator == "type" and _types(error.schema) == {"string"} and isinstance(value, (int, float)):
-                # Snakemake's --config reads 123 as a number even quoted; only a YAML file keeps it text
-                cli = "" if "." in key or "[" in key else "; --config cannot give text of digits only"
-                hint = f" (text: quote it in a YAML file as {key.rsplit('.', 1)[-1]}: \"...\"{cli})"
-            problems.append(f"'{key}' = {json.dumps(error.instance)} is not allowed; allowed: {_allowed(error)}{hint}")
-    return problems
-
-
 def validate(config: dict, methods_dir: str | Path | None = None) -> dict:
     """Validate against config/schema.yaml, then the cross-key rules and each method's parameter schema;
     raise ConfigError listing every problem. Returns the config with numbers given as text made numbers."""
@@ -228,7 +105,6 @@ def validate(config: dict, methods_dir: str | Path | None = None) -> dict:
 
 def _check_methods(config: dict, methods_dir) -> tuple[dict, list[str]]:
     """The methods, method_params and the ablation against the method files: names, keys, each value's schema."""
-    from .method_api import NAME_PATTERN, available_methods, check_labels, load_method
 
     problems = []
     known = available_methods(methods_dir)
@@ -295,7 +171,6 @@ def _prior_readers(module, param: str) -> list[str]:
 def _finding_checked(config: dict, known, loaded, allowed: str) -> tuple[dict, list[str]]:
     """The finding study against its method file: params unlearn() alone reads, values of their schemas, a class the
     run forgets (the study's main point and the original's record are the main run's)."""
-    from .method_api import param_schema
 
     study = config["finding"]
     if study["method"] not in known:
@@ -326,7 +201,6 @@ def _finding_checked(config: dict, known, loaded, allowed: str) -> tuple[dict, l
 def _ablation_checked(config: dict, known, loaded, allowed: str) -> tuple[dict, list[str]]:
     """The ablation against its method file: a parameter only unlearn() reads, a number, with a main value to
     place the main run on the curve; its values coerced to the parameter's type."""
-    from .method_api import param_schema
 
     abl = config["ablation"]
     if abl.get("method") not in known:  # else the ablation figure would silently be left out
@@ -345,7 +219,7 @@ def _ablation_checked(config: dict, known, loaded, allowed: str) -> tuple[dict, 
                         "ablate a parameter that only unlearn() reads (a prior declares what it reads with "
                         "Prior(..., params=...))"]
     schemas = param_schema(module)
-    kinds = {name: sorted(_types(item) & NUMBER_TYPES) for name, item in schemas.items()}
+    kinds = {name: sorted(types_of(item) & NUMBER_TYPES) for name, item in schemas.items()}
     if not kinds[param]:
         return config, [f"'ablation.param' = {param!r} is not a number parameter of {abl['method']}: the "
                         "ablation figure plots the metrics against a number; allowed: "
@@ -376,12 +250,11 @@ def evaluated_methods(config: dict) -> list[str]:
 def checked_params(module, given: dict, where: tuple) -> tuple[dict, list[str]]:
     """A method's params as given (config method_params, or `unlearn --set`): the known ones made the types their
     schema asks for, and the problems: unknown names, values outside the method's PARAM_SCHEMA."""
-    from .method_api import param_schema
 
     problems = []
     unknown = sorted(set(given) - set(module.DEFAULTS))
     if unknown:
-        problems.append(f"unknown key(s) {', '.join(unknown)} under '{_key_path(list(where))}'; "
+        problems.append(f"unknown key(s) {', '.join(unknown)} under '{key_path(list(where))}'; "
                         f"allowed: {_param_names(module.DEFAULTS)}{did_you_mean(unknown, module.DEFAULTS)}")
     schema = {"type": "object", "properties": param_schema(module)}
     known = coerce({k: v for k, v in given.items() if k in module.DEFAULTS}, schema)
@@ -469,7 +342,6 @@ def size_settings(config: dict, method: str | None = None) -> list[tuple[str, in
 
     walk({k: v for k, v in config.items() if k != "method_params"}, "")
     if method is not None:
-        from .method_api import load_method
 
         walk({method: method_params(config, method, load_method(method))}, "method_params.")
     else:

@@ -24,6 +24,19 @@ colour; editing either file reruns its jobs.
 A prior's `run(ctx: PriorContext)` writes its files into ctx.out_dir; the workflow caches each prior as its
 own job: scope "shared" runs once for all forget classes, scope "per_class" once per forget class.
 A prior that declares the params it reads (`Prior(..., params=(...))`) reruns only when those change.
+What a prior's cost scales with, for the cost benchmark (`unlearnbench benchmark`, which runs every prior of a method
+on small slices and projects it to the paper's size; all optional, and a prior without them is still run and timed,
+but reported with no projection):
+    work: Callable[[PriorContext], float]   units of work its run with this context did (read after the run: the
+                                        params and sections it declares, ctx.data, ctx.priors), e.g. images x
+                                        sampler steps; the benchmark fits time = fixed + per unit x work
+    work_units: str                     what one unit is, e.g. "image-steps"
+    paper_work: float                   the units of work of one run at the paper's size
+    paper_size: str                     that size in words, e.g. "5,000 images x 1,000 sampler steps"
+    bench_params: Callable[[int, PriorContext], dict]
+                                        param values of a small benchmark run of size n = 1, 2, ... (its work should
+                                        grow with n; the benchmark also gives the forgotten class n batches of
+                                        images); without it the benchmark runs the prior with the method's params
 
 Every stage sees the base model's config (dataset, data, diffusion, model, base) and the runtime switches.
 The evaluation-side sections (GUARDED_SECTIONS: sampler, evaluation, evaluator, fid) are visible only where
@@ -43,6 +56,7 @@ import torch
 
 from .errors import UndeclaredError, UserError, did_you_mean
 from .scaling import RULES as SCALE_RULES
+from .schema import schema_problems
 
 PACKAGE_METHODS_DIR = Path(__file__).resolve().parent.parent / "methods"
 # Config sections that shape evaluation, not the base model: a method's stage reads one only if it declares it.
@@ -65,11 +79,36 @@ class Prior:
     # another param changes (tuning SA's lambda must not redo hours of Fisher); the prior then sees only these.
     params: tuple[str, ...] | None = None
     sections: tuple[str, ...] = ()  # GUARDED_SECTIONS it reads, e.g. ("sampler",) for images it generates
+    # What its cost scales with, for the cost benchmark's projection to the paper's size (the module docstring).
+    work: Callable | None = None  # work(ctx) -> units of work of the run with this context
+    work_units: str | None = None  # e.g. "image-steps"
+    paper_work: float | None = None  # units of work at the paper's size
+    paper_size: str | None = None  # the paper's size in words
+    bench_params: Callable | None = None  # bench_params(n, ctx) -> {param: value} of a benchmark run of size n
 
     def __post_init__(self):
         if self.scope not in ("shared", "per_class"):
             raise ValueError(f"prior {self.name}: scope must be 'shared' or 'per_class', got {self.scope!r}")
         _check_sections(self.sections, f"prior {self.name}")
+        _check_work(self)
+
+
+def _check_work(prior: Prior) -> None:
+    """The benchmark fields: callables where callables go, a positive number of paper units, text where text goes."""
+    where = f"prior {prior.name}"
+    for attr in ("work", "bench_params"):
+        if getattr(prior, attr) is not None and not callable(getattr(prior, attr)):
+            raise UserError(f"{where}: {attr} must be a function, got {getattr(prior, attr)!r:.80}")
+    paper = prior.paper_work
+    if paper is not None and (isinstance(paper, bool) or not isinstance(paper, (int, float)) or not paper > 0):
+        raise UserError(f"{where}: paper_work must be a positive number (units of work at the paper's size), "
+                        f"got {paper!r}")
+    for attr in ("work_units", "paper_size"):
+        value = getattr(prior, attr)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise UserError(f"{where}: {attr} must be a non-empty string, got {value!r}")
+    if prior.paper_work is not None and prior.work is None:
+        raise UserError(f"{where}: paper_work needs work (the function that counts a run's units of work)")
 
 
 def _check_sections(sections, where: str) -> None:
@@ -394,8 +433,6 @@ def _check_param_schema(module, path: Path) -> None:
     """Each PARAM_SCHEMA entry is a JSON Schema, and each default passes its own (else configs would be judged by
     a schema the method itself breaks, or fail inside jsonschema with a traceback)."""
     import jsonschema
-
-    from .config import schema_problems
 
     for key, schema in module.PARAM_SCHEMA.items():
         try:
