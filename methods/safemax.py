@@ -15,7 +15,7 @@ from unlearnbench.training import ema_update, make_ema, optimizer_step
 DISPLAY_NAME = "SAFEMax"
 COLOR = "tab:green"
 DEFAULTS = {
-    "steps": 1000,            # inferred from the reported RTE (PROTOCOL.md section 3)
+    "steps": 1000,            # inferred from the reported RTE (docs/protocol-notes.md, SAFEMax)
     "batch_size": 128,
     "lr": 1.0e-4,
     "grad_clip": 1.0,
@@ -23,7 +23,7 @@ DEFAULTS = {
     "target": "fresh_noise",  # fresh_noise | x_t
     "retain_weight": 0.0,     # no retain loss on the poster
     "retain_batch_size": 128,
-    # Inferred too (PROTOCOL.md section 3): start from the base model's non-EMA weights, evaluate the raw weights.
+    # Inferred too (docs/protocol-notes.md, SAFEMax): start from the base model's non-EMA weights, evaluate the raw weights.
     "start_weights": "raw",   # raw | ema: which of the base model's weights unlearning starts from
     "ema_decay": None,        # null: evaluate the raw weights; a number: keep an EMA, continued from the base
                               # model's EMA as SA's is, and evaluate it

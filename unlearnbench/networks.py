@@ -15,7 +15,7 @@ UNET_PRESETS = {
         attention_head_dim=None,
     ),
     # The DDPM/DDIM CIFAR-10 UNet: 128 channels, (1, 2, 2, 2), 2 res blocks per level, single-head
-    # attention at 16x16 (level 1) and in the middle block, dropout 0.1 (PROTOCOL.md section 2).
+    # attention at 16x16 (level 1) and in the middle block, dropout 0.1 (docs/protocol-notes.md, shared setup).
     "paper": dict(
         sample_size=32, in_channels=3, out_channels=3, layers_per_block=2,
         block_out_channels=(128, 256, 256, 256), norm_num_groups=32, dropout=0.1,
