@@ -6,9 +6,10 @@ import os
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from .networks import null_class, predict_eps
-from .training import autocast_dtype, note_bf16_use, to_device
+from .runtime import autocast_dtype, note_bf16_use, to_device
 
 
 @dataclass
@@ -143,8 +144,6 @@ def sample(model, schedule: Schedule, labels: torch.Tensor, *, steps: int, eta: 
     Noise comes from CPU generators, so a seed and batch size give the same images on any device.
     `eps_fn(x, t, labels)` replaces the network (tests use an exact oracle; set `eps_fn.image_shape`).
     """
-    from tqdm.auto import tqdm
-
     device = torch.device(device)
     if model is not None:
         shape = (model.config.in_channels, model.config.sample_size, model.config.sample_size)

@@ -9,11 +9,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from .acceleration import maybe_compile
+from .checkpoints import load_state, require_finite, save_state
+from .diffusion import epsilon_loss
 from .errors import UserError
+from .runtime import to_device
+# These live in runtime.py (the sampler in diffusion.py needs them too, and training imports diffusion); re-exported
+# here (`x as x` marks a re-export) for stages.py, benchmark.py, tests and method files that import them from training.
+from .runtime import autocast as autocast, autocast_dtype as autocast_dtype
+from .runtime import bf16_uses as bf16_uses, note_bf16_use as note_bf16_use
 
 
-# ---------------------------------------------------------------- runtime
+# ---------------------------------------------------------------- job setup (device copies, bf16: runtime.py)
 def resolve_device(requested: str) -> torch.device:
     if requested == "cpu":
         return torch.device("cpu")
@@ -46,52 +55,9 @@ def setup_runtime(config: dict, threads: int | None = None) -> torch.device:
     return device
 
 
-def to_device(x: torch.Tensor, device) -> torch.Tensor:
-    """Copy a host tensor to the GPU inside a loop without making the host wait.
-
-    From pageable memory a host-to-GPU copy first waits for the GPU's queued work; from pinned memory with
-    non_blocking it is queued like a kernel (the caching host allocator keeps the block until it has run,
-    then caches it for reuse: one-time copies of whole datasets use a plain `.to`). Elsewhere a plain `.to`.
-    """
-    device = torch.device(device)
-    if device.type != "cuda" or x.device.type != "cpu":
-        return x.to(device)
-    return x.pin_memory().to(device, non_blocking=True)
-
-
-def autocast_dtype(config: dict, device: torch.device):
-    """torch.bfloat16 when performance.bf16 is on and the device is CUDA, else None (fp32)."""
-    return torch.bfloat16 if device.type == "cuda" and (config.get("performance") or {}).get("bf16", False) else None
-
-
-_bf16_uses = 0  # bf16 autocasts entered in this process (each job is one): what ran, not what the config allows
-
-
-def bf16_uses() -> int:
-    """How many times the suite's bf16 autocast was entered so far (autocast(), the sampler): a cost record says
-    bf16 only for a job whose code used it (a method file that never wraps its passes runs fp32)."""
-    return _bf16_uses
-
-
-def note_bf16_use() -> None:
-    global _bf16_uses
-    _bf16_uses += 1
-
-
-def autocast(config: dict, device: torch.device):
-    """bf16 autocast when performance.bf16 is on and the device is CUDA; otherwise a no-op."""
-    dtype = autocast_dtype(config, device)
-    if dtype is None:
-        return nullcontext()
-    note_bf16_use()
-    return torch.autocast("cuda", dtype=dtype)
-
-
 def prepare_model(model, config: dict, device: torch.device, *, sampling: bool = False):
     """Move to the device with the config's layout and compile switches (no-ops on CPU); `sampling`: the model
     only samples (performance.compile_sampling applies)."""
-    from .acceleration import maybe_compile
-
     model = model.to(device)
     if device.type == "cuda" and (config.get("performance", {}) or {}).get("channels_last", False):
         model = model.to(memory_format=torch.channels_last)
@@ -189,8 +155,6 @@ class BatchStream:
 
 def progress(iterable, desc: str, total: int | None = None):
     """tqdm that stays quiet in tests (UNLEARNBENCH_QUIET=1) and updates sparsely in logs."""
-    from tqdm.auto import tqdm
-
     return tqdm(iterable, desc=desc, total=total, mininterval=5, disable=os.environ.get("UNLEARNBENCH_QUIET") == "1")
 
 
@@ -239,8 +203,6 @@ def resumable_steps(steps: int, step_fn, *, desc: str, meter=None, every: int = 
     (dropout), the batch `streams`, the plain values of `extra` (updated in place on resume) and the RTE so far,
     under `state_key`; a restarted run of the same key resumes from the last save and ends as an uninterrupted
     run would."""
-    from .checkpoints import load_state, save_state
-
     modules = modules or {}
     start = 0
     saved = load_state(state_path, state_key) if every and state_path else None
@@ -282,9 +244,6 @@ def train_diffusion(model, schedule, stream: BatchStream, *, steps: int, lr: flo
                     state_key: str | None = None, amp=nullcontext, meter=None):
     """Train the class-conditional DDPM; resumes from `state_path` when a checkpoint of the same `state_key`
     (what defines the run) is there. Stops with DivergedError when the weights are no longer finite."""
-    from .checkpoints import require_finite
-    from .diffusion import epsilon_loss
-
     ema = make_ema(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps else 1.0)

@@ -3,7 +3,9 @@
 Same parameter names, same initialisation order, same arithmetic op for op, same checkpoint folder
 (`config.json` + `diffusion_pytorch_model.safetensors`): diffusers loads what this saves and the reverse, and
 `tests/test_unet.py` checks weights, outputs and gradients against diffusers bit for bit. Why not diffusers
-itself: importing it costs ~4.5 s per process (it pulls in torch._dynamo and scipy), a third of a short job.
+itself: importing it costs ~3 s per process on top of torch (it pulls in torch._dynamo and scipy). Measured
+2026-12-07, 2-core AMD EPYC, CPU, medians of 5 with torch imported first: `-X importtime` cumulative 2.66 s for
+`diffusers.models.unets.unet_2d`, 0.004 s for this module; a `python -c` importing torch and it: 5.14 s vs 1.90 s wall.
 
 Supported: blocks DownBlock2D, AttnDownBlock2D, UpBlock2D, AttnUpBlock2D and UNetMidBlock2D; positional
 time embedding; an nn.Embedding class embedding (num_class_embeds); "default" time-embedding addition;
