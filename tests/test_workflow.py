@@ -208,7 +208,7 @@ def test_a_failed_aggregate_leaves_no_published_table_older_than_its_records(tes
     copies under results/ kept the old numbers and Snakemake said 'Nothing to be done'."""
     run = test_run / "results" / "test"
     record = run / "metrics" / "sa" / "class0" / "seed0.json"
-    report = test_run / "lib" / "unlearnbench" / "report.py"  # an edit makes the aggregate run again
+    report = test_run / "lib" / "unlearnbench" / "report" / "layout.py"  # an edit makes the aggregate run again
     text, stat = report.read_text(), report.stat()
     report.write_text(text + "# an edit that makes the aggregate run\n")
     try:
@@ -318,7 +318,7 @@ def test_editing_the_suites_metric_or_report_code_redoes_what_it_computes(test_r
         assert re.search(rf"^{rule}\s+{count}$", out, re.M), (rule, out[-3000:])
     for rule in ("train_base", "train_evaluator", "unlearn", "prior_shared", "prior_per_class", "sample_original"):
         assert not re.search(rf"^{rule}\s+\d+", out, re.M), rule
-    out = dry_run_after_editing(test_run, "lib/unlearnbench/report.py", "results/table.csv")
+    out = dry_run_after_editing(test_run, "lib/unlearnbench/report/layout.py", "results/table.csv")
     assert re.search(r"^aggregate\s+1$", out, re.M), out[-3000:]
     assert not re.search(r"^(evaluate_method|score_original|fid_reference)\s+\d+", out, re.M), out[-3000:]
 
