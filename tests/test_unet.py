@@ -105,7 +105,7 @@ def test_unknown_constructor_argument_is_refused():
 
 def test_workflow_jobs_never_import_diffusers(tmp_path):
     """The point of the twin: a job that builds, saves, loads and runs a UNet (every method file loaded) must not
-    pay diffusers' import (~4.5 s per process). Checked in a fresh interpreter."""
+    pay diffusers' import (~2.7 s per process on top of torch). Checked in a fresh interpreter."""
     import subprocess
     import sys
 

@@ -1,7 +1,7 @@
 """GPU speed switches of config `performance` that are not set elsewhere: torch.compile, in one place.
 
 The other switches live where they act: `training.setup_runtime` (TF32, cuDNN autotuning when
-`deterministic: false`), `training.autocast` and `sample(autocast_dtype=...)` (bf16 autocast),
+`deterministic: false`), `runtime.autocast` and `sample(autocast_dtype=...)` (bf16 autocast),
 `training.prepare_model` (channels_last). docs/performance.md describes all of them.
 
 `maybe_compile(model, config, device)` compiles the model's forward IN PLACE (`nn.Module.compile`),
@@ -74,7 +74,7 @@ def effective_switches(config: dict, device, *, sampling: bool = False) -> dict:
 
 
 def switches_that_ran(config: dict, device, used_bf16: bool) -> dict:
-    """effective_switches, less bf16 autocast where the job's code never entered it (training.bf16_uses): a method
+    """effective_switches, less bf16 autocast where the job's code never entered it (runtime.bf16_uses): a method
     whose loop is not wrapped in ctx.autocast() ran fp32, and its cost must not be labelled bf16."""
     switches = effective_switches(config, device)
     return {**switches, "bf16_autocast": switches["bf16_autocast"] and used_bf16}
