@@ -134,10 +134,38 @@ def compute_fisher(ctx):
     save_tensors(ctx.out_dir / "fisher.safetensors", fisher)
 
 
+def generated_work(ctx) -> int:
+    """Image-steps of the replay set: every generated image advanced by each guided sampler step."""
+    return ctx.num_classes * ctx.params["n_generated_per_class"] * ctx.config["sampler"]["steps"]
+
+
+def generated_bench_params(n: int, ctx) -> dict:
+    """n full sampler batches of images (the cost benchmark's slice)."""
+    return {"n_generated_per_class": n * max(1, ctx.config["sampler"]["batch_size"] // ctx.num_classes)}
+
+
+def fisher_work(ctx) -> int:
+    """Image-timesteps of the Fisher: each image it used, at each timestep."""
+    with np.load(ctx.priors["generated"] / "generated.npz") as f:
+        images = len(f["labels"])
+    if ctx.params["fisher_images"] is not None:
+        images = min(images, ctx.params["fisher_images"])
+    return images * len(fisher_timesteps(ctx.schedule.timesteps, ctx.params["fisher_timesteps"]))
+
+
+def fisher_bench_params(n: int, ctx) -> dict:
+    """n images, each over one forward pass of fisher_batch timesteps (the cost benchmark's slice)."""
+    return {"fisher_images": n, "fisher_timesteps": ctx.params["fisher_batch"]}
+
+
 PRIORS = [
-    Prior("generated", generate_replay_set, scope="shared", params=("n_generated_per_class",), sections=("sampler",)),
+    Prior("generated", generate_replay_set, scope="shared", params=("n_generated_per_class",), sections=("sampler",),
+          work=generated_work, work_units="image-steps", paper_work=5000 * 1000, bench_params=generated_bench_params,
+          paper_size="5,000 images (500 per class) x 1,000 guided sampler steps"),
     Prior("fisher", compute_fisher, scope="shared", requires=("generated",),
-          params=("fisher_images", "fisher_timesteps", "fisher_batch", "fisher_cond_dropout")),
+          params=("fisher_images", "fisher_timesteps", "fisher_batch", "fisher_cond_dropout"),
+          work=fisher_work, work_units="image-timesteps", paper_work=5000 * 1000, bench_params=fisher_bench_params,
+          paper_size="5,000 images x 1,000 timesteps (one backward per image-timestep chunk)"),
 ]
 
 

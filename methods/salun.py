@@ -99,8 +99,15 @@ def compute_mask(ctx):
     save_tensors(ctx.out_dir / "mask.safetensors", {n: m.to(torch.uint8) for n, m in mask.items()})
 
 
+def mask_work(ctx) -> int:
+    """Images of the forgotten class the mask's pass went over."""
+    return int((ctx.data.train_y == ctx.forget_class).sum())
+
+
 PRIORS = [Prior("mask", compute_mask, scope="per_class", params=("mask_batch_size", "mask_guidance_w", "mask_ratio",
-                                                                          "mask_grad_clip"))]
+                                                                          "mask_grad_clip"),
+                work=mask_work, work_units="images", paper_work=5000,
+                paper_size="one pass over the 5,000 real images of the forgotten class")]
 
 
 def relabel_loss(model, x_t, t, labels, relabel: int, cond_dropout: float, generator) -> torch.Tensor:

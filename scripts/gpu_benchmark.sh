@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# GPU cost benchmark of the three methods at the paper's model size and batches (docs/performance.md).
+# GPU cost benchmark of the config's methods (config/paper.yaml: SAFEMax, SalUn, SA) at the paper's model size and
+# batches (docs/performance.md); on PRESET=tiny, the default config's.
 #
 # On a machine with a GPU and the suite installed:
 #   OUT=/tmp/bench bash scripts/gpu_benchmark.sh
@@ -18,7 +19,8 @@
 # +1.5 min for the bf16 row's methods, under +1 min for the ablation's four SAFEMax rows, +3 min for the fp32
 # row's; an estimate from those step times, not measured). So one call of ~7 minutes holds the bf16 row, the ablation and
 # perhaps the start of the fp32 row: the rows run in that order, each method right after its own priors
-# and SAFEMax first, so the time limit cuts the least important part. For the full fp32 row, a second call:
+# and the config's reference_method (SAFEMax) first, then those with fewer priors, so the time limit cuts the least
+# important part. For the full fp32 row, a second call:
 #   PRECISIONS=fp32 SWITCHES=0 STEPS=50 bash scripts/gpu_benchmark.sh   (~7 min; at 200 steps the fp32 row, ~400 s
 #   at 30, would not fit), then merge the two JSONs:
 #   python scripts/benchmark_report.py bf16.json fp32.json  (each row says which run it came from).

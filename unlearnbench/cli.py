@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--preset", default=None, help="tiny or paper (default: paper on GPU, tiny on CPU)")
     s.add_argument("--steps", type=int, default=20)
     s.add_argument("--warmup", type=int, default=3)
-    s.add_argument("--methods", nargs="*", default=["safemax", "salun", "sa"])
+    s.add_argument("--methods", nargs="*", default=None, help="default: the config's methods")
     s.add_argument("--config", default=None, help="config whose method params/performance switches to use")
     s.add_argument("--precision", nargs="*", default=None, help="any of fp32, tf32, bf16 (default: fp32 bf16 on GPU, fp32 on CPU)")
     s.add_argument("--out", default=None, help="write the JSON report here")
