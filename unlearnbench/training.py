@@ -17,7 +17,7 @@ from .diffusion import epsilon_loss
 from .errors import UserError
 from .runtime import to_device
 # These live in runtime.py (the sampler in diffusion.py needs them too, and training imports diffusion); re-exported
-# here (`x as x` marks a re-export) for stages.py, benchmark.py, tests and method files that import them from training.
+# here (`x as x` marks a re-export) for the stages, the benchmark, tests and method files that import them from training.
 from .runtime import autocast as autocast, autocast_dtype as autocast_dtype
 from .runtime import bf16_uses as bf16_uses, note_bf16_use as note_bf16_use
 

@@ -210,7 +210,7 @@ class Bench:
             fwd = count_flops(lambda: predict_eps(model, x, t, y)) / 2
             guided = count_flops(lambda: guided_eps(model, x, t, y, float(self.config["sampler"]["guidance_w"]))) / 2
         fwd_bwd = count_flops(lambda: predict_eps(model, x, t, y).float().pow(2).mean().backward()) / 2
-        del model
+        model = None  # frees the weights; closures above read the name, which `del` would leave unbound
         return {"forward_per_image": fwd, "forward_backward_per_image": fwd_bwd, "guided_step_per_image": guided,
                 "counter": "torch.utils.flop_counter.FlopCounterMode (2 FLOPs per multiply-add; matmul, conv, "
                            "attention; elementwise ops not counted)"}
@@ -443,7 +443,7 @@ class Bench:
         out["projected_eval_sampling_min_per_job"] = div(per_job, 60.0)
         out["projected_eval_sampling_h_all_jobs"] = div(per_job * PAPER_EVAL["sampling_jobs"], 3600.0) if per_job else None
         out["paper_eval"] = PAPER_EVAL["what"]
-        del model
+        model = None  # frees the weights; closures above read the name, which `del` would leave unbound
         return out
 
     # -- numerics

@@ -59,7 +59,10 @@ METHOD_HEADER = ["method", "ms/step", "median ms", "proj. RTE min", "first step 
 
 def _text_table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
+    def line(r):
+        return "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
@@ -146,7 +149,9 @@ def switch_header(report: dict) -> list[str]:
 
 
 def print_report(report: dict, file=sys.stdout) -> None:
-    p = lambda *a: print(*a, file=file)
+    def p(*a):
+        print(*a, file=file)
+
     p(f"\nunlearnbench benchmark: preset {report['preset']}, {report['device_name']} ({report['device']}), "
       f"{report['settings']['steps']} steps after {report['settings']['warmup']} warm-up")
     if report["preset"] != "paper":
