@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKFLOW_FILES = ["Snakefile", "rules", "config", "methods"]
+WORKFLOW_FILES = ["Snakefile", "rules", "config", "methods", "report"]
 METRICS = ["fid", "kid", "H", "UA", "forget_prob", "remaining_acc"]
 
 
