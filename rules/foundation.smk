@@ -13,6 +13,7 @@ rule train_base:
     output: ORIGINAL_FILES
     params: fp=fp("base")
     log: f"{RUN}/logs/train_base.log"
+    benchmark: f"{RUN}/benchmarks/train_base.tsv"
     threads: THREADS
     shell: "{CLI} train-base --config {CFG} --data {input.data} --out {ORIGINAL} > {log} 2>&1"
 

@@ -9,6 +9,7 @@ rule prior_shared:
     output: f"{RUN}/priors/{{method}}/{{prior}}/shared/cost.json"
     params: fp=lambda w: fp("method", w.method, w.prior), requires=lambda w: prior_flags(w.method, prior=w.prior)
     log: f"{RUN}/logs/prior/{{method}}_{{prior}}.log"
+    benchmark: f"{RUN}/benchmarks/prior/{{method}}_{{prior}}.tsv"  # the whole job's wall time and memory
     threads: THREADS
     shell:
         "{CLI} prior --config {CFG} --method {wildcards.method} --prior {wildcards.prior} --data {input.data}"
@@ -23,6 +24,7 @@ rule prior_per_class:
     output: f"{RUN}/priors/{{method}}/{{prior}}/class{{c}}/cost.json"
     params: fp=lambda w: fp("method", w.method, w.prior), requires=lambda w: prior_flags(w.method, int(w.c), w.prior)
     log: f"{RUN}/logs/prior/{{method}}_{{prior}}_class{{c}}.log"
+    benchmark: f"{RUN}/benchmarks/prior/{{method}}_{{prior}}_class{{c}}.tsv"
     threads: THREADS
     shell:
         "{CLI} prior --config {CFG} --method {wildcards.method} --prior {wildcards.prior} --data {input.data}"
@@ -51,6 +53,8 @@ rule unlearn:
     # not an imported name: its input functions would look for a method file it does not have
     wildcard_constraints: variant="".join(f"(?!{name}/)" for name in IMPORTED) + VARIANT_PATTERN
     log: f"{RUN}/logs/unlearn/{{variant}}_class{{c}}.log"
+    # Snakemake's own measure of the whole job (start-up, every seed, presampling): a check on cost.json's RTE
+    benchmark: f"{RUN}/benchmarks/unlearn/{{variant}}_class{{c}}.tsv"
     threads: THREADS
     shell:
         "{CLI} unlearn --config {CFG} --method {params.method} --forget-class {wildcards.c} --seed {params.seeds}"

@@ -128,6 +128,19 @@ def test_the_finding_study_runs_its_points_and_checks_each_models_noise(test_run
     assert (test_run / "figures/test/finding.png").stat().st_size > 0
 
 
+def test_snakemakes_benchmark_of_each_unlearning_job_bounds_its_measured_rte(test_run):
+    """The `benchmark:` directive measures each whole job (start-up, every seed, presampling): a check on the cost
+    meter, whose RTE covers only the timed loops, so it can never be longer."""
+    run = test_run / "results" / "test"
+    for tsv in sorted((run / "benchmarks" / "unlearn").glob("*_class*.tsv")):
+        variant, c = tsv.stem.rsplit("_class", 1)
+        wall_s = float(pd.read_csv(tsv, sep="\t")["s"].iloc[0])
+        rte_s = sum(json.loads(cost.read_text())["rte_s"] for cost in run.glob(f"models/{variant}/class{c}/seed*/cost.json"))
+        assert 0 < rte_s < wall_s, (tsv.name, rte_s, wall_s)
+    assert len(list((run / "benchmarks" / "unlearn").glob("*.tsv"))) >= 8  # 4 methods x 2 classes, and the studies'
+    assert (run / "benchmarks" / "train_base.tsv").is_file()
+
+
 def test_second_invocation_does_nothing(test_run):
     proc = snakemake(test_run, "--configfile=config/test.yaml", "results/table.csv")
     assert "Nothing to be done" in proc.stdout + proc.stderr
