@@ -185,7 +185,8 @@ def collect_records(paths: Iterable, methods: Sequence[str] = ()) -> pd.DataFram
         df[column] = df[column].astype(float)
     if df.empty:
         return df
-    order = pd.DataFrame({"rank": df["method"].map(lambda m: method_order(methods)(m)[0]),
+    key = method_order(methods)
+    order = pd.DataFrame({"rank": df["method"].map(lambda m: key(m)[0]),
                           "side": df["variant"] != df["method"]})
     df = pd.concat([order, df], axis=1)
     df = df.sort_values(["rank", "method", "side", "variant", "forget_class", "seed"], kind="stable")

@@ -50,7 +50,8 @@ def guidance_table(paths: Iterable, methods: Sequence[str], classes: Sequence[in
     provenance = [c for c in df.columns if c not in RECORD_COLUMNS and c not in keys]
     joined = df.groupby(keys)[provenance].agg(lambda v: ";".join(dict.fromkeys(str(x) for x in v.dropna())))
     means = means.merge(joined.reset_index(), on=keys)
-    means["rank"] = means["method"].map(lambda m: method_order(methods)(m)[0])
+    key = method_order(methods)
+    means["rank"] = means["method"].map(lambda m: key(m)[0])
     return means.sort_values(["rank", "method", "guidance_w", "forget_class"]).drop(columns="rank").reset_index(drop=True)
 
 
