@@ -15,6 +15,7 @@ include: "rules/evaluation.smk"
 include: "rules/report.smk"
 include: "rules/guidance.smk"
 include: "rules/finding.smk"
+include: "rules/robustness.smk"
 
 
 onstart:  # not at parse time: a dry run writes nothing

@@ -57,10 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = cmd("train-base", "train (or adopt) the original class-conditional DDPM")
     s.add_argument("--data", required=True)
     s.add_argument("--out", required=True)
+    s.add_argument("--without-class", type=int, help="Retrain: the same recipe without this class's images")
 
     s = cmd("train-evaluator", "train the evaluation classifier")
     s.add_argument("--data", required=True)
     s.add_argument("--out", required=True)
+    s.add_argument("--extra", metavar="NAME", help="the extra evaluator NAME of robustness.evaluators instead")
 
     s = cmd("prior", "compute one prior of a method")
     s.add_argument("--method", required=True)
@@ -143,6 +145,31 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument(a, required=True)
     s.add_argument("--records", nargs="+", required=True)
 
+    s = cmd("score-robustness", "the forgotten class of a model's samples under every evaluator, and its distance "
+            "to the real class (one record per forget class)")
+    for a in ("--data", "--evaluator", "--method"):
+        s.add_argument(a, required=True)
+    s.add_argument("--extra-evaluators", nargs="*", default=[], metavar="NAME=DIR")
+    s.add_argument("--samples", nargs="+", required=True, help="one per forget class (the original's: one for all)")
+    s.add_argument("--forget-class", type=int, nargs="+", required=True)
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--out", nargs="+", required=True, help="one per forget class, in the same order")
+
+    s = cmd("attack", "relearning, benign fine-tuning and partial-diffusion attacks on unlearned models")
+    for a in ("--data", "--evaluator", "--method"):
+        s.add_argument(a, required=True)
+    s.add_argument("--noise-aware", help="the noise-aware evaluator's folder (ua_noise_aware at every point)")
+    s.add_argument("--model", nargs="+", required=True, help="one UNet folder per forget class, in the same order")
+    s.add_argument("--forget-class", type=int, nargs="+", required=True)
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--out", nargs="+", required=True, help="one per forget class, in the same order")
+
+    s = cmd("aggregate-robustness", "robustness.csv and robustness.md from the robustness records")
+    s.add_argument("--scores", nargs="+", required=True)
+    s.add_argument("--attacks", nargs="*", default=[])
+    s.add_argument("--records", nargs="+", required=True, help="the main metrics records of the methods and Retrain")
+    s.add_argument("--out-dir", required=True)
+
     s = cmd("denoiser-norms", "the finding study's check: the size of a model's noise predictions per label")
     s.add_argument("--model", required=True, help="a UNet folder")
     s.add_argument("--data", required=True)
@@ -169,8 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-dir", required=True)
 
     s = cmd("figures", "render figures from aggregated results and saved samples (no model is run)")
-    s.add_argument("--kind", required=True, choices=["summary", "samples", "ablation", "guidance", "finding"])
-    s.add_argument("--metrics", help="metrics.csv (summary), ablation.csv (ablation) or guidance.csv (guidance)")
+    s.add_argument("--kind", required=True, choices=["summary", "samples", "ablation", "guidance", "finding", "robustness"])
+    s.add_argument("--metrics", help="metrics.csv (summary), ablation.csv (ablation), guidance.csv (guidance), "
+                   "robustness.csv (robustness)")
     s.add_argument("--samples", nargs="*", help="samples npz: the original's first, then one per method")
     s.add_argument("--forget-class", type=int)
     s.add_argument("--out-dir", help="summary: folder of cost.png and per_class.png")
@@ -281,7 +309,9 @@ def run(args) -> int | None:
     if c == "prepare-data":
         stages.prepare_data(config, args.out)
     elif c == "train-base":
-        stages.train_base(config, args.data, args.out)
+        stages.train_base(config, args.data, args.out, args.without_class)
+    elif c == "train-evaluator" and args.extra:
+        stages.train_extra_evaluator(config, args.extra, args.data, args.out)
     elif c == "train-evaluator":
         stages.train_evaluator(config, args.data, args.out)
     elif c == "prior":
@@ -319,6 +349,19 @@ def run(args) -> int | None:
         (references,) = _per_class(args, "reference")
         stages.evaluate_at_weights(config, args.weights, args.model, args.data, args.evaluator, references, args.seed,
                                    args.method, args.variant, args.cost, args.samples, args.out, args.config)
+    elif c == "score-robustness":
+        samples = args.samples * len(args.forget_class) if len(args.samples) == 1 else args.samples
+        args.samples = samples  # the original's one sample set serves every class
+        samples, outs = _per_class(args, "samples", "out")
+        stages.score_robustness(config, args.data, args.evaluator, _pairs(args.extra_evaluators), samples, args.seed,
+                                args.method, outs)
+    elif c == "attack":
+        models, outs = _per_class(args, "model", "out")
+        stages.attack_models(config, args.data, args.evaluator, args.noise_aware, models, args.seed, args.method, outs)
+    elif c == "aggregate-robustness":
+        from . import report
+
+        report.aggregate_robustness(config, args.scores, args.attacks, args.records, args.out_dir)
     elif c == "denoiser-norms":
         stages.denoiser_norms(config, args.model, args.data, args.forget_class, args.seed, args.variant, args.out)
     elif c == "aggregate-finding":

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError, did_you_mean
-from .method_api import NAME_PATTERN, available_methods, check_labels, load_method, param_schema
+from .method_api import NAME_PATTERN, REFERENCE_MODELS, available_methods, check_labels, load_method, param_schema
 from .schema import NUMBER_TYPES, coerce, key_path, schema_problems, types_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,7 +108,7 @@ def _check_methods(config: dict, methods_dir) -> tuple[dict, list[str]]:
 
     problems = []
     known = available_methods(methods_dir)
-    named = sorted(name for name in known if re.fullmatch(NAME_PATTERN, name) and name != "original")
+    named = sorted(name for name in known if re.fullmatch(NAME_PATTERN, name) and name not in REFERENCE_MODELS)
     allowed = f"allowed: {', '.join(named)} (a method is a file methods/<name>.py)"
     modules = {}
 
@@ -285,8 +285,8 @@ def _imported_problems(config: dict, known_methods) -> list[str]:
     problems = []
     for name, pattern in (config.get("imported") or {}).items():
         where = f"'imported.{name}' = {pattern!r}"
-        if name in known_methods or name == "original":  # its rows would be mistaken for the suite's own method's
-            taken = "the base model" if name == "original" else "a method file"
+        if name in known_methods or name in REFERENCE_MODELS:  # its rows would be mistaken for the suite's own
+            taken = f"the reference model {REFERENCE_MODELS[name]}" if name in REFERENCE_MODELS else "a method file"
             problems.append(f"'imported.{name}': {name!r} is the name of {taken}; give the imported models another "
                             f"name (e.g. {name}_imported)")
         try:
@@ -324,7 +324,20 @@ def _cross_checks(config: dict) -> list[str]:
         if re.search(r"batch(_size)?$", key) and value > bound:
             problems.append(f"'{key}' = {value:,} exceeds the {bound:,} images of {config['dataset']}: no batch "
                             "needs more images than the dataset has; lower it")
-    return problems + _model_problems(config)
+    return problems + _robustness_problems(config) + _model_problems(config)
+
+
+def _robustness_problems(config: dict) -> list[str]:
+    robust = config.get("robustness")
+    if not robust:
+        return []
+    problems = [f"'robustness.attacks.seeds' has {s}, which is not one of 'seeds' {config['seeds']}: only the models "
+                "of the run's seeds exist to attack" for s in robust["attacks"]["seeds"] if s not in config["seeds"]]
+    no_class = [name for name, spec in robust["evaluators"].items() if spec.get("no_class_images")]
+    if len(no_class) > 1:
+        problems.append(f"robustness.evaluators {', '.join(no_class)} all have 'no_class_images': the attacks score "
+                        "with one noise-aware evaluator; keep it on one")
+    return problems
 
 
 def size_settings(config: dict, method: str | None = None) -> list[tuple[str, int]]:

@@ -153,3 +153,44 @@ def load_dataset(config: dict) -> ImageData:
 def class_subset(x: np.ndarray, y: np.ndarray, classes) -> tuple[np.ndarray, np.ndarray]:
     keep = np.isin(y, list(classes))
     return x[keep], y[keep]
+
+
+# Images that show no class, for the noise-aware evaluator's extra output (docs/robustness.md). None is made by a
+# model: a method that turns its class into noise must not have trained the judge of its own noise.
+NO_CLASS_KINDS = ("uniform", "gaussian", "corrupted", "shuffled", "mixture")
+CORRUPTION_ALPHA_BAR = 0.1  # "corrupted": a real image noised as diffusion's forward process at alpha_bar 0.1 (SNR 0.11)
+
+
+def no_class_images(x: np.ndarray, y: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """`n` uint8 images (N, C, H, W) of no class, as many of each of NO_CLASS_KINDS (the first kinds one more when
+    n is not a multiple), and the kind of each: uniform noise; Gaussian noise (sd 0.5 in [-1, 1], clipped); a
+    real image of `x` heavily noised; a real image with its pixels shuffled; the mean of two real images of two
+    different classes (labels `y`)."""
+    if n < len(NO_CLASS_KINDS):
+        raise ValueError(f"n = {n}: at least {len(NO_CLASS_KINDS)} images, one of each kind")
+    if len(np.unique(y)) < 2:
+        raise ValueError("mixtures need real images of at least two classes")
+    rng = np.random.default_rng(seed)
+    shape = x.shape[1:]
+    real = x.astype(np.float64) / 127.5 - 1.0
+    counts = [n // len(NO_CLASS_KINDS) + (i < n % len(NO_CLASS_KINDS)) for i in range(len(NO_CLASS_KINDS))]
+    made, kinds = [], []
+    for kind, count in zip(NO_CLASS_KINDS, counts):
+        if kind == "uniform":
+            images = rng.uniform(-1.0, 1.0, (count, *shape))
+        elif kind == "gaussian":
+            images = 0.5 * rng.standard_normal((count, *shape))
+        elif kind == "corrupted":
+            a = CORRUPTION_ALPHA_BAR
+            images = np.sqrt(a) * real[rng.integers(len(x), size=count)] + np.sqrt(1 - a) * rng.standard_normal((count, *shape))
+        elif kind == "shuffled":
+            flat = real[rng.integers(len(x), size=count)].reshape(count, -1)
+            images = np.stack([row[rng.permutation(row.size)] for row in flat]).reshape(count, *shape)
+        else:  # mixture: the first image's partner is drawn among the other classes' images
+            first = rng.integers(len(x), size=count)
+            second = np.array([rng.choice(np.flatnonzero(y != y[i])) for i in first], dtype=np.int64)
+            images = 0.5 * (real[first] + real[second])
+        made.append(images)
+        kinds += [kind] * count
+    out = np.concatenate(made)
+    return ((np.clip(out, -1.0, 1.0) + 1.0) * 127.5).round().astype(np.uint8), kinds

@@ -134,6 +134,19 @@ def ddim_step(schedule: Schedule, x: torch.Tensor, eps: torch.Tensor, t: int, t_
     return x_prev
 
 
+def _denoise(schedule: Schedule, eps_fn, x: torch.Tensor, y: torch.Tensor, ts: list[int], eta: float,
+             noise_gen: torch.Generator, clip_x0: bool, on_step=lambda n: None) -> torch.Tensor:
+    """DDIM steps from x at ts[0] down through ts, then to x_0: the loop of `sample` and `denoise_from`."""
+    for i, t in enumerate(ts):
+        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+        tt = torch.full((len(y),), t, device=x.device, dtype=torch.long)
+        eps = eps_fn(x, tt, y)
+        noise = to_device(torch.randn(x.shape, generator=noise_gen), x.device) if eta > 0 and t_prev >= 0 else None
+        x = ddim_step(schedule, x, eps, t, t_prev, eta, noise, clip_x0)
+        on_step(1)
+    return x
+
+
 @torch.no_grad()
 def sample(model, schedule: Schedule, labels: torch.Tensor, *, steps: int, eta: float = 1.0, guidance_w: float = 0.0,
            generator: torch.Generator | None = None, clip_x0: bool = False, batch_size: int = 1024,
@@ -173,14 +186,7 @@ def sample(model, schedule: Schedule, labels: torch.Tensor, *, steps: int, eta: 
         # One noise stream per batch, seeded by its offset: cheap and deterministic. Drawn on the host while
         # the GPU runs the step before; to_device queues the copy without waiting for the GPU.
         noise_gen = torch.Generator().manual_seed(step_noise_seed + start)
-        for i, t in enumerate(ts):
-            t_prev = ts[i + 1] if i + 1 < len(ts) else -1
-            tt = torch.full((len(y),), t, device=device, dtype=torch.long)
-            eps = eps_fn(x, tt, y)
-            noise = to_device(torch.randn(x.shape, generator=noise_gen), device) if eta > 0 and t_prev >= 0 else None
-            x = ddim_step(schedule, x, eps, t, t_prev, eta, noise, clip_x0)
-            bar.update(1)
-        out.append(x.float().cpu())
+        out.append(_denoise(schedule, eps_fn, x, y, ts, eta, noise_gen, clip_x0, bar.update).float().cpu())
     bar.close()
     if model is not None and was_training:
         model.train()
@@ -197,3 +203,27 @@ def sample_as_configured(model, config: dict, labels: torch.Tensor, generator: t
               "clip_x0": s.get("clip_x0", False), "batch_size": s.get("batch_size", 1000),
               "autocast_dtype": autocast_dtype(config, device), **overrides}
     return sample(model, schedule or Schedule.from_config(config), labels, generator=generator, device=device, **kwargs)
+
+
+@torch.no_grad()
+def denoise_from(model, schedule: Schedule, x_t: torch.Tensor, t_start: int, labels: torch.Tensor, *, steps: int,
+                 eta: float, guidance_w: float, generator: torch.Generator, clip_x0: bool = False,
+                 batch_size: int = 1024) -> torch.Tensor:
+    """Images x_t, noised to timestep `t_start`, denoised to x_0 under `labels` in `steps` evenly spaced guided
+    DDIM steps (from t_start down): the partial-diffusion probe's second half (docs/robustness.md)."""
+    if not 0 <= t_start < schedule.timesteps:
+        raise ValueError(f"t_start = {t_start}: a timestep in [0, {schedule.timesteps})")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    ts = sampling_timesteps(t_start + 1, min(steps, t_start + 1))
+    noise_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    out = []
+    for start in range(0, len(x_t), batch_size):
+        y = to_device(labels[start:start + batch_size].long(), device)
+        x = to_device(x_t[start:start + batch_size].float(), device)
+        noise_gen = torch.Generator().manual_seed(noise_seed + start)
+        out.append(_denoise(schedule, lambda x, t, y: guided_eps(model, x, t, y, guidance_w).float(), x, y, ts, eta,
+                            noise_gen, clip_x0).cpu())
+    model.train(was_training)
+    return torch.cat(out)

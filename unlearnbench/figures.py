@@ -21,6 +21,8 @@ from .report import FID, GPU, RTE, UA, display_name, load_paper_ablation, per_cl
 
 DPI = 150
 ORIGINAL_COLOR = "tab:gray"  # the base model, in every figure; a method's comes from its file (COLOR)
+RETRAIN_COLOR = "black"  # Retrain, the gold-standard reference of the robustness figures
+REFERENCE_COLORS = {"original": ORIGINAL_COLOR, "retrain": RETRAIN_COLOR}
 
 plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10})
 
@@ -33,7 +35,7 @@ def method_colors(methods: Sequence[str]) -> dict[str, str]:
     declared one uses, in the given order. Given the run's whole list, every figure colours a method alike,
     whichever subset or order it draws."""
     methods = list(dict.fromkeys(methods))
-    declared = {m: ORIGINAL_COLOR if m == "original" else method_color(m) for m in methods}
+    declared = {m: REFERENCE_COLORS[m] if m in REFERENCE_COLORS else method_color(m) for m in methods}
     declared = {m: color for m, color in declared.items() if color}
     spare = [c for c in SPARE_COLORS if c not in declared.values()] or list(SPARE_COLORS)
     others = [m for m in methods if m not in declared]

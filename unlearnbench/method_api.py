@@ -93,6 +93,11 @@ class Prior:
         _check_work(self)
 
 
+
+# The suite's reference models, named in tables and figures beside the methods; no method file may take a name of
+# theirs: the base model ("original") and Retrain, trained without the forgotten class ("retrain", config robustness).
+REFERENCE_MODELS = {"original": "Original", "retrain": "Retrain"}
+
 def _check_work(prior: Prior) -> None:
     """The benchmark fields: callables where callables go, a positive number of paper units, text where text goes."""
     where = f"prior {prior.name}"
@@ -221,9 +226,10 @@ def load_method(name: str, directory: str | Path | None = None):
     module_name = f"unlearnbench_methods.{name}"
     if module_name in sys.modules and getattr(sys.modules[module_name], "__file__", None) == str(path):
         return sys.modules[module_name]
-    if not re.fullmatch(NAME_PATTERN, name) or name == "original":
+    if not re.fullmatch(NAME_PATTERN, name) or name in REFERENCE_MODELS:
         raise UserError(f"method file {path}: {name!r} cannot name a method (lower-case letters, digits and _, "
-                        "starting with a letter; 'original' is the base model's); rename the file")
+                        f"starting with a letter; not {' or '.join(map(repr, REFERENCE_MODELS))}, the suite's "
+                        "reference models); rename the file")
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
@@ -256,27 +262,27 @@ def method_sources(name: str, directory=None) -> list[Path]:
 
 def method_note(name: str, directory=None) -> str | None:
     """What differs from the published algorithm (a method file's NOTE), for the tables' notes."""
-    module = None if name == "original" else _present_method(name, directory)
+    module = None if name in REFERENCE_MODELS else _present_method(name, directory)
     return module.NOTE if module else None
 
 
 def method_label(name: str, directory=None) -> str:
     """What tables and figures call a method: its file's DISPLAY_NAME, else its name."""
-    if name == "original":
-        return "Original"
+    if name in REFERENCE_MODELS:
+        return REFERENCE_MODELS[name]
     module = _present_method(name, directory)
     return module.DISPLAY_NAME if module else name
 
 
 def method_color(name: str, directory=None) -> str | None:
     """A method's colour in the figures: its file's COLOR, if it declares one."""
-    module = None if name == "original" else _present_method(name, directory)
+    module = None if name in REFERENCE_MODELS else _present_method(name, directory)
     return module.COLOR if module else None
 
 
 def is_control(name: str, directory=None) -> bool:
     """Whether a method is a control (CONTROL = True in its file), never marked as the best unlearning method."""
-    module = None if name == "original" else _present_method(name, directory)
+    module = None if name in REFERENCE_MODELS else _present_method(name, directory)
     return bool(module and module.CONTROL)
 
 

@@ -111,7 +111,25 @@ class CifarResNet18(nn.Module):
         return self.head(self.features(x))
 
 
-CLASSIFIERS = {"small_cnn": SmallCNN, "resnet18": CifarResNet18}
+class MLP(nn.Module):
+    """A second kind of evaluator: no convolution, so a verdict that rests on a CNN's view of the images shows as a
+    disagreement (docs/robustness.md). Images are pooled to 8x8 (digits: as they are) and flattened."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10):
+        super().__init__()
+        self.body = nn.Sequential(nn.AdaptiveAvgPool2d(8), nn.Flatten(), nn.Linear(in_channels * 64, 256), nn.ReLU(),
+                                  nn.Linear(256, 128), nn.ReLU())
+        self.dropout = nn.Dropout(0.2)
+        self.head = nn.Linear(128, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.features(x)))
+
+
+CLASSIFIERS = {"small_cnn": SmallCNN, "resnet18": CifarResNet18, "mlp": MLP}
 
 
 def build_classifier(arch: str, in_channels: int, num_classes: int) -> nn.Module:

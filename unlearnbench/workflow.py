@@ -332,7 +332,20 @@ STAGE_SECTIONS = {
     "evaluate": [*_BASE, "sampler", "evaluator", "evaluation", "fid"],
     # the tables' and figures' layout: which columns, in what order, against which reference
     "report": ["methods", "imported", "forget_classes", "seeds", "reference_method"],
+    # beyond the paper (stages/robustness.py, attacks.py); a dotted name is one key of a section
+    "extra_evaluator": ["dataset", "data", "evaluator", "deterministic", "base.hflip", "robustness.evaluators"],
+    "robustness_score": [*_BASE, "sampler", "evaluator", "evaluation", "fid", "robustness.evaluators",
+                         "robustness.precision_recall_k"],
+    "attack": [*_BASE, "sampler", "evaluator", "scale", "robustness.evaluators", "robustness.attacks"],
 }
+
+
+def config_value(config: dict, name: str):
+    """config[name], or for a dotted name ("robustness.attacks") the key inside its section (None where absent)."""
+    value = config
+    for key in name.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
 
 
 def fingerprint(config: dict, stage: str, method: str | None = None, prior: str | None = None) -> str:
@@ -343,11 +356,11 @@ def fingerprint(config: dict, stage: str, method: str | None = None, prior: str 
 
     sections = list(STAGE_SECTIONS[stage])
     if method in (config.get("imported") or {}):  # no method file: what it depends on is its folders' pattern
-        return config_hash({**{k: config.get(k) for k in sections}, "imported": config["imported"][method]})
+        return config_hash({**{k: config_value(config, k) for k in sections}, "imported": config["imported"][method]})
     if method:
         module = load_method(method)
         sections += prior_by_name(module, prior).sections if prior else module.SECTIONS
-    part = {k: config.get(k) for k in sections}
+    part = {k: config_value(config, k) for k in sections}
     if method:  # the params in effect (scale rules applied): restating a value, or a rule's, reruns nothing
         params = method_params(config, method, module)
         declared = prior_by_name(module, prior).params if prior else None
@@ -437,3 +450,9 @@ def main_param_value(config: dict, method: str, param: str):
     from .method_api import load_method
 
     return method_params(config, method, load_method(method))[param]
+
+
+def noise_aware_evaluator(config: dict) -> str | None:
+    """The first extra evaluator of robustness.evaluators with a "no class" output (the attacks score with it)."""
+    specs = (config.get("robustness") or {}).get("evaluators") or {}
+    return next((name for name, spec in specs.items() if spec.get("no_class_images")), None)

@@ -1,6 +1,7 @@
 """The workflow's stages as importable functions, one module per part of the pipeline; `unlearnbench.cli` is a
 thin argparse layer over them. foundation (data, original model, evaluator) -> unlearning (priors, methods) ->
-sampling (samples and their files) -> scoring (FID references, metrics records) -> figures."""
+sampling (samples and their files) -> scoring (FID references, metrics records) -> figures; beyond the paper:
+robustness (extra evaluators, Retrain, forget-class distances) and attacks."""
 from __future__ import annotations
 
 from .foundation import (
@@ -19,8 +20,11 @@ from .scoring import (
     summarize_original, versions, write_fid_references,
 )
 from .render import render_figures
+from .robustness import evaluator_spec, score_robustness, train_extra_evaluator
+from .attacks import attack_models, attack_settings
 
 __all__ = [
+    "attack_models", "attack_settings", "evaluator_spec", "score_robustness", "train_extra_evaluator",
     "_check_pairing", "_context", "check_original", "check_priors", "denoiser_norms", "device_generator",
     "diverged_hint", "evaluate_at_weights", "evaluate_model", "evaluator_path", "fid_features",
     "generate_samples", "import_model", "IMPORTED_COST_REASON", "load_evaluator", "load_run_config",
