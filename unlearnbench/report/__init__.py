@@ -24,6 +24,7 @@ from .records import (CLAIMED_QUANTITIES, ENTROPY, FID, GPU, GPU_RATIO, GPU_SAVI
                       TABLE2_METRICS, UA, Metric, _write_text, check_coverage, collect_records, display_name,
                       history_snapshots, keep_history, load_paper_ablation, load_paper_numbers, method_order,
                       paper_claims, paper_errata, write_metrics_csv)
+from .robustness import ROBUSTNESS_TABLES, aggregate_robustness, render_robustness, robustness_table
 from .studies import (FINDING_COLUMNS, GUIDANCE_COLUMNS, aggregate_finding, aggregate_guidance, finding_table,
                       guidance_summary, guidance_table, render_finding, render_guidance, write_guidance_tables)
 
@@ -37,7 +38,8 @@ __all__ = [
     "mixed_cost_note", "paired_comparison", "paired_difference", "paper_claims", "paper_comparison", "paper_errata",
     "paper_layout_table", "per_class_means", "render_comparison", "render_finding", "render_guidance", "render_paired",
     "render_table1", "render_table2", "run_classes", "setup_notes", "write_guidance_tables", "write_metrics_csv",
-    "write_reports", "_ratio_rows",
+    "write_reports", "_ratio_rows", "ROBUSTNESS_TABLES", "aggregate_robustness", "render_robustness",
+    "robustness_table",
 ]
 
 

@@ -38,5 +38,9 @@ def render_figures(config: dict, kind: str, *, metrics=None, samples=None, forge
         figures.guidance_curves(pd.read_csv(metrics), out, config["sampler"]["guidance_w"], colors)
     elif kind == "finding":
         figures.finding_bars(pd.read_csv(metrics), out, colors.get(config["finding"]["method"], figures.ORIGINAL_COLOR))
+    elif kind == "robustness":
+        from .. import robustness_figures
+
+        robustness_figures.robustness_figures(pd.read_csv(metrics), methods, out_dir, colors)
     else:
         raise UserError(f"unknown figure kind {kind!r}")

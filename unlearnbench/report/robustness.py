@@ -1,0 +1,463 @@
+"""The robustness report (config `robustness`, rules/robustness.smk): robustness.csv and robustness.md from the
+score records (the forgotten class under every evaluator, its distance to the real class), the attack records
+(relearning, resurgence, partial diffusion) and the main metrics records of the methods and Retrain.
+
+robustness.csv is tidy: one row per model, forgotten class, seed and attack point. A unit's own row has attack
+"none" (its generations as evaluated); every row also carries the unit's columns (every evaluator's verdicts, the
+distance to the real class, the main record's FID on the remaining classes, the attack summary). A relearning that
+did not bring the class back within the budget is `inf` steps; a unit that was not attacked has empty attack cells.
+A row's own values (ua, ua_noise_aware, no_class_share: on an attack row, the point's) take precedence over a unit
+column of the same name: the noise-aware evaluator named `noise_aware` has its unit UA on the "none" rows only.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..checkpoints import read_json
+from ..config import evaluated_methods
+from ..errors import UserError
+from ..files import atomic_output, write_digests
+from ..workflow import noise_aware_evaluator
+from .comparison import PAIRED_CONFIDENCE, paired_difference
+from .records import _is_missing, _write_text, display_name
+
+ROBUSTNESS_TABLES = ("robustness.csv", "robustness.md")
+ORIGINAL, RETRAIN, NO_ATTACK = "original", "retrain", "none"
+ATTACKS = ("relearning", "resurgence", "partial_diffusion")
+RECOVERED_BELOW = 50.0  # UA (%) below which the class counts as recognised (the attack records' own line)
+RELEARN_PREFIX = "relearn_steps_to_recover_k"
+PROVENANCE = ("run_name", "config_hash", "model_digest", "dataset", "fid_backend")
+POINT_COLUMNS = ["method", "forget_class", "seed", "attack", "attack_param", "attack_value", "step", "t_start",
+                 "ua", "ua_noise_aware", "no_class_share", "attack_rte_min"]
+
+
+def model_label(name: str) -> str:
+    """A row's name in the report: Retrain is the suite's reference, not a method file."""
+    return "Retrain" if name == RETRAIN else display_name(name)
+
+
+def models_of(config: dict) -> list[str]:
+    """The report's rows in order: the original, the config's methods, then Retrain (when configured)."""
+    retrain = [RETRAIN] if (config.get("robustness") or {}).get("retrain") else []
+    return [ORIGINAL, *evaluated_methods(config), *retrain]
+
+
+# ---------------------------------------------------------------------------- records
+
+
+def _load(paths: Iterable, kind: str) -> dict:
+    """{(method, class, seed): (record, path)}; a unit twice is refused (it would weigh twice)."""
+    out = {}
+    for path in paths:
+        record = read_json(path)
+        if kind == "metrics" and record.get("variant") not in (None, record.get("method")):
+            continue  # a side variant (an ablation's): not the unit's main model
+        try:
+            key = (str(record["method"]), int(record["forget_class"]), int(record["seed"]))
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{kind} record {path} lacks an integer forget_class and seed or a method: it is not a "
+                            "record of the robustness jobs; delete it and rerun the workflow") from None
+        if key in out:
+            raise UserError(f"two {kind} records of {key[0]} class {key[1]} seed {key[2]}: {out[key][1]} and "
+                            f"{path}; pass each job's record once, from one run")
+        out[key] = (record, path)
+    return out
+
+
+def _check_units(records: Mapping, want: set, kind: str) -> None:
+    have = set(records)
+    for problem, keys in ((f"no {kind} record", want - have),
+                          (f"a {kind} record outside the config's models, forget_classes and seeds", have - want)):
+        if keys:
+            listed = ", ".join(f"{m} class {c} seed {s}" for m, c, s in sorted(keys)[:6])
+            more = f" and {len(keys) - 6} more" if len(keys) > 6 else ""
+            raise UserError(f"{problem} for {listed}{more}; robustness.csv needs one per model, forgotten class and "
+                            "seed of the config (the workflow's robustness_table rule passes exactly these): run "
+                            "`snakemake robustness`")
+
+
+def _check_one_config(records: Mapping, kind: str, rule: str) -> None:
+    """One kind of record from one configuration: a table of two would mix their results."""
+    by_hash: dict = {}
+    for record, path in records.values():
+        by_hash.setdefault((record.get("provenance") or {}).get("config_hash"), []).append(str(path))
+    if len(by_hash) > 1:
+        parts = "; ".join(f"{h}: {len(p)} record(s), e.g. {p[0]}" for h, p in by_hash.items())
+        raise UserError(f"the {kind} records come from {len(by_hash)} configurations (provenance config_hash {parts}); "
+                        f"a table of them would mix their results. Remake them under one config (`snakemake "
+                        f"--forcerun {rule} robustness`), or pass one run's records")
+
+
+def _number(value) -> float:
+    return np.nan if value is None else float(value)
+
+
+def _unit_columns(score: Mapping, main: Mapping | None, attack: Mapping | None, extras: Sequence[str],
+                  ks: Sequence[int]) -> dict:
+    """The columns every row of a (model, class, seed) unit carries."""
+    evaluators, distance = score.get("evaluators") or {}, score.get("forget_distance") or {}
+    row = {"ua_main": _number(evaluators["main"]["ua"]), "H": _number(evaluators["main"].get("entropy"))}
+    for name in extras:
+        verdict = evaluators.get(name) or {}
+        row |= {f"ua_{name}": _number(verdict.get("ua")), f"h_{name}": _number(verdict.get("entropy")),
+                f"ua_agreement_{name}": _number(verdict.get("ua_agreement")),
+                f"no_class_share_{name}": _number(verdict.get("no_class_share"))}
+    row |= {f"forget_{key}": _number(distance.get(key)) for key in ("fid", "kid", "precision", "recall")}
+    row |= {"forget_pr_k": _number(distance.get("k")), "forget_n_real": _number(distance.get("n_real")),
+            "n_generated": _number(score.get("n_generated"))}
+    cost = (main or {}).get("cost") or {}
+    rte = cost.get("rte_min", None if cost.get("rte_s") is None else cost["rte_s"] / 60.0)
+    row |= {"fid_remaining": _number((main or {}).get("fid")), "kid_remaining": _number((main or {}).get("kid")),
+            "remaining_acc": _number((main or {}).get("remaining_acc")), "ua_record": _number((main or {}).get("UA")),
+            "rte_min": _number(rte)}
+    summary, settings = (attack or {}).get("summary") or {}, (attack or {}).get("settings") or {}
+    for k in ks:  # None: not recovered within the budget (right-censored), inf here
+        value = summary.get(f"{RELEARN_PREFIX}{k}")
+        row[f"{RELEARN_PREFIX}{k}"] = np.nan if attack is None else math.inf if value is None else float(value)
+    row |= {"resurgence_ua_final": _number(summary.get("resurgence_ua_final")),
+            "partial_diffusion_ua_mean": _number(summary.get("partial_diffusion_ua_mean")),
+            "attacked": attack is not None,
+            "relearn_budget_steps": _number((settings.get("relearning") or {}).get("steps")),
+            "resurgence_budget_steps": _number((settings.get("resurgence") or {}).get("steps")),
+            "recovered_below_ua": _number(settings.get("recovered_below_ua")),
+            "attacks_rte_min": (sum(_number(c.get("rte_min")) for c in attack["cost"].values())
+                                if attack and attack.get("cost") else np.nan)}
+    provenance = score.get("provenance") or {}
+    row |= {key: provenance.get(key) for key in PROVENANCE}
+    row["attack_config_hash"] = ((attack or {}).get("provenance") or {}).get("config_hash")
+    return row
+
+
+def robustness_table(config: dict, scores: Mapping, attacks: Mapping, mains: Mapping) -> pd.DataFrame:
+    """The tidy rows of robustness.csv from the loaded records ({(method, class, seed): (record, path)})."""
+    models = models_of(config)
+    extras = list((config.get("robustness") or {}).get("evaluators") or {})
+    noise_aware = noise_aware_evaluator(config)
+    configured = ((config.get("robustness") or {}).get("attacks") or {}).get("relearning", {}).get("k") or []
+    found = {int(key[len(RELEARN_PREFIX):]) for record, _ in attacks.values()
+             for key in (record.get("summary") or {}) if key.startswith(RELEARN_PREFIX)}
+    ks = sorted({int(k) for k in configured} | found)
+    rows = []
+    for key, (score, _) in scores.items():
+        main = mains.get(key, (None,))[0]
+        attack = attacks.get(key, (None,))[0]
+        unit = _unit_columns(score, main, attack, extras, ks)
+        identity = dict(zip(("method", "forget_class", "seed"), key))
+        rows.append({**identity, **unit, "attack": NO_ATTACK, "ua": unit["ua_main"],
+                     "ua_noise_aware": unit.get(f"ua_{noise_aware}", np.nan),
+                     "no_class_share": unit.get(f"no_class_share_{noise_aware}", np.nan)})
+        for point in (attack or {}).get("points") or []:
+            name = point["attack"]
+            cost_key = f"relearning_k{point['value']:g}" if name == "relearning" else name
+            rows.append({**identity, **unit, "attack": name, "attack_param": point.get("param"),
+                         "attack_value": _number(point.get("value")), "step": _number(point.get("step")),
+                         "t_start": _number(point.get("t_start")), "ua": _number(point.get("ua")),
+                         "ua_noise_aware": _number(point.get("ua_noise_aware")),
+                         "no_class_share": _number(point.get("no_class_share")),
+                         "attack_rte_min": _number(((attack.get("cost") or {}).get(cost_key) or {}).get("rte_min"))})
+    df = pd.DataFrame(rows)
+    columns = POINT_COLUMNS + [c for c in df.columns if c not in POINT_COLUMNS]
+    df = df.reindex(columns=columns)
+    rank = {m: i for i, m in enumerate(models)}
+    order = pd.DataFrame({"r": df["method"].map(rank), "a": df["attack"].map(
+        {a: i for i, a in enumerate((NO_ATTACK, *ATTACKS))}).fillna(len(ATTACKS) + 1)})
+    df = pd.concat([order, df], axis=1).sort_values(
+        ["r", "forget_class", "seed", "a", "attack_value", "step"], kind="stable", na_position="first")
+    return df.drop(columns=["r", "a"]).reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------- robustness.md
+
+
+def _class_values(units: pd.DataFrame, model: str, column: str) -> pd.Series:
+    """A model's seed-averaged values per forgotten class (the report's unit of spread, as in the paper's)."""
+    rows = units[units["method"] == model]
+    if column not in rows.columns or rows.empty:
+        return pd.Series(dtype=float)
+    return rows.groupby("forget_class")[column].mean(skipna=False).astype(float)
+
+
+def _mean_std(values: pd.Series, decimals: int) -> str:
+    if values.empty or values.isna().any():
+        return "–"
+    std = values.std(ddof=1) if len(values) > 1 else np.nan
+    mean = f"{values.mean():.{decimals}f}"
+    return mean if _is_missing(std) else f"{mean} ± {std:.{decimals}f}"
+
+
+def _evaluator_columns(config: dict) -> list[tuple[str, str, int]]:
+    """Table A's columns: (label, robustness.csv column, decimals)."""
+    extras = list((config.get("robustness") or {}).get("evaluators") or {})
+    noise_aware = noise_aware_evaluator(config)
+    columns = [("UA [%]", "ua_main", 1)]
+    if noise_aware:
+        columns += [("UA noise-aware [%]", f"ua_{noise_aware}", 1), ("No-class share [%]",
+                                                                      f"no_class_share_{noise_aware}", 1)]
+    columns += [(f"UA {name} [%]", f"ua_{name}", 1) for name in extras if name != noise_aware]
+    columns += [(f"Agreement {name} [%]", f"ua_agreement_{name}", 1) for name in extras]
+    return columns + [("H [nats]", "H", 3), ("Forget FID", "forget_fid", 2), ("Forget KID", "forget_kid", 2),
+                      ("Precision", "forget_precision", 3), ("Recall", "forget_recall", 3),
+                      ("FID (remaining)", "fid_remaining", 2)]
+
+
+def _markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1),
+            *("| " + " | ".join(cells) + " |" for cells in body)]
+
+
+def _table_a(config: dict, units: pd.DataFrame, models: Sequence[str]) -> list[str]:
+    columns = _evaluator_columns(config)
+    body = [[model_label(m) + (" (reference)" if m == ORIGINAL else ""),
+             *(_mean_std(_class_values(units, m, column), d) for _, column, d in columns)] for m in models]
+    classes, seeds = units["forget_class"].nunique(), units["seed"].nunique()
+    k = units["forget_pr_k"].dropna()
+    return ["## A. Forgetting under every evaluator", "", *_markdown_table(["Model", *(c[0] for c in columns)], body),
+            "", f"Mean ± std (sample, ddof=1) over the {classes} forgotten classes of the values averaged over "
+            f"{seeds} seed(s); no value is bold (Retrain and the original are references). UA: the share of the "
+            "forgotten class's generations an evaluator does not call that class (the noise-aware evaluator's "
+            "\"no class\" counts as forgotten); no-class share: the share it calls \"no class\"; agreement: the share "
+            "of images on which that evaluator and the main one agree whether they show the class. Forget FID, KID, "
+            f"precision and recall (k = {int(k.iloc[0]) if len(k) else '–'}): the generations against the real "
+            "images of the forgotten class (higher FID and lower precision: farther from the class). FID "
+            "(remaining): the main evaluation's, on the other classes. – = no value (the original model's main "
+            "record is not an input here)."]
+
+
+def _steps(value: float) -> str:
+    return "–" if _is_missing(value) else f"{value:g}"
+
+
+def _median_cell(values: pd.Series, budget: float) -> str:
+    from metrics.robustness import median_steps_to_recover  # here: it brings torch, which only this needs
+
+    if values.empty or values.isna().any() or _is_missing(budget):
+        return "–"
+    median = median_steps_to_recover([None if math.isinf(v) else float(v) for v in values], budget)
+    recovered = int(np.isfinite(values).sum())
+    text = f"> budget ({budget:g})" if math.isinf(median) else f"{median:g}"
+    return f"{text} ({recovered} / {len(values)})"
+
+
+def _budget(units: pd.DataFrame, column: str) -> float:
+    values = units.loc[units["attacked"].astype(bool), column].dropna().unique()
+    if len(values) > 1:
+        raise UserError(f"the attack records have several {column.replace('_', ' ')} ({sorted(values)}): they come "
+                        "from different configurations; remake them under one config (`snakemake --forcerun attack "
+                        "robustness`)")
+    return float(values[0]) if len(values) else np.nan
+
+
+def _table_b(df: pd.DataFrame, units: pd.DataFrame, models: Sequence[str], ks: Sequence[int]) -> list[str]:
+    attacked = units[units["attacked"].astype(bool)]
+    models = [m for m in models if m in set(attacked["method"])]
+    budget = _budget(units, "relearn_budget_steps")
+    strengths = sorted(df.loc[df["attack"] == "partial_diffusion", "attack_value"].dropna().unique())
+    header = ["Model", *(f"Relearn k = {k}: median steps to recover (recovered / units)" for k in ks),
+              "Resurgence: final UA [%]", "Partial diffusion: mean UA [%]",
+              *(f"UA at s = {s:g} [%]" for s in strengths)]
+    body = []
+    for m in models:
+        rows = attacked[attacked["method"] == m]
+        cells = [model_label(m), *(_median_cell(rows[f"{RELEARN_PREFIX}{k}"], budget) for k in ks),
+                 _mean_std(_class_values(attacked, m, "resurgence_ua_final"), 1),
+                 _mean_std(_class_values(attacked, m, "partial_diffusion_ua_mean"), 1)]
+        probe = df[(df["method"] == m) & (df["attack"] == "partial_diffusion")]
+        for s in strengths:
+            at = probe[probe["attack_value"] == s].groupby("forget_class")["ua"].mean()
+            cells.append(_mean_std(at, 1))
+        body.append(cells)
+    seeds = ", ".join(str(s) for s in sorted(attacked["seed"].unique()))
+    line = _budget(units, "recovered_below_ua")
+    return ["## B. Attacks", "", *_markdown_table(header, body), "",
+            f"Attacked: seed(s) {seeds} of each forgotten class. Steps to recover: the first measured fine-tuning step "
+            f"on k real images of the class at which UA falls below {_steps(line)}%, median over the (class, seed) "
+            f"units; a unit not recovered within the budget of {_steps(budget)} steps counts as longer than any "
+            "(metrics.robustness.median_steps_to_recover), and \"> budget\" means half of the units or more did not "
+            f"recover. Resurgence: UA after {_steps(_budget(units, 'resurgence_budget_steps'))} steps of fine-tuning "
+            "on the remaining classes only. Partial diffusion: real images of the class noised to s T and denoised "
+            "under its label; its mean over the strengths s. UA columns: mean ± std over classes of seed-averaged "
+            "values."]
+
+
+def _paired(attacked: pd.DataFrame, model: str, column: str) -> tuple[pd.Series, pd.Series]:
+    """A model's and Retrain's values of `column` on the (class, seed) units both have."""
+    mine = attacked[attacked["method"] == model].set_index(["forget_class", "seed"])[column].astype(float)
+    ref = attacked[attacked["method"] == RETRAIN].set_index(["forget_class", "seed"])[column].astype(float)
+    both = mine.index.intersection(ref.index)
+    return mine[both].sort_index(), ref[both].sort_index()
+
+
+def _relearn_verdict(attacked: pd.DataFrame, model: str, k: int, budget: float, units: str) -> str:
+    from metrics.robustness import median_steps_to_recover
+
+    mine, ref = _paired(attacked, model, f"{RELEARN_PREFIX}{k}")
+    if mine.empty or mine.isna().any() or ref.isna().any():
+        return f"relearning on k = {k} images: not measured on the units of both."
+
+    def median(values):
+        value = median_steps_to_recover([None if math.isinf(v) else float(v) for v in values], budget)
+        return f"> {budget:g}" if math.isinf(value) else f"{value:g}"
+
+    fewer, more = int((mine < ref).sum()), int((mine > ref).sum())
+    return (f"relearning on k = {k} images: recovers in fewer steps than Retrain in {fewer} of {len(mine)} {units} "
+            f"(in more in {more}, as many in {len(mine) - fewer - more}; median {median(mine)} vs {median(ref)} "
+            f"steps; not recovered within {budget:g} steps: {int(np.isinf(mine).sum())} vs "
+            f"{int(np.isinf(ref).sum())}).")
+
+
+def _mean_verdict(attacked: pd.DataFrame, model: str, column: str, what: str, units: str, level: float) -> str:
+    mine, ref = _paired(attacked, model, column)
+    d = paired_difference(mine, ref, lower_is_better=False, confidence=level)
+    if _is_missing(d.mean):
+        return f"{what}: not measured on the units of both."
+    interval = ("no interval from one unit" if _is_missing(d.ci_low)
+                else f"[{d.ci_low:+.1f}, {d.ci_high:+.1f}] at {100 * level:.2f}%")
+    if not d.holds:
+        finding = "no difference holds"
+    elif d.mean < 0:
+        finding = "**the class comes back more than under Retrain**"
+    else:
+        finding = "**the class stays away more than under Retrain**"
+    return (f"{what}: {mine.mean():.1f}% vs Retrain's {ref.mean():.1f}% on the same {d.n} {units}, paired difference "
+            f"{d.mean:+.1f} points ({interval}; Retrain higher in {d.reference_better}, lower in "
+            f"{d.reference_worse}): {finding}.")
+
+
+def _verdicts(units: pd.DataFrame, models: Sequence[str], ks: Sequence[int]) -> list[str]:
+    attacked = units[units["attacked"].astype(bool)]
+    methods = [m for m in models if m not in (ORIGINAL, RETRAIN) and m in set(attacked["method"])]
+    lines = ["## Verdicts against Retrain", ""]
+    if RETRAIN not in set(attacked["method"]) or not methods:
+        return lines + ["No verdicts: Retrain and a method must both be attacked (robustness.retrain and "
+                        "robustness.attacks.seeds)."]
+    one_seed = attacked["seed"].nunique() == 1
+    units_word = "classes" if one_seed else "(class, seed) units"
+    comparisons = 2 * len(methods)
+    level = 1 - (1 - PAIRED_CONFIDENCE) / comparisons  # Bonferroni over the mean differences below
+    budget = _budget(units, "relearn_budget_steps")
+    lines += [f"Each method against Retrain on the same attacked {units_word}. The mean differences' intervals are "
+              f"paired t intervals at {100 * level:.2f}% each, {100 * PAIRED_CONFIDENCE:.0f}% for all "
+              f"{comparisons} together (Bonferroni); a difference holds where its interval excludes 0.", ""]
+    for m in methods:
+        name = model_label(m)
+        lines += [f"- {name}, {_relearn_verdict(attacked, m, k, budget, units_word)}" for k in ks]
+        for column, what in (("resurgence_ua_final", "resurgence, final UA"),
+                             ("partial_diffusion_ua_mean", "partial diffusion, mean UA")):
+            lines.append(f"- {name}, {_mean_verdict(attacked, m, column, what, units_word, level)}")
+    return lines
+
+
+def _forgotten(values: pd.Series, line: float) -> pd.Series:
+    return values >= line
+
+
+def _noise_aware_section(config: dict, df: pd.DataFrame, units: pd.DataFrame, models: Sequence[str]) -> list[str]:
+    noise_aware = noise_aware_evaluator(config)
+    lines = ["## Does the noise-aware UA change a verdict?", ""]
+    column = f"ua_{noise_aware}"
+    if not noise_aware or column not in units.columns or units[column].isna().all():
+        return lines + ["No noise-aware evaluator (robustness.evaluators has none with no_class_images): nothing to "
+                        "compare."]
+    line = _budget(units, "recovered_below_ua")
+    line = RECOVERED_BELOW if _is_missing(line) else line
+    rows = [m for m in models if m != ORIGINAL]
+    means = {m: (round(_class_values(units, m, "ua_main").mean(), 1), round(_class_values(units, m, column).mean(), 1))
+             for m in rows}
+    pairs, flipped = 0, []
+    for i, a in enumerate(rows):
+        for b in rows[i + 1:]:
+            pairs += 1
+            plain, aware = (np.sign(means[a][j] - means[b][j]) for j in (0, 1))
+            if not (np.isnan(plain) or np.isnan(aware)) and plain != aware:
+                sign = {-1.0: "<", 0.0: "=", 1.0: ">"}
+                flipped.append(f"{model_label(a)} {sign[plain]} {model_label(b)} under UA ({means[a][0]:.1f} vs "
+                               f"{means[b][0]:.1f}), {model_label(a)} {sign[aware]} {model_label(b)} under the "
+                               f"noise-aware UA ({means[a][1]:.1f} vs {means[b][1]:.1f})")
+    order = (f"The noise-aware UA orders {len(flipped)} of the {pairs} pairs of rows differently from the UA (mean "
+             "over classes, at the table's precision): " + "; ".join(flipped) + "." if flipped else
+             f"The noise-aware UA orders all {pairs} pairs of rows as the UA does (mean over classes, at the "
+             "table's precision)." if pairs else "One row: no ordering of rows to compare.")
+    lines += [order, "", f"Verdicts at the {line:g}% line (forgotten: UA >= {line:g}%), per model, on its own "
+              "generations (units) and at every attack point:", ""]
+    unit_changes = point_changes = 0
+    for m in rows:
+        own = units[units["method"] == m].dropna(subset=["ua_main", column])
+        plain, aware = _forgotten(own["ua_main"], line), _forgotten(own[column], line)
+        flips = int((plain != aware).sum())
+        points = df[(df["method"] == m) & (df["attack"] != NO_ATTACK)].dropna(subset=["ua", "ua_noise_aware"])
+        point_flips = int((_forgotten(points["ua"], line) != _forgotten(points["ua_noise_aware"], line)).sum())
+        unit_changes, point_changes = unit_changes + flips, point_changes + point_flips
+        lines.append(f"- {model_label(m)}: {flips} of {len(own)} units change verdict ({int((aware & ~plain).sum())} "
+                     f"forgotten only under the noise-aware UA, {int((plain & ~aware).sum())} only under the UA)"
+                     + (f"; {point_flips} of {len(points)} attack points" if len(points) else "") + ".")
+    changes = len(flipped) + unit_changes + point_changes
+    lines += ["", "**No verdict changes**: the noise-aware UA orders the rows as the UA does and calls the same "
+              "units and attack points forgotten." if changes == 0 else
+              f"**The noise-aware UA changes {changes} verdict(s)** ({len(flipped)} ordering(s) of rows, "
+              f"{unit_changes} unit(s) and {point_changes} attack point(s) at the {line:g}% line): a forgetting that "
+              "hangs on them is the evaluator's, not the model's."]
+    return lines
+
+
+def render_robustness(config: dict, df: pd.DataFrame) -> str:
+    """robustness.md from robustness.csv's rows."""
+    models = [m for m in models_of(config) if m in set(df["method"])]
+    units = df[df["attack"] == NO_ATTACK]
+    ks = sorted(int(c[len(RELEARN_PREFIX):]) for c in df.columns if c.startswith(RELEARN_PREFIX))
+    beside = (" each beside Retrain (the base recipe trained without the class)" if RETRAIN in models
+              else " (no Retrain: robustness.retrain is off)")
+    lines = ["# Robustness of the forgetting", "",
+             f"Beyond the paper's evaluation: every model's generations of its forgotten class judged by every "
+             f"evaluator and set against the real class, then attacks that try to bring the class back,{beside}. "
+             f"{units['forget_class'].nunique()} forgotten class(es) x {units['seed'].nunique()} seed(s); "
+             "robustness.csv holds every value.", "",
+             *_table_a(config, units, models), ""]
+    if units["attacked"].astype(bool).any():
+        lines += [*_table_b(df, units, models, ks), "", *_verdicts(units, models, ks), ""]
+    else:
+        lines += ["## B. Attacks", "", "No attacks (robustness.attacks.seeds is empty).", ""]
+    lines += _noise_aware_section(config, df, units, models)
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------- the job
+
+
+def aggregate_robustness(config: dict, score_paths: Iterable, attack_paths: Iterable, record_paths: Iterable,
+                         out_dir) -> dict[str, Path]:
+    """The robustness_table job: the records, checked to be the config's models x forget classes x seeds (the
+    attacks: x robustness.attacks.seeds) and each kind from one configuration, into robustness.csv and .md and
+    their digests (tables.sha256)."""
+    robust = config.get("robustness") or {}
+    if not robust:
+        raise UserError("the config has no `robustness` section: add one (config/default.yaml's) to make the "
+                        "robustness report")
+    models = models_of(config)
+    classes, seeds = [int(c) for c in config["forget_classes"]], [int(s) for s in config["seeds"]]
+    attack_seeds = [int(s) for s in (robust.get("attacks") or {}).get("seeds") or []]
+    scores, attacks, mains = (_load(score_paths, "score"), _load(attack_paths, "attack"),
+                              _load(record_paths, "metrics"))
+    unlearned = [m for m in models if m != ORIGINAL]
+    _check_units(scores, {(m, c, s) for m in models for c in classes for s in seeds}, "score")
+    _check_units(attacks, {(m, c, s) for m in unlearned for c in classes for s in attack_seeds}, "attack")
+    _check_units(mains, {(m, c, s) for m in unlearned for c in classes for s in seeds}, "main metrics")
+    _check_one_config(scores, "score", "score_robustness")
+    _check_one_config(attacks, "attack", "attack")
+    runs = {(record.get("provenance") or {}).get("run_name")
+            for group in (scores, attacks, mains) for record, _ in group.values()}
+    if len(runs - {None}) > 1:
+        raise UserError(f"the records come from several runs ({', '.join(sorted(runs - {None}))}); pass one run's "
+                        "records (results/<run_name>/ of one config)")
+    df = robustness_table(config, scores, attacks, mains)
+    out_dir = Path(out_dir)
+    paths = {name: out_dir / name for name in ROBUSTNESS_TABLES}
+    with atomic_output(paths["robustness.csv"]) as tmp:
+        df.to_csv(tmp, index=False)
+    _write_text(paths["robustness.md"], render_robustness(config, df))
+    paths["tables.sha256"] = write_digests(out_dir, list(ROBUSTNESS_TABLES))
+    return paths
