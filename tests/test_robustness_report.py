@@ -244,12 +244,18 @@ def test_digests_are_written(made):
     check_unedited(out / "robustness.csv")
 
 
-def test_mixed_configurations_are_refused(tmp_path, config):
+def test_scores_of_other_judges_are_refused_but_not_other_config_hashes(tmp_path, config):
+    """A run's records carry several config hashes (a job reruns only when a section it reads changes): that is
+    fine; scores made with another evaluator are not."""
     scores, attacks, mains = records(tmp_path / "records")
     record = json.loads(scores[5].read_text())
     record["provenance"]["config_hash"] = "another00001"
     scores[5].write_text(json.dumps(record))
-    with pytest.raises(UserError, match=r"score records come from 2 configurations.*--forcerun score_robustness"):
+    aggregate_robustness(config, scores, attacks, mains, tmp_path / "fine")
+    record["provenance"]["fid_backend"] = "inception"
+    scores[5].write_text(json.dumps(record))
+    with pytest.raises(UserError, match=r"score records were made with 2 different evaluators or FID features.*"
+                                        r"--forcerun score_robustness"):
         aggregate_robustness(config, scores, attacks, mains, tmp_path / "out")
     assert not (tmp_path / "out" / "robustness.csv").exists()
 

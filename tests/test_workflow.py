@@ -128,6 +128,35 @@ def test_the_finding_study_runs_its_points_and_checks_each_models_noise(test_run
     assert (test_run / "figures/test/finding.png").stat().st_size > 0
 
 
+def test_the_robustness_target_scores_retrain_and_attacks_every_model(test_run):
+    """`snakemake robustness`: the extra evaluators, Retrain per forgotten class (evaluated as the methods are), every
+    model's forgotten class scored, the attacks on the attacked seed, and the tables and figures published."""
+    snakemake(test_run, "--configfile=config/test.yaml", "robustness")
+    run = test_run / "results" / "test"
+    table = pd.read_csv(test_run / "results" / "robustness.csv")
+    methods = {"sa", "salun", "safemax", "safemax_r"}
+    for column in ("method", "forget_class", "seed", "ua", "ua_noise_aware", "no_class_share", "forget_fid",
+                   "forget_kid", "relearn_steps_to_recover_k2", "relearn_steps_to_recover_k5", "resurgence_ua_final",
+                   "config_hash", "model_digest"):
+        assert column in table.columns, column
+    units = table[table.attack == "none"]
+    assert sorted(map(tuple, units[["method", "forget_class"]].values)) == sorted(
+        (m, c) for m in (*methods, "original", "retrain") for c in (0, 1))
+    attacked = table[table.attack != "none"]
+    assert set(attacked.method) == methods | {"retrain"}
+    assert set(attacked.attack) == {"relearning", "resurgence", "partial_diffusion"}
+    # Retrain: the base recipe without its class, then the methods' evaluation (a metrics record of the same schema)
+    for c in (0, 1):
+        assert json.loads((run / "retrain" / f"class{c}" / "train.json").read_text())["without_class"] == c
+        record = json.loads((run / "metrics" / "retrain" / f"class{c}" / "seed0.json").read_text())
+        assert record["method"] == "retrain" and set(METRICS) <= set(record)
+    assert "Retrain" in (test_run / "results" / "robustness.md").read_text()
+    for name in ("relearning", "partial_diffusion", "noise_aware"):
+        assert (test_run / "figures" / "test" / f"robustness_{name}.png").stat().st_size > 5000
+    again = snakemake(test_run, "-n", "--configfile=config/test.yaml", "robustness")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
 def test_snakemakes_benchmark_of_each_unlearning_job_bounds_its_measured_rte(test_run):
     """The `benchmark:` directive measures each whole job (start-up, every seed, presampling): a check on the cost
     meter, whose RTE covers only the timed loops, so it can never be longer."""

@@ -11,6 +11,7 @@ column of the same name: the noise-aware evaluator named `noise_aware` has its u
 """
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -81,16 +82,24 @@ def _check_units(records: Mapping, want: set, kind: str) -> None:
                             "`snakemake robustness`")
 
 
-def _check_one_config(records: Mapping, kind: str, rule: str) -> None:
-    """One kind of record from one configuration: a table of two would mix their results."""
-    by_hash: dict = {}
+def _judged_alike(records: Mapping, kind: str, rule: str, what: str, key) -> None:
+    """Every record of a kind judged alike (`key`: what the scoring depended on): a table of two judges would mix
+    their results. Not the whole config's hash: records of one run carry several (a job reruns only when a section
+    it reads changes; adding a method reruns no score)."""
+    by_key: dict = {}
     for record, path in records.values():
-        by_hash.setdefault((record.get("provenance") or {}).get("config_hash"), []).append(str(path))
-    if len(by_hash) > 1:
-        parts = "; ".join(f"{h}: {len(p)} record(s), e.g. {p[0]}" for h, p in by_hash.items())
-        raise UserError(f"the {kind} records come from {len(by_hash)} configurations (provenance config_hash {parts}); "
-                        f"a table of them would mix their results. Remake them under one config (`snakemake "
-                        f"--forcerun {rule} robustness`), or pass one run's records")
+        by_key.setdefault(json.dumps(key(record), sort_keys=True, default=str), []).append(str(path))
+    if len(by_key) > 1:
+        parts = "; ".join(f"{k}: {len(p)} record(s), e.g. {p[0]}" for k, p in by_key.items())
+        raise UserError(f"the {kind} records were made with {len(by_key)} different {what} ({parts}); a table of "
+                        f"them would mix their results. Remake them (`snakemake --forcerun {rule} robustness`), or "
+                        "pass one run's records")
+
+
+def _score_judges(record: Mapping) -> dict:
+    provenance, distance = record.get("provenance") or {}, record.get("forget_distance") or {}
+    return {"evaluators": provenance.get("evaluators"), "fid_backend": provenance.get("fid_backend"),
+            "k": distance.get("k")}
 
 
 def _number(value) -> float:
@@ -446,8 +455,7 @@ def aggregate_robustness(config: dict, score_paths: Iterable, attack_paths: Iter
     _check_units(scores, {(m, c, s) for m in models for c in classes for s in seeds}, "score")
     _check_units(attacks, {(m, c, s) for m in unlearned for c in classes for s in attack_seeds}, "attack")
     _check_units(mains, {(m, c, s) for m in unlearned for c in classes for s in seeds}, "main metrics")
-    _check_one_config(scores, "score", "score_robustness")
-    _check_one_config(attacks, "attack", "attack")
+    _judged_alike(scores, "score", "score_robustness", "evaluators or FID features", _score_judges)
     runs = {(record.get("provenance") or {}).get("run_name")
             for group in (scores, attacks, mains) for record, _ in group.values()}
     if len(runs - {None}) > 1:
