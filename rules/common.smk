@@ -28,7 +28,6 @@ SEEDS = config["seeds"]
 METHODS = evaluated_methods(config)  # the suite's methods, then the imported models
 IMPORTED = list(config.get("imported") or {})
 ABLATION = ablation_variants(config)
-CLI = "unlearnbench"
 THREADS = config.get("threads", 1)
 # The suite's code that decides a result, as inputs of the cheap jobs that compute it (docs/architecture.md).
 METRICS_CODE = suite_code("metrics")

@@ -7,23 +7,25 @@ REFERENCE_CLASSES = sorted(set(CLASSES) | ({config["ablation"]["forget_class"]} 
 rule fid_reference:
     input: data=DATA, evaluator=EVALUATOR_FILES, code=METRICS_CODE
     output: expand(f"{RUN}/fid_reference/class{{c}}.npz", c=REFERENCE_CLASSES)
-    params: fp=fp("evaluate"), classes=" ".join(map(str, REFERENCE_CLASSES))
+    params:
+        fp=fp("evaluate"), classes=" ".join(map(str, REFERENCE_CLASSES)),
+        evaluator=lambda w, input: os.path.commonpath(input.evaluator),
     log: f"{RUN}/logs/fid_reference.log"
     threads: THREADS
     shell:
-        "{CLI} fid-reference --config {CFG} --data {input.data} --evaluator {EVALUATOR}"
+        "unlearnbench fid-reference --config {CFG} --data {input.data} --evaluator {params.evaluator}"
         " --forget-class {params.classes} --out {output} > {log} 2>&1"
 
 
 rule sample_original:
-    input: data=DATA, model=ORIGINAL_FILES
+    input: data=DATA, original=ORIGINAL_FILES
     output: f"{RUN}/samples/original/seed{{s}}.npz"
-    params: fp=fp("evaluate")
+    params: fp=fp("evaluate"), original=lambda w, input: os.path.commonpath(input.original)
     log: f"{RUN}/logs/sample/original_seed{{s}}.log"
     threads: THREADS
     shell:
-        "{CLI} sample --config {CFG} --model {ORIGINAL}/unet_ema --seed {wildcards.s} --data {input.data}"
-        " --out {output} > {log} 2>&1"
+        "unlearnbench sample --config {CFG} --model {params.original}/unet_ema --seed {wildcards.s}"
+        " --data {input.data} --out {output} > {log} 2>&1"
 
 
 rule score_original:
@@ -34,13 +36,15 @@ rule score_original:
         references=expand(f"{RUN}/fid_reference/class{{c}}.npz", c=CLASSES), cost=f"{ORIGINAL}/train.json",
         code=METRICS_CODE,
     output: expand(f"{RUN}/metrics/original/class{{c}}/seed{{s}}.json", c=CLASSES, allow_missing=True)
-    params: fp=fp("evaluate"), classes=" ".join(map(str, CLASSES))
+    params:
+        fp=fp("evaluate"), classes=" ".join(map(str, CLASSES)),
+        evaluator=lambda w, input: os.path.commonpath(input.evaluator),
     log: f"{RUN}/logs/score/original_seed{{s}}.log"
     threads: THREADS
     shell:
-        "{CLI} score --config {CFG} --samples {input.samples} --evaluator {EVALUATOR} --reference {input.references}"
-        " --cost {input.cost} --method original --variant original --forget-class {params.classes} --seed {wildcards.s}"
-        " --out {output} > {log} 2>&1"
+        "unlearnbench score --config {CFG} --samples {input.samples} --evaluator {params.evaluator}"
+        " --reference {input.references} --cost {input.cost} --method original --variant original"
+        " --forget-class {params.classes} --seed {wildcards.s} --out {output} > {log} 2>&1"
 
 
 rule evaluate_method:
@@ -59,12 +63,13 @@ rule evaluate_method:
     params:
         fp=lambda w: fp("evaluate", w.method), classes=" ".join(map(str, CLASSES)),
         models=lambda w: " ".join(f"{RUN}/models/{w.method}/class{c}/seed{w.s}/unet" for c in CLASSES),
+        evaluator=lambda w, input: os.path.commonpath(input.evaluator),
     wildcard_constraints: method=f"(?!original){NAME_PATTERN}"
     log: f"{RUN}/logs/evaluate/{{method}}_seed{{s}}.log"
     threads: THREADS
     shell:
-        "{CLI} evaluate --config {CFG} --model {params.models} --data {input.data} --samples {output.samples}"
-        " --evaluator {EVALUATOR} --reference {input.reference} --cost {input.cost} --method {wildcards.method}"
+        "unlearnbench evaluate --config {CFG} --model {params.models} --data {input.data} --samples {output.samples}"
+        " --evaluator {params.evaluator} --reference {input.reference} --cost {input.cost} --method {wildcards.method}"
         " --variant {wildcards.method} --forget-class {params.classes} --seed {wildcards.s} --out {output.records}"
         " --presampled {input.presampled} > {log} 2>&1"
 
@@ -81,14 +86,16 @@ rule evaluate_unlearned:
     output:
         samples=f"{RUN}/samples/{{variant}}/class{{c}}/seed{{s}}.npz",
         record=f"{RUN}/metrics/{{variant}}/class{{c}}/seed{{s}}.json",
-    params: fp=lambda w: fp("evaluate", parse_variant(w.variant)[0]), method=lambda w: parse_variant(w.variant)[0]
+    params:
+        fp=lambda w: fp("evaluate", parse_variant(w.variant)[0]), method=lambda w: parse_variant(w.variant)[0],
+        evaluator=lambda w, input: os.path.commonpath(input.evaluator),
     log: f"{RUN}/logs/evaluate/{{variant}}_class{{c}}_seed{{s}}.log"
     threads: THREADS
     shell:
-        "{CLI} evaluate --config {CFG} --model $(dirname {input.cost})/unet --data {input.data} --samples {output.samples}"
-        " --evaluator {EVALUATOR} --reference {input.reference} --cost {input.cost} --method {params.method}"
-        " --variant {wildcards.variant} --forget-class {wildcards.c} --seed {wildcards.s} --out {output.record}"
-        " --presampled {input.presampled} > {log} 2>&1"
+        "unlearnbench evaluate --config {CFG} --model $(dirname {input.cost})/unet --data {input.data}"
+        " --samples {output.samples} --evaluator {params.evaluator} --reference {input.reference}"
+        " --cost {input.cost} --method {params.method} --variant {wildcards.variant} --forget-class {wildcards.c}"
+        " --seed {wildcards.s} --out {output.record} --presampled {input.presampled} > {log} 2>&1"
 
 
 rule summarize_original:
@@ -97,7 +104,8 @@ rule summarize_original:
         evaluator=EVALUATOR_FILES,
         records=expand(f"{RUN}/metrics/original/class{{c}}/seed{SEEDS[0]}.json", c=CLASSES), code=METRICS_CODE,
     output: f"{RUN}/original.json"
+    params: evaluator=lambda w, input: os.path.commonpath(input.evaluator)
     log: f"{RUN}/logs/summarize_original.log"
     shell:
-        "{CLI} summarize-original --config {CFG} --samples {input.samples} --evaluator {EVALUATOR}"
+        "unlearnbench summarize-original --config {CFG} --samples {input.samples} --evaluator {params.evaluator}"
         " --records {input.records} --out {output} > {log} 2>&1"

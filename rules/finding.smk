@@ -17,40 +17,46 @@ rule finding:
 
 if FINDING:
     rule denoiser_norms_original:
-        input: data=DATA, model=ORIGINAL_FILES
+        input: data=DATA, original=ORIGINAL_FILES
         output: f"{RUN}/finding/norms/original/seed{{s}}.json"
-        params: fp=fp("evaluate")
+        params:
+            fp=fp("evaluate"), forget_class=FINDING_CLASS,
+            original=lambda w, input: os.path.commonpath(input.original),
         log: f"{RUN}/logs/finding/norms_original_seed{{s}}.log"
         threads: THREADS
         shell:
-            "{CLI} denoiser-norms --config {CFG} --model {ORIGINAL}/unet_ema --data {input.data}"
-            " --forget-class {FINDING_CLASS} --seed {wildcards.s} --variant original --out {output} > {log} 2>&1"
+            "unlearnbench denoiser-norms --config {CFG} --model {params.original}/unet_ema --data {input.data}"
+            " --forget-class {params.forget_class} --seed {wildcards.s} --variant original --out {output} > {log} 2>&1"
 
 
     rule denoiser_norms:
         input: data=DATA, weights=FINDING_MODEL_WEIGHTS
         output: f"{RUN}/finding/norms/{{variant}}/seed{{s}}.json"
-        params: fp=fp("evaluate")
+        params:
+            fp=fp("evaluate"), forget_class=FINDING_CLASS,
+            model=lambda w, input: os.path.dirname(input.weights[0]),  # the unet folder of the point's model
         log: f"{RUN}/logs/finding/norms_{{variant}}_seed{{s}}.log"
         threads: THREADS
         shell:
-            "{CLI} denoiser-norms --config {CFG} --model {RUN}/models/{wildcards.variant}/class{FINDING_CLASS}/seed{wildcards.s}/unet"
-            " --data {input.data} --forget-class {FINDING_CLASS} --seed {wildcards.s} --variant {wildcards.variant}"
+            "unlearnbench denoiser-norms --config {CFG} --model {params.model} --data {input.data}"
+            " --forget-class {params.forget_class} --seed {wildcards.s} --variant {wildcards.variant}"
             " --out {output} > {log} 2>&1"
 
 
     rule finding_table:
         input: records=FINDING_RECORDS, norms=FINDING_NORMS, code=REPORT_CODE
-        output: f"{RUN}/finding.csv", f"{RUN}/finding.md", redo=redo_state("finding")
-        params: redo=redo_when_lost("finding", f"{RUN}/finding.csv", FINDING_RECORDS + FINDING_NORMS)
+        output: tables=[f"{RUN}/finding.csv", f"{RUN}/finding.md"], redo=redo_state("finding")
+        params:
+            redo=redo_when_lost("finding", f"{RUN}/finding.csv", FINDING_RECORDS + FINDING_NORMS),
+            out_dir=lambda w, output: os.path.dirname(output.tables[0]),
         log: f"{RUN}/logs/finding/table.log"
         shell:
-            "{CLI} aggregate-finding --config {CFG} --records {input.records} --norms {input.norms} --out-dir {RUN}"
-            " > {log} 2>&1 && " + REDO_RECORD
+            " && ".join(["unlearnbench aggregate-finding --config {CFG} --records {input.records} --norms {input.norms}"
+                         " --out-dir {params.out_dir} > {log} 2>&1", REDO_RECORD])
 
 
     rule figure_finding:
         input: table=f"{RUN}/finding.csv", code=FIGURES_CODE
         output: report(f"{FIGS}/finding.png", caption="../report/finding.rst", category="Figures")
         log: f"{RUN}/logs/figures_finding.log"
-        shell: "{CLI} figures --config {CFG} --metrics {input.table} --out {output} --kind finding > {log} 2>&1"
+        shell: "unlearnbench figures --config {CFG} --metrics {input.table} --out {output} --kind finding > {log} 2>&1"

@@ -11,15 +11,21 @@ rule aggregate:
     input: records=MAIN_RECORDS, code=REPORT_CODE
     output: tables=[f"{RUN}/{name}" for name in TABLES], redo=redo_state("aggregate")
     # not from `input`: Snakemake compares no params derived from it
-    params: redo=redo_when_lost("aggregate", f"{RUN}/metrics.csv", MAIN_RECORDS), fp=fp("report")
+    params:
+        redo=redo_when_lost("aggregate", f"{RUN}/metrics.csv", MAIN_RECORDS), fp=fp("report"),
+        out_dir=lambda w, output: os.path.dirname(output.tables[0]),
     log: f"{RUN}/logs/aggregate.log"
-    shell: "{CLI} aggregate --config {CFG} --records {input.records} --out-dir {RUN} > {log} 2>&1 && " + REDO_RECORD
+    # joined, not added: `snakemake --lint` takes a string plus a name for a path composition
+    shell:
+        " && ".join(["unlearnbench aggregate --config {CFG} --records {input.records} --out-dir {params.out_dir}"
+                     " > {log} 2>&1", REDO_RECORD])
 
 
 rule copy_evaluator_record:
     input: f"{EVALUATOR}/evaluator.json"
     output: f"{RUN}/evaluator.json"
-    shell: "cp {input} {output}"
+    log: f"{RUN}/logs/copy_evaluator_record.log"
+    shell: "cp {input} {output} > {log} 2>&1"
 
 
 rule publish:
@@ -31,8 +37,11 @@ rule publish:
                    else f"results/{name}" for name in PUBLISHED],
         redo=redo_state("publish"),
     params: redo=redo_when_lost("publish", f"results/{PUBLISHED[0]}", [f"{RUN}/{name}" for name in PUBLISHED])
+    log: f"{RUN}/logs/publish.log"
     localrule: True
-    shell: "{CLI} publish {input} --to results && " + REDO_RECORD
+    # tee: a refused table's message (what to do) also reaches the terminal without the workflow profile; Snakemake's
+    # shells run under pipefail, so the refusal still fails the job
+    shell: " && ".join(["unlearnbench publish {input} --to results 2>&1 | tee {log}", REDO_RECORD])
 
 
 rule ablation_table:
@@ -42,7 +51,9 @@ rule ablation_table:
     output: table=f"{RUN}/ablation.csv", redo=redo_state("ablation")
     params: redo=redo_when_lost("ablation", f"{RUN}/ablation.csv", ABLATION_TABLE_RECORDS)
     log: f"{RUN}/logs/ablation_table.log"
-    shell: "{CLI} aggregate-ablation --config {CFG} --records {input.records} --out {output.table} > {log} 2>&1 && " + REDO_RECORD
+    shell:
+        " && ".join(["unlearnbench aggregate-ablation --config {CFG} --records {input.records} --out {output.table}"
+                     " > {log} 2>&1", REDO_RECORD])
 
 
 rule figures:
@@ -58,9 +69,11 @@ rule figure_summary:
     output:
         report(f"{FIGS}/cost.png", caption="../report/cost.rst", category="Figures"),
         report(f"{FIGS}/per_class.png", caption="../report/per_class.rst", category="Figures"),
-    params: fp=fp("report")  # the methods' order and colours
+    params: fp=fp("report"), out_dir=lambda w, output: os.path.commonpath(output)  # fp: the methods' order, colours
     log: f"{RUN}/logs/figures_summary.log"
-    shell: "{CLI} figures --config {CFG} --metrics {input.metrics} --out-dir {FIGS} --kind summary > {log} 2>&1"
+    shell:
+        "unlearnbench figures --config {CFG} --metrics {input.metrics} --out-dir {params.out_dir} --kind summary"
+        " > {log} 2>&1"
 
 
 rule figure_samples:
@@ -72,7 +85,7 @@ rule figure_samples:
     params: fp=fp("report")  # the methods' order and colours
     log: f"{RUN}/logs/figures_samples_class{{c}}.log"
     shell:
-        "{CLI} figures --config {CFG} --samples {input.samples} --forget-class {wildcards.c}"
+        "unlearnbench figures --config {CFG} --samples {input.samples} --forget-class {wildcards.c}"
         " --out {output} --kind samples > {log} 2>&1"
 
 
@@ -81,4 +94,4 @@ rule figure_ablation:
     output: report(f"{FIGS}/psi_ablation.png", caption="../report/ablation.rst", category="Figures")
     params: fp=fp("report")  # the methods' order and colours
     log: f"{RUN}/logs/figures_ablation.log"
-    shell: "{CLI} figures --config {CFG} --metrics {input.table} --out {output} --kind ablation > {log} 2>&1"
+    shell: "unlearnbench figures --config {CFG} --metrics {input.table} --out {output} --kind ablation > {log} 2>&1"

@@ -7,13 +7,15 @@ rule prior_shared:
         data=DATA, original=ORIGINAL_FILES, required=lambda w: prior_inputs(w.method, prior=w.prior),
         code=lambda w: method_file(w.method),
     output: f"{RUN}/priors/{{method}}/{{prior}}/shared/cost.json"
-    params: fp=lambda w: fp("method", w.method, w.prior), requires=lambda w: prior_flags(w.method, prior=w.prior)
+    params:
+        fp=lambda w: fp("method", w.method, w.prior), requires=lambda w: prior_flags(w.method, prior=w.prior),
+        original=lambda w, input: os.path.commonpath(input.original),
     log: f"{RUN}/logs/prior/{{method}}_{{prior}}.log"
     benchmark: f"{RUN}/benchmarks/prior/{{method}}_{{prior}}.tsv"  # the whole job's wall time and memory
     threads: THREADS
     shell:
-        "{CLI} prior --config {CFG} --method {wildcards.method} --prior {wildcards.prior} --data {input.data}"
-        " --original {ORIGINAL} --requires {params.requires} --out $(dirname {output}) > {log} 2>&1"
+        "unlearnbench prior --config {CFG} --method {wildcards.method} --prior {wildcards.prior} --data {input.data}"
+        " --original {params.original} --requires {params.requires} --out $(dirname {output}) > {log} 2>&1"
 
 
 rule prior_per_class:
@@ -22,13 +24,16 @@ rule prior_per_class:
         required=lambda w: prior_inputs(w.method, int(w.c), w.prior),
         code=lambda w: method_file(w.method),
     output: f"{RUN}/priors/{{method}}/{{prior}}/class{{c}}/cost.json"
-    params: fp=lambda w: fp("method", w.method, w.prior), requires=lambda w: prior_flags(w.method, int(w.c), w.prior)
+    params:
+        fp=lambda w: fp("method", w.method, w.prior), requires=lambda w: prior_flags(w.method, int(w.c), w.prior),
+        original=lambda w, input: os.path.commonpath(input.original),
     log: f"{RUN}/logs/prior/{{method}}_{{prior}}_class{{c}}.log"
     benchmark: f"{RUN}/benchmarks/prior/{{method}}_{{prior}}_class{{c}}.tsv"
     threads: THREADS
     shell:
-        "{CLI} prior --config {CFG} --method {wildcards.method} --prior {wildcards.prior} --data {input.data}"
-        " --original {ORIGINAL} --forget-class {wildcards.c} --requires {params.requires} --out $(dirname {output}) > {log} 2>&1"
+        "unlearnbench prior --config {CFG} --method {wildcards.method} --prior {wildcards.prior} --data {input.data}"
+        " --original {params.original} --forget-class {wildcards.c} --requires {params.requires}"
+        " --out $(dirname {output}) > {log} 2>&1"
 
 
 rule unlearn:
@@ -50,6 +55,7 @@ rule unlearn:
         priors=lambda w: prior_flags(parse_variant(w.variant)[0], int(w.c)),
         seeds=" ".join(map(str, SEEDS)),
         folders=lambda w: " ".join(f"{RUN}/models/{w.variant}/class{w.c}/seed{s}" for s in SEEDS),
+        original=lambda w, input: os.path.commonpath(input.original),
     # not an imported name: its input functions would look for a method file it does not have
     wildcard_constraints: variant="".join(f"(?!{name}/)" for name in IMPORTED) + VARIANT_PATTERN
     log: f"{RUN}/logs/unlearn/{{variant}}_class{{c}}.log"
@@ -57,8 +63,8 @@ rule unlearn:
     benchmark: f"{RUN}/benchmarks/unlearn/{{variant}}_class{{c}}.tsv"
     threads: THREADS
     shell:
-        "{CLI} unlearn --config {CFG} --method {params.method} --forget-class {wildcards.c} --seed {params.seeds}"
-        " --data {input.data} --original {ORIGINAL} --priors {params.priors} --set {params.overrides}"
+        "unlearnbench unlearn --config {CFG} --method {params.method} --forget-class {wildcards.c} --seed {params.seeds}"
+        " --data {input.data} --original {params.original} --priors {params.priors} --set {params.overrides}"
         " --out {params.folders} --presample {output.presample} > {log} 2>&1"
 
 
@@ -68,10 +74,10 @@ rule import_model:
         model=lambda w: imported_model_files(config, w.variant, int(w.c), int(w.s)),
     output: cost=f"{MODEL}/cost.json", weights=MODEL_WEIGHTS, presample=f"{MODEL}/eval_samples.npz"
     wildcard_constraints: variant="|".join(IMPORTED) or "(?!)"  # (?!): no name matches when none is imported
-    params: fp=lambda w: fp("method", w.variant)
+    params: fp=lambda w: fp("method", w.variant), original=lambda w, input: os.path.commonpath(input.original)
     log: f"{RUN}/logs/import/{{variant}}_class{{c}}_seed{{s}}.log"
     threads: THREADS
     shell:
-        "{CLI} import-model --config {CFG} --name {wildcards.variant} --forget-class {wildcards.c} --seed {wildcards.s}"
-        " --data {input.data} --original {ORIGINAL} --out $(dirname {output.cost}) --presample {output.presample}"
-        " > {log} 2>&1"
+        "unlearnbench import-model --config {CFG} --name {wildcards.variant} --forget-class {wildcards.c}"
+        " --seed {wildcards.s} --data {input.data} --original {params.original} --out $(dirname {output.cost})"
+        " --presample {output.presample} > {log} 2>&1"

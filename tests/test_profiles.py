@@ -19,7 +19,7 @@ def rule_commands() -> dict[str, str]:
     for path in sorted((ROOT / "rules").glob("*.smk")):
         text = path.read_text()
         for match in re.finditer(r"^\s*rule (\w+):(.*?)(?=^\s*rule \w+:|\Z)", text, re.M | re.S):
-            command = re.search(r"\{CLI\} ([a-z-]+)", match.group(2))
+            command = re.search(r"[\"']unlearnbench ([a-z-]+)", match.group(2))  # a shell string that calls it
             if command:
                 commands[match.group(1)] = command.group(1)
     return commands
