@@ -29,6 +29,10 @@ METHODS = evaluated_methods(config)  # the suite's methods, then the imported mo
 IMPORTED = list(config.get("imported") or {})
 ABLATION = ablation_variants(config)
 THREADS = config.get("threads", 1)
+# A job that trains or samples a network on config `device` holds this many units of the `gpu` resource: the
+# SLURM plugin asks sbatch for that many GPUs, and a local run caps GPU jobs at once with `--resources gpu=N`
+# (profiles/local-gpu). None where the config says `device: cpu` (a CPU-only cluster rejects --gpus).
+GPU_JOB = 0 if config["device"] == "cpu" else 1
 # The suite's code that decides a result, as inputs of the cheap jobs that compute it (docs/architecture.md).
 METRICS_CODE = suite_code("metrics")
 REPORT_CODE = suite_code("unlearnbench.report")

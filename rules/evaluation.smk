@@ -23,6 +23,7 @@ rule sample_original:
     params: fp=fp("evaluate"), original=lambda w, input: os.path.commonpath(input.original)
     log: f"{RUN}/logs/sample/original_seed{{s}}.log"
     threads: THREADS
+    resources: gpu=GPU_JOB
     shell:
         "unlearnbench sample --config {CFG} --model {params.original}/unet_ema --seed {wildcards.s}"
         " --data {input.data} --out {output} > {log} 2>&1"
@@ -67,6 +68,7 @@ rule evaluate_method:
     wildcard_constraints: method=f"(?!original){NAME_PATTERN}"
     log: f"{RUN}/logs/evaluate/{{method}}_seed{{s}}.log"
     threads: THREADS
+    resources: gpu=GPU_JOB
     shell:
         "unlearnbench evaluate --config {CFG} --model {params.models} --data {input.data} --samples {output.samples}"
         " --evaluator {params.evaluator} --reference {input.reference} --cost {input.cost} --method {wildcards.method}"
@@ -91,6 +93,7 @@ rule evaluate_unlearned:
         evaluator=lambda w, input: os.path.commonpath(input.evaluator),
     log: f"{RUN}/logs/evaluate/{{variant}}_class{{c}}_seed{{s}}.log"
     threads: THREADS
+    resources: gpu=GPU_JOB
     shell:
         "unlearnbench evaluate --config {CFG} --model $(dirname {input.cost})/unet --data {input.data}"
         " --samples {output.samples} --evaluator {params.evaluator} --reference {input.reference}"

@@ -24,6 +24,7 @@ if FINDING:
             original=lambda w, input: os.path.commonpath(input.original),
         log: f"{RUN}/logs/finding/norms_original_seed{{s}}.log"
         threads: THREADS
+        resources: gpu=GPU_JOB
         shell:
             "unlearnbench denoiser-norms --config {CFG} --model {params.original}/unet_ema --data {input.data}"
             " --forget-class {params.forget_class} --seed {wildcards.s} --variant original --out {output} > {log} 2>&1"
@@ -37,6 +38,7 @@ if FINDING:
             model=lambda w, input: os.path.dirname(input.weights[0]),  # the unet folder of the point's model
         log: f"{RUN}/logs/finding/norms_{{variant}}_seed{{s}}.log"
         threads: THREADS
+        resources: gpu=GPU_JOB
         shell:
             "unlearnbench denoiser-norms --config {CFG} --model {params.model} --data {input.data}"
             " --forget-class {params.forget_class} --seed {wildcards.s} --variant {wildcards.variant}"

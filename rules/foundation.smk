@@ -17,6 +17,7 @@ rule train_base:
     log: f"{RUN}/logs/train_base.log"
     benchmark: f"{RUN}/benchmarks/train_base.tsv"
     threads: THREADS
+    resources: gpu=GPU_JOB
     shell: "unlearnbench train-base --config {CFG} --data {input.data} --out {params.out} > {log} 2>&1"
 
 
@@ -26,4 +27,5 @@ rule train_evaluator:
     params: fp=fp("evaluator"), out=lambda w, output: os.path.commonpath(output)
     log: f"{RUN}/logs/train_evaluator.log"
     threads: THREADS
+    resources: gpu=GPU_JOB
     shell: "unlearnbench train-evaluator --config {CFG} --data {input.data} --out {params.out} > {log} 2>&1"

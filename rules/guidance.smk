@@ -23,6 +23,7 @@ if SWEEP_WEIGHTS:  # else no rule: their outputs would be empty, and the table i
             evaluator=lambda w, input: os.path.commonpath(input.evaluator),
         log: f"{RUN}/logs/guidance/original_seed{{s}}.log"
         threads: THREADS
+        resources: gpu=GPU_JOB
         shell:
             "unlearnbench evaluate-guidance --config {CFG} --weights {params.weights}"
             " --model {params.original}/unet_ema --data {input.data} --evaluator {params.evaluator}"
@@ -43,6 +44,7 @@ if SWEEP_WEIGHTS:  # else no rule: their outputs would be empty, and the table i
             weights=" ".join(SWEEP_WEIGHTS), evaluator=lambda w, input: os.path.commonpath(input.evaluator),
         log: f"{RUN}/logs/guidance/{{variant}}_class{{c}}_seed{{s}}.log"
         threads: THREADS
+        resources: gpu=GPU_JOB
         shell:
             "unlearnbench evaluate-guidance --config {CFG} --weights {params.weights}"
             " --model $(dirname {input.cost})/unet --data {input.data} --evaluator {params.evaluator}"

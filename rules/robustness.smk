@@ -2,7 +2,7 @@
 # snakemake --cores all robustness): extra evaluators, Retrain, the forgotten class under every evaluator and its
 # distance to the real class, attacks that try to bring it back; robustness.csv and .md, and their figures.
 from unlearnbench.files import DIGESTS
-from unlearnbench.workflow import noise_aware_evaluator
+from unlearnbench.workflow import attacked_model, attacked_model_records, noise_aware_evaluator
 
 ROBUST = config.get("robustness") or {}
 EXTRA_EVALUATORS = list(ROBUST.get("evaluators") or {})
@@ -22,17 +22,6 @@ ROBUSTNESS_TABLES = [f"{RUN}/robustness/{name}" for name in ("robustness.csv", "
 ROBUSTNESS_FIGURES = [f"{FIGS}/robustness_{name}.png" for name in ("relearning", "partial_diffusion", "noise_aware")]
 
 
-def unlearned_unet(method, c, s):
-    """The UNet folder an attack fine-tunes: a method's unlearned model, or Retrain's (EMA) weights."""
-    return f"{RUN}/retrain/class{c}/unet_ema" if method == "retrain" else f"{RUN}/models/{method}/class{c}/seed{s}/unet"
-
-
-def unlearned_files(w):
-    if w.method == "retrain":
-        return expand(f"{RETRAIN_MODEL}/train.json", c=CLASSES)
-    return expand(f"{RUN}/models/{w.method}/class{{c}}/seed{w.s}/cost.json", c=CLASSES)
-
-
 rule robustness:
     """`snakemake robustness`: beyond the paper's evaluation, published under results/, with its figures."""
     input: ["results/robustness.csv", "results/robustness.md", *ROBUSTNESS_FIGURES] if ROBUST else []
@@ -44,6 +33,7 @@ rule train_extra_evaluator:
     params: fp=fp("extra_evaluator"), folder=lambda w: f"{RUN}/robustness/evaluators/{w.name}"
     log: f"{RUN}/logs/robustness/evaluator_{{name}}.log"
     threads: THREADS
+    resources: gpu=GPU_JOB
     shell:
         "unlearnbench train-evaluator --config {CFG} --extra {wildcards.name} --data {input.data}"
         " --out {params.folder} > {log} 2>&1"
@@ -59,6 +49,7 @@ rule retrain:
     log: f"{RUN}/logs/robustness/retrain_class{{c}}.log"
     benchmark: f"{RUN}/benchmarks/retrain_class{{c}}.tsv"
     threads: THREADS
+    resources: gpu=GPU_JOB
     shell:
         "unlearnbench train-base --config {CFG} --data {input.data} --without-class {wildcards.c}"
         " --out {params.folder} > {log} 2>&1"
@@ -74,10 +65,11 @@ rule evaluate_retrain:
         samples=expand(f"{RUN}/samples/retrain/class{{c}}/seed{{s}}.npz", c=CLASSES, allow_missing=True),
         records=expand(f"{RUN}/metrics/retrain/class{{c}}/seed{{s}}.json", c=CLASSES, allow_missing=True),
     params:
-        fp=fp("evaluate"), classes=" ".join(map(str, CLASSES)), evaluator=EVALUATOR,
+        fp=fp("evaluate"), classes=" ".join(map(str, CLASSES)), evaluator=lambda w, input: os.path.commonpath(input.evaluator),
         models=" ".join(f"{RUN}/retrain/class{c}/unet_ema" for c in CLASSES),
     log: f"{RUN}/logs/evaluate/retrain_seed{{s}}.log"
     threads: THREADS
+    resources: gpu=GPU_JOB
     shell:
         "unlearnbench evaluate --config {CFG} --model {params.models} --data {input.data} --samples {output.samples}"
         " --evaluator {params.evaluator} --reference {input.reference} --cost {input.cost} --method retrain"
@@ -95,7 +87,7 @@ rule score_robustness:
         else expand(f"{RUN}/samples/{w.method}/class{{c}}/seed{w.s}.npz", c=CLASSES),
     output: expand(SCORE, c=CLASSES, allow_missing=True)
     params:
-        fp=fp("robustness_score"), classes=" ".join(map(str, CLASSES)), evaluator=EVALUATOR,
+        fp=fp("robustness_score"), classes=" ".join(map(str, CLASSES)), evaluator=lambda w, input: os.path.commonpath(input.evaluator),
         extra=" ".join(f"{name}={RUN}/robustness/evaluators/{name}" for name in EXTRA_EVALUATORS),
     log: f"{RUN}/logs/robustness/score_{{method}}_seed{{s}}.log"
     threads: THREADS
@@ -108,16 +100,18 @@ rule score_robustness:
 rule attack:
     """Relearning, benign fine-tuning and the partial-diffusion probe on a method's (or Retrain's) models."""
     input:
-        data=DATA, evaluator=EVALUATOR_FILES, extra=EXTRA_EVALUATOR_FILES, code=METRICS_CODE, models=unlearned_files,
+        data=DATA, evaluator=EVALUATOR_FILES, extra=EXTRA_EVALUATOR_FILES, code=METRICS_CODE,
+        models=lambda w: attacked_model_records(RUN, w.method, CLASSES, int(w.s)),
     output: expand(ATTACK, c=CLASSES, allow_missing=True)
     params:
         fp=fp("attack"),  # the model itself is an input
-        classes=" ".join(map(str, CLASSES)), evaluator=EVALUATOR,
-        models=lambda w: " ".join(unlearned_unet(w.method, c, w.s) for c in CLASSES),
+        classes=" ".join(map(str, CLASSES)), evaluator=lambda w, input: os.path.commonpath(input.evaluator),
+        models=lambda w: " ".join(attacked_model(RUN, w.method, c, int(w.s)) for c in CLASSES),
         noise_aware=f"--noise-aware {RUN}/robustness/evaluators/{NOISE_AWARE}" if NOISE_AWARE else "",
     log: f"{RUN}/logs/robustness/attack_{{method}}_seed{{s}}.log"
     benchmark: f"{RUN}/benchmarks/attack/{{method}}_seed{{s}}.tsv"
     threads: THREADS
+    resources: gpu=GPU_JOB
     shell:
         "unlearnbench attack --config {CFG} --data {input.data} --evaluator {params.evaluator} {params.noise_aware}"
         " --model {params.models} --forget-class {params.classes} --method {wildcards.method} --seed {wildcards.s}"
@@ -129,11 +123,11 @@ rule robustness_table:
     output: tables=ROBUSTNESS_TABLES, digests=f"{RUN}/robustness/{DIGESTS}", redo=redo_state("robustness")
     params:
         redo=redo_when_lost("robustness", ROBUSTNESS_TABLES[0], SCORES + ATTACKS + ROBUSTNESS_RECORDS),
-        fp=fp("report"), folder=f"{RUN}/robustness",
+        fp=fp("report"), folder=lambda w, output: os.path.dirname(output.tables[0]),
     log: f"{RUN}/logs/robustness/table.log"
-    shell:
-        "unlearnbench aggregate-robustness --config {CFG} --scores {input.scores} --attacks {input.attacks}"
-        " --records {input.records} --out-dir {params.folder} > {log} 2>&1 && " + REDO_RECORD
+    shell:  # joined, not added: `snakemake --lint` takes a string plus a name for a path composition
+        " && ".join(["unlearnbench aggregate-robustness --config {CFG} --scores {input.scores} --attacks {input.attacks}"
+                     " --records {input.records} --out-dir {params.folder} > {log} 2>&1", REDO_RECORD])
 
 
 rule publish_robustness:
@@ -145,13 +139,13 @@ rule publish_robustness:
     params: redo=redo_when_lost("publish_robustness", "results/robustness.csv", ROBUSTNESS_TABLES)
     localrule: True
     log: f"{RUN}/logs/robustness/publish.log"
-    shell: "unlearnbench publish {input} --to results > {log} 2>&1 && " + REDO_RECORD
+    shell: " && ".join(["unlearnbench publish {input} --to results 2>&1 | tee {log}", REDO_RECORD])
 
 
 rule figure_robustness:
     input: table=f"{RUN}/robustness/robustness.csv", code=FIGURES_CODE
     output: [report(path, caption="../report/robustness.rst", category="Robustness") for path in ROBUSTNESS_FIGURES]
-    params: fp=fp("report"), folder=FIGS
+    params: fp=fp("report"), folder=lambda w, output: os.path.dirname(output[0])
     log: f"{RUN}/logs/robustness/figures.log"
     shell:
         "unlearnbench figures --config {CFG} --metrics {input.table} --out-dir {params.folder} --kind robustness"

@@ -13,6 +13,7 @@ rule prior_shared:
     log: f"{RUN}/logs/prior/{{method}}_{{prior}}.log"
     benchmark: f"{RUN}/benchmarks/prior/{{method}}_{{prior}}.tsv"  # the whole job's wall time and memory
     threads: THREADS
+    resources: gpu=GPU_JOB
     shell:
         "unlearnbench prior --config {CFG} --method {wildcards.method} --prior {wildcards.prior} --data {input.data}"
         " --original {params.original} --requires {params.requires} --out $(dirname {output}) > {log} 2>&1"
@@ -30,6 +31,7 @@ rule prior_per_class:
     log: f"{RUN}/logs/prior/{{method}}_{{prior}}_class{{c}}.log"
     benchmark: f"{RUN}/benchmarks/prior/{{method}}_{{prior}}_class{{c}}.tsv"
     threads: THREADS
+    resources: gpu=GPU_JOB
     shell:
         "unlearnbench prior --config {CFG} --method {wildcards.method} --prior {wildcards.prior} --data {input.data}"
         " --original {params.original} --forget-class {wildcards.c} --requires {params.requires}"
@@ -62,6 +64,7 @@ rule unlearn:
     # Snakemake's own measure of the whole job (start-up, every seed, presampling): a check on cost.json's RTE
     benchmark: f"{RUN}/benchmarks/unlearn/{{variant}}_class{{c}}.tsv"
     threads: THREADS
+    resources: gpu=GPU_JOB
     shell:
         "unlearnbench unlearn --config {CFG} --method {params.method} --forget-class {wildcards.c} --seed {params.seeds}"
         " --data {input.data} --original {params.original} --priors {params.priors} --set {params.overrides}"
@@ -77,6 +80,7 @@ rule import_model:
     params: fp=lambda w: fp("method", w.variant), original=lambda w, input: os.path.commonpath(input.original)
     log: f"{RUN}/logs/import/{{variant}}_class{{c}}_seed{{s}}.log"
     threads: THREADS
+    resources: gpu=GPU_JOB
     shell:
         "unlearnbench import-model --config {CFG} --name {wildcards.variant} --forget-class {wildcards.c}"
         " --seed {wildcards.s} --data {input.data} --original {params.original} --out $(dirname {output.cost})"

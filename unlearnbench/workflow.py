@@ -456,3 +456,17 @@ def noise_aware_evaluator(config: dict) -> str | None:
     """The first extra evaluator of robustness.evaluators with a "no class" output (the attacks score with it)."""
     specs = (config.get("robustness") or {}).get("evaluators") or {}
     return next((name for name, spec in specs.items() if spec.get("no_class_images")), None)
+
+
+def attacked_model(run: str, method: str, forget_class: int, seed: int) -> str:
+    """The UNet folder an attack fine-tunes: a method's unlearned model, or Retrain's EMA weights (as evaluated)."""
+    if method == "retrain":
+        return f"{run}/retrain/class{forget_class}/unet_ema"
+    return f"{run}/models/{method}/class{forget_class}/seed{seed}/unet"
+
+
+def attacked_model_records(run: str, method: str, classes, seed: int) -> list[str]:
+    """The record each attacked model's job writes last (its weights are complete): the attack job's inputs."""
+    if method == "retrain":
+        return [f"{run}/retrain/class{c}/train.json" for c in classes]
+    return [f"{run}/models/{method}/class{c}/seed{seed}/cost.json" for c in classes]
