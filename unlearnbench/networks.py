@@ -69,7 +69,18 @@ def null_class(model) -> int:
     return model.config.num_class_embeds - 1
 
 
-class SmallCNN(nn.Module):
+class FeaturesAndHead(nn.Module):
+    """An evaluator: `body` gives the penultimate features (the classifier FID backend's), dropout then a linear
+    head the logits."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.features(x)))
+
+
+class SmallCNN(FeaturesAndHead):
     """Evaluator for 8x8 digits: two conv blocks, a 128-d penultimate layer (FID features), a linear head."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10):
@@ -83,14 +94,8 @@ class SmallCNN(nn.Module):
         self.dropout = nn.Dropout(0.2)
         self.head = nn.Linear(128, num_classes)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.features(x)))
-
-
-class CifarResNet18(nn.Module):
+class CifarResNet18(FeaturesAndHead):
     """ResNet-18 with a 3x3 stem and no max-pool, the usual CIFAR variant (no pretrained weights offline)."""
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10):
@@ -103,15 +108,10 @@ class CifarResNet18(nn.Module):
         self.head = net.fc
         net.fc = nn.Identity()
         self.body = net
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        self.dropout = nn.Identity()  # as torchvision's ResNet: none before the head
 
 
-class MLP(nn.Module):
+class MLP(FeaturesAndHead):
     """A second kind of evaluator: no convolution, so a verdict that rests on a CNN's view of the images shows as a
     disagreement (docs/robustness.md). Images are pooled to 8x8 (digits: as they are) and flattened."""
 
@@ -121,12 +121,6 @@ class MLP(nn.Module):
                                   nn.Linear(256, 128), nn.ReLU())
         self.dropout = nn.Dropout(0.2)
         self.head = nn.Linear(128, num_classes)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.features(x)))
 
 
 CLASSIFIERS = {"small_cnn": SmallCNN, "resnet18": CifarResNet18, "mlp": MLP}
