@@ -233,7 +233,28 @@ def test_no_verdict_changes_when_none_does(tmp_path, config):
     section = (out / "robustness.md").read_text().split("## Does the noise-aware UA change a verdict?")[1]
     assert "orders all 3 pairs of rows as the UA does" in section
     assert "- SAFEMax: 0 of 6 units change verdict" in section
-    assert "**No verdict changes**" in section
+    assert "**No verdict changes**" in section and "under the noise-aware UA: every one reads the same" in section
+
+
+def test_an_attack_verdict_against_retrain_that_the_noise_aware_ua_turns_is_named(tmp_path, config):
+    scores, attacks, mains = records(tmp_path / "records")
+    for path in attacks:  # SA's class is back under the UA, and as far away as Retrain's under the noise-aware UA
+        record = json.loads(path.read_text())
+        if record["method"] == "sa":
+            for point in record["points"]:
+                if point["attack"] == "resurgence" and point["step"] == BUDGET:
+                    point["ua_noise_aware"] = RESURGENCE["retrain"][record["forget_class"]]
+            path.write_text(json.dumps(record))
+    out = tmp_path / "out"
+    aggregate_robustness(config, scores, attacks, mains, out)
+    section = (out / "robustness.md").read_text().split("## Does the noise-aware UA change a verdict?")[1]
+    assert ("1 read otherwise: SA, resurgence, final UA: under the UA 30.0% vs Retrain's 92.0% (**the class comes "
+            "back more than under Retrain**); under the noise-aware UA 92.0% vs 92.0% (no difference holds).") in section
+    assert "1 verdict(s) against Retrain" in section
+    df = pd.read_csv(out / "robustness.csv")
+    sa = df[(df["method"] == "sa") & (df["attack"] == "none") & (df["seed"] == 0)]
+    assert sa["resurgence_ua_noise_aware_final"].tolist() == RESURGENCE["retrain"]
+    assert sa["resurgence_ua_final"].tolist() == RESURGENCE["sa"]
 
 
 def test_digests_are_written(made):

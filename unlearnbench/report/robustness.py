@@ -130,6 +130,7 @@ def _unit_columns(score: Mapping, main: Mapping | None, attack: Mapping | None, 
         row[f"{RELEARN_PREFIX}{k}"] = np.nan if attack is None else math.inf if value is None else float(value)
     row |= {"resurgence_ua_final": _number(summary.get("resurgence_ua_final")),
             "partial_diffusion_ua_mean": _number(summary.get("partial_diffusion_ua_mean")),
+            **_noise_aware_summary((attack or {}).get("points") or []),
             "attacked": attack is not None,
             "relearn_budget_steps": _number((settings.get("relearning") or {}).get("steps")),
             "resurgence_budget_steps": _number((settings.get("resurgence") or {}).get("steps")),
@@ -140,6 +141,17 @@ def _unit_columns(score: Mapping, main: Mapping | None, attack: Mapping | None, 
     row |= {key: provenance.get(key) for key in PROVENANCE}
     row["attack_config_hash"] = ((attack or {}).get("provenance") or {}).get("config_hash")
     return row
+
+
+def _noise_aware_summary(points: Sequence[Mapping]) -> dict:
+    """The attack summaries of the noise-aware UA (the records' are of the main evaluator's): the final resurgence
+    point's and the mean over the partial-diffusion strengths."""
+    resurgence = [p for p in points if p["attack"] == "resurgence" and p.get("ua_noise_aware") is not None]
+    probe = [p["ua_noise_aware"] for p in points if p["attack"] == "partial_diffusion"
+             and p.get("ua_noise_aware") is not None]
+    final = max(resurgence, key=lambda p: p["step"])["ua_noise_aware"] if resurgence else None
+    return {"resurgence_ua_noise_aware_final": _number(final),
+            "partial_diffusion_ua_noise_aware_mean": float(np.mean(probe)) if probe else np.nan}
 
 
 def robustness_table(config: dict, scores: Mapping, attacks: Mapping, mains: Mapping) -> pd.DataFrame:
@@ -319,22 +331,37 @@ def _relearn_verdict(attacked: pd.DataFrame, model: str, k: int, budget: float, 
             f"{int(np.isinf(ref).sum())}).")
 
 
-def _mean_verdict(attacked: pd.DataFrame, model: str, column: str, what: str, units: str, level: float) -> str:
+def _mean_outcome(attacked: pd.DataFrame, model: str, column: str, level: float):
+    """The paired difference of `column` between a model and Retrain, and what it says: "back" (the class comes back
+    more than under Retrain), "away" (it stays away more), "none" (no difference holds) or None (not measured)."""
     mine, ref = _paired(attacked, model, column)
     d = paired_difference(mine, ref, lower_is_better=False, confidence=level)
-    if _is_missing(d.mean):
+    outcome = None if _is_missing(d.mean) else "none" if not d.holds else "back" if d.mean < 0 else "away"
+    return d, mine, ref, outcome
+
+
+FINDINGS = {"none": "no difference holds", "back": "**the class comes back more than under Retrain**",
+            "away": "**the class stays away more than under Retrain**"}
+
+
+def _mean_verdict(attacked: pd.DataFrame, model: str, column: str, what: str, units: str, level: float) -> str:
+    d, mine, ref, outcome = _mean_outcome(attacked, model, column, level)
+    if outcome is None:
         return f"{what}: not measured on the units of both."
     interval = ("no interval from one unit" if _is_missing(d.ci_low)
                 else f"[{d.ci_low:+.1f}, {d.ci_high:+.1f}] at {100 * level:.2f}%")
-    if not d.holds:
-        finding = "no difference holds"
-    elif d.mean < 0:
-        finding = "**the class comes back more than under Retrain**"
-    else:
-        finding = "**the class stays away more than under Retrain**"
     return (f"{what}: {mine.mean():.1f}% vs Retrain's {ref.mean():.1f}% on the same {d.n} {units}, paired difference "
             f"{d.mean:+.1f} points ({interval}; Retrain higher in {d.reference_better}, lower in "
-            f"{d.reference_worse}): {finding}.")
+            f"{d.reference_worse}): {FINDINGS[outcome]}.")
+
+
+# the attack verdicts against Retrain, each under the main evaluator's UA and the noise-aware one's
+MEAN_VERDICTS = (("resurgence_ua_final", "resurgence_ua_noise_aware_final", "resurgence, final UA"),
+                 ("partial_diffusion_ua_mean", "partial_diffusion_ua_noise_aware_mean", "partial diffusion, mean UA"))
+
+
+def _verdict_level(n_methods: int) -> float:
+    return 1 - (1 - PAIRED_CONFIDENCE) / (len(MEAN_VERDICTS) * n_methods)  # Bonferroni over the mean differences
 
 
 def _verdicts(units: pd.DataFrame, models: Sequence[str], ks: Sequence[int]) -> list[str]:
@@ -346,8 +373,8 @@ def _verdicts(units: pd.DataFrame, models: Sequence[str], ks: Sequence[int]) -> 
                         "robustness.attacks.seeds)."]
     one_seed = attacked["seed"].nunique() == 1
     units_word = "classes" if one_seed else "(class, seed) units"
-    comparisons = 2 * len(methods)
-    level = 1 - (1 - PAIRED_CONFIDENCE) / comparisons  # Bonferroni over the mean differences below
+    comparisons = len(MEAN_VERDICTS) * len(methods)
+    level = _verdict_level(len(methods))
     budget = _budget(units, "relearn_budget_steps")
     lines += [f"Each method against Retrain on the same attacked {units_word}. The mean differences' intervals are "
               f"paired t intervals at {100 * level:.2f}% each, {100 * PAIRED_CONFIDENCE:.0f}% for all "
@@ -355,10 +382,27 @@ def _verdicts(units: pd.DataFrame, models: Sequence[str], ks: Sequence[int]) -> 
     for m in methods:
         name = model_label(m)
         lines += [f"- {name}, {_relearn_verdict(attacked, m, k, budget, units_word)}" for k in ks]
-        for column, what in (("resurgence_ua_final", "resurgence, final UA"),
-                             ("partial_diffusion_ua_mean", "partial diffusion, mean UA")):
+        for column, _, what in MEAN_VERDICTS:
             lines.append(f"- {name}, {_mean_verdict(attacked, m, column, what, units_word, level)}")
     return lines
+
+
+def _attack_verdict_changes(units: pd.DataFrame, models: Sequence[str]) -> list[str]:
+    """The attack verdicts against Retrain that the noise-aware UA turns: each as it reads under both."""
+    attacked = units[units["attacked"].astype(bool)]
+    methods = [m for m in models if m not in (ORIGINAL, RETRAIN) and m in set(attacked["method"])]
+    if RETRAIN not in set(attacked["method"]) or not methods:
+        return []
+    level, changes = _verdict_level(len(methods)), []
+    for m in methods:
+        for plain_column, aware_column, what in MEAN_VERDICTS:
+            d_plain, mine, ref, plain = _mean_outcome(attacked, m, plain_column, level)
+            d_aware, mine_a, ref_a, aware = _mean_outcome(attacked, m, aware_column, level)
+            if None not in (plain, aware) and plain != aware:
+                changes.append(f"{model_label(m)}, {what}: under the UA {mine.mean():.1f}% vs Retrain's "
+                               f"{ref.mean():.1f}% ({FINDINGS[plain]}); under the noise-aware UA {mine_a.mean():.1f}% "
+                               f"vs {ref_a.mean():.1f}% ({FINDINGS[aware]})")
+    return changes
 
 
 def _forgotten(values: pd.Series, line: float) -> pd.Series:
@@ -404,12 +448,15 @@ def _noise_aware_section(config: dict, df: pd.DataFrame, units: pd.DataFrame, mo
         lines.append(f"- {model_label(m)}: {flips} of {len(own)} units change verdict ({int((aware & ~plain).sum())} "
                      f"forgotten only under the noise-aware UA, {int((plain & ~aware).sum())} only under the UA)"
                      + (f"; {point_flips} of {len(points)} attack points" if len(points) else "") + ".")
-    changes = len(flipped) + unit_changes + point_changes
-    lines += ["", "**No verdict changes**: the noise-aware UA orders the rows as the UA does and calls the same "
-              "units and attack points forgotten." if changes == 0 else
+    turned = _attack_verdict_changes(units, models)
+    lines += ["", "The attack verdicts against Retrain (above) under the noise-aware UA: " + (
+        f"{len(turned)} read otherwise: " + "; ".join(turned) + "." if turned else "every one reads the same.")]
+    changes = len(flipped) + unit_changes + point_changes + len(turned)
+    lines += ["", "**No verdict changes**: the noise-aware UA orders the rows as the UA does, calls the same "
+              "units and attack points forgotten and gives the same verdicts against Retrain." if changes == 0 else
               f"**The noise-aware UA changes {changes} verdict(s)** ({len(flipped)} ordering(s) of rows, "
-              f"{unit_changes} unit(s) and {point_changes} attack point(s) at the {line:g}% line): a forgetting that "
-              "hangs on them is the evaluator's, not the model's."]
+              f"{unit_changes} unit(s) and {point_changes} attack point(s) at the {line:g}% line, {len(turned)} "
+              "verdict(s) against Retrain): a forgetting that hangs on them is the evaluator's, not the model's."]
     return lines
 
 
