@@ -501,6 +501,7 @@ def test_a_guidance_sweep_by_hand_names_what_it_needs(tmp_path, tiny_config):
     ({"sa": "theirs/class{forget_class}/unet"}, "'imported.sa': 'sa' is the name of a method file; give the imported "
                                                 "models another name (e.g. sa_imported)"),
     ({"original": "theirs/class{forget_class}/unet"}, "'original' is the name of the base model"),
+    ({"retrain": "theirs/class{forget_class}/unet"}, "'retrain' is the name of Retrain, the base recipe without"),
     ({"theirs": "theirs/unet"}, "lacks {forget_class}: a model forgets one class"),
     ({"theirs": "theirs/class{forget_class}/{run}"}, "has unknown field(s) {run}; allowed: {forget_class}, {seed}"),
     ({"theirs": "theirs/class{forget_class/unet"}, "is not a folder pattern"),

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError, did_you_mean
-from .method_api import NAME_PATTERN, REFERENCE_MODELS, available_methods, check_labels, load_method, param_schema
+from .method_api import NAME_PATTERN, REFERENCE_MODELS, REFERENCE_ROLES, available_methods, check_labels, load_method, param_schema
 from .schema import NUMBER_TYPES, coerce, key_path, schema_problems, types_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -286,7 +286,7 @@ def _imported_problems(config: dict, known_methods) -> list[str]:
     for name, pattern in (config.get("imported") or {}).items():
         where = f"'imported.{name}' = {pattern!r}"
         if name in known_methods or name in REFERENCE_MODELS:  # its rows would be mistaken for the suite's own
-            taken = f"the reference model {REFERENCE_MODELS[name]}" if name in REFERENCE_MODELS else "a method file"
+            taken = REFERENCE_ROLES.get(name, "a method file")
             problems.append(f"'imported.{name}': {name!r} is the name of {taken}; give the imported models another "
                             f"name (e.g. {name}_imported)")
         try:

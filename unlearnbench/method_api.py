@@ -97,6 +97,7 @@ class Prior:
 # The suite's reference models, named in tables and figures beside the methods; no method file may take a name of
 # theirs: the base model ("original") and Retrain, trained without the forgotten class ("retrain", config robustness).
 REFERENCE_MODELS = {"original": "Original", "retrain": "Retrain"}
+REFERENCE_ROLES = {"original": "the base model", "retrain": "Retrain, the base recipe without the forgotten class"}
 
 def _check_work(prior: Prior) -> None:
     """The benchmark fields: callables where callables go, a positive number of paper units, text where text goes."""
