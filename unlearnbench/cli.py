@@ -350,8 +350,8 @@ def run(args) -> int | None:
         stages.evaluate_at_weights(config, args.weights, args.model, args.data, args.evaluator, references, args.seed,
                                    args.method, args.variant, args.cost, args.samples, args.out, args.config)
     elif c == "score-robustness":
-        samples = args.samples * len(args.forget_class) if len(args.samples) == 1 else args.samples
-        args.samples = samples  # the original's one sample set serves every class
+        if len(args.samples) == 1:  # the original's one sample set serves every class
+            args.samples = args.samples * len(args.forget_class)
         samples, outs = _per_class(args, "samples", "out")
         stages.score_robustness(config, args.data, args.evaluator, _pairs(args.extra_evaluators), samples, args.seed,
                                 args.method, outs)
