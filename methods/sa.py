@@ -13,7 +13,7 @@ import torch
 
 from unlearnbench.checkpoints import load_tensors, save_tensors
 from unlearnbench.data import to_float, to_uint8
-from unlearnbench.diffusion import epsilon_loss, randn_like, sample_as_configured
+from unlearnbench.diffusion import epsilon_loss, randn_like
 from unlearnbench.method_api import LOOP_PARAM_SCHEMA, Prior
 from unlearnbench.training import ema_update, make_ema, optimizer_step
 
@@ -67,8 +67,7 @@ def generate_replay_set(ctx):
     model = ctx.load_original(ema=True)
     labels = torch.arange(ctx.num_classes).repeat_interleave(ctx.params["n_generated_per_class"])
     with ctx.meter.timed():
-        images = sample_as_configured(model, ctx.config, labels, torch.Generator().manual_seed(ctx.seed), ctx.device,
-                                      schedule=ctx.schedule, progress=True)
+        images = ctx.sample(model, labels, torch.Generator().manual_seed(ctx.seed), progress=True)
     np.savez_compressed(ctx.out_dir / "generated.npz", images=to_uint8(images), labels=labels.numpy())
 
 

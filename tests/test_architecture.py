@@ -89,3 +89,23 @@ def test_no_file_outgrows_one_read(root):
     files = [*core_files(root), *(root / "methods").glob("*.py"), *(root / "metrics").glob("*.py")]
     long = {str(p.relative_to(root)): n for p in files if (n := len(p.read_text().splitlines())) > LONGEST}
     assert not long
+
+
+# The layers below the stages: each receives the typed config section it uses (unlearnbench/settings.py).
+SECTION_LAYERS = ("acceleration", "runtime", "training", "diffusion", "checkpoints", "data", "scaling", "networks",
+                  "cost", "files", "unet")  # settings.py itself parses the config into them
+
+
+def test_the_layers_below_the_stages_receive_sections_not_the_config(root):
+    """None of their functions takes a `config` parameter (the whole run config, a dict): a function that needs a
+    section gets that section, so what it reads is named in its signature."""
+    whole = []
+    for name in SECTION_LAYERS:
+        path = root / CORE / f"{name}.py"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                args = node.args
+                names = [a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]]
+                if "config" in names:
+                    whole.append(f"{name}.{node.name}")
+    assert not whole

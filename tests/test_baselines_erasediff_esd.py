@@ -16,7 +16,8 @@ import torch
 from unlearnbench.cost import CostMeter
 from unlearnbench.data import to_uint8
 from unlearnbench.diffusion import Schedule
-from unlearnbench.method_api import RunContext, load_method
+from unlearnbench.context import RunContext
+from unlearnbench.method_api import load_method
 from unlearnbench.networks import build_unet
 
 erasediff = load_method("erasediff")

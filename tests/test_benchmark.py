@@ -11,6 +11,7 @@ import torch
 
 from unlearnbench import benchmark
 from unlearnbench.acceleration import effective_switches, is_compiled, maybe_compile
+from unlearnbench.settings import Performance, Runtime
 from unlearnbench.cli import main as cli_main
 from unlearnbench.method_api import load_method, prior_by_name
 
@@ -349,10 +350,10 @@ class _Net(torch.nn.Module):
 def test_maybe_compile_off_or_cpu_is_a_no_op():
     torch.manual_seed(0)
     model = _Net()
-    assert maybe_compile(model, {"performance": {"compile": False}}, "cuda") is model and not is_compiled(model)
-    assert maybe_compile(model, {"performance": {"compile": True}}, "cpu") is model and not is_compiled(model)
-    assert maybe_compile(model, {}, "cuda") is model and not is_compiled(model)
-    assert effective_switches({"performance": {"compile": True, "bf16": True}}, "cpu")["compile"] is False
+    assert maybe_compile(model, Performance(compile=False), "cuda") is model and not is_compiled(model)
+    assert maybe_compile(model, Performance(compile=True), "cpu") is model and not is_compiled(model)
+    assert maybe_compile(model, Performance(), "cuda") is model and not is_compiled(model)
+    assert effective_switches(Runtime(performance=Performance(compile=True, bf16=True)), "cpu")["compile"] is False
 
 
 def test_compile_sampling_compiles_only_models_that_just_sample():
@@ -360,13 +361,13 @@ def test_compile_sampling_compiles_only_models_that_just_sample():
     is not; `compile` still compiles both; nothing is compiled off CUDA."""
     from unlearnbench.acceleration import compiles
 
-    sampling_only = {"performance": {"compile_sampling": True}}
+    sampling_only = Performance(compile_sampling=True)
     assert compiles(sampling_only, "cuda", sampling=True) and not compiles(sampling_only, "cuda")
     assert not compiles(sampling_only, "cpu", sampling=True)
-    everywhere = {"performance": {"compile": True}}
+    everywhere = Performance(compile=True)
     assert compiles(everywhere, "cuda") and compiles(everywhere, "cuda", sampling=True)
-    assert effective_switches(sampling_only, "cuda", sampling=True)["compile"] is True
-    assert effective_switches(sampling_only, "cuda")["compile"] is False
+    assert effective_switches(Runtime(performance=sampling_only), "cuda", sampling=True)["compile"] is True
+    assert effective_switches(Runtime(performance=sampling_only), "cuda")["compile"] is False
     model = _Net()
     assert maybe_compile(model, sampling_only, "cuda") is model and not is_compiled(model)  # an unlearning job's
 
@@ -379,15 +380,16 @@ def test_a_cost_record_says_bf16_only_where_the_jobs_code_entered_it():
     from unlearnbench.diffusion import Schedule, sample
     from unlearnbench.training import autocast, bf16_uses
 
-    config = {"performance": {"bf16": True, "tf32": True}}
-    assert switches_label(switches_that_ran(config, "cuda", True)) == "bf16_autocast+tf32"
-    assert switches_label(switches_that_ran(config, "cuda", False)) == "tf32"
-    assert switches_label(switches_that_ran(config, "cpu", True)) == "none"
+    perf = Performance(bf16=True, tf32=True)
+    runtime = Runtime(performance=perf)
+    assert switches_label(switches_that_ran(runtime, "cuda", True)) == "bf16_autocast+tf32"
+    assert switches_label(switches_that_ran(runtime, "cuda", False)) == "tf32"
+    assert switches_label(switches_that_ran(runtime, "cpu", True)) == "none"
     before = bf16_uses()
-    with autocast({"performance": {"bf16": False}}, torch.device("cuda")), autocast(config, torch.device("cpu")):
+    with autocast(Performance(bf16=False), torch.device("cuda")), autocast(perf, torch.device("cpu")):
         pass
     assert bf16_uses() == before  # fp32 either way: not counted
-    with autocast(config, torch.device("cuda")):
+    with autocast(perf, torch.device("cuda")):
         pass
     assert bf16_uses() == before + 1
     eps_fn = lambda x, t, y: 0 * x  # noqa: E731
@@ -413,9 +415,9 @@ def test_maybe_compile_in_place_keeps_names_and_matches_eager():
     eager.sum().backward()
     eager_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    out = maybe_compile(model, {"performance": {"compile": True}}, "cpu", force=True, backend="eager")
+    out = maybe_compile(model, Performance(compile=True), "cpu", force=True, backend="eager")
     assert out is model and is_compiled(model)
-    assert maybe_compile(model, {"performance": {"compile": True}}, "cpu", force=True, backend="eager") is model
+    assert maybe_compile(model, Performance(compile=True), "cpu", force=True, backend="eager") is model
     assert [n for n, _ in model.named_parameters()] == names and list(model.state_dict()) == keys
     compiled = model(x)
     compiled.sum().backward()

@@ -3,6 +3,7 @@ import math
 
 import torch
 
+from unlearnbench.settings import DiffusionSettings, Settings
 from unlearnbench.diffusion import (Schedule, drop_labels, reduce_squared_error, sample, sample_as_configured,
                                     sampling_timesteps)
 from unlearnbench.training import ema_update, make_ema
@@ -74,10 +75,15 @@ def test_the_configured_sampler_is_the_sampler_with_the_config_sections_values(t
     labels = torch.tensor([0, 3, 3, 9, 1])
     by_hand = sample(model, Schedule(1000, 1e-4, 0.02), labels, steps=4, eta=0.5, guidance_w=1.5, clip_x0=True,
                      batch_size=3, generator=torch.Generator().manual_seed(5))
-    configured = sample_as_configured(model, config, labels, torch.Generator().manual_seed(5), "cpu")
+    settings = Settings.parse(config)
+    schedule = Schedule.of(settings.diffusion)
+    configured = sample_as_configured(model, settings.sampler, schedule, labels, torch.Generator().manual_seed(5),
+                                      "cpu", performance=settings.runtime.performance)
     assert torch.equal(configured, by_hand)
-    assert not torch.equal(sample_as_configured(model, config, labels, torch.Generator().manual_seed(5), "cpu",
-                                                steps=5), by_hand)  # an override is used
+    assert not torch.equal(sample_as_configured(model, settings.sampler, schedule, labels,
+                                                torch.Generator().manual_seed(5), "cpu",
+                                                performance=settings.runtime.performance, steps=5),
+                           by_hand)  # an override is used
 
 
 def test_sampling_timesteps():
@@ -91,8 +97,8 @@ def test_antithetic_timesteps_pair_t_with_its_mirror_and_stay_uniform():
     # off (the default): the same draws as before the switch existed, so earlier runs keep their results
     assert torch.equal(plain.sample_timesteps(7, torch.Generator().manual_seed(3)),
                        torch.randint(0, 10, (7,), generator=torch.Generator().manual_seed(3)))
-    paired = Schedule.from_config({"diffusion": {"timesteps": 10, "beta_start": 1e-4, "beta_end": 0.02,
-                                                 "antithetic_timesteps": True}})
+    paired = Schedule.of(DiffusionSettings.parse({"timesteps": 10, "beta_start": 1e-4, "beta_end": 0.02,
+                                                  "loss_reduction": "sum", "antithetic_timesteps": True}))
     for n in (1, 2, 7, 8):
         t = paired.sample_timesteps(n, torch.Generator().manual_seed(n))
         first = torch.randint(0, 10, (n // 2 + 1,), generator=torch.Generator().manual_seed(n))

@@ -14,6 +14,7 @@ import yaml
 from tiny_original import adopted_original
 from unlearnbench import cli, stages
 from unlearnbench.checkpoints import load_unet, save_unet, unet_expectations
+from unlearnbench.settings import ModelSettings
 from unlearnbench.errors import MissingResourceError, UserError
 from unlearnbench.networks import build_unet
 from unlearnbench.training import resolve_device
@@ -76,7 +77,7 @@ def test_corrupt_checkpoint(tmp_path, tiny_config):
 
 
 def test_mismatched_checkpoint(tmp_path, tiny_config):
-    expect = unet_expectations(tiny_config, 10)
+    expect = unet_expectations(ModelSettings.parse(tiny_config["model"]), 10)
     save_unet(build_unet("tiny", 5), tmp_path / "unet")  # 5 classes, the config has 10
     with pytest.raises(MissingResourceError, match="is not the config's model: num_class_embeds is 6, the config needs 11"):
         load_unet(tmp_path / "unet", expect=expect)
@@ -96,10 +97,10 @@ def test_mismatched_checkpoint(tmp_path, tiny_config):
         load_unet(tmp_path / "two_heads", expect=expect)
     overlay = json.loads(json.dumps(tiny_config))
     overlay["model"]["overrides"] = {"layers_per_block": 2, "dropout": 0.3}
-    load_unet(tmp_path / "deeper", expect=unet_expectations(overlay, 10))
+    load_unet(tmp_path / "deeper", expect=unet_expectations(ModelSettings.parse(overlay["model"]), 10))
     paper = build_unet("paper", 10, {"attention_head_dim": None})  # diffusers' spelling of one 256-channel head
     save_unet(paper, tmp_path / "paper")
-    load_unet(tmp_path / "paper", expect=unet_expectations({"model": {"preset": "paper"}}, 10))
+    load_unet(tmp_path / "paper", expect=unet_expectations(ModelSettings(preset="paper"), 10))
 
 
 def test_weights_that_do_not_fit_their_config_json(tmp_path):

@@ -235,7 +235,7 @@ def _prior_ctx(tmp_path, originals, params, forget_class=None, priors=None, data
     import copy
 
     from unlearnbench.cost import CostMeter
-    from unlearnbench.method_api import RunContext
+    from unlearnbench.context import RunContext
 
     return RunContext(config={"diffusion": {"loss_reduction": "sum"}, "base": {}}, params=params, data=data,
                       schedule=Schedule(20, 1e-4, 0.02), device=torch.device("cpu"), seed=3,
@@ -340,7 +340,7 @@ class _Crash(Exception):
 
 def _toy_run(state_path, crash_at=None, state_key=None, nan_at=None, lr=0.1):
     from unlearnbench.cost import CostMeter
-    from unlearnbench.method_api import RunContext
+    from unlearnbench.context import RunContext
 
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
@@ -439,7 +439,8 @@ def test_require_finite_counts_against_numpy(tmp_path):
 
 
 def test_a_prior_sees_only_its_declared_params():
-    from unlearnbench.method_api import DeclaredParams, load_method
+    from unlearnbench.context import DeclaredParams
+    from unlearnbench.method_api import load_method
 
     fisher = next(p for p in load_method("sa").PRIORS if p.name == "fisher")
     view = DeclaredParams({"fisher_images": 8, "fisher_timesteps": 10, "fisher_batch": 4, "lambda": 10.0}, fisher, "sa")
@@ -487,7 +488,8 @@ def test_only_stages_that_declare_the_sampler_rerun_when_it_changes(tiny_config)
 
 
 def test_undeclared_evaluation_sections_are_not_readable(tiny_config):
-    from unlearnbench.method_api import GUARDED_SECTIONS, DeclaredSections, Prior
+    from unlearnbench.context import DeclaredSections
+    from unlearnbench.method_api import GUARDED_SECTIONS, Prior
 
     view = DeclaredSections(tiny_config, ("sampler",), "prior 'generated' of method 'sa'",
                             "Prior(..., sections=...)")
@@ -510,7 +512,8 @@ def test_undeclared_evaluation_sections_are_not_readable(tiny_config):
 def test_run_scope_keys_are_hidden_from_every_stage(tiny_config):
     """Another method's params, the run's classes and seeds are not in any stage's fingerprint: a prior reading
     `method_params.sa.lambda` behind its Prior(params=...) would stay cached when lambda changes."""
-    from unlearnbench.method_api import RUN_SCOPE_KEYS, DeclaredSections
+    from unlearnbench.context import DeclaredSections
+    from unlearnbench.method_api import RUN_SCOPE_KEYS
 
     view = DeclaredSections(tiny_config, ("sampler",), "prior 'fisher' of method 'sa'", "Prior(..., sections=...)")
     assert set(RUN_SCOPE_KEYS) == {"method_params", "methods", "forget_classes", "seeds", "ablation", "guidance_sweep"}

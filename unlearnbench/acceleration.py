@@ -4,7 +4,7 @@ The other switches live where they act: `training.setup_runtime` (TF32, cuDNN au
 `deterministic: false`), `runtime.autocast` and `sample(autocast_dtype=...)` (bf16 autocast),
 `training.prepare_model` (channels_last). docs/performance.md describes all of them.
 
-`maybe_compile(model, config, device)` compiles the model's forward IN PLACE (`nn.Module.compile`),
+`maybe_compile(model, performance, device)` compiles the model's forward IN PLACE (`nn.Module.compile`),
 so the object, its type, `named_parameters()` names, `state_dict()` keys and `save_pretrained` stay
 exactly as without compilation: SA's Fisher/EWC dicts and SalUn's masks, which are keyed by
 parameter name, keep matching. `copy.deepcopy` of a compiled module (e.g. `make_ema`) gives an
@@ -18,38 +18,34 @@ from __future__ import annotations
 
 import torch
 
+from .settings import Performance, Runtime
+
 # Passed to torch.compile. mode=None is inductor's default (no CUDA graphs, no autotuning sweep:
 # "max-autotune" compiles for many minutes, longer than a 1,000-step unlearning run takes).
 COMPILE_KWARGS = {"dynamic": False}
 
 
-def performance(config: dict) -> dict:
-    """The config's `performance` section with every switch present (missing ones are off)."""
-    perf = config.get("performance") or {}
-    return {k: bool(perf.get(k, False)) for k in ("bf16", "tf32", "channels_last", "compile", "compile_sampling")}
-
-
-def compiles(config: dict, device, *, sampling: bool = False) -> bool:
+def compiles(performance: Performance, device, *, sampling: bool = False) -> bool:
     """Whether a model prepared for this job is compiled: `compile` everywhere, `compile_sampling` only where the
     model just samples (the evaluation sets, whose cost is not RTE); never off CUDA."""
-    perf = performance(config)
-    return torch.device(device).type == "cuda" and (perf["compile"] or (sampling and perf["compile_sampling"]))
+    return torch.device(device).type == "cuda" and (
+        performance.compile or (sampling and performance.compile_sampling))
 
 
 def is_compiled(model: torch.nn.Module) -> bool:
     return getattr(model, "_compiled_call_impl", None) is not None
 
 
-def maybe_compile(model: torch.nn.Module, config: dict, device, *, force: bool = False, sampling: bool = False,
+def maybe_compile(model: torch.nn.Module, performance: Performance, device, *, force: bool = False, sampling: bool = False,
                   **compile_kwargs):
-    """Compile `model`'s forward in place when `compiles(config, device, sampling=sampling)`.
+    """Compile `model`'s forward in place when `compiles(performance, device, sampling=sampling)`.
 
     Returns the same object (so `model = maybe_compile(model, ...)` and a bare call both work).
     No effect on CPU, like every `performance` switch, unless `force=True` (tests: check that a
     compiled model computes what the eager one does, e.g. with `backend="aot_eager"`).
     Idempotent: a model that is already compiled is returned untouched.
     """
-    if not (force or compiles(config, device, sampling=sampling)):
+    if not (force or compiles(performance, device, sampling=sampling)):
         return model
     if is_compiled(model):
         return model
@@ -57,26 +53,26 @@ def maybe_compile(model: torch.nn.Module, config: dict, device, *, force: bool =
     return model
 
 
-def effective_switches(config: dict, device, *, sampling: bool = False) -> dict:
+def effective_switches(runtime: Runtime, device, *, sampling: bool = False) -> dict:
     """What actually applies on this device (for reports): every switch is off on CPU. `sampling`: for a job that
     only samples (compile_sampling counts there)."""
     device = torch.device(device)
-    perf = performance(config)
+    perf = runtime.performance
     on_gpu = device.type == "cuda"
     return {
-        "bf16_autocast": perf["bf16"] and on_gpu,
-        "tf32": perf["tf32"] and on_gpu,
-        "channels_last": perf["channels_last"] and on_gpu,
-        "compile": compiles(config, device, sampling=sampling),
-        "deterministic": bool(config.get("deterministic", True)),
-        "cudnn_benchmark": on_gpu and not config.get("deterministic", True),
+        "bf16_autocast": perf.bf16 and on_gpu,
+        "tf32": perf.tf32 and on_gpu,
+        "channels_last": perf.channels_last and on_gpu,
+        "compile": compiles(perf, device, sampling=sampling),
+        "deterministic": runtime.deterministic,
+        "cudnn_benchmark": on_gpu and not runtime.deterministic,
     }
 
 
-def switches_that_ran(config: dict, device, used_bf16: bool) -> dict:
+def switches_that_ran(runtime: Runtime, device, used_bf16: bool) -> dict:
     """effective_switches, less bf16 autocast where the job's code never entered it (runtime.bf16_uses): a method
     whose loop is not wrapped in ctx.autocast() ran fp32, and its cost must not be labelled bf16."""
-    switches = effective_switches(config, device)
+    switches = effective_switches(runtime, device)
     return {**switches, "bf16_autocast": switches["bf16_autocast"] and used_bf16}
 
 

@@ -10,6 +10,7 @@ import torch
 
 from .errors import DivergedError, MissingResourceError
 from .files import atomic_output, atomic_write_text, removed_on_failure
+from .settings import ModelSettings
 
 
 def write_json(path: str | Path, record: dict, *, allow_nan: bool = True) -> None:
@@ -153,9 +154,9 @@ def read_unet_config(folder: str | Path, expect: dict | None = None, mismatch_fi
     return config
 
 
-def _architecture(config: dict) -> dict:
+def _architecture(unet_config: dict) -> dict:
     """A resolved UNet config with equivalent spellings made equal: what decides the network's computation."""
-    arch = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in config.items() if not k.startswith("_")}
+    arch = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in unet_config.items() if not k.startswith("_")}
     arch.pop("num_train_timesteps", None)  # used by learned time embeddings only, which the UNet does not support
     arch["act_fn"] = "silu" if arch.get("act_fn") == "swish" else arch.get("act_fn")
     arch["time_embedding_dim"] = arch.get("time_embedding_dim") or arch["block_out_channels"][0] * 4
@@ -237,12 +238,12 @@ def _convert_with_diffusers(folder: Path):
     return model
 
 
-def unet_expectations(config: dict, num_classes: int) -> dict:
+def unet_expectations(model: ModelSettings, num_classes: int) -> dict:
     """The full UNet config the run's model section builds: a checkpoint used in its place must match all of it."""
     from .networks import UNET_PRESETS
     from .unet import resolve_config
 
-    preset = {**UNET_PRESETS[config["model"]["preset"]], **(config["model"].get("overrides") or {})}
+    preset = {**UNET_PRESETS[model.preset], **model.overrides}
     return dict(resolve_config({**preset, "num_class_embeds": num_classes + 1}))
 
 

@@ -13,6 +13,7 @@ import yaml
 from .errors import UserError, did_you_mean
 from .method_api import NAME_PATTERN, REFERENCE_MODELS, REFERENCE_ROLES, available_methods, check_labels, load_method, param_schema
 from .schema import NUMBER_TYPES, coerce, key_path, schema_problems, types_of
+from .settings import ModelSettings, ScaleSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = ROOT / "config" / "schema.yaml"
@@ -373,7 +374,7 @@ def _model_problems(config: dict) -> list[str]:
     if overrides:
         where += f" with 'model.overrides' = {json.dumps(overrides)}"
     try:
-        unet = unet_expectations(config, NUM_CLASSES[dataset])
+        unet = unet_expectations(ModelSettings.parse(config["model"]), NUM_CLASSES[dataset])
     except (ValueError, TypeError) as exc:
         return [f"'model.overrides' = {json.dumps(overrides)}: {exc}; its keys and values are those of diffusers' "
                 "UNet2DModel (a saved model's config.json), e.g. {dropout: 0.1}"]
@@ -432,6 +433,7 @@ def method_params(config: dict, name: str, module, overrides: dict | None = None
     if unknown:
         raise ConfigError(f"unknown key(s) {', '.join(unknown)} under 'method_params.{name}'; "
                           f"allowed: {_param_names(module.DEFAULTS)}{did_you_mean(unknown, module.DEFAULTS)}")
-    params, origins = resolve_params(module.PUBLISHED_DEFAULTS, module.SCALED, given, overrides or {}, config,
-                                     IMAGE_SHAPES[config["dataset"]], variant=module.VARIANT_CHANGES)
+    params, origins = resolve_params(module.PUBLISHED_DEFAULTS, module.SCALED, given, overrides or {},
+                                     ScaleSettings.parse(config.get("scale")), IMAGE_SHAPES[config["dataset"]],
+                                     config["diffusion"]["loss_reduction"], variant=module.VARIANT_CHANGES)
     return (params, origins) if with_origins else params

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .errors import DivergedError, MissingResourceError
+from .settings import DataSettings
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_DIR = "cifar-10-batches-py"
@@ -143,11 +144,10 @@ def write_cifar_batch(path: Path, images: np.ndarray, labels: np.ndarray) -> Non
         pickle.dump(batch, f, protocol=2)
 
 
-def load_dataset(config: dict) -> ImageData:
-    data_cfg = config.get("data", {}) or {}
-    if config["dataset"] == "digits":
-        return load_digits(data_cfg.get("test_fraction", 0.2), data_cfg.get("split_seed", 0))
-    return load_cifar10(data_cfg.get("root", "data"), data_cfg.get("download", True))
+def load_dataset(data: DataSettings) -> ImageData:
+    if data.dataset == "digits":
+        return load_digits(data.test_fraction, data.split_seed)
+    return load_cifar10(data.root, data.download)
 
 
 def class_subset(x: np.ndarray, y: np.ndarray, classes) -> tuple[np.ndarray, np.ndarray]:

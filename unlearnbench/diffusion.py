@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from .networks import null_class, predict_eps
 from .runtime import autocast_dtype, note_bf16_use, to_device
+from .settings import DiffusionSettings, Performance, SamplerSettings
 
 
 @dataclass
@@ -27,9 +28,9 @@ class Schedule:
         self.alpha_bar = torch.cumprod(self.alphas, dim=0)
 
     @classmethod
-    def from_config(cls, config: dict) -> "Schedule":
-        d = config["diffusion"]
-        return cls(d["timesteps"], d["beta_start"], d["beta_end"], d.get("antithetic_timesteps", False))
+    def of(cls, diffusion: DiffusionSettings) -> "Schedule":
+        """The schedule of config `diffusion`."""
+        return cls(diffusion.timesteps, diffusion.beta_start, diffusion.beta_end, diffusion.antithetic_timesteps)
 
     def _table(self, name: str, device, dtype) -> torch.Tensor:
         """sqrt(alpha_bar) or sqrt(1 - alpha_bar), cached per device and dtype (no copy per step)."""
@@ -193,16 +194,16 @@ def sample(model, schedule: Schedule, labels: torch.Tensor, *, steps: int, eta: 
     return torch.cat(out)
 
 
-def sample_as_configured(model, config: dict, labels: torch.Tensor, generator: torch.Generator, device, *,
-                         schedule: Schedule | None = None, **overrides) -> torch.Tensor:
-    """`sample` with the config's sampler section (steps, eta, guidance w, clip_x0, batch size) and precision, the
-    one mapping of that section to the sampler; `overrides` replace any of sample()'s keywords (progress, steps)."""
-    s = config["sampler"]
+def sample_as_configured(model, sampler: SamplerSettings, schedule: Schedule, labels: torch.Tensor,
+                         generator: torch.Generator, device, *, performance: Performance, **overrides) -> torch.Tensor:
+    """`sample` with config `sampler` (steps, eta, guidance w, clip_x0, batch size) and the precision of config
+    `performance`: the one mapping of those sections to the sampler; `overrides` replace any of sample()'s keywords
+    (progress, steps)."""
     device = torch.device(device)
-    kwargs = {"steps": s["steps"], "eta": s["eta"], "guidance_w": float(s["guidance_w"]),
-              "clip_x0": s.get("clip_x0", False), "batch_size": s.get("batch_size", 1000),
-              "autocast_dtype": autocast_dtype(config, device), **overrides}
-    return sample(model, schedule or Schedule.from_config(config), labels, generator=generator, device=device, **kwargs)
+    kwargs = {"steps": sampler.steps, "eta": sampler.eta, "guidance_w": float(sampler.guidance_w),
+              "clip_x0": sampler.clip_x0, "batch_size": sampler.batch_size,
+              "autocast_dtype": autocast_dtype(performance, device), **overrides}
+    return sample(model, schedule, labels, generator=generator, device=device, **kwargs)
 
 
 @torch.no_grad()

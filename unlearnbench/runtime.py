@@ -9,6 +9,8 @@ from contextlib import nullcontext
 
 import torch
 
+from .settings import Performance
+
 
 def to_device(x: torch.Tensor, device) -> torch.Tensor:
     """Copy a host tensor to the GPU inside a loop without making the host wait.
@@ -23,9 +25,9 @@ def to_device(x: torch.Tensor, device) -> torch.Tensor:
     return x.pin_memory().to(device, non_blocking=True)
 
 
-def autocast_dtype(config: dict, device: torch.device):
+def autocast_dtype(performance: Performance, device: torch.device):
     """torch.bfloat16 when performance.bf16 is on and the device is CUDA, else None (fp32)."""
-    return torch.bfloat16 if device.type == "cuda" and (config.get("performance") or {}).get("bf16", False) else None
+    return torch.bfloat16 if torch.device(device).type == "cuda" and performance.bf16 else None
 
 
 _bf16_uses = 0  # bf16 autocasts entered in this process (each job is one): what ran, not what the config allows
@@ -42,9 +44,9 @@ def note_bf16_use() -> None:
     _bf16_uses += 1
 
 
-def autocast(config: dict, device: torch.device):
+def autocast(performance: Performance, device: torch.device):
     """bf16 autocast when performance.bf16 is on and the device is CUDA; otherwise a no-op."""
-    dtype = autocast_dtype(config, device)
+    dtype = autocast_dtype(performance, device)
     if dtype is None:
         return nullcontext()
     note_bf16_use()

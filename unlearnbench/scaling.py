@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import math
 
+from .settings import ScaleSettings
+
 PAPER_IMAGE_DIM = 3 * 32 * 32  # CIFAR-10: the images the paper's weights were chosen for
-SCALE_KEYS = ("steps", "batch")  # the factors of the config's `scale` section
 
 
 def _count(value, factor: float):
@@ -32,8 +33,8 @@ def _image_dim(image_shape) -> int:
 
 
 RULES = {
-    "steps": lambda value, scale, image_shape, reduction: _count(value, scale["steps"]),
-    "batch": lambda value, scale, image_shape, reduction: _count(value, scale["batch"]),
+    "steps": lambda value, scale, image_shape, reduction: _count(value, scale.steps),
+    "batch": lambda value, scale, image_shape, reduction: _count(value, scale.batch),
     "pixel_sum_weight": lambda value, scale, image_shape, reduction: value * PAPER_IMAGE_DIM / (
         _image_dim(image_shape) if reduction == "sum" else 1),
     "ema": None,  # needs the method's steps in effect: resolve_params applies it last
@@ -46,17 +47,12 @@ RULE_TEXT = {
 }
 
 
-def scale_factors(config: dict) -> dict:
-    """The config's scale factors, 1 where not given (the paper's scale)."""
-    given = config.get("scale") or {}
-    return {key: float(given.get(key, 1.0)) for key in SCALE_KEYS}
-
-
-def scaled_value(rule: str, value, config: dict, image_shape):
-    """`value` (a paper-scale default) under `rule` for this config and images (not "ema": see resolve_params)."""
+def scaled_value(rule: str, value, scale: ScaleSettings, image_shape, loss_reduction: str):
+    """`value` (a paper-scale default) under `rule` for these scale factors, images and loss reduction (config
+    `diffusion.loss_reduction`); not "ema": see resolve_params."""
     if RULES.get(rule) is None:
         raise KeyError(f"no context-free scale rule {rule!r}; rules: {', '.join(RULES)}")
-    return RULES[rule](value, scale_factors(config), tuple(image_shape), config["diffusion"]["loss_reduction"])
+    return RULES[rule](value, scale, tuple(image_shape), loss_reduction)
 
 
 def ema_decay_for(decay, paper_steps, steps):
@@ -74,8 +70,8 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def resolve_params(defaults: dict, scaled: dict, given: dict, overrides: dict, config: dict, image_shape,
-                   variant: dict | None = None) -> tuple[dict, dict]:
+def resolve_params(defaults: dict, scaled: dict, given: dict, overrides: dict, scale: ScaleSettings, image_shape,
+                   loss_reduction: str, variant: dict | None = None) -> tuple[dict, dict]:
     """A method's effective params and where each one that is not the published default came from.
 
     Order: DEFAULTS (the paper's values), a variant's changes (`variant`, at the paper's scale too), the scale
@@ -91,7 +87,7 @@ def resolve_params(defaults: dict, scaled: dict, given: dict, overrides: dict, c
     params = dict(start)
     for name, rule in scaled.items():
         if rule != "ema":
-            params[name] = scaled_value(rule, start[name], config, image_shape)
+            params[name] = scaled_value(rule, start[name], scale, image_shape, loss_reduction)
     steps = by_hand["steps"][1] if "steps" in by_hand else params.get("steps")
     for name, rule in scaled.items():  # an EMA decay follows the steps in effect
         if rule == "ema":

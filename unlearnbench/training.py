@@ -16,6 +16,7 @@ from .checkpoints import load_state, require_finite, save_state
 from .diffusion import epsilon_loss
 from .errors import UserError
 from .runtime import to_device
+from .settings import Performance, Runtime
 # These live in runtime.py (the sampler in diffusion.py needs them too, and training imports diffusion); re-exported
 # here (`x as x` marks a re-export) for the stages, the benchmark, tests and method files that import them from training.
 from .runtime import autocast as autocast, autocast_dtype as autocast_dtype
@@ -34,16 +35,15 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
-def setup_runtime(config: dict, threads: int | None = None) -> torch.device:
+def setup_runtime(runtime: Runtime, threads: int | None = None) -> torch.device:
     """Device, thread count, determinism and the fast-math switches of config `performance`."""
-    threads = threads or config.get("threads") or int(os.environ.get("UNLEARNBENCH_THREADS", 0)) or 1
+    threads = threads or runtime.threads or int(os.environ.get("UNLEARNBENCH_THREADS", 0)) or 1
     torch.set_num_threads(threads)
-    device = resolve_device(config.get("device", "auto"))
-    perf = config.get("performance", {}) or {}
+    device = resolve_device(runtime.device)
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = bool(perf.get("tf32", False))
-        torch.backends.cudnn.allow_tf32 = bool(perf.get("tf32", False))
-    deterministic = bool(config.get("deterministic", True))
+        torch.backends.cuda.matmul.allow_tf32 = runtime.performance.tf32
+        torch.backends.cudnn.allow_tf32 = runtime.performance.tf32
+    deterministic = runtime.deterministic
     if device.type == "cuda":
         # On CPU every kernel the suite uses is deterministic (the workflow test checks that two runs agree);
         # on CUDA this picks deterministic ones and warns about any that has none. See docs/performance.md.
@@ -55,13 +55,13 @@ def setup_runtime(config: dict, threads: int | None = None) -> torch.device:
     return device
 
 
-def prepare_model(model, config: dict, device: torch.device, *, sampling: bool = False):
+def prepare_model(model, performance: Performance, device: torch.device, *, sampling: bool = False):
     """Move to the device with the config's layout and compile switches (no-ops on CPU); `sampling`: the model
     only samples (performance.compile_sampling applies)."""
     model = model.to(device)
-    if device.type == "cuda" and (config.get("performance", {}) or {}).get("channels_last", False):
+    if device.type == "cuda" and performance.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return maybe_compile(model, config, device, sampling=sampling)
+    return maybe_compile(model, performance, device, sampling=sampling)
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -8,6 +8,7 @@ from pathlib import Path
 from .config import deep_merge, imported_cells, imported_model_dir, read_yaml, validate, write_resolved, DEFAULT_CONFIG
 from .errors import UserError
 from .files import DIGESTS
+from .settings import ModelSettings
 
 # The files of a saved UNet folder (save_pretrained; unet.WEIGHTS_NAME) and the evaluator's weights:
 # outputs of the jobs that write them and inputs of the jobs that load them, so that weights lost after their job
@@ -213,7 +214,7 @@ def check_model_folders(config: dict) -> None:
     from .checkpoints import check_unet_folder, unet_expectations
     from .config import NUM_CLASSES, imported_architecture_fix
 
-    expect = unet_expectations(config, NUM_CLASSES[config["dataset"]])
+    expect = unet_expectations(ModelSettings.parse(config["model"]), NUM_CLASSES[config["dataset"]])
     for folder in [Path(checkpoint) / sub for sub in ("unet", "unet_ema")] if checkpoint else []:
         check_unet_folder(folder, expect)
     for folder, name in wanted:

@@ -20,6 +20,7 @@ from ..cost import device_name
 from ..errors import UserError
 from ..method_api import load_method
 from ..stages import versions
+from ..settings import Runtime
 from ..training import setup_runtime
 from .common import SCHEMA, div, now, write_json_atomic
 from .harness import PRECISIONS, PROFILES, Bench, priors_in_order, variant_config
@@ -139,7 +140,8 @@ def measure_precision(bench: Bench, sink: ReportSink, precision: str, methods: l
     sampler. Returns {method: {prior name: folder}}."""
     cfg = variant_config(bench.config, precision)
     run = sink.report["runs"][precision] = {"switches": None, "methods": {}, "priors": {}, "sampler": None}
-    run["switches"] = effective_switches(cfg, setup_runtime(cfg))
+    runtime = Runtime.parse(cfg)
+    run["switches"] = effective_switches(runtime, setup_runtime(runtime))
     run["eps_rel_error_vs_fp32"] = bench.eps_error(cfg, bench.eps_ref)
     # Each method right after its own priors: a time limit cuts the later ones.
     folders: dict[str, dict] = {m: {} for m in methods}
@@ -214,7 +216,8 @@ def measure_switches(bench: Bench, sink: ReportSink, methods: list[str], priors:
         report["switches"]["variants"].append(entry)
         try:
             entry["switches"] = None
-            entry["switches"] = effective_switches(cfg, setup_runtime(cfg))
+            runtime = Runtime.parse(cfg)
+            entry["switches"] = effective_switches(runtime, setup_runtime(runtime))
             with sink.section(f"switch {label} method"):
                 entry["method"] = bench.run_method(sw_method, cfg, sw_priors)
             flops_entry(entry["method"], peak, measured)
@@ -273,7 +276,7 @@ def main(args) -> dict:
     os.environ.setdefault("UNLEARNBENCH_QUIET", "1")
     r = _resolve_args(args)
     config, param_source, config_path = build_config(args, r["preset"])
-    device = setup_runtime(config)
+    device = setup_runtime(Runtime.parse(config))
     budget = args.budget_s or float(os.environ.get("UNLEARNBENCH_BENCHMARK_BUDGET_S", 0) or 0) or None
     run_switches = device.type == "cuda" if args.switches is None else args.switches
     methods = chosen_methods(args, config)

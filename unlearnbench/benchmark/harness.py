@@ -14,14 +14,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..acceleration import maybe_compile, performance
+from ..acceleration import maybe_compile
 from ..checkpoints import load_unet, save_unet
 from ..config import method_params
 from ..cost import CostMeter
 from ..data import ImageData
 from ..diffusion import Schedule, guided_eps, sample_as_configured
-from ..method_api import Prior, RunContext, load_method, prior_by_name
+from ..context import RunContext
+from ..method_api import Prior, load_method, prior_by_name
 from ..networks import UNET_PRESETS, build_unet, predict_eps
+from ..settings import Runtime, Settings
 from ..stages import _context
 from ..training import autocast_dtype, prepare_model, setup_runtime
 from .common import NOISY_FIT, TIMING_REPEATS, div, linear_fit, release, stats, sync
@@ -92,13 +94,14 @@ def make_context(config, method, params, data, device, seed, meter, original_dir
     ctx = BenchContext(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base) if f.init}, clock=clock,
                        syncs=syncs)
     load = base.load_original
-    count = rows is not None and not (performance(config)["compile"] and torch.device(device).type == "cuda")
+    perf = Runtime.parse(config).performance
+    count = rows is not None and not (perf.compile and torch.device(device).type == "cuda")
 
     def load_original(ema: bool = False):
         model = load(ema)
         if count:
             rows.attach(model)
-        return maybe_compile(model, config, device)
+        return maybe_compile(model, perf, device)
 
     ctx.load_original = load_original
     return ctx
@@ -219,7 +222,7 @@ class Bench:
     def run_method(self, method: str, cfg: dict, priors: dict, steps: int | None = None) -> dict:
         steps = self.steps if steps is None else steps
         module = load_method(method)
-        device = setup_runtime(cfg)
+        device = setup_runtime(Runtime.parse(cfg))
         total = self.warmup + steps
         params = self.params(method, steps=total)
         clock = StepClock(device)
@@ -281,7 +284,7 @@ class Bench:
                    priors=None, clock=None) -> tuple[dict, RunContext]:
         """One run of the real prior code, as `unlearnbench prior` runs it: (its cost, the context it ran with)."""
         prior = prior_by_name(load_method(method), prior_name)
-        device = setup_runtime(cfg)
+        device = setup_runtime(Runtime.parse(cfg))
         shutil.rmtree(out_dir, ignore_errors=True)
         out_dir.mkdir(parents=True)
         release(device)
@@ -368,18 +371,20 @@ class Bench:
     def sampler(self, cfg: dict, flops: dict | None, peak: float | None, measured_peak: float | None,
                 label: str | None = None) -> dict:
         """The evaluation sampler's throughput; `label` keeps its 3-step probe images for sampler_numerics."""
-        device = setup_runtime(cfg)
+        settings = Settings.parse(cfg)
+        perf = settings.runtime.performance
+        device = setup_runtime(settings.runtime)
         release(device)
-        model = maybe_compile(prepare_model(load_unet(self.original_dir / "unet_ema"), cfg, device), cfg, device).eval()
-        w = float(cfg["sampler"]["guidance_w"])
-        dtype = autocast_dtype(cfg, device)  # the forward-only timing below uses the sampler's precision
+        model = maybe_compile(prepare_model(load_unet(self.original_dir / "unet_ema"), perf, device), perf, device).eval()
+        w = float(settings.sampler.guidance_w)
+        dtype = autocast_dtype(perf, device)  # the forward-only timing below uses the sampler's precision
         B = self.sampler_batch
         labels = torch.arange(10).repeat_interleave(B // 10)
-        schedule = Schedule.from_config(cfg)
+        schedule = Schedule.of(settings.diffusion)
 
         def sample_steps(k: int):
-            return sample_as_configured(model, cfg, labels, torch.Generator().manual_seed(0), device, schedule=schedule,
-                                        steps=k, batch_size=B)
+            return sample_as_configured(model, settings.sampler, schedule, labels, torch.Generator().manual_seed(0),
+                                        device, performance=perf, steps=k, batch_size=B)
 
         def run(k: int) -> float:
             sync(device)
@@ -405,7 +410,7 @@ class Bench:
         per_step, fixed = linear_fit((k1, k2), (t1, t2))
         # The bare guided UNet forward, no sampler around it (the upper bound the sampler can reach).
         x = torch.randn(B, *self.shape, device=device)
-        if (cfg.get("performance") or {}).get("channels_last") and device.type == "cuda":
+        if perf.channels_last and device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         y = labels.to(device)
         t = torch.full((B,), 500, device=device, dtype=torch.long)
@@ -449,7 +454,7 @@ class Bench:
     # -- numerics
     def eps_reference(self) -> dict:
         """Strict fp32 eps of the original model on fixed inputs (the reference for the other precisions)."""
-        setup_runtime(variant_config(self.config, "fp32", {"channels_last": False, "compile": False}))
+        setup_runtime(Runtime.parse(variant_config(self.config, "fp32", {"channels_last": False, "compile": False})))
         g = torch.Generator().manual_seed(1)
         x = torch.randn(16, *self.shape, generator=g)
         t = torch.randint(0, int(self.config["diffusion"]["timesteps"]), (16,), generator=g)
@@ -460,9 +465,10 @@ class Bench:
         return {"x": x, "t": t, "y": y, "eps": eps}
 
     def eps_error(self, cfg: dict, ref: dict) -> float:
-        device = setup_runtime(cfg)
-        model = prepare_model(load_unet(self.original_dir / "unet_ema"), cfg, device).eval()
-        dtype = autocast_dtype(cfg, device)
+        runtime = Runtime.parse(cfg)
+        device = setup_runtime(runtime)
+        model = prepare_model(load_unet(self.original_dir / "unet_ema"), runtime.performance, device).eval()
+        dtype = autocast_dtype(runtime.performance, device)
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             eps = predict_eps(model, ref["x"].to(device), ref["t"].to(device), ref["y"].to(device)).float().cpu()
         return float((eps - ref["eps"]).norm() / ref["eps"].norm())

@@ -28,6 +28,7 @@ from ..data import ImageData, class_subset, to_float
 from ..diffusion import Schedule, denoise_from, epsilon_loss, sample_as_configured
 from ..errors import UserError
 from ..scaling import scaled_value
+from ..settings import Performance, SamplerSettings, Settings
 from ..training import BatchStream, optimizer_step, prepare_model, seed_everything, setup_runtime
 from .foundation import load_evaluator
 from .sampling import sampling_seed
@@ -40,12 +41,14 @@ FINE_TUNING_ATTACKS = ("relearning", "resurgence")
 def attack_settings(config: dict) -> dict:
     """robustness.attacks with the fine-tuning budgets scaled as the methods' step counts are (scaling.py rule
     "steps": x scale.steps), what ran."""
-    settings = copy.deepcopy(config["robustness"]["attacks"])
+    attacks = copy.deepcopy(config["robustness"]["attacks"])
+    settings = Settings.parse(config)
     shape = (1, 1, 1)  # the steps rule does not depend on the images
     for attack in FINE_TUNING_ATTACKS:
         for key in ("steps", "every"):
-            settings[attack][key] = scaled_value("steps", settings[attack][key], config, shape)
-    return settings
+            attacks[attack][key] = scaled_value("steps", attacks[attack][key], settings.scale, shape,
+                                                settings.diffusion.loss_reduction)
+    return attacks
 
 
 def record_points(steps: int, every: int) -> list[int]:
@@ -54,12 +57,14 @@ def record_points(steps: int, every: int) -> list[int]:
 
 
 class Judge:
-    """Scores `n` generations of the forgotten class by a model, always from the same noise."""
+    """Scores `n` generations of the forgotten class by a model (the evaluation sampler), always from the same
+    noise."""
 
-    def __init__(self, config: dict, device, evaluator, noise_aware, forget_class: int, seed: int):
-        self.config, self.device, self.forget_class = config, device, forget_class
+    def __init__(self, n: int, sampler: SamplerSettings, schedule: Schedule, performance: Performance, device,
+                 evaluator, noise_aware, forget_class: int, seed: int):
+        self.n, self.sampler, self.schedule, self.performance = n, sampler, schedule, performance
+        self.device, self.forget_class = device, forget_class
         self.evaluator, self.noise_aware = evaluator, noise_aware  # noise_aware: (model, info) or None
-        self.n = attack_settings(config)["n_images"]
         self.noise_seed = sampling_seed(seed, forget_class) + 1  # not the evaluation's: these are other images
 
     def verdicts(self, images: torch.Tensor) -> dict:
@@ -72,8 +77,9 @@ class Judge:
 
     def generations(self, model) -> dict:
         labels = torch.full((self.n,), self.forget_class, dtype=torch.long)
-        images = sample_as_configured(model, self.config, labels, torch.Generator().manual_seed(self.noise_seed),
-                                      self.device)
+        images = sample_as_configured(model, self.sampler, self.schedule, labels,
+                                      torch.Generator().manual_seed(self.noise_seed), self.device,
+                                      performance=self.performance)
         return self.verdicts(images.clamp(-1, 1))
 
 
@@ -98,11 +104,10 @@ def fine_tune(model, schedule: Schedule, images: torch.Tensor, labels: torch.Ten
     return points
 
 
-def partial_diffusion(model, schedule: Schedule, real: torch.Tensor, forget_class: int, strengths, config: dict,
-                      generator: torch.Generator, judge: Judge) -> list[dict]:
+def partial_diffusion(model, schedule: Schedule, real: torch.Tensor, forget_class: int, strengths,
+                      sampler: SamplerSettings, generator: torch.Generator, judge: Judge) -> list[dict]:
     """Real images of the class noised to t = s T (the same noise for every s), denoised under its label in
     round(s x sampler.steps) guided steps; the verdicts on the results, per s."""
-    s_cfg = config["sampler"]
     noise = torch.randn(real.shape, generator=generator)
     labels = torch.full((len(real),), forget_class, dtype=torch.long)
     device = next(model.parameters()).device
@@ -110,9 +115,9 @@ def partial_diffusion(model, schedule: Schedule, real: torch.Tensor, forget_clas
     for s in strengths:
         t_start = max(0, round(s * schedule.timesteps) - 1)
         x_t = schedule.q_sample(real, torch.full((len(real),), t_start, dtype=torch.long), noise)
-        images = denoise_from(model, schedule, x_t.to(device), t_start, labels, steps=max(1, round(s * s_cfg["steps"])),
-                              eta=s_cfg["eta"], guidance_w=float(s_cfg["guidance_w"]), generator=generator,
-                              clip_x0=s_cfg.get("clip_x0", False), batch_size=s_cfg.get("batch_size", 1000))
+        images = denoise_from(model, schedule, x_t.to(device), t_start, labels, steps=max(1, round(s * sampler.steps)),
+                              eta=sampler.eta, guidance_w=float(sampler.guidance_w), generator=generator,
+                              clip_x0=sampler.clip_x0, batch_size=sampler.batch_size)
         out.append({"s": float(s), "t_start": t_start, **judge.verdicts(images.clamp(-1, 1))})
     return out
 
@@ -120,19 +125,20 @@ def partial_diffusion(model, schedule: Schedule, real: torch.Tensor, forget_clas
 def attack_model(config: dict, model_dir, data: ImageData, forget_class: int, seed: int, method: str, device,
                  evaluator, noise_aware=None) -> dict:
     """Every attack of robustness.attacks on one model; the record of its points, summary and costs."""
-    settings = attack_settings(config)
-    base, reduction = config["base"], config["diffusion"]["loss_reduction"]
-    schedule = Schedule.from_config(config)
-    judge = Judge(config, device, evaluator, noise_aware, forget_class, seed)
+    attacks, settings = attack_settings(config), Settings.parse(config)
+    base, reduction = config["base"], settings.diffusion.loss_reduction
+    schedule = Schedule.of(settings.diffusion)
+    judge = Judge(attacks["n_images"], settings.sampler, schedule, settings.runtime.performance, device, evaluator,
+                  noise_aware, forget_class, seed)
     rng = np.random.default_rng(sampling_seed(seed, forget_class))
     x_f, _ = class_subset(data.train_x, data.train_y, [forget_class])
     x_r, y_r = class_subset(data.train_x, data.train_y, [c for c in range(data.num_classes) if c != forget_class])
 
     def fresh():
-        return prepare_model(ckpt.load_unet(model_dir), config, device)
+        return prepare_model(ckpt.load_unet(model_dir), settings.runtime.performance, device)
 
     points, costs, summary = [], {}, {}
-    relearn = settings["relearning"]
+    relearn = attacks["relearning"]
     for k in relearn["k"]:
         if k > len(x_f):
             raise UserError(f"relearning on k = {k} images: class {forget_class} has {len(x_f)} train images; lower "
@@ -148,7 +154,7 @@ def attack_model(config: dict, model_dir, data: ImageData, forget_class: int, se
         points += [{"attack": "relearning", "param": "k", "value": k, **p} for p in curve]
         summary[f"relearn_steps_to_recover_k{k}"] = steps_to_recover([p["step"] for p in curve],
                                                                       [p["ua"] for p in curve], RECOVERED_BELOW)
-    resurgence = settings["resurgence"]
+    resurgence = attacks["resurgence"]
     seed_everything(seed)
     with CostMeter(device) as meter:
         curve = fine_tune(fresh(), schedule, to_float(x_r), torch.as_tensor(y_r), base=base, reduction=reduction,
@@ -158,17 +164,17 @@ def attack_model(config: dict, model_dir, data: ImageData, forget_class: int, se
     costs["resurgence"] = meter.result()
     points += [{"attack": "resurgence", "param": None, "value": None, **p} for p in curve]
     summary["resurgence_ua_final"] = curve[-1]["ua"]
-    probe = settings["partial_diffusion"]
-    n_real = min(settings["n_images"], len(x_f))
+    probe = attacks["partial_diffusion"]
+    n_real = min(attacks["n_images"], len(x_f))
     real = to_float(x_f[rng.choice(len(x_f), n_real, replace=False)])
     with CostMeter(device) as meter, meter.timed():
-        curve = partial_diffusion(fresh(), schedule, real, forget_class, probe["strengths"], config,
+        curve = partial_diffusion(fresh(), schedule, real, forget_class, probe["strengths"], settings.sampler,
                                   torch.Generator().manual_seed(sampling_seed(seed, forget_class)), judge)
     costs["partial_diffusion"] = meter.result()
     points += [{"attack": "partial_diffusion", "param": "s", "value": p.pop("s"), "step": None, **p} for p in curve]
     summary["partial_diffusion_ua_mean"] = float(np.mean([p["ua"] for p in curve]))
     return {"method": method, "forget_class": forget_class, "seed": seed, "points": points, "summary": summary,
-            "settings": {**settings, "lr": base["lr"], "batch_size": base["batch_size"],
+            "settings": {**attacks, "lr": base["lr"], "batch_size": base["batch_size"],
                          "grad_clip": base.get("grad_clip"), "cond_dropout": base.get("cond_dropout", 0.0),
                          "loss_reduction": reduction, "recovered_below_ua": RECOVERED_BELOW,
                          "n_real_partial_diffusion": n_real},
@@ -181,7 +187,7 @@ def attack_model(config: dict, model_dir, data: ImageData, forget_class: int, se
 def attack_models(config: dict, data_path, evaluator_dir, noise_aware_dir, models: dict, seed: int, method: str,
                   out_paths: dict) -> list[dict]:
     """attack_model on each model of `models` ({forget class: UNet folder}), one record per class in `out_paths`."""
-    device = setup_runtime(config)
+    device = setup_runtime(Settings.parse(config).runtime)
     data = ImageData.load(data_path)
     evaluator = load_evaluator(evaluator_dir, device)
     noise_aware = None

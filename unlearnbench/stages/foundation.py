@@ -15,6 +15,7 @@ from ..data import ImageData, class_subset, load_dataset, to_float
 from ..diffusion import Schedule
 from ..errors import MissingResourceError, UserError
 from ..networks import build_classifier, build_unet
+from ..settings import Settings
 from ..training import (
     BatchStream,
     autocast,
@@ -44,7 +45,7 @@ def load_run_config(path: str | Path) -> dict:
 
 # ---------------------------------------------------------------- data and base model
 def prepare_data(config: dict, out: str | Path) -> ImageData:
-    data = load_dataset(config)
+    data = load_dataset(Settings.parse(config).data)
     data.save(out)
     print(f"data: {len(data.train_x)} train / {len(data.test_x)} test images of shape {data.image_shape}, "
           f"{data.num_classes} classes -> {out}")
@@ -59,9 +60,10 @@ def train_base(config: dict, data_path: str | Path, out_dir: str | Path, without
     """
     out_dir = Path(out_dir)
     base = config["base"]
+    settings = Settings.parse(config)
     data = ImageData.load(data_path)
-    device = setup_runtime(config)
-    expect = ckpt.unet_expectations(config, data.num_classes)
+    device = setup_runtime(settings.runtime)
+    expect = ckpt.unet_expectations(settings.model, data.num_classes)
     train_x, train_y = data.train_x, data.train_y
     if without_class is not None:
         if not 0 <= without_class < data.num_classes:
@@ -80,21 +82,22 @@ def train_base(config: dict, data_path: str | Path, out_dir: str | Path, without
         return record
     shuffle = seed_everything(base.get("seed", 0))
     generator = device_generator(base.get("seed", 0), device)
-    model = prepare_model(build_unet(config["model"]["preset"], data.num_classes, config["model"].get("overrides")), config, device)
+    model = prepare_model(build_unet(settings.model.preset, data.num_classes, settings.model.overrides),
+                          settings.runtime.performance, device)
     stream = BatchStream(to_float(train_x), torch.as_tensor(train_y), base["batch_size"], shuffle, device,
                          hflip=base.get("hflip", False))
     out_dir.mkdir(parents=True, exist_ok=True)
     with CostMeter(device) as meter:
         model, ema, losses = train_diffusion(
-            model, Schedule.from_config(config), stream, steps=base["steps"], lr=base["lr"],
+            model, Schedule.of(settings.diffusion), stream, steps=base["steps"], lr=base["lr"],
             grad_clip=base.get("grad_clip"), ema_decay=base.get("ema_decay", 0.9999), cond_dropout=base.get("cond_dropout", 0.1),
-            reduction=config["diffusion"]["loss_reduction"], generator=generator, warmup_steps=base.get("warmup_steps", 0),
+            reduction=settings.diffusion.loss_reduction, generator=generator, warmup_steps=base.get("warmup_steps", 0),
             state_path=out_dir / "train_state.pt", checkpoint_every=base.get("checkpoint_every", 0),
             state_key=fingerprint(config, "base") + ("" if without_class is None else f"-without{without_class}"),
-            amp=lambda: autocast(config, device), meter=meter)
+            amp=lambda: autocast(settings.runtime.performance, device), meter=meter)
     ckpt.save_unet(model, out_dir / "unet")
     ckpt.save_unet(ema, out_dir / "unet_ema")
-    cost = {**meter.result(), "speed_switches": switches_label(effective_switches(config, device))}
+    cost = {**meter.result(), "speed_switches": switches_label(effective_switches(settings.runtime, device))}
     record = {"steps": base["steps"], "loss_trace": losses, "cost": cost, "without_class": without_class,
               "n_train": int(len(train_x)), "parameters": sum(p.numel() for p in model.parameters())}
     ckpt.write_json(out_dir / "train.json", record)
@@ -108,7 +111,8 @@ def evaluator_path(folder: str | Path) -> Path:
 
 def train_evaluator(config: dict, data_path: str | Path, out_dir: str | Path) -> dict:
     """The evaluation classifier of config `evaluator`, trained on the real train images."""
-    return fit_evaluator(config["evaluator"], ImageData.load(data_path), out_dir, setup_runtime(config),
+    return fit_evaluator(config["evaluator"], ImageData.load(data_path), out_dir,
+                         setup_runtime(Settings.parse(config).runtime),
                          hflip=config["base"].get("hflip", False))
 
 

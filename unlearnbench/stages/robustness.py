@@ -16,6 +16,7 @@ from .. import checkpoints as ckpt
 from ..config import config_hash
 from ..data import NO_CLASS_KINDS, ImageData, no_class_images, to_float
 from ..errors import UserError
+from ..settings import Settings
 from ..training import setup_runtime
 from .foundation import fit_evaluator, load_evaluator
 from .sampling import load_samples
@@ -39,7 +40,7 @@ def train_extra_evaluator(config: dict, name: str, data_path, out_dir) -> dict:
     share of held-out no-class images of each kind that it calls "no class"."""
     spec = evaluator_spec(config, name)
     data = ImageData.load(data_path)
-    device = setup_runtime(config)
+    device = setup_runtime(Settings.parse(config).runtime)
     record = {"name": name, "seed": spec.get("seed", 0), "no_class": None}
     extra = None
     share = spec.get("no_class_images", 0)
@@ -92,7 +93,7 @@ def score_robustness(config: dict, data_path, evaluator_dir, extra_evaluators: d
     the main and the extra evaluators ({name: folder}), and the distance of its generations to the real class:
     FID and KID on the FID features, and precision/recall (Kynkaenniemi et al. 2019) with k of
     robustness.precision_recall_k. One record per class in `out_paths` ({class: json})."""
-    device = setup_runtime(config)
+    device = setup_runtime(Settings.parse(config).runtime)
     data = ImageData.load(data_path)
     main = load_evaluator(evaluator_dir, device)
     extras = {name: (load_evaluator(folder, device), ckpt.read_json(Path(folder) / "evaluator.json"))

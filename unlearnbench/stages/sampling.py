@@ -14,9 +14,10 @@ from .. import checkpoints as ckpt
 from ..acceleration import effective_switches, switches_label
 from ..cost import device_name
 from ..data import to_uint8
-from ..diffusion import sample_as_configured
+from ..diffusion import Schedule, sample_as_configured
 from ..errors import MissingResourceError, UserError
 from ..files import atomic_output
+from ..settings import Settings
 from ..training import prepare_model, setup_runtime
 
 
@@ -57,14 +58,16 @@ def sample_meta(config: dict, model_dir, seed: int, forget_class: int | None, nu
 
 def generate_samples(config: dict, model_dir, out_path, seed: int, forget_class: int | None, num_classes: int) -> dict:
     """Sample the configured images per class with the evaluation sampler; npz + PNG grid."""
-    device = setup_runtime(config)
-    model = prepare_model(ckpt.load_unet(model_dir), config, device, sampling=True)
+    settings = Settings.parse(config)
+    device = setup_runtime(settings.runtime)
+    model = prepare_model(ckpt.load_unet(model_dir), settings.runtime.performance, device, sampling=True)
     counts = sample_counts(config, num_classes, forget_class)
     labels = torch.cat([torch.full((n,), c, dtype=torch.long) for c, n in counts.items()])
     generator = torch.Generator().manual_seed(sampling_seed(seed, forget_class))
-    images = sample_as_configured(model, config, labels, generator, device, progress=True)
+    images = sample_as_configured(model, settings.sampler, Schedule.of(settings.diffusion), labels, generator, device,
+                                  performance=settings.runtime.performance, progress=True)
     meta = {**sample_meta(config, model_dir, seed, forget_class, num_classes), "device_name": device_name(device),
-            "speed_switches": switches_label(effective_switches(config, device, sampling=True))}
+            "speed_switches": switches_label(effective_switches(settings.runtime, device, sampling=True))}
     save_samples(out_path, to_uint8(images), labels.numpy(), meta)
     return meta
 

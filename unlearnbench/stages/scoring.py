@@ -15,6 +15,7 @@ from ..data import ImageData, class_subset, to_float
 from ..diffusion import Schedule
 from ..errors import UserError
 from ..networks import null_class
+from ..settings import Settings
 from ..training import setup_runtime
 from .foundation import load_evaluator
 from .sampling import (
@@ -91,7 +92,7 @@ def write_fid_references(config: dict, data_path, evaluator_dir, out_paths: dict
     """
     from metrics.fid import reference_statistics, save_statistics
 
-    device = setup_runtime(config)
+    device = setup_runtime(Settings.parse(config).runtime)
     data = ImageData.load(data_path)
     n_per_class = config["evaluation"].get("n_real_per_class")
     chosen = {}
@@ -158,7 +159,7 @@ def score_classes(config: dict, samples_path, evaluator_dir, references: dict, s
     from metrics.fid import feature_statistics, frechet_distance, kid_from_features, load_statistics
     from metrics.forgetting import accuracy, entropy, mean_class_probability, softmax_probabilities, unlearning_accuracy
 
-    device = setup_runtime(config)
+    device = setup_runtime(Settings.parse(config).runtime)
     images, labels, meta = load_samples(samples_path)
     ev = config["evaluation"]
     x = to_float(images)
@@ -215,12 +216,13 @@ def denoiser_norms(config: dict, model_dir, data_path, forget_class: int, seed: 
     forgotten label, the remaining classes' own labels and the null label, on noised real training images."""
     from metrics.denoiser import eps_mean_squares
 
-    device = setup_runtime(config)
+    settings = Settings.parse(config)
+    device = setup_runtime(settings.runtime)
     data = ImageData.load(data_path)
     model = ckpt.load_unet(model_dir).to(device).eval()
     x_f, _ = class_subset(data.train_x, data.train_y, [forget_class])
     x_r, y_r = class_subset(data.train_x, data.train_y, [c for c in range(data.num_classes) if c != forget_class])
-    schedule = Schedule.from_config(config)
+    schedule = Schedule.of(settings.diffusion)
     norms = eps_mean_squares(model, schedule, to_float(x_f), to_float(x_r), torch.as_tensor(y_r), forget_class,
                              null_class(model), torch.Generator().manual_seed(sampling_seed(seed, forget_class)))
     record = {"variant": variant, "forget_class": forget_class, "seed": seed, "eps_mean_square": norms,
@@ -234,7 +236,7 @@ def summarize_original(config: dict, samples_path, evaluator_dir, records: list,
     """results/original.json: the evaluator's accuracy on the original model's samples, per class, and its FIDs."""
     from metrics.forgetting import softmax_probabilities
 
-    device = setup_runtime(config)
+    device = setup_runtime(Settings.parse(config).runtime)
     images, labels, _ = load_samples(samples_path)
     preds = softmax_probabilities(load_evaluator(evaluator_dir, device), to_float(images)).argmax(1)
     per_class = {str(int(c)): float(100.0 * np.mean(preds[labels == c] == c)) for c in np.unique(labels)}

@@ -22,7 +22,9 @@ from ..cost import CostMeter
 from ..data import ImageData
 from ..diffusion import Schedule
 from ..errors import MissingResourceError, UserError
-from ..method_api import DeclaredParams, DeclaredSections, MethodParams, RunContext, load_method, prior_by_name
+from ..context import DeclaredParams, DeclaredSections, MethodParams, RunContext
+from ..method_api import load_method, prior_by_name
+from ..settings import Runtime, Settings
 from ..training import bf16_uses, prepare_model, setup_runtime
 from ..workflow import fingerprint
 from .foundation import device_generator
@@ -34,7 +36,8 @@ def _context(config, method, params, data, device, seed, meter, original_dir, fo
     """The RunContext of a method's stage: unlearn() if prior is None, else that prior's run()."""
     if forget_class is not None and not 0 <= forget_class < data.num_classes:
         raise UserError(f"forget class {forget_class} is out of range: the dataset's classes are 0..{data.num_classes - 1}")
-    expect = ckpt.unet_expectations(config, data.num_classes)
+    settings = Settings.parse(config)  # the whole config's, before the method's view of it below
+    expect = ckpt.unet_expectations(settings.model, data.num_classes)
     module = load_method(method)
     if prior is None:
         params = MethodParams(params, method)
@@ -48,10 +51,11 @@ def _context(config, method, params, data, device, seed, meter, original_dir, fo
 
     def load_original(ema: bool = False):
         model = ckpt.load_unet(Path(original_dir) / ("unet_ema" if ema else "unet"), expect=expect)
-        return prepare_model(model, config, device).train()
+        return prepare_model(model, settings.runtime.performance, device).train()
 
-    return RunContext(config=config, params=params, data=data, schedule=Schedule.from_config(config), device=device,
+    return RunContext(config=config, params=params, data=data, schedule=Schedule.of(settings.diffusion), device=device,
                       seed=seed, generator=device_generator(seed, device), meter=meter, load_original=load_original,
+                      runtime=settings.runtime,
                       forget_class=forget_class, priors=priors or {}, out_dir=out_dir, state_path=state_path,
                       state_key=state_key, diverged_hint=diverged_hint(method, params))
 
@@ -89,7 +93,8 @@ def run_prior(config: dict, method_name: str, prior_name: str, data_path, origin
     check_original(original_dir)
     params = method_params(config, method_name, module)
     data = ImageData.load(data_path)
-    device = setup_runtime(config)
+    runtime = Runtime.parse(config)
+    device = setup_runtime(runtime)
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -112,7 +117,7 @@ def run_prior(config: dict, method_name: str, prior_name: str, data_path, origin
     cost = meter.result()
     cost["requires"] = sorted(required or {})
     cost["files"] = prior_files(tmp)
-    cost["speed_switches"] = switches_label(switches_that_ran(config, device, bf16_uses() > bf16_before))
+    cost["speed_switches"] = switches_label(switches_that_ran(runtime, device, bf16_uses() > bf16_before))
     ckpt.write_json(tmp / "cost.json", cost)
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.replace(out_dir)
@@ -182,7 +187,8 @@ def run_unlearning(config: dict, method_name: str, forget_class: int, seed: int,
     params, origins = method_params(config, method_name, module, overrides, with_origins=True)
     check_original(original_dir)  # its EMA weights are compared only after the loop (original_weights_in)
     data = ImageData.load(data_path)
-    device = setup_runtime(config)
+    runtime = Runtime.parse(config)
+    device = setup_runtime(runtime)
     out_dir = Path(out_dir)
     bf16_before = bf16_uses()
     with CostMeter(device) as meter:
@@ -216,7 +222,7 @@ def run_unlearning(config: dict, method_name: str, forget_class: int, seed: int,
     record = {"method": method_name, "forget_class": forget_class, "seed": seed, "params": params,
               "param_origins": origins, "prior_min": prior_min if priors else None,
               "prior_shared_min": prior_shared_min if priors else None, **cost,
-              "speed_switches": switches_label(switches_that_ran(config, device, bf16_uses() > bf16_before))}
+              "speed_switches": switches_label(switches_that_ran(runtime, device, bf16_uses() > bf16_before))}
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt.save_unet(model, out_dir / "unet")
     ckpt.write_json(out_dir / "cost.json", record)
@@ -231,7 +237,7 @@ def import_model(config: dict, name: str, forget_class: int, seed: int, data_pat
     """An unlearned model made elsewhere (config `imported`), checked and saved as the workflow's own model folder,
     so that it is evaluated exactly as the methods' models are. Its cost.json has no RTE or GPU figure."""
     src = imported_model_dir(config, name, forget_class, seed)
-    expect = ckpt.unet_expectations(config, ImageData.load(data_path).num_classes)
+    expect = ckpt.unet_expectations(Settings.parse(config).model, ImageData.load(data_path).num_classes)
     model = ckpt.load_users_unet(src, expect, f"imported model {src}",
                                  f"replace the folder, or take {name!r} out of 'imported'", imported_architecture_fix(name))
     if weights := original_weights_in(model, original_dir):  # the wrong folder: it would be scored as unlearned
