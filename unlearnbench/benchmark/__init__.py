@@ -38,14 +38,16 @@ The JSON report is written atomically after every section (a killed run leaves t
 a table goes to stdout; `write_markdown` / scripts/benchmark_report.py turn the JSON into markdown.
 Nothing is estimated where it can be measured, and a number that cannot be had is null with a reason.
 
-Modules: common (schema, JSON, statistics), instruments (clocks, counters, FLOPs, peaks), harness (contexts,
-synthetic data, the measurements), summary (ratios to the reference), render (tables, merging), driver (main).
+Modules: common (schema, JSON, statistics), instruments (clocks, counters, FLOPs, peaks), workload (timed contexts,
+synthetic data, config variants), harness (the measurements), summary (ratios to the reference), render (tables,
+merging), driver (main).
 """
 from .common import NOISY_FIT, SCHEMA, TIMING_REPEATS, write_json_atomic
 from .driver import (SWITCH_VARIANTS, ReportSink, build_config, chosen_methods, main, measure_precision,
                      measure_switches, run_order, sampler_numerics, switch_ablation_after)
-from .harness import (PAPER_EVAL, PRECISIONS, PROFILES, Bench, BenchContext, make_context, priors_in_order,
-                      published_steps, save_original, synthetic_data, variant_config)
+from .harness import PAPER_EVAL, PROFILES, Bench
+from .workload import (PRECISIONS, BenchContext, make_context, priors_in_order, published_steps, save_original,
+                       synthetic_data, variant_config)
 from .instruments import (BF16_DENSE_PEAK_TFLOPS, SYNC_WARNING, RowCounter, StepClock, SyncCounter, bf16_peak_tflops,
                           count_flops, count_sync_warnings, measured_matmul_tflops, sync_debug_mode)
 from .render import (METHOD_HEADER, NUMERICS_HEADER, PRIOR_HEADER, RATIO_HEADER, SAMPLER_HEADER, SOURCE_HEADER, _fmt,

@@ -23,7 +23,8 @@ from ..stages import versions
 from ..settings import Runtime
 from ..training import setup_runtime
 from .common import SCHEMA, div, now, write_json_atomic
-from .harness import PRECISIONS, PROFILES, Bench, priors_in_order, variant_config
+from .harness import PROFILES, Bench
+from .workload import PRECISIONS, priors_in_order, variant_config
 from .instruments import bf16_peak_tflops, measured_matmul_tflops
 from .render import print_report
 from .summary import paper_forget_classes, paper_means, report_reference, summarize

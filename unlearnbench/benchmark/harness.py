@@ -1,43 +1,36 @@
-"""The harness: synthetic data, a random original model, the workflow's RunContext with timed loops, and the
-measurements of one benchmark run (each method's unlearning, each of its priors, the evaluation sampler).
+"""The harness: the measurements of one benchmark run (each method's unlearning, each of its priors, the evaluation
+sampler), on what workload.py makes (synthetic data, a random original model, timed contexts, config variants).
 
 It knows no method by name: what it runs comes from the method files (`unlearn`, `PRIORS`, `DEFAULTS`), and a
 prior's projection to the paper's size from its `Prior(work=..., paper_work=...)` (unlearnbench/method_api.py)."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..acceleration import maybe_compile
-from ..checkpoints import load_unet, save_unet
+from ..checkpoints import load_unet
 from ..config import method_params
 from ..cost import CostMeter
 from ..data import ImageData
 from ..diffusion import Schedule, guided_eps, sample_as_configured
 from ..context import RunContext
 from ..method_api import Prior, load_method, prior_by_name
-from ..networks import UNET_PRESETS, build_unet, predict_eps
+from ..networks import UNET_PRESETS, predict_eps
 from ..settings import Runtime, Settings
-from ..stages import _context
 from ..training import autocast_dtype, prepare_model, setup_runtime
 from .common import NOISY_FIT, TIMING_REPEATS, div, linear_fit, release, stats, sync
 from .instruments import RowCounter, StepClock, SyncCounter, count_flops
+from .workload import batch_sizes, make_context, published_steps, save_original, synthetic_data, variant_config
 
 PAPER_EVAL = {"images_per_job": 5000, "sampler_steps": 1000, "sampling_jobs": 31,
               "what": "per evaluation job 500 forget-class + 9 x 500 remaining-class images, 1,000 steps; "
                       "31 sampling jobs in the main table (30 unlearned models + the original)"}
 
-PRECISIONS = {  # precision -> performance switches it sets (the others come from the config)
-    "fp32": {"bf16": False, "tf32": False},
-    "tf32": {"bf16": False, "tf32": True},
-    "bf16": {"bf16": True, "tf32": True},
-}
 
 # Slice sizes per preset. paper: the methods' batch sizes as published (DEFAULTS), the config's sampler batch.
 # method_batch: every `*batch_size` param of a method on the tiny preset. prior_sizes: the two sizes n of each prior's
@@ -56,115 +49,6 @@ NO_WORK = ("its Prior declares no work (Prior(work=..., paper_work=...)): timed 
 NO_PAPER_WORK = "its Prior declares no paper_work (its units of work at the paper's size): not projected"
 SAME_WORK = ("its work did not grow between the benchmark's two sizes: give its Prior bench_params(n, ctx) whose "
              "runs do more work as n grows")
-
-
-@dataclasses.dataclass
-class BenchContext(RunContext):
-    """The workflow's RunContext, with every step of the method's loop timed by `clock`."""
-
-    clock: StepClock | None = None
-    syncs: SyncCounter | None = None
-
-    def progress(self, iterable, desc: str):
-        return self.clock.wrap(iterable, desc) if self.clock else super().progress(iterable, desc)
-
-    def run_steps(self, steps: int, step_fn, *, desc: str, **kwargs):
-        marks = self.clock.new_loop(desc) if self.clock else None
-
-        def timed_step(i):
-            if marks is not None and not marks:
-                marks.append(self.clock.mark())
-            if self.syncs is not None:
-                self.syncs.step(i, step_fn)
-            else:
-                step_fn(i)
-            if marks is not None:
-                marks.append(self.clock.mark())
-
-        return super().run_steps(steps, timed_step, desc=desc, **kwargs)
-
-
-def make_context(config, method, params, data, device, seed, meter, original_dir, *, clock=None, rows=None,
-                 syncs=None, forget_class=None, priors=None, out_dir=None, prior=None) -> BenchContext:
-    """stages._context's RunContext (the one `unlearnbench unlearn`/`prior` use), instrumented, with
-    load_original passing through acceleration.maybe_compile (idempotent if the stage compiles too).
-    `rows` (a RowCounter) is attached to the models only when they are not compiled."""
-    base = _context(config, method, params, data, device, seed, meter, original_dir, forget_class, priors, out_dir,
-                    prior=prior)
-    ctx = BenchContext(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base) if f.init}, clock=clock,
-                       syncs=syncs)
-    load = base.load_original
-    perf = Runtime.parse(config).performance
-    count = rows is not None and not (perf.compile and torch.device(device).type == "cuda")
-
-    def load_original(ema: bool = False):
-        model = load(ema)
-        if count:
-            rows.attach(model)
-        return maybe_compile(model, perf, device)
-
-    ctx.load_original = load_original
-    return ctx
-
-
-def synthetic_data(shape: tuple[int, int, int], per_class: int, num_classes: int = 10, seed: int = 0,
-                   forget_class: int = 0, forget_count: int | None = None) -> ImageData:
-    """Random uint8 images (costs do not depend on pixel values), `per_class` per class."""
-    rng = np.random.default_rng(seed)
-    counts = [forget_count if (c == forget_class and forget_count is not None) else per_class for c in range(num_classes)]
-    y = np.concatenate([np.full(n, c, dtype=np.int64) for c, n in enumerate(counts)])
-    x = rng.integers(0, 256, size=(len(y), *shape), dtype=np.uint8)
-    ty = np.repeat(np.arange(num_classes, dtype=np.int64), 2)
-    tx = rng.integers(0, 256, size=(len(ty), *shape), dtype=np.uint8)
-    return ImageData(x, y, tx, ty)
-
-
-def save_original(config: dict, num_classes: int, folder: Path) -> int:
-    """A randomly initialised UNet of the config's preset as unet/ and unet_ema/ (same weights)."""
-    torch.manual_seed(0)
-    model = build_unet(config["model"]["preset"], num_classes, config["model"].get("overrides"))
-    save_unet(model, folder / "unet")
-    save_unet(model, folder / "unet_ema")
-    return sum(p.numel() for p in model.parameters())
-
-
-def variant_config(config: dict, precision: str | None = None, switches: dict | None = None) -> dict:
-    cfg = copy.deepcopy(config)
-    perf = dict(cfg.get("performance") or {})
-    perf.update(PRECISIONS.get(precision, {}))
-    for key, value in (switches or {}).items():
-        if key == "deterministic":
-            cfg["deterministic"] = value
-        else:
-            perf[key] = value
-    cfg["performance"] = perf
-    return cfg
-
-
-def priors_in_order(module) -> list[Prior]:
-    """A method's PRIORS, each after the priors it requires (method_api has refused cycles), else as declared."""
-    by_name = {p.name: p for p in module.PRIORS}
-    done: dict[str, Prior] = {}
-
-    def visit(prior: Prior) -> None:
-        for required in prior.requires:
-            if required not in done:
-                visit(by_name[required])
-        done.setdefault(prior.name, prior)
-
-    for prior in module.PRIORS:
-        visit(prior)
-    return list(done.values())
-
-
-def published_steps(module) -> int | None:
-    """The steps of a method as published: its file's DEFAULTS (a variant's: its base's), the paper's scale."""
-    steps = module.PUBLISHED_DEFAULTS.get("steps")
-    return steps if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 else None
-
-
-def batch_sizes(params: dict) -> list[int]:
-    return [int(v) for k, v in params.items() if k.endswith("batch_size") and isinstance(v, int)]
 
 
 class Bench:

@@ -3,7 +3,7 @@
 Everything here is a pure function of records or data frames (plus atomic file writes), so the tests call it
 without models or devices. The modules, in the order the aggregate job uses them: records (metrics.csv and the
 paper's data), layout (table.csv, Tables 1 and 2, their notes), comparison (comparison.md), studies (the guidance
-sweep and the finding study); this file writes them together.
+sweep and the finding study), robustness and robustness_md (robustness.csv and .md); this file writes them together.
 """
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from .records import (CLAIMED_QUANTITIES, ENTROPY, FID, GPU, GPU_RATIO, GPU_SAVI
                       TABLE2_METRICS, UA, Metric, _write_text, check_coverage, collect_records, display_name,
                       history_snapshots, keep_history, load_paper_ablation, load_paper_numbers, method_order,
                       paper_claims, paper_errata, write_metrics_csv)
-from .robustness import ROBUSTNESS_TABLES, aggregate_robustness, render_robustness, robustness_table
+from .robustness import ROBUSTNESS_TABLES, checked_records, robustness_table
+from .robustness_md import render_robustness
 from .studies import (FINDING_COLUMNS, GUIDANCE_COLUMNS, aggregate_finding, aggregate_guidance, finding_table,
                       guidance_summary, guidance_table, render_finding, render_guidance, write_guidance_tables)
 
@@ -96,3 +97,19 @@ def aggregate_ablation(records: Iterable, out_path) -> Path | None:
     out_path = Path(out_path)
     write_metrics_csv(collect_records(records), out_path)
     return keep_history(out_path.parent, [out_path.name], folder="history/ablation")
+
+
+def aggregate_robustness(config: dict, score_paths: Iterable, attack_paths: Iterable, record_paths: Iterable,
+                         out_dir) -> dict[str, Path]:
+    """The robustness_table job: the records, checked to be the config's models x forget classes x seeds (the
+    attacks: x robustness.attacks.seeds) and each kind from one configuration, into robustness.csv and .md and
+    their digests (tables.sha256)."""
+    scores, attacks, mains = checked_records(config, score_paths, attack_paths, record_paths)
+    df = robustness_table(config, scores, attacks, mains)
+    out_dir = Path(out_dir)
+    paths = {name: out_dir / name for name in ROBUSTNESS_TABLES}
+    with atomic_output(paths["robustness.csv"]) as tmp:
+        df.to_csv(tmp, index=False)
+    _write_text(paths["robustness.md"], render_robustness(config, df))
+    paths["tables.sha256"] = write_digests(out_dir, list(ROBUSTNESS_TABLES))
+    return paths
