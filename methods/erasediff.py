@@ -31,6 +31,7 @@ Inferred:
 With lambda fixed, f* is a constant of the outer step: the outer gradient is grad L_r + lambda grad f, and f* sets
 the loss's value only (BOME's adaptive lambda, which reads it, is not the published setting).
 """
+
 import torch
 
 from unlearnbench.diffusion import randn_like, reduce_squared_error
@@ -44,12 +45,12 @@ DEFAULTS = {
     # Outer updates at the paper's scale: 4 epochs x 2 outer phases, each phase over about 4,500 remaining images
     # in batches of 128 until more than 4,500 were used, i.e. ceil(4,500 / 128) = 36 updates: 4 x 2 x 36 = 288.
     "steps": 288,
-    "batch_size": 128,          # remaining-class batch of L_r
-    "forget_batch_size": 128,   # forget batch of each inner pass and of the outer f
+    "batch_size": 128,  # remaining-class batch of L_r
+    "forget_batch_size": 128,  # forget batch of each inner pass and of the outer f
     "lr": 1.0e-4,
-    "grad_clip": 1.0,           # on the outer step only
+    "grad_clip": 1.0,  # on the outer step only
     "lambda": 0.1,
-    "inner_steps": 2,           # K
+    "inner_steps": 2,  # K
     "inner_lr": 1.0e-4,
 }
 # How a smaller config scales these paper-scale values (unlearnbench/scaling.py; the config's `scale` section).
@@ -68,8 +69,7 @@ def other_labels(labels: torch.Tensor, num_classes: int, generator: torch.Genera
     null class): r uniform in 0..K-2, moved past the label."""
     if num_classes < 2:
         raise ValueError("EraseDiff relabels the forgotten class with another class: it needs at least 2 classes")
-    r = torch.randint(0, num_classes - 1, labels.shape, generator=generator,
-                      device=generator.device).to(labels.device)
+    r = torch.randint(0, num_classes - 1, labels.shape, generator=generator, device=generator.device).to(labels.device)
     return r + (r >= labels).long()
 
 

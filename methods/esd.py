@@ -20,6 +20,7 @@ Inferred: the batch of 128 and the gradient clip (ESD trains one image per step,
 dropout: a deterministic target); the samples drawn in eval mode. The 1000 steps are ESD's iteration count, which
 its paper set by its cost budget, not by convergence.
 """
+
 import torch
 
 from unlearnbench.diffusion import ddim_step, guided_eps, randn_like, sampling_timesteps
@@ -30,12 +31,12 @@ from unlearnbench.training import optimizer_step
 DISPLAY_NAME = "ESD"
 COLOR = "tab:olive"
 DEFAULTS = {
-    "steps": 1000,              # ESD's 1000 iterations: the ESD paper's count, set by its cost budget
+    "steps": 1000,  # ESD's 1000 iterations: the ESD paper's count, set by its cost budget
     "batch_size": 128,
-    "lr": 1.0e-5,               # ESD's
+    "lr": 1.0e-5,  # ESD's
     "grad_clip": 1.0,
-    "eta": 7.5,                 # negative guidance
-    "x_t_source": "real",       # real | generated
+    "eta": 7.5,  # negative guidance
+    "x_t_source": "real",  # real | generated
     # "generated" only: ESD's sampler (50 DDIM steps, eta 0, guidance scale 3 = w 2)
     "gen_steps": 50,
     "gen_eta": 0.0,
@@ -75,8 +76,18 @@ def real_x_t(ctx, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def generated_x_t(model, schedule, labels: torch.Tensor, image_shape, *, steps: int, eta: float, guidance_w: float,
-                  generator: torch.Generator, amp) -> tuple[torch.Tensor, torch.Tensor]:
+def generated_x_t(
+    model,
+    schedule,
+    labels: torch.Tensor,
+    image_shape,
+    *,
+    steps: int,
+    eta: float,
+    guidance_w: float,
+    generator: torch.Generator,
+    amp,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's guided DDIM samples of `labels`, from x_T ~ N(0, I) down to a timestep drawn uniformly among the
     sampler's `steps` timesteps (one for the batch). Draws: the stop, x_T, then each step's noise (eta > 0).
     Returns (x_t, t)."""
@@ -110,9 +121,17 @@ def unlearn(ctx):
             x_t, t = real_x_t(ctx, x0)
         else:
             y = labels
-            x_t, t = generated_x_t(model, ctx.schedule, y, ctx.data.image_shape, steps=p["gen_steps"],
-                                   eta=p["gen_eta"], guidance_w=p["gen_guidance_w"], generator=ctx.generator,
-                                   amp=ctx.autocast)
+            x_t, t = generated_x_t(
+                model,
+                ctx.schedule,
+                y,
+                ctx.data.image_shape,
+                steps=p["gen_steps"],
+                eta=p["gen_eta"],
+                guidance_w=p["gen_guidance_w"],
+                generator=ctx.generator,
+                amp=ctx.autocast,
+            )
         with ctx.autocast():
             loss = esd_loss(model, frozen, x_t, t, y, p["eta"])
         optimizer_step(optimizer, loss, model.parameters(), p["grad_clip"])

@@ -5,6 +5,7 @@ clipping), so the two differ only in the forget objective. Whatever FT also does
 classes comes from the extra training, not from unlearning; the forgotten class is forgotten, if at all,
 only by drift. Run it beside the others with `--config methods=[sa,salun,safemax,finetune]`.
 """
+
 import torch
 
 from unlearnbench.method_api import LOOP_PARAM_SCHEMA
@@ -13,11 +14,11 @@ from unlearnbench.training import optimizer_step
 DISPLAY_NAME = "FT"
 CONTROL = True  # a reference point: shown in the tables, never marked best
 DEFAULTS = {
-    "steps": 1000,            # SAFEMax's
-    "batch_size": 128,        # images of the remaining classes per step
+    "steps": 1000,  # SAFEMax's
+    "batch_size": 128,  # images of the remaining classes per step
     "lr": 1.0e-4,
     "grad_clip": 1.0,
-    "cond_dropout": 0.0,      # 0 as in SAFEMax's retain term; 0.1 would be the base model's training
+    "cond_dropout": 0.0,  # 0 as in SAFEMax's retain term; 0.1 would be the base model's training
 }
 SCALED = {"steps": "steps", "batch_size": "batch"}
 PARAM_SCHEMA = {

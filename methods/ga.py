@@ -22,6 +22,7 @@ Not here: SalUn's code also applies its saliency mask to GA when given one (`--m
 param does not fit the interface (every prior in PRIORS is a job of every run and counts in its cost), so this file
 is plain GA (NOTE).
 """
+
 import torch
 
 from unlearnbench.method_api import LOOP_PARAM_SCHEMA
@@ -29,16 +30,18 @@ from unlearnbench.training import optimizer_step
 
 DISPLAY_NAME = "GA"
 COLOR = "tab:cyan"
-NOTE = ("GA without SalUn's saliency mask (its code can apply the mask to GA); alpha 1e-3, SalUn's, not scaled with "
-        "the image size (both terms are the same loss)")
+NOTE = (
+    "GA without SalUn's saliency mask (its code can apply the mask to GA); alpha 1e-3, SalUn's, not scaled with "
+    "the image size (both terms are the same loss)"
+)
 DEFAULTS = {
-    "steps": 1000,              # the reference config's n_iters, shared by its --method ga | rl (and SalUn)
-    "batch_size": 128,          # forget batch
+    "steps": 1000,  # the reference config's n_iters, shared by its --method ga | rl (and SalUn)
+    "batch_size": 128,  # forget batch
     "retain_batch_size": 128,
     "lr": 1.0e-4,
     "grad_clip": 1.0,
-    "alpha": 1.0e-3,            # retain weight: SalUn's value (inferred); not scaled (module docstring)
-    "cond_dropout": 0.1,        # on the retain term, as SalUn's
+    "alpha": 1.0e-3,  # retain weight: SalUn's value (inferred); not scaled (module docstring)
+    "cond_dropout": 0.1,  # on the retain term, as SalUn's
     "forget_cond_dropout": 0.1,  # on the forget term: the reference's GA term is the training loss (cond_drop_prob 0.1)
 }
 # How a smaller config scales these paper-scale values (unlearnbench/scaling.py; the config's `scale` section).

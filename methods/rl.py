@@ -19,6 +19,7 @@ The forget term is computed as SalUn's (methods/salun.py, `relabel_loss`): tests
 the two agree bit for bit. It is written here, not imported, because a method's jobs rerun when its own file
 changes, not when a file it imports does.
 """
+
 import torch
 
 from unlearnbench.diffusion import drop_labels, randn_like
@@ -29,15 +30,15 @@ from unlearnbench.training import optimizer_step
 DISPLAY_NAME = "RL"
 COLOR = "tab:pink"
 DEFAULTS = {
-    "steps": 1000,              # the reference config's n_iters, shared by its --method ga | rl (and SalUn)
-    "batch_size": 128,          # forget batch
+    "steps": 1000,  # the reference config's n_iters, shared by its --method ga | rl (and SalUn)
+    "batch_size": 128,  # forget batch
     "retain_batch_size": 128,
     "lr": 1.0e-4,
     "grad_clip": 1.0,
-    "alpha": 1.0e-3,            # retain weight, at CIFAR-10's image dimension (SCALED below), SalUn's (inferred)
-    "cond_dropout": 0.1,        # on the retain term, as SalUn's
+    "alpha": 1.0e-3,  # retain weight, at CIFAR-10's image dimension (SCALED below), SalUn's (inferred)
+    "cond_dropout": 0.1,  # on the retain term, as SalUn's
     "forget_cond_dropout": 0.1,  # on each of the forget term's two passes, its own draw, as SalUn's
-    "other_label": "next",      # next: c' = (c_f + 1) mod K (the code's); random: per image, any class but c_f
+    "other_label": "next",  # next: c' = (c_f + 1) mod K (the code's); random: per image, any class but c_f
 }
 # How a smaller config scales these paper-scale values (unlearnbench/scaling.py; the config's `scale` section).
 # alpha weighs the pixel-summed retain loss against the element-mean forget term, as SalUn's.

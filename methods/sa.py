@@ -6,6 +6,7 @@ loss's conditioning dropout, as the reference's). Each unlearning step: a surrog
 batch of uniform noise labelled c_f, a replay batch of the other classes' generated images, and the
 penalty lambda * sum_i F_i (theta_i - theta*_i)^2. The EMA, continued from the base EMA, is evaluated.
 """
+
 from contextlib import nullcontext
 
 import numpy as np
@@ -21,30 +22,35 @@ DISPLAY_NAME = "SA"
 COLOR = "tab:blue"
 DEFAULTS = {
     "steps": 20000,
-    "batch_size": 128,          # surrogate (forget) batch
+    "batch_size": 128,  # surrogate (forget) batch
     "replay_batch_size": 128,
     "lr": 1.0e-4,
     "grad_clip": 1.0,
-    "gamma": 1.0,               # replay weight
-    "lambda": 10.0,             # EWC weight
+    "gamma": 1.0,  # replay weight
+    "lambda": 10.0,  # EWC weight
     "ema_decay": 0.9999,
     "n_generated_per_class": 500,
-    "fisher_images": None,      # None: all generated images
+    "fisher_images": None,  # None: all generated images
     # None: all T timesteps per image, the paper's sum. A subset n is rescaled by T/n, which inflates the Fisher's
     # noise part about T/n times (its square is not an unbiased estimate of the square of the full sum): for cost
     # measurements and quick tests only.
     "fisher_timesteps": None,
-    "fisher_batch": 250,        # timesteps per forward pass (memory bound)
+    "fisher_batch": 250,  # timesteps per forward pass (memory bound)
     # Each (image, t) term's label is the null class with this probability, as in the reference's save_fim (its
     # loss keeps the training default cond_drop_prob = 0.1), so the Fisher also weighs the unconditional eps
     # that guidance uses. 0: fully conditional.
     "fisher_cond_dropout": 0.1,
-    "checkpoint_every": 1000,   # resumable state every so many steps (0: never)
+    "checkpoint_every": 1000,  # resumable state every so many steps (0: never)
 }
 # How a smaller config scales these paper-scale values (unlearnbench/scaling.py; the config's `scale` section): the
 # EMA decay follows the steps that run, so that the evaluated EMA keeps the paper's share of the starting weights.
-SCALED = {"steps": "steps", "batch_size": "batch", "replay_batch_size": "batch", "ema_decay": "ema",
-          "checkpoint_every": "steps"}
+SCALED = {
+    "steps": "steps",
+    "batch_size": "batch",
+    "replay_batch_size": "batch",
+    "ema_decay": "ema",
+    "checkpoint_every": "steps",
+}
 # What each value may be (JSON Schema; the config is checked against it before any job runs).
 PARAM_SCHEMA = {
     **LOOP_PARAM_SCHEMA,  # steps, batch_size, lr, grad_clip
@@ -83,9 +89,20 @@ def fisher_timesteps(timesteps: int, n: int | None) -> torch.Tensor:
     return torch.linspace(0, timesteps - 1, n).round().long()
 
 
-def diagonal_fisher(model, schedule, images, labels, *, timesteps: torch.Tensor, reduction: str, generator,
-                    chunk: int = 250, cond_dropout: float = 0.0, progress=lambda it, desc: it,
-                    amp=nullcontext) -> dict[str, torch.Tensor]:
+def diagonal_fisher(
+    model,
+    schedule,
+    images,
+    labels,
+    *,
+    timesteps: torch.Tensor,
+    reduction: str,
+    generator,
+    chunk: int = 250,
+    cond_dropout: float = 0.0,
+    progress=lambda it, desc: it,
+    amp=nullcontext,
+) -> dict[str, torch.Tensor]:
     """Mean over images of (d/dtheta sum_t L(x, c, t))^2, one noise draw per (image, t), and with `cond_dropout`
     the null label in place of c in each (image, t) term with that probability.
 
@@ -101,15 +118,27 @@ def diagonal_fisher(model, schedule, images, labels, *, timesteps: torch.Tensor,
     timesteps, images, labels = (v.to(device) for v in (timesteps, images, labels))
     for i in progress(range(len(images)), "fisher"):
         model.zero_grad(set_to_none=True)
-        x = images[i:i + 1].expand(len(timesteps), *images.shape[1:])
-        y = labels[i:i + 1].expand(len(timesteps))
+        x = images[i : i + 1].expand(len(timesteps), *images.shape[1:])
+        y = labels[i : i + 1].expand(len(timesteps))
         noise = randn_like(x, generator)  # one draw per (image, t)
         for start in range(0, len(timesteps), chunk):
             part = slice(start, start + chunk)
             with amp():
-                loss = epsilon_loss(model, schedule, x[part], y[part], reduction=reduction, timesteps=timesteps[part],
-                                    noise=noise[part], cond_dropout=cond_dropout, generator=generator,
-                                    per_sample=True).sum() * scale
+                loss = (
+                    epsilon_loss(
+                        model,
+                        schedule,
+                        x[part],
+                        y[part],
+                        reduction=reduction,
+                        timesteps=timesteps[part],
+                        noise=noise[part],
+                        cond_dropout=cond_dropout,
+                        generator=generator,
+                        per_sample=True,
+                    ).sum()
+                    * scale
+                )
             loss.backward()
         for n, p in params.items():
             fisher[n] += p.grad.detach() ** 2
@@ -126,10 +155,19 @@ def compute_fisher(ctx):
         keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(ctx.seed))[: p["fisher_images"]]
         images, labels = images[keep], labels[keep]
     with ctx.meter.timed():
-        fisher = diagonal_fisher(model, ctx.schedule, images, labels,
-                                 timesteps=fisher_timesteps(ctx.schedule.timesteps, p["fisher_timesteps"]),
-                                 reduction=ctx.reduction, generator=ctx.generator, chunk=p["fisher_batch"],
-                                 cond_dropout=p["fisher_cond_dropout"], progress=ctx.progress, amp=ctx.autocast)
+        fisher = diagonal_fisher(
+            model,
+            ctx.schedule,
+            images,
+            labels,
+            timesteps=fisher_timesteps(ctx.schedule.timesteps, p["fisher_timesteps"]),
+            reduction=ctx.reduction,
+            generator=ctx.generator,
+            chunk=p["fisher_batch"],
+            cond_dropout=p["fisher_cond_dropout"],
+            progress=ctx.progress,
+            amp=ctx.autocast,
+        )
     save_tensors(ctx.out_dir / "fisher.safetensors", fisher)
 
 
@@ -158,13 +196,30 @@ def fisher_bench_params(n: int, ctx) -> dict:
 
 
 PRIORS = [
-    Prior("generated", generate_replay_set, scope="shared", params=("n_generated_per_class",), sections=("sampler",),
-          work=generated_work, work_units="image-steps", paper_work=5000 * 1000, bench_params=generated_bench_params,
-          paper_size="5,000 images (500 per class) x 1,000 guided sampler steps"),
-    Prior("fisher", compute_fisher, scope="shared", requires=("generated",),
-          params=("fisher_images", "fisher_timesteps", "fisher_batch", "fisher_cond_dropout"),
-          work=fisher_work, work_units="image-timesteps", paper_work=5000 * 1000, bench_params=fisher_bench_params,
-          paper_size="5,000 images x 1,000 timesteps (one backward per image-timestep chunk)"),
+    Prior(
+        "generated",
+        generate_replay_set,
+        scope="shared",
+        params=("n_generated_per_class",),
+        sections=("sampler",),
+        work=generated_work,
+        work_units="image-steps",
+        paper_work=5000 * 1000,
+        bench_params=generated_bench_params,
+        paper_size="5,000 images (500 per class) x 1,000 guided sampler steps",
+    ),
+    Prior(
+        "fisher",
+        compute_fisher,
+        scope="shared",
+        requires=("generated",),
+        params=("fisher_images", "fisher_timesteps", "fisher_batch", "fisher_cond_dropout"),
+        work=fisher_work,
+        work_units="image-timesteps",
+        paper_work=5000 * 1000,
+        bench_params=fisher_bench_params,
+        paper_size="5,000 images x 1,000 timesteps (one backward per image-timestep chunk)",
+    ),
 ]
 
 
@@ -230,6 +285,11 @@ def unlearn(ctx):
         ema_update(ema, model, p["ema_decay"])
 
     # SA's forgetting is the long one (hours at paper scale): it saves resumable state as it goes.
-    ctx.run_steps(p["steps"], step, desc="selective amnesia", checkpoint_every=p["checkpoint_every"],
-                  modules={"model": model, "ema": ema, "optimizer": optimizer})
+    ctx.run_steps(
+        p["steps"],
+        step,
+        desc="selective amnesia",
+        checkpoint_every=p["checkpoint_every"],
+        modules={"model": model, "ema": ema, "optimizer": optimizer},
+    )
     return ema

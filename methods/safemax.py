@@ -5,6 +5,7 @@ psi(t) = exp(-lambda t / T) (t in [1, T]), eps_T a fresh standard normal draw in
 that built x_t (or, with target "x_t", the noisy input itself). As eps_T is independent of x_t, this pulls
 eps_theta(x_t, c_f, t) towards 0: samples of c_f lose their class, which the evaluation sees as high entropy H.
 """
+
 import torch
 
 from unlearnbench.diffusion import randn_like, reduce_squared_error
@@ -15,18 +16,18 @@ from unlearnbench.training import ema_update, make_ema, optimizer_step
 DISPLAY_NAME = "SAFEMax"
 COLOR = "tab:green"
 DEFAULTS = {
-    "steps": 1000,            # inferred from the reported RTE (docs/protocol-notes.md, SAFEMax)
+    "steps": 1000,  # inferred from the reported RTE (docs/protocol-notes.md, SAFEMax)
     "batch_size": 128,
     "lr": 1.0e-4,
     "grad_clip": 1.0,
-    "lambda": 1.0,            # psi(t) = exp(-lambda t / T); 0 disables the scheduler
+    "lambda": 1.0,  # psi(t) = exp(-lambda t / T); 0 disables the scheduler
     "target": "fresh_noise",  # fresh_noise | x_t
-    "retain_weight": 0.0,     # no retain loss on the poster
+    "retain_weight": 0.0,  # no retain loss on the poster
     "retain_batch_size": 128,
     # Inferred too (docs/protocol-notes.md, SAFEMax): start from the base model's non-EMA weights, evaluate the raw weights.
-    "start_weights": "raw",   # raw | ema: which of the base model's weights unlearning starts from
-    "ema_decay": None,        # null: evaluate the raw weights; a number: keep an EMA, continued from the base
-                              # model's EMA as SA's is, and evaluate it
+    "start_weights": "raw",  # raw | ema: which of the base model's weights unlearning starts from
+    "ema_decay": None,  # null: evaluate the raw weights; a number: keep an EMA, continued from the base
+    # model's EMA as SA's is, and evaluate it
 }
 # How a smaller config scales these paper-scale values (unlearnbench/scaling.py; the config's `scale` section).
 SCALED = {"steps": "steps", "batch_size": "batch", "retain_batch_size": "batch", "ema_decay": "ema"}

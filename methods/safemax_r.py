@@ -5,6 +5,7 @@ the forget batch) to SAFEMax's forget loss: twice the passes of SAFEMax per step
 Shown beside SAFEMax, it measures what the retain term buys where the published algorithm damages the remaining
 classes (docs/safemax-finding.md).
 """
+
 VARIANT_OF = "safemax"
 DISPLAY_NAME = "SAFEMax+R"
 COLOR = "tab:purple"

@@ -6,6 +6,7 @@ pulls eps_theta(x_t, c_f, t) onto the detached eps_theta(x_t, c_p, t) with c_p =
 dropped to the null class with probability 0.1, as the reference's training-mode passes), plus alpha times the
 standard loss on the other classes; the clipped gradient is masked before Adam.
 """
+
 from contextlib import nullcontext
 
 import torch
@@ -20,25 +21,30 @@ DISPLAY_NAME = "SalUn"
 COLOR = "tab:orange"
 DEFAULTS = {
     "steps": 1000,
-    "batch_size": 128,          # forget batch
+    "batch_size": 128,  # forget batch
     "retain_batch_size": 128,
     "lr": 1.0e-4,
     "grad_clip": 1.0,
-    "alpha": 1.0e-3,            # retain weight, at CIFAR-10's image dimension (SCALED below)
-    "cond_dropout": 0.1,        # on the retain term
+    "alpha": 1.0e-3,  # retain weight, at CIFAR-10's image dimension (SCALED below)
+    "cond_dropout": 0.1,  # on the retain term
     # On each of the forget term's two passes, its own draw: the reference runs both in the model's training mode,
     # which drops the label with the config's cond_drop_prob = 0.1.
     "forget_cond_dropout": 0.1,
-    "mask_ratio": 0.5,          # fraction of entries kept
-    "mask_guidance_w": 2.0,     # guided loss of the mask: eps = 3 eps_c - 2 eps_null
+    "mask_ratio": 0.5,  # fraction of entries kept
+    "mask_guidance_w": 2.0,  # guided loss of the mask: eps = 3 eps_c - 2 eps_null
     "mask_batch_size": 128,
-    "mask_grad_clip": 1.0,      # each mask batch's gradient clipped to this norm before the signed sum
+    "mask_grad_clip": 1.0,  # each mask batch's gradient clipped to this norm before the signed sum
 }
 # How a smaller config scales these paper-scale values (unlearnbench/scaling.py; the config's `scale` section).
 # alpha weighs the pixel-summed retain loss against the element-mean forget term: its balance follows the image
 # dimension (1e-3 at CIFAR-10's 3072 values is 0.048 at digits' 64).
-SCALED = {"steps": "steps", "batch_size": "batch", "retain_batch_size": "batch", "mask_batch_size": "batch",
-          "alpha": "pixel_sum_weight"}
+SCALED = {
+    "steps": "steps",
+    "batch_size": "batch",
+    "retain_batch_size": "batch",
+    "mask_batch_size": "batch",
+    "alpha": "pixel_sum_weight",
+}
 # What each value may be (JSON Schema; the config is checked against it before any job runs).
 PARAM_SCHEMA = {
     **LOOP_PARAM_SCHEMA,  # steps, batch_size, lr, grad_clip
@@ -53,8 +59,9 @@ PARAM_SCHEMA = {
 }
 
 
-def saliency_scores(model, schedule, batches, *, guidance_w: float, reduction: str, generator, grad_clip: float = 1.0,
-                    amp=nullcontext) -> dict:
+def saliency_scores(
+    model, schedule, batches, *, guidance_w: float, reduction: str, generator, grad_clip: float = 1.0, amp=nullcontext
+) -> dict:
     """|sum over batches of the (norm-`grad_clip` clipped) gradient of the guided loss|, per parameter entry.
     `amp` wraps the forward passes (bf16 autocast)."""
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -80,7 +87,7 @@ def top_fraction_mask(scores: dict, ratio: float) -> dict:
     keep[torch.topk(flat, k, sorted=False).indices] = True
     out, start = {}, 0
     for n, s in scores.items():
-        out[n] = keep[start:start + s.numel()].view_as(s)
+        out[n] = keep[start : start + s.numel()].view_as(s)
         start += s.numel()
     return out
 
@@ -89,12 +96,21 @@ def compute_mask(ctx):
     p = ctx.params
     model = ctx.load_original(ema=False).eval()  # no dropout, as the reference's generate_mask (model.eval())
     x, y = ctx.images([ctx.forget_class])
-    batches = [(x[i:i + p["mask_batch_size"]].to(ctx.device), y[i:i + p["mask_batch_size"]].to(ctx.device))
-               for i in range(0, len(x), p["mask_batch_size"])]
+    batches = [
+        (x[i : i + p["mask_batch_size"]].to(ctx.device), y[i : i + p["mask_batch_size"]].to(ctx.device))
+        for i in range(0, len(x), p["mask_batch_size"])
+    ]
     with ctx.meter.timed():
-        scores = saliency_scores(model, ctx.schedule, batches, guidance_w=p["mask_guidance_w"],
-                                 reduction=ctx.reduction, generator=ctx.generator, grad_clip=p["mask_grad_clip"],
-                                 amp=ctx.autocast)
+        scores = saliency_scores(
+            model,
+            ctx.schedule,
+            batches,
+            guidance_w=p["mask_guidance_w"],
+            reduction=ctx.reduction,
+            generator=ctx.generator,
+            grad_clip=p["mask_grad_clip"],
+            amp=ctx.autocast,
+        )
         mask = top_fraction_mask(scores, p["mask_ratio"])
     save_tensors(ctx.out_dir / "mask.safetensors", {n: m.to(torch.uint8) for n, m in mask.items()})
 
@@ -104,10 +120,18 @@ def mask_work(ctx) -> int:
     return int((ctx.data.train_y == ctx.forget_class).sum())
 
 
-PRIORS = [Prior("mask", compute_mask, scope="per_class", params=("mask_batch_size", "mask_guidance_w", "mask_ratio",
-                                                                          "mask_grad_clip"),
-                work=mask_work, work_units="images", paper_work=5000,
-                paper_size="one pass over the 5,000 real images of the forgotten class")]
+PRIORS = [
+    Prior(
+        "mask",
+        compute_mask,
+        scope="per_class",
+        params=("mask_batch_size", "mask_guidance_w", "mask_ratio", "mask_grad_clip"),
+        work=mask_work,
+        work_units="images",
+        paper_work=5000,
+        paper_size="one pass over the 5,000 real images of the forgotten class",
+    )
+]
 
 
 def relabel_loss(model, x_t, t, labels, relabel: int, cond_dropout: float, generator) -> torch.Tensor:

@@ -5,6 +5,7 @@ call the same maths. FID/KID features come from the evaluation classifier or fro
 clean-fid's Inception network (``fid.backend`` in the config). Robustness metrics: "no class" verdicts, evaluator
 agreement, improved precision/recall and steps to recover under a relearning attack (``metrics.robustness``).
 """
+
 from metrics.fid import (
     FID_BACKENDS,
     classifier_features,
@@ -34,9 +35,25 @@ from metrics.robustness import (
 )
 
 __all__ = [
-    "FID_BACKENDS", "accuracy", "classifier_features", "entropy", "feature_extractor",
-    "feature_statistics", "fid_from_features", "frechet_distance", "inception_features",
-    "kid_from_features", "load_statistics", "mean_class_probability", "median_steps_to_recover",
-    "no_class_verdicts", "precision_recall", "reference_statistics", "save_statistics", "softmax_probabilities",
-    "steps_to_recover", "ua_agreement", "unlearning_accuracy",
+    "FID_BACKENDS",
+    "accuracy",
+    "classifier_features",
+    "entropy",
+    "feature_extractor",
+    "feature_statistics",
+    "fid_from_features",
+    "frechet_distance",
+    "inception_features",
+    "kid_from_features",
+    "load_statistics",
+    "mean_class_probability",
+    "median_steps_to_recover",
+    "no_class_verdicts",
+    "precision_recall",
+    "reference_statistics",
+    "save_statistics",
+    "softmax_probabilities",
+    "steps_to_recover",
+    "ua_agreement",
+    "unlearning_accuracy",
 ]

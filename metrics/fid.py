@@ -12,6 +12,7 @@ KID = unbiased MMD^2 with the cubic kernel k(x, y) = (x.y / d + 1)^3 (Binkowski 
 Backends (config key `fid.backend`): `classifier` uses the evaluator's penultimate
 activations, `inception` clean-fid's Inception pool features in "clean" mode.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,8 @@ import numpy as np
 import torch
 
 from metrics.forgetting import as_float_images, batched_outputs
-from unlearnbench.files import atomic_output
 from unlearnbench.errors import MissingResourceError
+from unlearnbench.files import atomic_output
 
 FID_BACKENDS = ("classifier", "inception")
 # As in cleanfid.downloads_helper (checked by the tests, so a clean-fid update cannot drift).
@@ -82,8 +83,7 @@ def fid_from_features(feats_a, feats_b) -> float:
     return frechet_distance(*feature_statistics(feats_a), *feature_statistics(feats_b))
 
 
-def kid_from_features(feats_a, feats_b, num_subsets: int = 100, max_subset_size: int = 1000,
-                      seed: int = 0) -> float:
+def kid_from_features(feats_a, feats_b, num_subsets: int = 100, max_subset_size: int = 1000, seed: int = 0) -> float:
     """KID: unbiased MMD^2 (cubic polynomial kernel) averaged over random subsets.
 
     Each subset draws m = min(N_a, N_b, max_subset_size) rows of each set without
@@ -119,7 +119,11 @@ def reference_statistics(features, keep_features: int = 5000, seed: int = 0) -> 
     """
     f = _check_features(features)
     mu, sigma = feature_statistics(f)
-    keep = f if len(f) <= keep_features else f[np.sort(np.random.default_rng(seed).choice(len(f), keep_features, replace=False))]
+    keep = (
+        f
+        if len(f) <= keep_features
+        else f[np.sort(np.random.default_rng(seed).choice(len(f), keep_features, replace=False))]
+    )
     return {"mu": mu, "sigma": sigma, "n": int(len(f)), "features": keep.astype(np.float32)}
 
 
@@ -135,8 +139,13 @@ def save_statistics(path, mu, sigma, **meta) -> Path:
     arrays = {k: np.asarray(v) for k, v in meta.items() if isinstance(v, (np.ndarray, torch.Tensor))}
     rest = {k: v for k, v in meta.items() if k not in arrays}
     with atomic_output(path) as tmp, open(tmp, "wb") as fh:  # a file object: np.savez would add .npz to a name
-        np.savez(fh, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64),
-                 meta=np.array(json.dumps(rest, sort_keys=True)), **arrays)
+        np.savez(
+            fh,
+            mu=np.asarray(mu, np.float64),
+            sigma=np.asarray(sigma, np.float64),
+            meta=np.array(json.dumps(rest, sort_keys=True)),
+            **arrays,
+        )
     return path
 
 
@@ -147,8 +156,10 @@ def load_statistics(path) -> dict:
         raise MissingResourceError(f"FID statistics file not found: {path}")
     with np.load(path, allow_pickle=False) as z:
         if not {"mu", "sigma"} <= set(z.files):
-            raise MissingResourceError(f"{path} holds no FID statistics (it has {sorted(z.files)}); pass a file "
-                                       "written by `unlearnbench fid-reference`")
+            raise MissingResourceError(
+                f"{path} holds no FID statistics (it has {sorted(z.files)}); pass a file "
+                "written by `unlearnbench fid-reference`"
+            )
         out = {k: z[k] for k in z.files if k != "meta"}
         out["meta"] = json.loads(str(z["meta"])) if "meta" in z.files else {}
     return out
@@ -176,8 +187,11 @@ def inception_weights_dir(weights_dir=None) -> Path:
 
 
 def _download(url: str, dest: Path) -> None:
-    with (atomic_output(dest, suffix=".part") as tmp, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp,
-          open(tmp, "wb") as fh):
+    with (
+        atomic_output(dest, suffix=".part") as tmp,
+        urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp,
+        open(tmp, "wb") as fh,
+    ):
         while chunk := resp.read(1 << 20):
             fh.write(chunk)
 
@@ -204,18 +218,21 @@ def inception_weights_path(weights_dir=None, offline: bool | None = None) -> Pat
         f"Inception weights '{INCEPTION_FILE}' for the FID backend 'inception' are missing from "
         f"{folder.resolve()} ({why}). Download {INCEPTION_URL} and put '{INCEPTION_FILE}' in "
         f"{folder.resolve()}, or set fid.weights_dir in the config (or {INCEPTION_DIR_ENV}) to the directory that holds it, "
-        f"or use fid.backend: classifier.")
+        f"or use fid.backend: classifier."
+    )
 
 
 def load_inception(device="cpu", weights_dir=None, offline: bool | None = None) -> torch.nn.Module:
     """clean-fid's TorchScript Inception (expects 299x299 inputs in [0, 255]), in eval mode."""
     path = inception_weights_path(weights_dir, offline)
     from cleanfid.inception_torchscript import InceptionV3W  # slow import (torchvision): only when used
+
     try:
         model = InceptionV3W(str(path.parent), download=False, resize_inside=False)
     except RuntimeError as err:
-        raise MissingResourceError(f"cannot load Inception weights {path} ({err}); delete the file and "
-                                   f"download {INCEPTION_URL} again") from err
+        raise MissingResourceError(
+            f"cannot load Inception weights {path} ({err}); delete the file and download {INCEPTION_URL} again"
+        ) from err
     return model.to(device).eval()
 
 
@@ -226,13 +243,23 @@ def _to_uint8_hwc(images) -> np.ndarray:
         raise ValueError(f"images must be NCHW with 1 or 3 channels; got shape {tuple(x.shape)}")
     if x.dtype != torch.uint8 and not torch.isfinite(x).all():  # cast to uint8, NaN would become a plausible pixel
         raise ValueError("images hold NaN or inf values: the model or the sampler diverged")
-    u = x.cpu() if x.dtype == torch.uint8 else ((as_float_images(x).cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    u = (
+        x.cpu()
+        if x.dtype == torch.uint8
+        else ((as_float_images(x).cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    )
     return u.expand(-1, 3, -1, -1).permute(0, 2, 3, 1).numpy()
 
 
 @torch.no_grad()
-def inception_features(images, device="cpu", batch_size: int = 64, weights_dir=None,
-                       offline: bool | None = None, model: torch.nn.Module | None = None) -> np.ndarray:
+def inception_features(
+    images,
+    device="cpu",
+    batch_size: int = 64,
+    weights_dir=None,
+    offline: bool | None = None,
+    model: torch.nn.Module | None = None,
+) -> np.ndarray:
     """clean-fid "clean" mode Inception pool features, (N, 2048) float64.
 
     Images are quantised to uint8 as if saved to disk, resized to 299x299 by clean-fid's
@@ -240,6 +267,7 @@ def inception_features(images, device="cpu", batch_size: int = 64, weights_dir=N
     Pass `model` (from `load_inception`) to avoid reloading it for every call.
     """
     from cleanfid.resize import build_resizer
+
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     if model is None:
@@ -249,15 +277,16 @@ def inception_features(images, device="cpu", batch_size: int = 64, weights_dir=N
     u = _to_uint8_hwc(images)
     out = []
     for i in range(0, len(u), batch_size):
-        batch = np.stack([resize(img).transpose(2, 0, 1) for img in u[i:i + batch_size]])
+        batch = np.stack([resize(img).transpose(2, 0, 1) for img in u[i : i + batch_size]])
         out.append(model(torch.from_numpy(batch).to(dev)).to("cpu", torch.float64).numpy())
     if not out:
         raise ValueError("images is empty")
     return np.concatenate(out)
 
 
-def feature_extractor(backend: str, classifier: torch.nn.Module | None = None, device="cpu",
-                      **kw) -> Callable[[np.ndarray | torch.Tensor], np.ndarray]:
+def feature_extractor(
+    backend: str, classifier: torch.nn.Module | None = None, device="cpu", **kw
+) -> Callable[[np.ndarray | torch.Tensor], np.ndarray]:
     """Function images -> (N, D) features for config `fid.backend`.
 
     `kw` goes to the backend (`batch_size`; for inception also `weights_dir`, `offline`,

@@ -4,6 +4,7 @@ H  = mean over images of -sum_k p_k ln p_k (natural log, 0 ln 0 = 0): high when 
      evaluator cannot tell what the images of the forgotten class show.
 UA = 100 x fraction of images whose argmax is not the forgotten class.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,8 +26,10 @@ def _check_probs(probs) -> np.ndarray:
     sums = p.sum(axis=1)
     bad = np.abs(sums - 1.0) > ROW_SUM_TOL
     if bad.any():
-        raise ValueError(f"{int(bad.sum())} rows of probs do not sum to 1 (e.g. {sums[bad][0]:.4g}); "
-                         "pass softmax outputs, not logits")
+        raise ValueError(
+            f"{int(bad.sum())} rows of probs do not sum to 1 (e.g. {sums[bad][0]:.4g}); "
+            "pass softmax outputs, not logits"
+        )
     return np.clip(p, 0.0, None)
 
 
@@ -98,8 +101,10 @@ def batched_outputs(module: torch.nn.Module, fn, images, batch_size: int) -> np.
     device, was_training = module_device(module), module.training
     module.eval()
     try:
-        out = [fn(module, x[i:i + batch_size].to(device)).detach().to("cpu", torch.float64).numpy()
-               for i in range(0, len(x), batch_size)]
+        out = [
+            fn(module, x[i : i + batch_size].to(device)).detach().to("cpu", torch.float64).numpy()
+            for i in range(0, len(x), batch_size)
+        ]
     finally:
         module.train(was_training)
     if not out:

@@ -17,6 +17,7 @@ Recovery under a relearning attack: the first step at which UA falls below a thr
 recognised again), None when it never does within the attack's budget (right-censored); the median over units
 treats None as +inf.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,9 +44,11 @@ def no_class_verdicts(probs, forget_class: int, no_class: int) -> dict:
     if c == z:
         raise ValueError(f"forget_class and no_class must differ; both are {c}")
     top = p.argmax(axis=1)
-    return {"ua_noise_aware": float(100.0 * np.mean(top != c)),
-            "no_class_share": float(100.0 * np.mean(top == z)),
-            "entropy": float(-xlogy(p, p).sum(axis=1).mean())}
+    return {
+        "ua_noise_aware": float(100.0 * np.mean(top != c)),
+        "no_class_share": float(100.0 * np.mean(top == z)),
+        "entropy": float(-xlogy(p, p).sum(axis=1).mean()),
+    }
 
 
 def ua_agreement(probs_a, probs_b, forget_class: int) -> float:
@@ -56,8 +59,9 @@ def ua_agreement(probs_a, probs_b, forget_class: int) -> float:
     """
     a, b = _check_probs(probs_a), _check_probs(probs_b)
     if a.shape[0] != b.shape[0]:
-        raise ValueError(f"probs_a and probs_b must have the same number of rows (images); "
-                         f"got {a.shape[0]} and {b.shape[0]}")
+        raise ValueError(
+            f"probs_a and probs_b must have the same number of rows (images); got {a.shape[0]} and {b.shape[0]}"
+        )
     c = _check_class(forget_class, min(a.shape[1], b.shape[1]))
     return float(100.0 * np.mean((a.argmax(axis=1) == c) == (b.argmax(axis=1) == c)))
 
@@ -68,8 +72,10 @@ def _check_feature_set(feats, name: str, k: int) -> np.ndarray:
     if f.ndim != 2 or f.shape[1] < 1:
         raise ValueError(f"{name} must have shape (N, D) with D >= 1; got {f.shape}")
     if f.shape[0] <= k:
-        raise ValueError(f"{name} has {f.shape[0]} rows; k={k} needs at least {k + 1} "
-                         f"(each point's k-th nearest neighbour among the others)")
+        raise ValueError(
+            f"{name} has {f.shape[0]} rows; k={k} needs at least {k + 1} "
+            f"(each point's k-th nearest neighbour among the others)"
+        )
     if not np.isfinite(f).all():
         raise ValueError(f"{name} contains NaN or inf")
     return f
@@ -181,8 +187,9 @@ def median_steps_to_recover(values, budget: float) -> float:
         if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
             raise ValueError(f"values must be finite numbers or None (censored); got {v!r}")
         if v > budget:
-            raise ValueError(f"value {v} exceeds the budget {budget}; a unit that did not recover within the "
-                             "budget is None")
+            raise ValueError(
+                f"value {v} exceeds the budget {budget}; a unit that did not recover within the budget is None"
+            )
         out.append(float(v))
     out.sort()
     n = len(out)

@@ -9,6 +9,7 @@
 The tables put each method beside the paper's Table 1 means (unlearnbench/paper_numbers.csv), with the
 SA/SAFEMax and SalUn/SAFEMax time ratios, SAFEMax's memory savings and the precisions side by side.
 """
+
 import argparse
 import json
 import sys
@@ -21,9 +22,13 @@ from unlearnbench.benchmark import default_markdown_path, write_markdown  # noqa
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("reports", nargs="+", metavar="report",
-                   help="JSON written by `unlearnbench benchmark --out`; several (same code and device, different "
-                        "precisions) are merged into one markdown, each row saying which run it came from")
+    p.add_argument(
+        "reports",
+        nargs="+",
+        metavar="report",
+        help="JSON written by `unlearnbench benchmark --out`; several (same code and device, different "
+        "precisions) are merged into one markdown, each row saying which run it came from",
+    )
     p.add_argument("--out", help="markdown file to write (default: docs/benchmarks/<gpu|cpu>-<device>.md)")
     p.add_argument("--out-dir", help="write <out-dir>/<gpu|cpu>-<device>.md instead")
     args = p.parse_args(argv)

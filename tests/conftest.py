@@ -41,6 +41,7 @@ def write_miniature_cifar10():
             write_cifar_batch(root / CIFAR10_DIR / name, images, labels)
             expected[name] = (images, labels)
         return expected
+
     return write
 
 
@@ -49,6 +50,7 @@ def method_workdir(tmp_path, tiny_config, monkeypatch):
     """make(files, shipped=False, **adopt) -> config: tmp_path as the working directory of a workflow copy, its
     methods/ holding `files` ({name: source}; beside the shipped methods if `shipped`), and an untrained original
     adopted there (`adopt`: adopted_original's options)."""
+
     def make(files: dict, shipped: bool = False, **adopt) -> dict:
         monkeypatch.chdir(tmp_path)  # methods/ of the working directory, as in a user's workflow copy
         if shipped:
@@ -61,4 +63,5 @@ def method_workdir(tmp_path, tiny_config, monkeypatch):
 
         adopted_original(tmp_path, tiny_config, **adopt)
         return tiny_config
+
     return make

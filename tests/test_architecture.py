@@ -1,5 +1,6 @@
 """The structure the code keeps: the core names no method (everything a method needs comes from its file, as
 benchopt's runner knows no solver), its modules import each other without a cycle, and no file outgrows one read."""
+
 import ast
 import re
 from pathlib import Path
@@ -18,16 +19,22 @@ def test_the_core_names_no_method(root):
     """No string of the core's code (docstrings aside) and no name it defines holds a method file's name or its
     DISPLAY_NAME as a word; the paper's numbers, claims and ablation are data files, not code."""
     names = {n for m in available_methods(root / "methods") for n in (m, load_method(m, root / "methods").DISPLAY_NAME)}
-    word = re.compile(r"(?<![A-Za-z0-9])(?:" + "|".join(map(re.escape, sorted(names, key=len, reverse=True)))
-                      + r")(?![A-Za-z0-9])")  # underscores and other punctuation are boundaries
+    word = re.compile(
+        r"(?<![A-Za-z0-9])(?:" + "|".join(map(re.escape, sorted(names, key=len, reverse=True))) + r")(?![A-Za-z0-9])"
+    )  # underscores and other punctuation are boundaries
     assert word.search("rte_sa_over_x") and word.search("SAFEMax ms/step") and not word.search("sampler")
     found = []
     for path in core_files(root):
         tree = ast.parse(path.read_text())
-        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
-                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-                      and node.body and isinstance(node.body[0], ast.Expr)
-                      and isinstance(node.body[0].value, ast.Constant) and isinstance(node.body[0].value.value, str)}
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+            and isinstance(node.body[0].value.value, str)
+        }
         for node in ast.walk(tree):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
                 text = node.value
@@ -70,7 +77,7 @@ def test_the_core_imports_without_a_cycle(root):
 
     def visit(name):
         if name in on_path:
-            cycles.append(" -> ".join(on_path[on_path.index(name):] + [name]))
+            cycles.append(" -> ".join(on_path[on_path.index(name) :] + [name]))
             return
         if name in done:
             return
@@ -92,8 +99,19 @@ def test_no_file_outgrows_one_read(root):
 
 
 # The layers below the stages: each receives the typed config section it uses (unlearnbench/settings.py).
-SECTION_LAYERS = ("acceleration", "runtime", "training", "diffusion", "checkpoints", "data", "scaling", "networks",
-                  "cost", "files", "unet")  # settings.py itself parses the config into them
+SECTION_LAYERS = (
+    "acceleration",
+    "runtime",
+    "training",
+    "diffusion",
+    "checkpoints",
+    "data",
+    "scaling",
+    "networks",
+    "cost",
+    "files",
+    "unet",
+)  # settings.py itself parses the config into them
 
 
 def test_the_layers_below_the_stages_receive_sections_not_the_config(root):

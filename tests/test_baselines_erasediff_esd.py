@@ -4,6 +4,7 @@ Each loss is replayed by hand: the same generator draws in the same order, x_t f
 squared errors reduced as the formulas say. Whole runs are replayed too, so that what the loop does with the losses
 (the inner optimiser kept apart, theta restored, the frozen copy left alone) is checked, not only the losses.
 """
+
 import copy
 import math
 from contextlib import nullcontext
@@ -13,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+from unlearnbench.context import RunContext
 from unlearnbench.cost import CostMeter
 from unlearnbench.data import to_uint8
 from unlearnbench.diffusion import Schedule
-from unlearnbench.context import RunContext
 from unlearnbench.method_api import load_method
 from unlearnbench.networks import build_unet
 
@@ -26,8 +27,13 @@ esd = load_method("esd")
 T = 20
 K = 3  # the micro UNet's classes; label 3 is its null class
 NULL = 3
-MICRO = {"block_out_channels": (8, 8), "norm_num_groups": 4, "sample_size": 4,
-         "down_block_types": ("DownBlock2D", "DownBlock2D"), "up_block_types": ("UpBlock2D", "UpBlock2D")}
+MICRO = {
+    "block_out_channels": (8, 8),
+    "norm_num_groups": 4,
+    "sample_size": 4,
+    "down_block_types": ("DownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "UpBlock2D"),
+}
 ALPHA_BAR = torch.cumprod(1 - torch.linspace(1e-4, 0.02, T, dtype=torch.float64), 0).float()
 
 
@@ -71,8 +77,9 @@ def same_weights(model, expected, lr: float, steps: int = 2) -> bool:
 def micro_data(n_per_class=6, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = to_uint8(torch.rand(K * n_per_class, 1, 4, 4, generator=g) * 2 - 1)
-    return SimpleNamespace(train_x=x, train_y=np.array(list(range(K)) * n_per_class), num_classes=K,
-                           image_shape=(1, 4, 4))
+    return SimpleNamespace(
+        train_x=x, train_y=np.array(list(range(K)) * n_per_class), num_classes=K, image_shape=(1, 4, 4)
+    )
 
 
 def micro_ctx(params, original=None, data=None, forget_class=1, handed_out=None, seed=3):
@@ -86,10 +93,18 @@ def micro_ctx(params, original=None, data=None, forget_class=1, handed_out=None,
             handed_out.append(model)
         return model
 
-    return RunContext(config={"diffusion": {"loss_reduction": "sum"}, "base": {}}, params=params,
-                      data=data if data is not None else micro_data(), schedule=Schedule(T, 1e-4, 0.02),
-                      device=torch.device("cpu"), seed=seed, generator=torch.Generator().manual_seed(seed),
-                      meter=CostMeter("cpu"), load_original=load_original, forget_class=forget_class)
+    return RunContext(
+        config={"diffusion": {"loss_reduction": "sum"}, "base": {}},
+        params=params,
+        data=data if data is not None else micro_data(),
+        schedule=Schedule(T, 1e-4, 0.02),
+        device=torch.device("cpu"),
+        seed=seed,
+        generator=torch.Generator().manual_seed(seed),
+        meter=CostMeter("cpu"),
+        load_original=load_original,
+        forget_class=forget_class,
+    )
 
 
 class Recorder(torch.nn.Module):
@@ -200,8 +215,15 @@ def test_erasediff_outer_loss_is_retain_plus_lambda_f_minus_f_star_with_the_forg
 
 
 def erasediff_params(**changes):
-    return {**erasediff.DEFAULTS, "steps": 2, "batch_size": 4, "forget_batch_size": 3, "lr": 1e-2, "inner_lr": 1e-2,
-            **changes}
+    return {
+        **erasediff.DEFAULTS,
+        "steps": 2,
+        "batch_size": 4,
+        "forget_batch_size": 3,
+        "lr": 1e-2,
+        "inner_lr": 1e-2,
+        **changes,
+    }
 
 
 def test_erasediff_run_equals_a_hand_replay_with_the_inner_optimiser_kept_apart():
@@ -341,8 +363,17 @@ def test_esd_generated_x_t_is_the_models_guided_ddim_sample_stopped_at_its_t(eta
     ts = [16, 12, 8, 4, 0]  # sampling_timesteps(20, 5)
     stops = set()
     for seed in range(6):
-        x_t, t = esd.generated_x_t(model, Schedule(T, 1e-4, 0.02), labels, (1, 4, 4), steps=steps, eta=eta,
-                                   guidance_w=w, generator=torch.Generator().manual_seed(seed), amp=nullcontext)
+        x_t, t = esd.generated_x_t(
+            model,
+            Schedule(T, 1e-4, 0.02),
+            labels,
+            (1, 4, 4),
+            steps=steps,
+            eta=eta,
+            guidance_w=w,
+            generator=torch.Generator().manual_seed(seed),
+            amp=nullcontext,
+        )
         assert model.training
         g = torch.Generator().manual_seed(seed)
         stop = int(torch.randint(0, len(ts), (1,), generator=g))
@@ -354,7 +385,7 @@ def test_esd_generated_x_t_is_the_models_guided_ddim_sample_stopped_at_its_t(eta
                 a_t, a_prev = ALPHA_BAR[ts[i]].double().item(), ALPHA_BAR[ts[i + 1]].double().item()
                 x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
                 sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t)) * math.sqrt(1 - a_t / a_prev)
-                x = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev - sigma ** 2) * eps
+                x = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev - sigma**2) * eps
                 if sigma > 0:
                     x = x + sigma * torch.randn(x.shape, generator=g)
         assert torch.equal(t, torch.full((3,), ts[stop]))
@@ -364,18 +395,21 @@ def test_esd_generated_x_t_is_the_models_guided_ddim_sample_stopped_at_its_t(eta
 
 
 # ---------------------------------------------------------------- short runs on the tiny test config
-@pytest.mark.parametrize("name, overrides", [("erasediff", {}), ("esd", {}),
-                                             ("esd", {"x_t_source": "generated", "gen_steps": 4})])
+@pytest.mark.parametrize(
+    "name, overrides", [("erasediff", {}), ("esd", {}), ("esd", {"x_t_source": "generated", "gen_steps": 4})]
+)
 def test_a_short_run_on_the_tiny_config_changes_the_weights(name, overrides, tmp_path, tiny_config):
     from tiny_original import adopted_original
+
     from unlearnbench import stages
     from unlearnbench.checkpoints import load_unet
 
     config = copy.deepcopy(tiny_config)
     config["method_params"] = {**config["method_params"], name: {"steps": 3}}
     adopted_original(tmp_path, config)
-    record = stages.run_unlearning(config, name, 1, 0, tmp_path / "data.npz", tmp_path / "original", tmp_path / "out",
-                                   overrides=overrides or None)
+    record = stages.run_unlearning(
+        config, name, 1, 0, tmp_path / "data.npz", tmp_path / "original", tmp_path / "out", overrides=overrides or None
+    )
     assert record["rte_min"] > 0 and record["params"]["steps"] == 3
     before, after = (flat(load_unet(path)) for path in (tmp_path / "original" / "unet", tmp_path / "out" / "unet"))
     assert torch.isfinite(after).all() and not torch.equal(before, after)

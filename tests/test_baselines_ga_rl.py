@@ -1,5 +1,6 @@
 """GA and RL (methods/ga.py, methods/rl.py), SalUn's DDPM baselines: their losses against computations by hand with
 plain torch ops, RL's forget term against SalUn's, their scale rules, and short runs on the tiny test config."""
+
 import copy
 from types import SimpleNamespace
 
@@ -7,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from unlearnbench.context import RunContext
 from unlearnbench.cost import CostMeter
 from unlearnbench.data import to_uint8
 from unlearnbench.diffusion import Schedule
-from unlearnbench.context import RunContext
 from unlearnbench.method_api import load_method
 from unlearnbench.networks import build_unet
 
@@ -19,8 +20,13 @@ rl = load_method("rl")
 salun = load_method("salun")
 
 T = 20
-MICRO = {"block_out_channels": (8, 8), "norm_num_groups": 4, "sample_size": 4,
-         "down_block_types": ("DownBlock2D", "DownBlock2D"), "up_block_types": ("UpBlock2D", "UpBlock2D")}
+MICRO = {
+    "block_out_channels": (8, 8),
+    "norm_num_groups": 4,
+    "sample_size": 4,
+    "down_block_types": ("DownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "UpBlock2D"),
+}
 K, NULL = 3, 3  # the micro UNet's classes; index 3 is its null embedding
 
 
@@ -31,11 +37,19 @@ def micro_unet(seed=0):
 
 def context(params, reduction="sum", seed=5, original=None, data=None, forget_class=1, priors=None):
     """A RunContext on the CPU: T = 20 linear betas, `seed` for its generator, copies of `original` as the start."""
-    return RunContext(config={"diffusion": {"loss_reduction": reduction}, "base": {}}, params=params,
-                      data=data or SimpleNamespace(num_classes=K), schedule=Schedule(T, 1e-4, 0.02),
-                      device=torch.device("cpu"), seed=3, generator=torch.Generator().manual_seed(seed),
-                      meter=CostMeter("cpu"), load_original=lambda ema=False: copy.deepcopy(original).train(),
-                      forget_class=forget_class, priors=priors or {})
+    return RunContext(
+        config={"diffusion": {"loss_reduction": reduction}, "base": {}},
+        params=params,
+        data=data or SimpleNamespace(num_classes=K),
+        schedule=Schedule(T, 1e-4, 0.02),
+        device=torch.device("cpu"),
+        seed=3,
+        generator=torch.Generator().manual_seed(seed),
+        meter=CostMeter("cpu"),
+        load_original=lambda ema=False: copy.deepcopy(original).train(),
+        forget_class=forget_class,
+        priors=priors or {},
+    )
 
 
 # --- by hand: the DDPM forward process and the standard loss, written out -------------------------------------------
@@ -72,9 +86,10 @@ def batches(n=6):
 
 
 # --- GA -------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("alpha, reduction, forget_p, retain_p",
-                         [(0.0, "sum", 0.0, 0.0), (1e-3, "sum", 0.0, 0.5), (2.5, "mean", 0.5, 0.1),
-                          (1e-3, "sum", 1.0, 0.0)])
+@pytest.mark.parametrize(
+    "alpha, reduction, forget_p, retain_p",
+    [(0.0, "sum", 0.0, 0.0), (1e-3, "sum", 0.0, 0.5), (2.5, "mean", 0.5, 0.1), (1e-3, "sum", 1.0, 0.0)],
+)
 def test_ga_loss_is_minus_the_forget_loss_plus_alpha_times_the_retain_loss(alpha, reduction, forget_p, retain_p):
     model = micro_unet().eval()  # no dropout: the passes differ by their inputs only
     forget, retain = batches()
@@ -95,10 +110,14 @@ def test_ga_gradient_ascends_the_forget_loss():
     model = micro_unet().eval()
     forget, retain = batches()
     params = {"alpha": 0.0, "forget_cond_dropout": 0.0, "cond_dropout": 0.0}
-    ascent = torch.autograd.grad(ga.ga_loss(model, context(params), forget, retain), list(model.parameters()),
-                                 allow_unused=True)
-    descent = torch.autograd.grad(standard_loss(model, *forget, 0.0, "sum", torch.Generator().manual_seed(5)),
-                                  list(model.parameters()), allow_unused=True)
+    ascent = torch.autograd.grad(
+        ga.ga_loss(model, context(params), forget, retain), list(model.parameters()), allow_unused=True
+    )
+    descent = torch.autograd.grad(
+        standard_loss(model, *forget, 0.0, "sum", torch.Generator().manual_seed(5)),
+        list(model.parameters()),
+        allow_unused=True,
+    )
     assert [a is None for a in ascent] == [d is None for d in descent]
     ascent, descent = (torch.cat([g.flatten() for g in grads if g is not None]) for grads in (ascent, descent))
     # x_t by hand rounds a little differently (sqrt in fp32), and some entries are cancellation noise (the
@@ -108,11 +127,18 @@ def test_ga_gradient_ascends_the_forget_loss():
 
 
 # --- RL -------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("other_label, alpha, reduction, p, retain_p",
-                         [("next", 1e-3, "sum", 0.0, 0.0), ("next", 0.5, "mean", 0.5, 0.1),
-                          ("random", 2.0, "sum", 0.1, 0.5), ("random", 0.0, "sum", 0.0, 0.0)])
-def test_rl_loss_is_the_relabelled_forget_term_plus_alpha_times_the_retain_loss(other_label, alpha, reduction, p,
-                                                                                 retain_p):
+@pytest.mark.parametrize(
+    "other_label, alpha, reduction, p, retain_p",
+    [
+        ("next", 1e-3, "sum", 0.0, 0.0),
+        ("next", 0.5, "mean", 0.5, 0.1),
+        ("random", 2.0, "sum", 0.1, 0.5),
+        ("random", 0.0, "sum", 0.0, 0.0),
+    ],
+)
+def test_rl_loss_is_the_relabelled_forget_term_plus_alpha_times_the_retain_loss(
+    other_label, alpha, reduction, p, retain_p
+):
     model = micro_unet().eval()
     forget, retain = batches()
     params = {"alpha": alpha, "forget_cond_dropout": p, "cond_dropout": retain_p, "other_label": other_label}
@@ -145,10 +171,12 @@ def test_rl_other_label_is_the_next_class_or_any_class_but_the_forgotten_one(for
     counts = torch.bincount(drawn, minlength=num_classes)
     others = [c for c in range(num_classes) if c != forget_class]
     expected = len(labels) / len(others)
-    assert all(abs(counts[c].item() - expected) < 5 * expected ** 0.5 for c in others)  # uniform over the others
+    assert all(abs(counts[c].item() - expected) < 5 * expected**0.5 for c in others)  # uniform over the others
     assert torch.equal(drawn, rl.other_labels(labels, num_classes, "random", torch.Generator().manual_seed(0)))
-    assert not torch.equal(drawn, rl.other_labels(labels, num_classes, "random",
-                                                  torch.Generator().manual_seed(1))) or num_classes == 2
+    assert (
+        not torch.equal(drawn, rl.other_labels(labels, num_classes, "random", torch.Generator().manual_seed(1)))
+        or num_classes == 2
+    )
     with pytest.raises(ValueError, match="'next' or 'random'"):
         rl.other_labels(labels, num_classes, "previous", torch.Generator())
 
@@ -182,8 +210,10 @@ def test_rl_forget_term_equals_saluns_bit_for_bit(cond_dropout):
     x_t, t, y = torch.randn(64, 1, 4, 4), torch.randint(0, T, (64,)), torch.full((64,), 1)
     params = list(model.parameters())
     results = []
-    for term in (lambda g: salun.relabel_loss(model, x_t, t, y, 2, cond_dropout, g),
-                 lambda g: rl.relabel_loss(model, x_t, t, y, rl.other_labels(y, K, "next", g), cond_dropout, g)):
+    for term in (
+        lambda g: salun.relabel_loss(model, x_t, t, y, 2, cond_dropout, g),
+        lambda g: rl.relabel_loss(model, x_t, t, y, rl.other_labels(y, K, "next", g), cond_dropout, g),
+    ):
         g = torch.Generator().manual_seed(7)
         torch.manual_seed(0)  # dropout layers, if any, alike
         loss = term(g)
@@ -201,15 +231,28 @@ def test_rl_is_salun_with_a_mask_that_keeps_every_weight(tmp_path):
 
     original = micro_unet(1)
     rng = torch.Generator().manual_seed(0)
-    data = SimpleNamespace(train_x=to_uint8(torch.rand(12, 1, 4, 4, generator=rng) * 2 - 1),
-                           train_y=np.array([0, 1, 2] * 4), num_classes=K)
-    save_tensors(tmp_path / "mask" / "mask.safetensors",
-                 {n: torch.ones_like(p, dtype=torch.uint8) for n, p in original.named_parameters()})
-    shared = {"steps": 3, "batch_size": 4, "retain_batch_size": 4, "lr": 1e-2, "grad_clip": 1.0, "alpha": 0.05,
-              "cond_dropout": 0.1, "forget_cond_dropout": 0.1}
+    data = SimpleNamespace(
+        train_x=to_uint8(torch.rand(12, 1, 4, 4, generator=rng) * 2 - 1), train_y=np.array([0, 1, 2] * 4), num_classes=K
+    )
+    save_tensors(
+        tmp_path / "mask" / "mask.safetensors",
+        {n: torch.ones_like(p, dtype=torch.uint8) for n, p in original.named_parameters()},
+    )
+    shared = {
+        "steps": 3,
+        "batch_size": 4,
+        "retain_batch_size": 4,
+        "lr": 1e-2,
+        "grad_clip": 1.0,
+        "alpha": 0.05,
+        "cond_dropout": 0.1,
+        "forget_cond_dropout": 0.1,
+    }
     weights = []
-    for method, params, priors in ((salun, {**salun.DEFAULTS, **shared}, {"mask": tmp_path / "mask"}),
-                                   (rl, {**rl.DEFAULTS, **shared}, None)):
+    for method, params, priors in (
+        (salun, {**salun.DEFAULTS, **shared}, {"mask": tmp_path / "mask"}),
+        (rl, {**rl.DEFAULTS, **shared}, None),
+    ):
         ctx = context(params, original=original, data=data, priors=priors)
         weights.append(torch.cat([p.detach().flatten() for p in method.unlearn(ctx).parameters()]))
     start = torch.cat([p.detach().flatten() for p in original.parameters()])
@@ -220,8 +263,16 @@ def test_rl_is_salun_with_a_mask_that_keeps_every_weight(tmp_path):
 # --- declarations and scale rules ------------------------------------------------------------------------------------
 def test_published_values_are_saluns_loop_and_alpha():
     for module in (ga, rl):
-        for key in ("steps", "batch_size", "retain_batch_size", "lr", "grad_clip", "alpha", "cond_dropout",
-                    "forget_cond_dropout"):
+        for key in (
+            "steps",
+            "batch_size",
+            "retain_batch_size",
+            "lr",
+            "grad_clip",
+            "alpha",
+            "cond_dropout",
+            "forget_cond_dropout",
+        ):
             assert module.DEFAULTS[key] == salun.DEFAULTS[key], (module.DISPLAY_NAME, key)
         assert set(module.PARAM_SCHEMA) == set(module.DEFAULTS)
         assert not module.PRIORS and module.COLOR not in {"tab:blue", "tab:orange", "tab:green", "tab:purple"}
@@ -250,6 +301,7 @@ def test_short_runs_on_the_tiny_config_change_the_weights(tmp_path, tiny_config)
     """As the contract test: the stage that runs a method (its checks included) on an untrained tiny original, for
     GA and for RL with each other_label; the saved models differ from the original and from each other."""
     from tiny_original import adopted_original
+
     from unlearnbench import stages
     from unlearnbench.checkpoints import load_unet
 
@@ -264,8 +316,9 @@ def test_short_runs_on_the_tiny_config_change_the_weights(tmp_path, tiny_config)
     runs = {}
     for name, overrides in (("ga", None), ("rl", None), ("rl", {"other_label": "random"})):
         out = tmp_path / f"{name}-{bool(overrides)}"
-        record = stages.run_unlearning(config, name, 2, 0, tmp_path / "data.npz", tmp_path / "original", out, {},
-                                       overrides=overrides)
+        record = stages.run_unlearning(
+            config, name, 2, 0, tmp_path / "data.npz", tmp_path / "original", out, {}, overrides=overrides
+        )
         assert record["rte_min"] > 0
         runs[out.name] = flat(load_unet(out / "unet"))
     for key, weights in runs.items():

@@ -2,6 +2,7 @@
 acceleration.maybe_compile. GPU fields must be null with a reason: no GPU number is ever made up. The benchmark
 names no method: a method file's priors, steps and name reach it only through the file (a method made here in a
 temporary folder is benchmarked like the shipped ones)."""
+
 import io
 import json
 import math
@@ -11,17 +12,20 @@ import torch
 
 from unlearnbench import benchmark
 from unlearnbench.acceleration import effective_switches, is_compiled, maybe_compile
-from unlearnbench.settings import Performance, Runtime
 from unlearnbench.cli import main as cli_main
 from unlearnbench.method_api import load_method, prior_by_name
+from unlearnbench.settings import Performance, Runtime
 
 METHODS = ["safemax", "salun", "sa"]
 PRIORS = {"sa.generated", "sa.fisher", "salun.mask"}
 # What the paper's step counts and prior sizes were before the method files declared them (the old PAPER_STEPS and
 # PAPER_PRIOR_SIZES of the benchmark): the projections must stay in these units.
 PAPER_STEPS = {"safemax": 1000, "salun": 1000, "sa": 20000}
-PAPER_PRIOR_UNITS = {"sa.generated": ("image-steps", 5000 * 1000), "sa.fisher": ("image-timesteps", 5000 * 1000),
-                     "salun.mask": ("images", 5000)}
+PAPER_PRIOR_UNITS = {
+    "sa.generated": ("image-steps", 5000 * 1000),
+    "sa.fisher": ("image-timesteps", 5000 * 1000),
+    "salun.mask": ("images", 5000),
+}
 
 
 def _positive(value) -> bool:
@@ -31,8 +35,24 @@ def _positive(value) -> bool:
 @pytest.fixture(scope="module")
 def report_path(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "benchmark.json"
-    rc = cli_main(["benchmark", "--preset", "tiny", "--steps", "2", "--warmup", "1", "--methods", *METHODS,
-                   "--precision", "fp32", "bf16", "--out", str(out)])
+    rc = cli_main(
+        [
+            "benchmark",
+            "--preset",
+            "tiny",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--methods",
+            *METHODS,
+            "--precision",
+            "fp32",
+            "bf16",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     return out
 
@@ -79,20 +99,24 @@ def test_methods_timed_and_projected(report):
         assert entry["projected_rte_min"] == pytest.approx(entry["projected_rte_s"] / 60)
         assert entry["projection_step_statistic"] == "median_s"
         assert entry["projected_rte_s"] == pytest.approx(
-            entry["step"]["median_s"] * entry["projected_steps"] + entry["timed_outside_steps_s"])
+            entry["step"]["median_s"] * entry["projected_steps"] + entry["timed_outside_steps_s"]
+        )
         # A real job's timed loop: its first step and the other warm-up steps as measured (at least the median each,
         # together), the rest at the median step, plus the time outside the steps.
         assert entry["job_steps_as_measured"] == 1 and entry["warmup_after_first_s"] == 0.0  # --warmup 1
         cold = entry["first_step_s"] + entry["warmup_after_first_s"]
-        job_s = (max(cold, entry["job_steps_as_measured"] * entry["step"]["median_s"])
-                 + (entry["projected_steps"] - entry["job_steps_as_measured"]) * entry["step"]["median_s"]
-                 + entry["timed_outside_steps_s"])
+        job_s = (
+            max(cold, entry["job_steps_as_measured"] * entry["step"]["median_s"])
+            + (entry["projected_steps"] - entry["job_steps_as_measured"]) * entry["step"]["median_s"]
+            + entry["timed_outside_steps_s"]
+        )
         assert entry["projected_job_rte_s"] == pytest.approx(job_s, rel=1e-12)
         assert entry["projected_job_rte_min"] == pytest.approx(entry["projected_job_rte_s"] / 60)
         assert entry["projected_job_rte_min"] >= entry["projected_rte_min"]
         if cold > entry["step"]["median_s"]:  # the cold step's extra time is what the job adds
             assert entry["projected_job_rte_s"] - entry["projected_rte_s"] == pytest.approx(
-                cold - entry["step"]["median_s"], rel=1e-6, abs=1e-9)
+                cold - entry["step"]["median_s"], rel=1e-6, abs=1e-9
+            )
         assert _positive(entry["flops_per_step"]) and _positive(entry["achieved_tflops"])
         assert entry["unet_rows_per_step"]["with_grad"] > 0
         cost = entry["cost"]
@@ -114,8 +138,11 @@ def test_priors_and_sampler(report):
     for name, entry in run["priors"].items():
         method, prior = name.split(".")
         declared = prior_by_name(load_method(method), prior)
-        assert (entry["units"], entry["paper_units"]) == PAPER_PRIOR_UNITS[name] == (declared.work_units,
-                                                                                     declared.paper_work)
+        assert (
+            (entry["units"], entry["paper_units"])
+            == PAPER_PRIOR_UNITS[name]
+            == (declared.work_units, declared.paper_work)
+        )
         assert entry["paper_size"] == declared.paper_size and entry["scope"] == declared.scope
         for key in ("per_unit_s", "units_per_s", "projected_s", "projected_min"):
             assert _positive(entry[key]), (name, key)
@@ -124,7 +151,9 @@ def test_priors_and_sampler(report):
         # the fixed part once
         small, large = entry["runs"]
         assert 0 < small["work"] < large["work"] and small["size"] < large["size"]
-        assert entry["projected_s"] == pytest.approx(entry["per_unit_s"] * entry["paper_units"] + max(entry["fixed_s"], 0))
+        assert entry["projected_s"] == pytest.approx(
+            entry["per_unit_s"] * entry["paper_units"] + max(entry["fixed_s"], 0)
+        )
         assert entry["cost"]["gpu_peak_gb"] is None and entry["cost"]["gpu_null_reason"]
     s = run["sampler"]
     assert s["batch_images"] == 20 and s["unet_rows_per_step"] == 40 and s["guidance_w"] == 2.0
@@ -134,8 +163,14 @@ def test_priors_and_sampler(report):
     assert s["fraction_of_bf16_peak"] is None
     assert s["host_syncs"]["per_call"] is None and "CUDA" in s["host_syncs"]["null_reason"]
     assert run["eps_rel_error_vs_fp32"] == pytest.approx(0.0, abs=1e-5)
-    assert run["switches"] == {"bf16_autocast": False, "tf32": False, "channels_last": False, "compile": False,
-                               "deterministic": True, "cudnn_benchmark": False}
+    assert run["switches"] == {
+        "bf16_autocast": False,
+        "tf32": False,
+        "channels_last": False,
+        "compile": False,
+        "deterministic": True,
+        "cudnn_benchmark": False,
+    }
 
 
 def test_gpu_fields_null_with_reason(report):
@@ -155,8 +190,12 @@ def test_summary_ratios(report):
     assert s["rte_sa_with_priors_over_safemax"] == pytest.approx((rte["sa"] + sa_priors) / rte["safemax"])
     # The priors are shared by the 10 forget classes: amortised, each class is charged a tenth of them.
     assert s["sa_priors_projected_min"] == pytest.approx(sa_priors) and s["sa_priors_shared_by_classes"] == 10
-    assert s["rte_sa_with_amortised_priors_over_safemax"] == pytest.approx((rte["sa"] + sa_priors / 10) / rte["safemax"])
-    assert s["rte_sa_over_safemax"] < s["rte_sa_with_amortised_priors_over_safemax"] < s["rte_sa_with_priors_over_safemax"]
+    assert s["rte_sa_with_amortised_priors_over_safemax"] == pytest.approx(
+        (rte["sa"] + sa_priors / 10) / rte["safemax"]
+    )
+    assert (
+        s["rte_sa_over_safemax"] < s["rte_sa_with_amortised_priors_over_safemax"] < s["rte_sa_with_priors_over_safemax"]
+    )
     assert s["paper_rte_sa_over_safemax"] == pytest.approx(174.37 / 5.82, rel=0.01)
     assert s["gpu_saving_safemax_vs_sa_pct"] is None  # no GPU memory on CPU
     assert s["paper_gpu_saving_safemax_vs_sa_pct"] == pytest.approx(45.1, abs=0.1)
@@ -177,9 +216,21 @@ def test_markdown_report(report_path, tmp_path):
     assert script["main"]([str(report_path), "--out", str(out)]) == 0
     text = out.read_text()
     assert "# Cost benchmark:" in text and "NOT comparable with the paper" in text
-    for needle in ("| safemax |", "| salun |", "| sa |", "sa.generated", "salun.mask", "RTE SA / SAFEMax",
-                   "paper RTE min", "torch", "Evaluation sampler", "proj. job RTE min", "first step s",
-                   "priors amortised over the 10 classes", "all priors charged to one class"):
+    for needle in (
+        "| safemax |",
+        "| salun |",
+        "| sa |",
+        "sa.generated",
+        "salun.mask",
+        "RTE SA / SAFEMax",
+        "paper RTE min",
+        "torch",
+        "Evaluation sampler",
+        "proj. job RTE min",
+        "first step s",
+        "priors amortised over the 10 classes",
+        "all priors charged to one class",
+    ):
         assert needle in text, needle
     report = json.loads(report_path.read_text())
     row = next(r for r in benchmark.method_rows(report, "fp32") if r[0] == "sa")
@@ -206,8 +257,11 @@ def test_markdown_side_by_side_precisions(report_path, tmp_path):
     text = benchmark.render_markdown(json.loads(path.read_text()))
     side = text.split("## Precisions side by side", 1)[1].split("\n## ", 1)[0]
     assert "speed-up bf16 vs fp32" in side
-    rows = {line.split("|")[1].strip(): line.split("|")[-2].strip() for line in side.splitlines()
-            if line.startswith("| ") and not line.startswith("| method")}
+    rows = {
+        line.split("|")[1].strip(): line.split("|")[-2].strip()
+        for line in side.splitlines()
+        if line.startswith("| ") and not line.startswith("| method")
+    }
     assert rows == {m: "2.00" for m in ("safemax", "salun", "sa")}
 
 
@@ -226,16 +280,34 @@ def test_a_method_the_paper_lacks_is_projected_to_its_defaults_steps(tmp_path):
     """FT (or a user's method) is not in the paper: like every method, its projection uses its file's published
     DEFAULTS' steps; with the reference method not run, there are no ratios, and the notes say why."""
     out = tmp_path / "ft.json"
-    assert cli_main(["benchmark", "--preset", "tiny", "--steps", "1", "--warmup", "0", "--methods", "finetune",
-                     "--out", str(out)]) == 0
+    assert (
+        cli_main(
+            [
+                "benchmark",
+                "--preset",
+                "tiny",
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+                "--methods",
+                "finetune",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     entry = report["runs"]["fp32"]["methods"]["finetune"]
     steps = load_method("finetune").PUBLISHED_DEFAULTS["steps"]
     assert entry["projected_steps"] == steps and entry["projected_steps_source"] == "published DEFAULTS"
     assert entry["projected_rte_s"] == pytest.approx(entry["step"]["median_s"] * steps + entry["timed_outside_steps_s"])
     assert entry["projected_job_rte_s"] == pytest.approx(  # --warmup 0: the first step is the one as measured
-        max(entry["first_step_s"], entry["step"]["median_s"]) + (steps - 1) * entry["step"]["median_s"]
-        + entry["timed_outside_steps_s"])
+        max(entry["first_step_s"], entry["step"]["median_s"])
+        + (steps - 1) * entry["step"]["median_s"]
+        + entry["timed_outside_steps_s"]
+    )
     row = benchmark.method_rows(report, "fp32")[0]
     assert row[0] == "finetune" and row[benchmark.METHOD_HEADER.index("paper RTE min")] == "-"
     assert report["summary"] == {"fp32": {}} and benchmark.ratio_rows(report) == []
@@ -305,17 +377,45 @@ def test_a_method_that_is_not_shipped_is_benchmarked_with_its_priors(tmp_path, m
     (tmp_path / "methods" / "mine.py").write_text(UNSHIPPED_METHOD)
     monkeypatch.chdir(tmp_path)  # methods/ of the working directory: a user's workflow copy
     out = tmp_path / "mine.json"
-    assert cli_main(["benchmark", "--preset", "tiny", "--steps", "1", "--warmup", "0", "--methods", "mine",
-                     "--precision", "fp32", "--out", str(out), "--device", "cpu", "--threads", "1"]) == 0
+    assert (
+        cli_main(
+            [
+                "benchmark",
+                "--preset",
+                "tiny",
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+                "--methods",
+                "mine",
+                "--precision",
+                "fp32",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert report["complete"] is True and report["labels"] == {"mine": "Mine"}
     run = report["runs"]["fp32"]
     assert [k for k in report["section_s"] if k.startswith("fp32")] == [
-        "fp32 mine.gram", "fp32 mine.note", "fp32 mine", "fp32 sampler"]  # the required prior first
+        "fp32 mine.gram",
+        "fp32 mine.note",
+        "fp32 mine",
+        "fp32 sampler",
+    ]  # the required prior first
     gram, note = run["priors"]["mine.gram"], run["priors"]["mine.note"]
     assert (gram["units"], gram["paper_units"], gram["scope"]) == ("products", 1000, "shared")
-    assert [(r["size"], r["params"], r["work"]) for r in gram["runs"]] == [(1, {"products": 10}, 10.0),
-                                                                           (8, {"products": 80}, 80.0)]
+    assert [(r["size"], r["params"], r["work"]) for r in gram["runs"]] == [
+        (1, {"products": 10}, 10.0),
+        (8, {"products": 80}, 80.0),
+    ]
     assert _positive(gram["per_unit_s"]) and gram["null_reason"] is None
     assert gram["projected_s"] == pytest.approx(gram["per_unit_s"] * 1000 + max(gram["fixed_s"], 0))
     assert gram["projected_min"] == pytest.approx(gram["projected_s"] / 60)
@@ -465,9 +565,28 @@ def test_a_timeout_keeps_the_finished_half_of_a_switch_row(tmp_path, monkeypatch
     out = tmp_path / "b.json"
     from unlearnbench.cli import build_parser
 
-    args = build_parser().parse_args(["benchmark", "--preset", "tiny", "--steps", "1", "--warmup", "0", "--methods",
-                                      "safemax", "--precision", "fp32", "--out", str(out), "--device", "cpu",
-                                      "--threads", "1", "--switches"])  # the ablation's flag, as typed
+    args = build_parser().parse_args(
+        [
+            "benchmark",
+            "--preset",
+            "tiny",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--methods",
+            "safemax",
+            "--precision",
+            "fp32",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--switches",
+        ]
+    )  # the ablation's flag, as typed
     with pytest.raises(KeyboardInterrupt):
         benchmark.main(args)
     saved = json.loads(out.read_text())
@@ -494,14 +613,34 @@ def test_a_failing_prior_loses_only_what_needs_it(tmp_path, monkeypatch, capsys)
 
     monkeypatch.setattr(benchmark.Bench, "run_prior", broken_fisher)
     out = tmp_path / "b.json"
-    rc = cli_main(["benchmark", "--preset", "tiny", "--steps", "1", "--warmup", "0", "--methods", *METHODS,
-                   "--precision", "fp32", "--out", str(out), "--device", "cpu", "--threads", "1"])
+    rc = cli_main(
+        [
+            "benchmark",
+            "--preset",
+            "tiny",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--methods",
+            *METHODS,
+            "--precision",
+            "fp32",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        ]
+    )
     err = capsys.readouterr().err
     saved = json.loads(out.read_text())
     assert rc == 1 and "1 section(s) failed: fp32 sa.fisher" in err and "broken_fisher" in err  # its traceback
     assert saved["complete"] is False and saved["interrupted"] is False
-    assert saved["errors"] == [{"section": "fp32 sa.fisher",
-                                "error": "RuntimeError: CUDA error: an illegal memory access was encountered"}]
+    assert saved["errors"] == [
+        {"section": "fp32 sa.fisher", "error": "RuntimeError: CUDA error: an illegal memory access was encountered"}
+    ]
     run = saved["runs"]["fp32"]
     assert set(run["methods"]) == {"safemax", "salun"} and set(run["priors"]) == {"sa.generated", "salun.mask"}
     assert _positive(run["sampler"]["image_steps_per_s"])
@@ -524,14 +663,35 @@ def test_a_failing_switch_row_is_an_error_of_the_run(tmp_path, monkeypatch, caps
 
     monkeypatch.setattr(benchmark.Bench, "run_method", run_method)
     out = tmp_path / "b.json"
-    rc = cli_main(["benchmark", "--preset", "tiny", "--steps", "1", "--warmup", "0", "--methods", "safemax",
-                   "--precision", "fp32", "--out", str(out), "--device", "cpu", "--threads", "1", "--switches"])
+    rc = cli_main(
+        [
+            "benchmark",
+            "--preset",
+            "tiny",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--methods",
+            "safemax",
+            "--precision",
+            "fp32",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--switches",
+        ]
+    )
     err = capsys.readouterr().err
     saved = json.loads(out.read_text())
     assert rc == 1 and "1 section(s) failed: switch bf16 + compile" in err and "in run_method" in err
     assert saved["complete"] is False
-    assert saved["errors"] == [{"section": "switch bf16 + compile",
-                                "error": "RuntimeError: inductor: no working C++ compiler"}]
+    assert saved["errors"] == [
+        {"section": "switch bf16 + compile", "error": "RuntimeError: inductor: no working C++ compiler"}
+    ]
     variants = {v["name"]: v for v in saved["switches"]["variants"]}
     assert variants["bf16 + compile"]["error"] == saved["errors"][0]["error"]
     assert "method" not in variants["bf16 + compile"]
@@ -543,8 +703,14 @@ def test_a_failing_switch_row_is_an_error_of_the_run(tmp_path, monkeypatch, caps
 def test_each_method_runs_right_after_its_priors_safemax_first(report):
     """A time limit cuts the end of a row: SAFEMax (no prior) first, each prior just before its method."""
     assert [k for k in report["section_s"] if k.startswith("fp32")] == [
-        "fp32 safemax", "fp32 salun.mask", "fp32 salun", "fp32 sa.generated", "fp32 sa.fisher", "fp32 sa",
-        "fp32 sampler"]
+        "fp32 safemax",
+        "fp32 salun.mask",
+        "fp32 salun",
+        "fp32 sa.generated",
+        "fp32 sa.fisher",
+        "fp32 sa",
+        "fp32 sampler",
+    ]
     for entry in report["runs"]["fp32"]["priors"].values():  # each prior's warm-up run's wall time, kept apart
         assert _positive(entry["warmup_run_wall_s"])
 
@@ -560,8 +726,13 @@ def _as_other_run(report: dict, precision: str, started: str) -> dict:
     other = json.loads(json.dumps(report))
     other["runs"] = {precision: other["runs"]["fp32"]}
     other["settings"].update(steps=7, warmup=2)
-    other.update(started=started, finished=started, complete=False, interrupted=True,
-                 switches={"method": "safemax", "variants": [{"name": "bf16", "change": {}}]})
+    other.update(
+        started=started,
+        finished=started,
+        complete=False,
+        interrupted=True,
+        switches={"method": "safemax", "variants": [{"name": "bf16", "change": {}}]},
+    )
     return other
 
 
@@ -576,7 +747,9 @@ def test_runs_of_one_device_merge_into_one_report_that_names_its_sources(report_
     assert list(merged["runs"]) == ["fp32", "bf16"] and merged["switches"]["variants"][0]["name"] == "bf16"
     assert [s["name"] for s in merged["sources"]] == ["first.json", "second.json"]
     assert [(s["precisions"], s["steps"], s["switch_ablation"]) for s in merged["sources"]] == [
-        (["fp32"], 2, False), (["bf16"], 7, True)]
+        (["fp32"], 2, False),
+        (["bf16"], 7, True),
+    ]
     assert merged["complete"] is False and merged["interrupted"] is True
     assert merged["started"] == report["started"] and merged["finished"] == "2099-01-01T00:00:00+00:00"
     assert set(merged["summary"]) == {"fp32", "bf16"}
@@ -587,8 +760,13 @@ def test_runs_of_one_device_merge_into_one_report_that_names_its_sources(report_
     script = runpy.run_path(str(ROOT / "scripts" / "benchmark_report.py"))
     assert script["main"]([str(report_path), str(second), "--out", str(out)]) == 0
     text = out.read_text()
-    assert "measured by those runs" in text and "Merged from these runs" in text and "| steps | per run, below |" in text
-    assert "| benchmark.json | fp32 | 2 after 1 |" in text and "| second.json | bf16 + switch ablation | 7 after 2 |" in text
+    assert (
+        "measured by those runs" in text and "Merged from these runs" in text and "| steps | per run, below |" in text
+    )
+    assert (
+        "| benchmark.json | fp32 | 2 after 1 |" in text
+        and "| second.json | bf16 + switch ablation | 7 after 2 |" in text
+    )
     assert "speed-up bf16 vs fp32" in text
 
 
@@ -634,11 +812,22 @@ def test_the_committed_device_reports_are_what_their_json_renders(root):
 
 def test_sampler_numerics_compare_each_row_with_its_reference():
     ref = torch.ones(4, 3, 2, 2)
-    rows = benchmark.sampler_numerics({"fp32": ref, "bf16": ref * 1.01, "switch bf16": ref * 1.01,
-                                       "switch bf16 + compile": ref * 1.01 + 0.02, "tf32": ref})
+    rows = benchmark.sampler_numerics(
+        {
+            "fp32": ref,
+            "bf16": ref * 1.01,
+            "switch bf16": ref * 1.01,
+            "switch bf16 + compile": ref * 1.01 + 0.02,
+            "tf32": ref,
+        }
+    )
     got = {(r["row"], r["reference"]): (round(r["rel_diff"], 6), round(r["max_abs_diff"], 6)) for r in rows}
-    assert got == {("bf16", "fp32"): (0.01, 0.01), ("switch bf16", "bf16"): (0.0, 0.0),
-                   ("switch bf16 + compile", "bf16"): (round(0.02 / 1.01, 6), 0.02), ("tf32", "fp32"): (0.0, 0.0)}
+    assert got == {
+        ("bf16", "fp32"): (0.01, 0.01),
+        ("switch bf16", "bf16"): (0.0, 0.0),
+        ("switch bf16 + compile", "bf16"): (round(0.02 / 1.01, 6), 0.02),
+        ("tf32", "fp32"): (0.0, 0.0),
+    }
     assert benchmark.sampler_numerics({"switch bf16": ref}) == []  # no reference row: nothing to compare
 
 
@@ -646,13 +835,34 @@ def test_on_cpu_every_switch_row_samples_exactly_the_fp32_images(tmp_path):
     """The switches do nothing on CPU, so each ablation row's probe images equal the fp32 row's bit for bit: the
     comparison the GPU run makes (compile against eager, say) is wired to the rows it names."""
     out = tmp_path / "b.json"
-    rc = cli_main(["benchmark", "--preset", "tiny", "--steps", "1", "--warmup", "0", "--methods", "safemax",
-                   "--precision", "fp32", "--out", str(out), "--device", "cpu", "--threads", "1", "--switches"])
+    rc = cli_main(
+        [
+            "benchmark",
+            "--preset",
+            "tiny",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--methods",
+            "safemax",
+            "--precision",
+            "fp32",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--switches",
+        ]
+    )
     saved = json.loads(out.read_text())
     assert rc == 0
     rows = saved["sampler_numerics"]
     assert [(r["row"], r["reference"]) for r in rows] == [
-        (f"switch {name}", "fp32") for name, _ in benchmark.SWITCH_VARIANTS]
+        (f"switch {name}", "fp32") for name, _ in benchmark.SWITCH_VARIANTS
+    ]
     assert all(r["rel_diff"] == 0.0 and r["max_abs_diff"] == 0.0 for r in rows)
     assert "## Sampler numerics" in benchmark.render_markdown(saved)
 
@@ -663,14 +873,16 @@ def _gpu_script(root, out, **env):
     import sys
 
     env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, **env}
-    return subprocess.run(["bash", str(root / "scripts" / "gpu_benchmark.sh")], env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        ["bash", str(root / "scripts" / "gpu_benchmark.sh")], env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_gpu_script_runs_end_to_end_on_the_tiny_preset(root, tmp_path):
     """The device gets one try at scripts/gpu_benchmark.sh: its CPU smoke test runs the same lines."""
-    proc = _gpu_script(root, tmp_path, PRESET="tiny", STEPS="1", WARMUP="0", UNLEARNBENCH_BENCHMARK_BUDGET_S="5",
-                       SWITCHES="0")
+    proc = _gpu_script(
+        root, tmp_path, PRESET="tiny", STEPS="1", WARMUP="0", UNLEARNBENCH_BENCHMARK_BUDGET_S="5", SWITCHES="0"
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     report = json.loads((tmp_path / "benchmark.json").read_text())
     assert report["complete"] is True and report["preset"] == "tiny"
@@ -681,8 +893,11 @@ def test_gpu_script_runs_end_to_end_on_the_tiny_preset(root, tmp_path):
     from unlearnbench.config import load_config
 
     assert sorted(report["settings"]["methods"]) == sorted(load_config()["methods"])
-    assert list(report["runs"]["fp32"]["methods"]) == report["settings"]["methods"] == [
-        "safemax", "safemax_r", "salun", "sa"]
+    assert (
+        list(report["runs"]["fp32"]["methods"])
+        == report["settings"]["methods"]
+        == ["safemax", "safemax_r", "salun", "sa"]
+    )
     log = (tmp_path / "benchmark.log").read_text()
     assert "== benchmark exit status 0" in log and "complete: True" in log and "python " in log
     (markdown,) = tmp_path.glob("cpu-*.md")
@@ -709,8 +924,9 @@ def test_a_fit_swamped_by_noise_is_null_with_its_reason(report):
     assert per_unit == pytest.approx(0.1) and fixed == pytest.approx(0.0)
     noisy = copy.deepcopy(report)
     prior = noisy["runs"]["fp32"]["priors"]["salun.mask"]
-    prior.update(per_unit_s=None, units_per_s=None, projected_s=None, projected_min=None,
-                 null_reason=benchmark.NOISY_FIT)
+    prior.update(
+        per_unit_s=None, units_per_s=None, projected_s=None, projected_min=None, null_reason=benchmark.NOISY_FIT
+    )
     noisy["runs"]["fp32"]["sampler"].update(image_steps_per_s=None, null_reason=benchmark.NOISY_FIT)
     mask_row = next(r for r in benchmark.prior_rows(noisy, "fp32") if r[0] == "salun.mask")
     assert mask_row[3] == f"- ({benchmark.NOISY_FIT})"
@@ -724,7 +940,9 @@ def test_paper_config_runs_fp32_and_its_bf16_overlay_changes_only_the_precision(
     from unlearnbench.config import load_config
 
     paper = load_config(root / "config" / "paper.yaml", methods_dir=root / "methods")
-    fast = load_config(root / "config" / "paper.yaml", root / "config" / "paper-bf16.yaml", methods_dir=root / "methods")
+    fast = load_config(
+        root / "config" / "paper.yaml", root / "config" / "paper-bf16.yaml", methods_dir=root / "methods"
+    )
     assert paper["performance"]["bf16"] is False and paper["performance"]["tf32"] is False
     assert fast["performance"]["bf16"] is True and fast["performance"]["tf32"] is True
     assert paper["run_name"] == "paper" and fast["run_name"] == "paper-bf16"

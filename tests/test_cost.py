@@ -12,9 +12,19 @@ import pytest
 
 from unlearnbench.cost import CostMeter, device_name
 
-KEYS = {"rte_s", "rte_min", "gpu_peak_gb", "gpu_peak_source", "gpu_null_reason",
-        "torch_peak_allocated_gb", "torch_peak_reserved_gb", "host_rss_peak_gb",
-        "device", "device_name", "units"}
+KEYS = {
+    "rte_s",
+    "rte_min",
+    "gpu_peak_gb",
+    "gpu_peak_source",
+    "gpu_null_reason",
+    "torch_peak_allocated_gb",
+    "torch_peak_reserved_gb",
+    "host_rss_peak_gb",
+    "device",
+    "device_name",
+    "units",
+}
 
 
 class FakeNVML:
@@ -129,9 +139,11 @@ def test_nvml_process_figure():
 
 @pytest.mark.parametrize("hidden", ["none", "not_available", "pid_absent"])
 def test_nvml_hidden_process_falls_back_to_device(hidden):
-    own = {"none": [(os.getpid(), None)],
-           "not_available": [(os.getpid(), 2**64 - 1)],
-           "pid_absent": [(1, 9_000_000_000)]}[hidden]
+    own = {
+        "none": [(os.getpid(), None)],
+        "not_available": [(os.getpid(), 2**64 - 1)],
+        "pid_absent": [(1, 9_000_000_000)],
+    }[hidden]
     fake = FakeNVML(used=10_000_000_000, processes=own)
 
     def spike(f):
@@ -163,6 +175,7 @@ def test_sampler_error_is_recorded_not_raised():
 
         def broken(handle):
             raise RuntimeError("GPU is lost")
+
         fake.nvmlDeviceGetMemoryInfo = broken
         time.sleep(0.03)
     r = meter.result()
@@ -183,6 +196,7 @@ def test_missing_pynvml(monkeypatch):
 def test_sampler_thread_stops():
     def samplers():
         return [t for t in threading.enumerate() if t.name == "CostMeter-sampler"]
+
     with CostMeter("cpu", sample_interval_s=0.005):
         assert len(samplers()) == 1 and samplers()[0].daemon
     assert samplers() == []
@@ -203,6 +217,7 @@ def test_cost_record_written_atomically(tmp_path, monkeypatch):
     # A failed write leaves the old file intact and no temporary file behind.
     def failing_replace(src, dst):
         raise OSError("disk full")
+
     monkeypatch.setattr(checkpoints.os, "replace", failing_replace)
     with pytest.raises(OSError):
         checkpoints.write_json(path, {"rte_s": 1.0})

@@ -1,4 +1,5 @@
 """Datasets: digits split, CIFAR-10 in its official format, clear errors for missing data."""
+
 import numpy as np
 import pytest
 
@@ -32,6 +33,7 @@ def test_cifar10_loader_reads_the_official_format(tmp_path, write_miniature_cifa
     assert np.array_equal(data.test_x, expected["test_batch"][0])
     # the official layout is row-major (3, 32, 32): channel planes, not interleaved pixels
     import pickle
+
     with open(tmp_path / CIFAR10_DIR / "test_batch", "rb") as f:
         raw = pickle.load(f, encoding="latin1")
     assert raw["data"].shape == (20, 3072) and np.array_equal(raw["data"][0, :1024].reshape(32, 32), data.test_x[0, 0])
@@ -49,6 +51,7 @@ def test_cifar10_download_failure_is_a_clear_error(tmp_path, monkeypatch):
 
     def offline(root):
         raise OSError("Network is unreachable")
+
     monkeypatch.setattr(data_mod, "download_cifar10", offline)
     with pytest.raises(MissingResourceError, match="download failed: Network is unreachable"):
         load_cifar10(tmp_path, download=True)
@@ -58,8 +61,11 @@ def test_corrupt_cifar_file_is_reported(tmp_path, write_miniature_cifar10):
     write_miniature_cifar10(tmp_path)
     batch = tmp_path / CIFAR10_DIR / "data_batch_3"
     batch.write_bytes(batch.read_bytes()[:1000])  # an interrupted copy
-    with pytest.raises(MissingResourceError, match=f"CIFAR-10 file {batch} is unreadable \\(UnpicklingError: "
-                                                   ".*truncated.*Replace it with the one from https://"):
+    with pytest.raises(
+        MissingResourceError,
+        match=f"CIFAR-10 file {batch} is unreadable \\(UnpicklingError: "
+        ".*truncated.*Replace it with the one from https://",
+    ):
         load_cifar10(tmp_path)
     batch.write_bytes(b"not a pickle")
     with pytest.raises(MissingResourceError, match=f"CIFAR-10 file {batch} is unreadable"):

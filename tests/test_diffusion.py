@@ -1,11 +1,18 @@
 """The diffusion core against closed forms and an exact oracle."""
+
 import math
 
 import torch
 
+from unlearnbench.diffusion import (
+    Schedule,
+    drop_labels,
+    reduce_squared_error,
+    sample,
+    sample_as_configured,
+    sampling_timesteps,
+)
 from unlearnbench.settings import DiffusionSettings, Settings
-from unlearnbench.diffusion import (Schedule, drop_labels, reduce_squared_error, sample, sample_as_configured,
-                                    sampling_timesteps)
 from unlearnbench.training import ema_update, make_ema
 
 
@@ -34,9 +41,11 @@ def test_q_sample_is_the_forward_marginal():
 
 def _oracle(schedule, image):
     """The exact noise predictor for a one-image data set: eps = (x_t - sqrt(ab) x*) / sqrt(1 - ab)."""
+
     def eps_fn(x, t, labels):
         ab = schedule.alpha_bar[t].float().view(-1, 1, 1, 1)
         return (x - ab.sqrt() * image) / (1 - ab).sqrt()
+
     eps_fn.image_shape = tuple(image.shape)
     return eps_fn
 
@@ -47,8 +56,15 @@ def test_sampler_with_exact_oracle_returns_the_image():
     image = torch.rand(1, 8, 8) * 2 - 1
     labels = torch.zeros(6, dtype=torch.long)
     for steps, eta in ((1000, 1.0), (50, 1.0), (20, 0.0)):
-        out = sample(None, schedule, labels, steps=steps, eta=eta, generator=torch.Generator().manual_seed(1),
-                     eps_fn=_oracle(schedule, image))
+        out = sample(
+            None,
+            schedule,
+            labels,
+            steps=steps,
+            eta=eta,
+            generator=torch.Generator().manual_seed(1),
+            eps_fn=_oracle(schedule, image),
+        )
         assert torch.allclose(out, image.expand_as(out), atol=1e-4), (steps, eta, (out - image).abs().max())
 
 
@@ -70,20 +86,54 @@ def test_the_configured_sampler_is_the_sampler_with_the_config_sections_values(t
 
     torch.manual_seed(0)
     model = build_unet("tiny", 10)
-    config = {**tiny_config, "sampler": {**tiny_config["sampler"], "steps": 4, "eta": 0.5, "guidance_w": 1.5,
-                                         "clip_x0": True, "batch_size": 3}}
+    config = {
+        **tiny_config,
+        "sampler": {
+            **tiny_config["sampler"],
+            "steps": 4,
+            "eta": 0.5,
+            "guidance_w": 1.5,
+            "clip_x0": True,
+            "batch_size": 3,
+        },
+    }
     labels = torch.tensor([0, 3, 3, 9, 1])
-    by_hand = sample(model, Schedule(1000, 1e-4, 0.02), labels, steps=4, eta=0.5, guidance_w=1.5, clip_x0=True,
-                     batch_size=3, generator=torch.Generator().manual_seed(5))
+    by_hand = sample(
+        model,
+        Schedule(1000, 1e-4, 0.02),
+        labels,
+        steps=4,
+        eta=0.5,
+        guidance_w=1.5,
+        clip_x0=True,
+        batch_size=3,
+        generator=torch.Generator().manual_seed(5),
+    )
     settings = Settings.parse(config)
     schedule = Schedule.of(settings.diffusion)
-    configured = sample_as_configured(model, settings.sampler, schedule, labels, torch.Generator().manual_seed(5),
-                                      "cpu", performance=settings.runtime.performance)
+    configured = sample_as_configured(
+        model,
+        settings.sampler,
+        schedule,
+        labels,
+        torch.Generator().manual_seed(5),
+        "cpu",
+        performance=settings.runtime.performance,
+    )
     assert torch.equal(configured, by_hand)
-    assert not torch.equal(sample_as_configured(model, settings.sampler, schedule, labels,
-                                                torch.Generator().manual_seed(5), "cpu",
-                                                performance=settings.runtime.performance, steps=5),
-                           by_hand)  # an override is used
+    assert not torch.equal(
+        sample_as_configured(
+            model,
+            settings.sampler,
+            schedule,
+            labels,
+            torch.Generator().manual_seed(5),
+            "cpu",
+            performance=settings.runtime.performance,
+            steps=5,
+        ),
+        by_hand,
+    )  # an override is used
 
 
 def test_sampling_timesteps():
@@ -95,15 +145,26 @@ def test_sampling_timesteps():
 def test_antithetic_timesteps_pair_t_with_its_mirror_and_stay_uniform():
     plain = Schedule(timesteps=10)
     # off (the default): the same draws as before the switch existed, so earlier runs keep their results
-    assert torch.equal(plain.sample_timesteps(7, torch.Generator().manual_seed(3)),
-                       torch.randint(0, 10, (7,), generator=torch.Generator().manual_seed(3)))
-    paired = Schedule.of(DiffusionSettings.parse({"timesteps": 10, "beta_start": 1e-4, "beta_end": 0.02,
-                                                  "loss_reduction": "sum", "antithetic_timesteps": True}))
+    assert torch.equal(
+        plain.sample_timesteps(7, torch.Generator().manual_seed(3)),
+        torch.randint(0, 10, (7,), generator=torch.Generator().manual_seed(3)),
+    )
+    paired = Schedule.of(
+        DiffusionSettings.parse(
+            {
+                "timesteps": 10,
+                "beta_start": 1e-4,
+                "beta_end": 0.02,
+                "loss_reduction": "sum",
+                "antithetic_timesteps": True,
+            }
+        )
+    )
     for n in (1, 2, 7, 8):
         t = paired.sample_timesteps(n, torch.Generator().manual_seed(n))
         first = torch.randint(0, 10, (n // 2 + 1,), generator=torch.Generator().manual_seed(n))
-        assert len(t) == n and torch.equal(t[:n // 2 + 1], first[:n])
-        assert torch.equal(t[n // 2 + 1:], 9 - first[:n - (n // 2 + 1)])
+        assert len(t) == n and torch.equal(t[: n // 2 + 1], first[:n])
+        assert torch.equal(t[n // 2 + 1 :], 9 - first[: n - (n // 2 + 1)])
     generator = torch.Generator().manual_seed(0)
     counts = torch.bincount(torch.cat([paired.sample_timesteps(8, generator) for _ in range(2000)]), minlength=10)
     # 1,600 expected per index; sd at most 38 (binomial; a pair never hits one index twice, as T is even)
@@ -141,8 +202,9 @@ def test_guidance_combines_bf16_passes_in_fp32():
             conditional = (class_labels != 10).view(-1, 1, 1, 1)
             return torch.where(conditional, 1.0078125, 1.0).expand_as(x).to(torch.bfloat16)
 
-    eps = guided_eps(HalfPrecision(), torch.zeros(2, 1, 2, 2), torch.zeros(2, dtype=torch.long), torch.tensor([0, 1]),
-                     w=2.0)
+    eps = guided_eps(
+        HalfPrecision(), torch.zeros(2, 1, 2, 2), torch.zeros(2, dtype=torch.long), torch.tensor([0, 1]), w=2.0
+    )
     assert eps.dtype == torch.float32
     assert torch.equal(eps, torch.full((2, 1, 2, 2), 1.0234375))
     bf16_arithmetic = 3 * torch.tensor(1.0078125, dtype=torch.bfloat16) - 2 * torch.tensor(1.0, dtype=torch.bfloat16)

@@ -1,4 +1,5 @@
 """The README and docs/ link only to files that are there, and cite no file the repository lacks."""
+
 import re
 
 
@@ -16,7 +17,12 @@ def test_no_code_comment_cites_a_protocol_file_the_repository_lacks(root):
     """PROTOCOL.md is the reference experiment's notes outside this repository; docs/protocol-notes.md is ours."""
     if (root / "PROTOCOL.md").exists():
         return
-    citing = [f"{path.relative_to(root)}:{i}" for folder in ("unlearnbench", "methods", "metrics", "rules", "config")
-              for path in sorted((root / folder).rglob("*")) if path.suffix in (".py", ".smk", ".yaml")
-              for i, line in enumerate(path.read_text().splitlines(), 1) if "PROTOCOL.md" in line]
+    citing = [
+        f"{path.relative_to(root)}:{i}"
+        for folder in ("unlearnbench", "methods", "metrics", "rules", "config")
+        for path in sorted((root / folder).rglob("*"))
+        if path.suffix in (".py", ".smk", ".yaml")
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if "PROTOCOL.md" in line
+    ]
     assert not citing

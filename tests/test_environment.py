@@ -1,7 +1,7 @@
 """requirements.lock (what CI installs) pins a version of every dependency inside pyproject.toml's ranges, and
 environment.yml (conda, GPU machines) installs exactly that lock."""
-import tomllib
 
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name

@@ -1,6 +1,7 @@
 """Evaluation stages: shared FID references, scoring several forget classes at once, and reuse of the
 samples an unlearning job draws. Each batched path is checked against the one-at-a-time computation, and a
 record and a reference against numpy."""
+
 import copy
 import json
 from pathlib import Path
@@ -40,7 +41,9 @@ def test_references_of_many_classes_equal_those_made_one_by_one(assets, tmp_path
     config = copy.deepcopy(config)
     config["evaluation"]["n_real_per_class"] = n_real_per_class
     classes = [0, 3, 9]
-    stages.write_fid_references(config, tmp / "data.npz", tmp / "evaluator", {c: tmp_path / f"many{c}.npz" for c in classes})
+    stages.write_fid_references(
+        config, tmp / "data.npz", tmp / "evaluator", {c: tmp_path / f"many{c}.npz" for c in classes}
+    )
     for c in classes:
         stages.write_fid_references(config, tmp / "data.npz", tmp / "evaluator", {c: tmp_path / f"one{c}.npz"})
         many, one = load_statistics(tmp_path / f"many{c}.npz"), load_statistics(tmp_path / f"one{c}.npz")
@@ -65,9 +68,22 @@ def test_the_cli_needs_one_output_per_forget_class(assets, tmp_path):
 
     config, tmp = assets
     write_resolved(config, tmp_path / "config.yaml")
-    args = build_parser().parse_args(["fid-reference", "--config", str(tmp_path / "config.yaml"), "--data", str(tmp / "data.npz"),
-                                      "--evaluator", str(tmp / "evaluator"), "--forget-class", "0", "1",
-                                      "--out", str(tmp_path / "a.npz")])
+    args = build_parser().parse_args(
+        [
+            "fid-reference",
+            "--config",
+            str(tmp_path / "config.yaml"),
+            "--data",
+            str(tmp / "data.npz"),
+            "--evaluator",
+            str(tmp / "evaluator"),
+            "--forget-class",
+            "0",
+            "1",
+            "--out",
+            str(tmp_path / "a.npz"),
+        ]
+    )
     with pytest.raises(UserError, match="2 --forget-class values but 1 --out"):
         run(args)
 
@@ -103,8 +119,16 @@ def test_scoring_many_classes_at_once_equals_scoring_each(assets, tmp_path):
     refs = {c: tmp_path / f"ref{c}.npz" for c in classes}
     stages.write_fid_references(config, tmp / "data.npz", tmp / "evaluator", refs)
     stages.generate_samples(config, tmp / "unet", tmp_path / "orig.npz", 0, None, 10)
-    together = stages.score_classes(config, tmp_path / "orig.npz", tmp / "evaluator", refs, 0, "original", "original",
-                                    out_paths={c: tmp_path / f"rec{c}.json" for c in classes})
+    together = stages.score_classes(
+        config,
+        tmp_path / "orig.npz",
+        tmp / "evaluator",
+        refs,
+        0,
+        "original",
+        "original",
+        out_paths={c: tmp_path / f"rec{c}.json" for c in classes},
+    )
     for c, rec in zip(classes, together):
         alone = stages.score(config, tmp_path / "orig.npz", tmp / "evaluator", refs[c], c, 0, "original", "original")
         assert rec["forget_class"] == c and (tmp_path / f"rec{c}.json").exists()
@@ -121,8 +145,9 @@ def test_a_record_scores_the_right_slices_of_its_samples(assets, tmp_path):
     c = 4
     stages.write_fid_references(config, tmp / "data.npz", tmp / "evaluator", {c: tmp_path / "ref.npz"})
     stages.generate_samples(config, tmp / "unet", tmp_path / "samples.npz", 0, None, 10)
-    record = stages.score(config, tmp_path / "samples.npz", tmp / "evaluator", tmp_path / "ref.npz", c, 0,
-                          "original", "original")
+    record = stages.score(
+        config, tmp_path / "samples.npz", tmp / "evaluator", tmp_path / "ref.npz", c, 0, "original", "original"
+    )
 
     with np.load(tmp_path / "samples.npz") as f:
         images, labels = f["images"], f["labels"]
@@ -154,8 +179,20 @@ def test_evaluation_reuses_matching_presamples_and_redraws_otherwise(assets, tmp
     stages.generate_samples(config, tmp / "unet", pre, 0, 2, 10)  # what `unlearn --presample` draws
 
     def evaluate(cfg, name, model=tmp / "unet"):
-        stages.evaluate_model(cfg, model, tmp / "data.npz", tmp_path / f"{name}.npz", tmp / "evaluator", ref, 2, 0,
-                              "m", "m", out_path=tmp_path / f"{name}.json", presampled=pre)
+        stages.evaluate_model(
+            cfg,
+            model,
+            tmp / "data.npz",
+            tmp_path / f"{name}.npz",
+            tmp / "evaluator",
+            ref,
+            2,
+            0,
+            "m",
+            "m",
+            out_path=tmp_path / f"{name}.json",
+            presampled=pre,
+        )
         return stages.load_samples(tmp_path / f"{name}.npz")
 
     reused, _, meta = evaluate(config, "reused")
@@ -201,8 +238,11 @@ def test_a_score_of_mismatched_files_is_refused(assets, tmp_path):
     stages.generate_samples(config, tmp / "unet", tmp_path / "forgot0.npz", 0, 0, 10)
     record = stages.score(config, tmp_path / "forgot0.npz", tmp / "evaluator", refs[0], 0, 0, "sa", "sa")
     assert record["forget_class"] == 0
-    with pytest.raises(UserError, match=r"scoring forgotten class 3: .*ref0.npz leaves out class 0; the samples "
-                                        r".*forgot0.npz are of a model that forgot class 0"):
+    with pytest.raises(
+        UserError,
+        match=r"scoring forgotten class 3: .*ref0.npz leaves out class 0; the samples "
+        r".*forgot0.npz are of a model that forgot class 0",
+    ):
         stages.score(config, tmp_path / "forgot0.npz", tmp / "evaluator", refs[0], 3, 0, "sa", "sa")
     with pytest.raises(UserError, match="ref0.npz has classifier features, the config inception"):
         stages._check_pairing(refs[0], load_statistics(refs[0])["meta"], "s", {}, 0, "inception")

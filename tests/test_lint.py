@@ -4,6 +4,7 @@ through `params:`, made from the rule's input or output where it is a path), a r
 `+`. Snakemake lints every snakefile the Snakefile includes and every rule defined under the config given;
 config/test.yaml turns on every optional part (ablation, guidance sweep, finding study), so a rule or a rules/*.smk
 file added later is linted with no change here."""
+
 import json
 import os
 import re
@@ -18,13 +19,17 @@ EVERY_RULE = "every rule"
 
 # (lint title, what it applies to: EVERY_RULE, a rule's name or a snakefile's path from the repo root) -> why
 ALLOWED = {
-    ("Shell command directly uses variable CFG from outside of the rule", EVERY_RULE):
-        "the resolved config (results/<run>/configs/<hash>.yaml): as a params value it would rerun every job at each "
-        "config edit (each rule's `fp` param reruns it for the sections it reads), and as an input it does not exist "
-        "when the DAG is built (onstart writes it)",
-    ("Specify a conda environment or container for each rule.", EVERY_RULE):
-        "environment.yml installs the suite itself (-e .[test], -r requirements.lock, both relative to the repo), "
-        "which a per-rule environment cannot: Snakemake creates it from a copy of the yaml under .snakemake/conda/",
+    (
+        "Shell command directly uses variable CFG from outside of the rule",
+        EVERY_RULE,
+    ): "the resolved config (results/<run>/configs/<hash>.yaml): as a params value it would rerun every job at each "
+    "config edit (each rule's `fp` param reruns it for the sections it reads), and as an input it does not exist "
+    "when the DAG is built (onstart writes it)",
+    (
+        "Specify a conda environment or container for each rule.",
+        EVERY_RULE,
+    ): "environment.yml installs the suite itself (-e .[test], -r requirements.lock, both relative to the repo), "
+    "which a per-rule environment cannot: Snakemake creates it from a copy of the yaml under .snakemake/conda/",
 }
 
 # `snakemake --lint json` as the command line runs it (same arguments, workflow profile, cwd), printing JSON.
@@ -52,9 +57,14 @@ cli.main(sys.argv[1:])
 
 @pytest.fixture(scope="module")
 def lint():
-    proc = subprocess.run([sys.executable, "-c", LINT_AS_JSON, "--lint", "json", "--configfile", "config/test.yaml"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    proc = subprocess.run(
+        [sys.executable, "-c", LINT_AS_JSON, "--lint", "json", "--configfile", "config/test.yaml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)
 
@@ -81,10 +91,15 @@ def accepted_by(title: str, rule: str, snakefile: str):
 
 
 def test_every_lint_is_an_accepted_exception(lint):
-    new = [f"{snakefile}: {f'rule {rule}: ' if rule else ''}{title}" for title, rule, snakefile in lints(lint)
-           if not accepted_by(title, rule, snakefile)]
-    assert not new, ("snakemake --lint: fix these, or add them to ALLOWED in tests/test_lint.py with the reason (and "
-                     "to docs/architecture.md):\n" + "\n".join(new))
+    new = [
+        f"{snakefile}: {f'rule {rule}: ' if rule else ''}{title}"
+        for title, rule, snakefile in lints(lint)
+        if not accepted_by(title, rule, snakefile)
+    ]
+    assert not new, (
+        "snakemake --lint: fix these, or add them to ALLOWED in tests/test_lint.py with the reason (and "
+        "to docs/architecture.md):\n" + "\n".join(new)
+    )
 
 
 def test_every_accepted_exception_still_occurs(lint):

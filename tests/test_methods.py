@@ -1,4 +1,5 @@
 """The methods' building blocks (and the FT control's) against independent computations on tiny models."""
+
 import math
 
 import pytest
@@ -13,8 +14,13 @@ safemax = load_method("safemax")
 sa = load_method("sa")
 salun = load_method("salun")
 
-MICRO = {"block_out_channels": (8, 8), "norm_num_groups": 4, "sample_size": 4,
-         "down_block_types": ("DownBlock2D", "DownBlock2D"), "up_block_types": ("UpBlock2D", "UpBlock2D")}
+MICRO = {
+    "block_out_channels": (8, 8),
+    "norm_num_groups": 4,
+    "sample_size": 4,
+    "down_block_types": ("DownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "UpBlock2D"),
+}
 
 
 def micro_unet(seed=0):
@@ -24,7 +30,9 @@ def micro_unet(seed=0):
 
 def test_psi_is_the_papers_scheduler():
     t = torch.tensor([0, 499, 999])
-    assert torch.allclose(safemax.psi(t, 1000, 1.0), torch.tensor([math.exp(-1 / 1000), math.exp(-0.5), math.exp(-1.0)]))
+    assert torch.allclose(
+        safemax.psi(t, 1000, 1.0), torch.tensor([math.exp(-1 / 1000), math.exp(-0.5), math.exp(-1.0)])
+    )
     assert torch.equal(safemax.psi(t, 1000, 0.0), torch.ones(3))  # lambda = 0 disables it
     assert safemax.psi(torch.tensor([999]), 1000, 100.0).item() == pytest.approx(math.exp(-100))
 
@@ -41,8 +49,9 @@ def test_safemax_target_is_fresh_noise_or_x_t():
         safemax.forget_target(x_t, "bogus", g)
 
 
-@pytest.mark.parametrize("target, lam, reduction", [("fresh_noise", 1.0, "sum"), ("x_t", 3.0, "mean"),
-                                                    ("fresh_noise", 0.0, "sum")])
+@pytest.mark.parametrize(
+    "target, lam, reduction", [("fresh_noise", 1.0, "sum"), ("x_t", 3.0, "mean"), ("fresh_noise", 0.0, "sum")]
+)
 def test_safemax_loss_is_psi_weighted_error_to_its_target(target, lam, reduction):
     """The loss replayed by hand: the same draws in the same order (timesteps, the noise that builds x_t, then the
     fresh target), x_t from alpha_bar written out, psi(t) = exp(-lambda (t + 1) / T), mean over the batch."""
@@ -53,15 +62,22 @@ def test_safemax_loss_is_psi_weighted_error_to_its_target(target, lam, reduction
     model = micro_unet().eval()
     schedule = Schedule(T, 1e-4, 0.02)
     x0, labels = torch.rand(6, 1, 4, 4) * 2 - 1, torch.full((6,), 1)
-    ctx = SimpleNamespace(params={"target": target, "lambda": lam}, schedule=schedule, reduction=reduction,
-                          generator=torch.Generator().manual_seed(5), autocast=nullcontext)
+    ctx = SimpleNamespace(
+        params={"target": target, "lambda": lam},
+        schedule=schedule,
+        reduction=reduction,
+        generator=torch.Generator().manual_seed(5),
+        autocast=nullcontext,
+    )
     with torch.no_grad():
         loss = safemax.safemax_loss(model, ctx, x0, labels).item()
 
         g = torch.Generator().manual_seed(5)
         t = torch.randint(0, T, (6,), generator=g)
         noise = torch.randn(x0.shape, generator=g)
-        alpha_bar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, T, dtype=torch.float64), 0).float()[t].view(-1, 1, 1, 1)
+        alpha_bar = (
+            torch.cumprod(1 - torch.linspace(1e-4, 0.02, T, dtype=torch.float64), 0).float()[t].view(-1, 1, 1, 1)
+        )
         x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
         aim = torch.randn(x0.shape, generator=g) if target == "fresh_noise" else x_t
         error = (aim - model(x_t, t, labels)).pow(2).flatten(1)
@@ -77,8 +93,16 @@ def test_batched_fisher_equals_slow_per_timestep_gradients():
     images = torch.randn(3, 1, 4, 4)
     labels = torch.tensor([0, 1, 2])
     timesteps = torch.arange(20)
-    fisher = sa.diagonal_fisher(model, schedule, images, labels, timesteps=timesteps, reduction="sum",
-                                generator=torch.Generator().manual_seed(5), chunk=7)
+    fisher = sa.diagonal_fisher(
+        model,
+        schedule,
+        images,
+        labels,
+        timesteps=timesteps,
+        reduction="sum",
+        generator=torch.Generator().manual_seed(5),
+        chunk=7,
+    )
     # The slow way: the same noise draws, one timestep per backward pass, gradients summed per image, squared.
     g = torch.Generator().manual_seed(5)
     params = dict(model.named_parameters())
@@ -88,8 +112,15 @@ def test_batched_fisher_equals_slow_per_timestep_gradients():
         grad_sum = {n: torch.zeros_like(p) for n, p in params.items()}
         for j, t in enumerate(timesteps.tolist()):
             model.zero_grad()
-            epsilon_loss(model, schedule, images[i:i + 1], labels[i:i + 1], reduction="sum",
-                         timesteps=torch.tensor([t]), noise=noise[j:j + 1]).backward()
+            epsilon_loss(
+                model,
+                schedule,
+                images[i : i + 1],
+                labels[i : i + 1],
+                reduction="sum",
+                timesteps=torch.tensor([t]),
+                noise=noise[j : j + 1],
+            ).backward()
             for n, p in params.items():
                 grad_sum[n] += p.grad
         for n in params:
@@ -108,8 +139,17 @@ def test_fisher_cond_dropout_gives_terms_the_null_label():
     image, label = torch.randn(1, 1, 4, 4), torch.tensor([1])
 
     def fisher(labels, cond_dropout):
-        return sa.diagonal_fisher(model, schedule, image, labels, timesteps=torch.arange(20), reduction="sum",
-                                  generator=torch.Generator().manual_seed(5), chunk=7, cond_dropout=cond_dropout)
+        return sa.diagonal_fisher(
+            model,
+            schedule,
+            image,
+            labels,
+            timesteps=torch.arange(20),
+            reduction="sum",
+            generator=torch.Generator().manual_seed(5),
+            chunk=7,
+            cond_dropout=cond_dropout,
+        )
 
     dropped, unconditional = fisher(label, 1.0), fisher(torch.tensor([null_class(model)]), 0.0)
     assert all(torch.allclose(dropped[n], unconditional[n], rtol=1e-5, atol=0) for n in dropped)
@@ -181,8 +221,15 @@ def test_saliency_scores_are_abs_sums_of_clipped_guided_gradients(clip):
     model = micro_unet()
     schedule = Schedule(T, 1e-4, 0.02)
     batches = [(torch.rand(4, 1, 4, 4) * 2 - 1, torch.zeros(4, dtype=torch.long)) for _ in range(3)]
-    scores = salun.saliency_scores(model, schedule, batches, guidance_w=w, reduction="sum",
-                                   generator=torch.Generator().manual_seed(0), grad_clip=clip)
+    scores = salun.saliency_scores(
+        model,
+        schedule,
+        batches,
+        guidance_w=w,
+        reduction="sum",
+        generator=torch.Generator().manual_seed(0),
+        grad_clip=clip,
+    )
 
     params = [p for p in model.parameters() if p.requires_grad]
     names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -197,13 +244,13 @@ def test_saliency_scores_are_abs_sums_of_clipped_guided_gradients(clip):
         null = torch.full_like(y, 3)  # the micro UNet's 3 classes; index 3 is the null embedding
         eps = (1 + w) * model(x_t, t, y) - w * model(x_t, t, null)
         grads = torch.autograd.grad((eps - noise).pow(2).flatten(1).sum(1).mean(), params)  # batch mean of sums
-        norm = torch.sqrt(sum((gr ** 2).sum() for gr in grads))
+        norm = torch.sqrt(sum((gr**2).sum() for gr in grads))
         scale = min(1.0, clip / (norm.item() + 1e-6))
         total = [acc + scale * gr for acc, gr in zip(total, grads)]
     for name, expected in zip(names, total):
         assert torch.allclose(scores[name], expected.abs(), rtol=1e-4, atol=1e-5), name
     if clip < 1:  # the bound is the clip's doing: unclipped, these gradients are far larger
-        assert math.sqrt(sum((s ** 2).sum().item() for s in scores.values())) <= 3 * clip * (1 + 1e-4)
+        assert math.sqrt(sum((s**2).sum().item() for s in scores.values())) <= 3 * clip * (1 + 1e-4)
 
 
 def test_salun_forget_term_relabels_and_drops_each_passs_label_apart():
@@ -218,8 +265,14 @@ def test_salun_forget_term_relabels_and_drops_each_passs_label_apart():
         return salun.relabel_loss(model, x_t, t, y, 2, cond_dropout, torch.Generator().manual_seed(seed)).item()
 
     with torch.no_grad():
+
         def mse(target_labels, forget_labels):
-            return (predict_eps(model, x_t, t, forget_labels) - predict_eps(model, x_t, t, target_labels)).pow(2).mean().item()
+            return (
+                (predict_eps(model, x_t, t, forget_labels) - predict_eps(model, x_t, t, target_labels))
+                .pow(2)
+                .mean()
+                .item()
+            )
 
         assert loss(0.0) == pytest.approx(mse(torch.full_like(y, 2), y), rel=1e-6)
         assert loss(1.0) == 0.0  # both labels null: the target is the prediction
@@ -234,14 +287,23 @@ def _prior_ctx(tmp_path, originals, params, forget_class=None, priors=None, data
     """A prior's context whose load_original hands out copies of `originals[ema]` in train mode, as the stage does."""
     import copy
 
-    from unlearnbench.cost import CostMeter
     from unlearnbench.context import RunContext
+    from unlearnbench.cost import CostMeter
 
-    return RunContext(config={"diffusion": {"loss_reduction": "sum"}, "base": {}}, params=params, data=data,
-                      schedule=Schedule(20, 1e-4, 0.02), device=torch.device("cpu"), seed=3,
-                      generator=torch.Generator().manual_seed(3), meter=CostMeter("cpu"),
-                      load_original=lambda ema=False: copy.deepcopy(originals[ema]).train(),
-                      forget_class=forget_class, priors=priors or {}, out_dir=tmp_path)
+    return RunContext(
+        config={"diffusion": {"loss_reduction": "sum"}, "base": {}},
+        params=params,
+        data=data,
+        schedule=Schedule(20, 1e-4, 0.02),
+        device=torch.device("cpu"),
+        seed=3,
+        generator=torch.Generator().manual_seed(3),
+        meter=CostMeter("cpu"),
+        load_original=lambda ema=False: copy.deepcopy(originals[ema]).train(),
+        forget_class=forget_class,
+        priors=priors or {},
+        out_dir=tmp_path,
+    )
 
 
 def _with_dropout(seed):
@@ -267,9 +329,17 @@ def test_sa_fisher_is_taken_at_theta_star_without_dropout(tmp_path):
     saved = load_tensors(tmp_path / "fisher.safetensors", torch.device("cpu"))
 
     def fisher_of(model, cond_dropout=0.1):
-        return sa.diagonal_fisher(model, ctx.schedule, to_float(images), torch.tensor([0, 1, 2]),
-                                  timesteps=sa.fisher_timesteps(20, 5), reduction="sum",
-                                  generator=torch.Generator().manual_seed(3), chunk=2, cond_dropout=cond_dropout)
+        return sa.diagonal_fisher(
+            model,
+            ctx.schedule,
+            to_float(images),
+            torch.tensor([0, 1, 2]),
+            timesteps=sa.fisher_timesteps(20, 5),
+            reduction="sum",
+            generator=torch.Generator().manual_seed(3),
+            chunk=2,
+            cond_dropout=cond_dropout,
+        )
 
     at_star = fisher_of(originals[False].eval())
     assert all(torch.allclose(saved[n], at_star[n], rtol=1e-5, atol=0) for n in at_star)
@@ -298,9 +368,10 @@ def test_salun_mask_is_computed_without_dropout(tmp_path):
     saved = load_tensors(tmp_path / "mask.safetensors", torch.device("cpu"))
 
     x1, _ = ctx.images([1])
-    batches = [(x1[i:i + 2], torch.ones(len(x1[i:i + 2]), dtype=torch.long)) for i in range(0, len(x1), 2)]
-    scores = salun.saliency_scores(model.eval(), ctx.schedule, batches, guidance_w=2.0, reduction="sum",
-                                   generator=torch.Generator().manual_seed(3))
+    batches = [(x1[i : i + 2], torch.ones(len(x1[i : i + 2]), dtype=torch.long)) for i in range(0, len(x1), 2)]
+    scores = salun.saliency_scores(
+        model.eval(), ctx.schedule, batches, guidance_w=2.0, reduction="sum", generator=torch.Generator().manual_seed(3)
+    )
     expected = salun.top_fraction_mask(scores, 0.5)
     assert all(torch.equal(saved[n].bool(), expected[n]) for n in expected)
 
@@ -320,16 +391,24 @@ def test_sa_replay_is_flipped_as_the_training_data(tmp_path, hflip):
         (tmp_path / name).mkdir()
     images = to_uint8(torch.rand(4, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1)
     np.savez_compressed(tmp_path / "generated" / "generated.npz", images=images, labels=np.array([0, 1, 2, 2]))
-    save_tensors(tmp_path / "fisher" / "fisher.safetensors",
-                 {n: torch.zeros_like(q) for n, q in model.named_parameters()})
+    save_tensors(
+        tmp_path / "fisher" / "fisher.safetensors", {n: torch.zeros_like(q) for n, q in model.named_parameters()}
+    )
     params = {**sa.DEFAULTS, "steps": 1, "batch_size": 2, "replay_batch_size": 2}
-    ctx = _prior_ctx(tmp_path, {False: model, True: model}, params, forget_class=0,
-                     priors={"generated": tmp_path / "generated", "fisher": tmp_path / "fisher"},
-                     data=SimpleNamespace(image_shape=(1, 4, 4)))
+    ctx = _prior_ctx(
+        tmp_path,
+        {False: model, True: model},
+        params,
+        forget_class=0,
+        priors={"generated": tmp_path / "generated", "fisher": tmp_path / "fisher"},
+        data=SimpleNamespace(image_shape=(1, 4, 4)),
+    )
     ctx.config["base"]["hflip"] = hflip
     streams = []
     real_stream = ctx.stream
-    ctx.stream = lambda x, y, batch_size, hflip=False: streams.append((len(x), hflip)) or real_stream(x, y, batch_size, hflip)
+    ctx.stream = lambda x, y, batch_size, hflip=False: (
+        streams.append((len(x), hflip)) or real_stream(x, y, batch_size, hflip)
+    )
     sa.unlearn(ctx)
     assert streams == [(3, hflip)]  # the three replay images of the remaining classes
 
@@ -339,15 +418,26 @@ class _Crash(Exception):
 
 
 def _toy_run(state_path, crash_at=None, state_key=None, nan_at=None, lr=0.1):
-    from unlearnbench.cost import CostMeter
     from unlearnbench.context import RunContext
+    from unlearnbench.cost import CostMeter
 
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    ctx = RunContext(config={"base": {}}, params={}, data=None, schedule=None, device=torch.device("cpu"), seed=1,
-                     generator=torch.Generator().manual_seed(1), meter=CostMeter("cpu"), load_original=None,
-                     state_path=state_path, state_key=state_key, diverged_hint="Lower lr.")
+    ctx = RunContext(
+        config={"base": {}},
+        params={},
+        data=None,
+        schedule=None,
+        device=torch.device("cpu"),
+        seed=1,
+        generator=torch.Generator().manual_seed(1),
+        meter=CostMeter("cpu"),
+        load_original=None,
+        state_path=state_path,
+        state_key=state_key,
+        diverged_hint="Lower lr.",
+    )
     stream = ctx.stream(torch.randn(10, 4), torch.zeros(10), 3)
 
     def step(i):
@@ -415,8 +505,11 @@ def test_divergence_stops_the_run_before_its_state_is_saved(tmp_path):
 
     state = tmp_path / "state.pt"
     ctx, model, optimizer, step = _toy_run(state, nan_at=4, state_key="k")
-    with pytest.raises(DivergedError, match=r"run diverged by step 6 \(model\): [1-5] of 5 values are NaN or inf\. "
-                                            r"Lower lr\."):
+    with pytest.raises(
+        DivergedError,
+        match=r"run diverged by step 6 \(model\): [1-5] of 5 values are NaN or inf\. "
+        r"Lower lr\.",
+    ):
         ctx.run_steps(10, step, desc="run", checkpoint_every=3, modules={"model": model, "optimizer": optimizer})
     saved = load_state(state, "k|run|steps=10")
     assert saved["step"] == 3 and all(torch.isfinite(t).all() for t in saved["modules"]["model"].values())
@@ -491,8 +584,7 @@ def test_undeclared_evaluation_sections_are_not_readable(tiny_config):
     from unlearnbench.context import DeclaredSections
     from unlearnbench.method_api import GUARDED_SECTIONS, Prior
 
-    view = DeclaredSections(tiny_config, ("sampler",), "prior 'generated' of method 'sa'",
-                            "Prior(..., sections=...)")
+    view = DeclaredSections(tiny_config, ("sampler",), "prior 'generated' of method 'sa'", "Prior(..., sections=...)")
     assert view["sampler"] == tiny_config["sampler"] and view["diffusion"] == tiny_config["diffusion"]
     assert view.get("performance") == tiny_config.get("performance")
     for hidden in set(GUARDED_SECTIONS) - {"sampler"}:
@@ -561,8 +653,13 @@ def test_finetune_never_reads_the_forgotten_class_unlike_safemax(tmp_path):
     original = micro_unet(0)
 
     def weights_after(method, images, params):
-        ctx = _prior_ctx(tmp_path, {False: original}, {"steps": 3, "lr": 1e-2, "grad_clip": 1.0, **params},
-                         forget_class=1, data=SimpleNamespace(train_x=images, train_y=y, num_classes=3))
+        ctx = _prior_ctx(
+            tmp_path,
+            {False: original},
+            {"steps": 3, "lr": 1e-2, "grad_clip": 1.0, **params},
+            forget_class=1,
+            data=SimpleNamespace(train_x=images, train_y=y, num_classes=3),
+        )
         return torch.cat([p.detach().flatten() for p in method.unlearn(ctx).parameters()])
 
     ft = {"batch_size": 4, "cond_dropout": 0.0}
@@ -584,19 +681,24 @@ def test_safemax_starts_from_and_evaluates_the_weights_its_params_name(tmp_path,
     from unlearnbench.data import to_uint8
 
     raw, ema = micro_unet(0), micro_unet(1)
-    data = SimpleNamespace(train_x=to_uint8(torch.rand(8, 1, 4, 4) * 2 - 1), train_y=np.array([0, 1] * 4),
-                           num_classes=2)
+    data = SimpleNamespace(
+        train_x=to_uint8(torch.rand(8, 1, 4, 4) * 2 - 1), train_y=np.array([0, 1] * 4), num_classes=2
+    )
     flat = lambda model: torch.cat([p.detach().flatten() for p in model.parameters()])  # noqa: E731
 
     def evaluated(**params):
-        ctx = _prior_ctx(tmp_path, {False: raw, True: ema},
-                         {**safemax.DEFAULTS, "steps": 3, "batch_size": 4, "lr": 0.0, "start_weights": start_weights,
-                          **params}, forget_class=1, data=data)
+        ctx = _prior_ctx(
+            tmp_path,
+            {False: raw, True: ema},
+            {**safemax.DEFAULTS, "steps": 3, "batch_size": 4, "lr": 0.0, "start_weights": start_weights, **params},
+            forget_class=1,
+            data=data,
+        )
         return flat(safemax.unlearn(ctx))
 
     start = flat(ema if start_weights == "ema" else raw)
     assert torch.equal(evaluated(), start)
-    kept = 0.5 ** 3  # the base EMA's share after 3 updates at decay 0.5
+    kept = 0.5**3  # the base EMA's share after 3 updates at decay 0.5
     assert torch.allclose(evaluated(ema_decay=0.5), kept * flat(ema) + (1 - kept) * start, atol=1e-6)
 
 
@@ -615,6 +717,7 @@ def test_every_method_file_runs_its_priors_and_unlearns_a_tiny_model(name, tmp_p
     import json
 
     from tiny_original import adopted_original
+
     from unlearnbench import stages
     from unlearnbench.method_api import load_method
 
@@ -629,11 +732,19 @@ def test_every_method_file_runs_its_priors_and_unlearns_a_tiny_model(name, tmp_p
         prior = next(p for p in todo if set(p.requires) <= set(priors))
         todo.remove(prior)
         priors[prior.name] = tmp_path / "priors" / prior.name
-        stages.run_prior(config, name, prior.name, tmp_path / "data.npz", tmp_path / "original", priors[prior.name],
-                         forget_class=2 if prior.scope == "per_class" else None,
-                         required={r: priors[r] for r in prior.requires})
-    record = stages.run_unlearning(config, name, 2, 0, tmp_path / "data.npz", tmp_path / "original",
-                                   tmp_path / "out", priors)
+        stages.run_prior(
+            config,
+            name,
+            prior.name,
+            tmp_path / "data.npz",
+            tmp_path / "original",
+            priors[prior.name],
+            forget_class=2 if prior.scope == "per_class" else None,
+            required={r: priors[r] for r in prior.requires},
+        )
+    record = stages.run_unlearning(
+        config, name, 2, 0, tmp_path / "data.npz", tmp_path / "original", tmp_path / "out", priors
+    )
     assert record["rte_min"] > 0 and (tmp_path / "out" / "unet").is_dir()
     assert json.loads((tmp_path / "out" / "cost.json").read_text())["method"] == name
 
@@ -648,7 +759,9 @@ def test_each_job_is_given_the_folders_of_the_priors_it_reads():
     assert prior_folders("results/r", "sa", prior="generated") == {}
     assert prior_folders("results/r", "salun", forget_class=3) == {"mask": "results/r/priors/salun/mask/class3"}
     assert prior_folders("results/r", "safemax", forget_class=3) == {}
-    assert prior_arguments(sa) == "generated=results/r/priors/sa/generated/shared fisher=results/r/priors/sa/fisher/shared"
+    assert (
+        prior_arguments(sa) == "generated=results/r/priors/sa/generated/shared fisher=results/r/priors/sa/fisher/shared"
+    )
 
 
 def _ewc_penalty_loop(model, fisher, star):
@@ -668,8 +781,11 @@ def test_ewc_penalty_multi_tensor_equals_the_per_tensor_loop(subset):
     model = micro_unet(1)
     star = {n: p.detach().clone() for n, p in model.named_parameters()}
     g = torch.Generator().manual_seed(2)
-    fisher = {n: torch.rand(p.shape, generator=g) * 10 ** -torch.randint(0, 6, (1,), generator=g).item()
-              for i, (n, p) in enumerate(model.named_parameters()) if not subset or i % 3}
+    fisher = {
+        n: torch.rand(p.shape, generator=g) * 10 ** -torch.randint(0, 6, (1,), generator=g).item()
+        for i, (n, p) in enumerate(model.named_parameters())
+        if not subset or i % 3
+    }
     with torch.no_grad():  # away from theta*, where the penalty and its gradient are not zero
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.05)

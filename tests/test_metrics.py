@@ -1,4 +1,5 @@
 """Metrics against closed forms, hand-made examples and clean-fid's own implementation."""
+
 import math
 import urllib.request
 
@@ -25,19 +26,32 @@ def test_entropy_uniform_onehot_and_mixture():
 
 
 def test_unlearning_accuracy_and_class_probability_hand_counted():
-    probs = np.array([[0.8, 0.1, 0.1],    # argmax 0
-                      [0.1, 0.2, 0.7],    # 2
-                      [0.2, 0.6, 0.2],    # 1
-                      [0.3, 0.3, 0.4],    # 2
-                      [0.0, 0.0, 1.0]])   # 2
-    assert G.unlearning_accuracy(probs, 2) == pytest.approx(40.0)   # 2 of 5 are not class 2
+    probs = np.array(
+        [
+            [0.8, 0.1, 0.1],  # argmax 0
+            [0.1, 0.2, 0.7],  # 2
+            [0.2, 0.6, 0.2],  # 1
+            [0.3, 0.3, 0.4],  # 2
+            [0.0, 0.0, 1.0],
+        ]
+    )  # 2
+    assert G.unlearning_accuracy(probs, 2) == pytest.approx(40.0)  # 2 of 5 are not class 2
     assert G.unlearning_accuracy(probs, 0) == pytest.approx(80.0)
     assert G.mean_class_probability(probs, 2) == pytest.approx((0.1 + 0.7 + 0.2 + 0.4 + 1.0) / 5)
     assert G.accuracy(probs, np.array([0, 2, 0, 2, 1])) == pytest.approx(60.0)
 
 
-@pytest.mark.parametrize("bad", [np.ones(3) / 3, np.ones((2, 3)), np.full((2, 3), np.nan),
-                                 np.array([[1.5, -0.5, 0.0]]), np.zeros((0, 3)), [[2.0, -1.0]]])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.ones(3) / 3,
+        np.ones((2, 3)),
+        np.full((2, 3), np.nan),
+        np.array([[1.5, -0.5, 0.0]]),
+        np.zeros((0, 3)),
+        [[2.0, -1.0]],
+    ],
+)
 def test_probability_validation(bad):
     with pytest.raises(ValueError):
         G.entropy(bad)
@@ -138,6 +152,7 @@ def test_fid_of_gaussian_samples_matches_closed_form():
 @pytest.mark.filterwarnings("ignore:The `disp` argument:DeprecationWarning")  # inside clean-fid
 def test_fid_and_kid_match_cleanfid():
     from cleanfid import fid as cfid
+
     rng = np.random.default_rng(3)
     a = rng.normal(size=(300, 32))
     b = 0.8 * rng.normal(size=(300, 32)) @ rng.normal(size=(32, 32)) / 5 + 0.3
@@ -164,11 +179,11 @@ def test_self_distance_is_zero_and_low_rank_is_finite():
     # the cross term then includes the diagonal k(x_i, x_i))
     same = F.kid_from_features(x, rng.normal(size=(500, 16)), num_subsets=3)
     assert abs(same) < 5e-3 < F.kid_from_features(x, rng.normal(size=(500, 16)) + 0.3, num_subsets=3)
-    few_a, few_b = rng.normal(size=(10, 64)), rng.normal(size=(12, 64)) + 0.1   # rank 9 and 11 in 64-d
+    few_a, few_b = rng.normal(size=(10, 64)), rng.normal(size=(12, 64)) + 0.1  # rank 9 and 11 in 64-d
     fid = F.fid_from_features(few_a, few_b)
     mu1, s1 = F.feature_statistics(few_a)
     mu2, s2 = F.feature_statistics(few_b)
-    eig = np.linalg.eigvals(s1 @ s2)   # independent: spectrum of the non-symmetric product
+    eig = np.linalg.eigvals(s1 @ s2)  # independent: spectrum of the non-symmetric product
     ref = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2) - 2 * np.sqrt(np.clip(eig.real, 0, None)).sum()
     assert np.isfinite(fid) and fid == pytest.approx(ref, rel=1e-6)
     assert F.fid_from_features(few_a, few_a) == pytest.approx(0.0, abs=1e-8)
@@ -197,7 +212,7 @@ def test_statistics_roundtrip(tmp_path):
     np.testing.assert_array_equal(back["sigma"], ref["sigma"])
     np.testing.assert_array_equal(back["features"], ref["features"])
     assert back["meta"] == {"n": 50, "dataset": "digits", "forget_class": 3}
-    assert list(path.parent.iterdir()) == [path]   # no temporary files left
+    assert list(path.parent.iterdir()) == [path]  # no temporary files left
     with pytest.raises(MissingResourceError):
         F.load_statistics(tmp_path / "absent.npz")
 
@@ -205,6 +220,7 @@ def test_statistics_roundtrip(tmp_path):
 # --------------------------------------------------------------------------- inception
 def test_inception_constants_match_cleanfid():
     from cleanfid import downloads_helper
+
     assert F.INCEPTION_URL == downloads_helper.inception_url
     assert F.INCEPTION_URL.endswith("/" + F.INCEPTION_FILE)
 
@@ -229,10 +245,11 @@ def test_inception_offline_missing_weights_names_file_url_and_dir(tmp_path, monk
 def test_inception_failed_download_raises(tmp_path, monkeypatch):
     def unreachable(*args, **kwargs):
         raise urllib.error.URLError("no route to host")
+
     monkeypatch.setattr(urllib.request, "urlopen", unreachable)
     with pytest.raises(MissingResourceError, match="no route to host"):
         F.inception_weights_path(tmp_path, offline=False)
-    assert list(tmp_path.iterdir()) == []   # no partial file left behind
+    assert list(tmp_path.iterdir()) == []  # no partial file left behind
 
 
 def test_inception_download_lands_whole_with_ordinary_permissions(tmp_path, monkeypatch):
@@ -286,9 +303,21 @@ def test_inception_pipeline_with_stand_in_network(tmp_path):
     rgb = torch.rand(2, 3, 5, 7, generator=torch.Generator().manual_seed(0)) * 2 - 1
     extract = F.feature_extractor("inception", weights_dir=tmp_path, offline=True)
     u8 = ((rgb + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    resized = np.stack([np.stack([np.asarray(Image.fromarray(img[:, :, ch].astype(np.float32), mode="F")
-                                             .resize((299, 299), resample=Image.BICUBIC)) for ch in range(3)])
-                        for img in u8]).clip(0, 255)
+    resized = np.stack(
+        [
+            np.stack(
+                [
+                    np.asarray(
+                        Image.fromarray(img[:, :, ch].astype(np.float32), mode="F").resize(
+                            (299, 299), resample=Image.BICUBIC
+                        )
+                    )
+                    for ch in range(3)
+                ]
+            )
+            for img in u8
+        ]
+    ).clip(0, 255)
     channel_means = ((resized.astype(np.float64) - 128) / 128).mean(axis=(2, 3))
     expected = np.tile(channel_means, 683)[:, :2048]
     np.testing.assert_allclose(extract(rgb), expected, rtol=1e-5, atol=1e-5)
@@ -303,15 +332,24 @@ def test_eps_mean_squares_replayed_one_image_at_a_time():
     from unlearnbench.networks import build_unet
 
     torch.manual_seed(0)
-    model = build_unet("tiny", 3, {"block_out_channels": (8, 8), "norm_num_groups": 4, "sample_size": 4,
-                                   "down_block_types": ("DownBlock2D", "DownBlock2D"),
-                                   "up_block_types": ("UpBlock2D", "UpBlock2D")}).eval()
+    model = build_unet(
+        "tiny",
+        3,
+        {
+            "block_out_channels": (8, 8),
+            "norm_num_groups": 4,
+            "sample_size": 4,
+            "down_block_types": ("DownBlock2D", "DownBlock2D"),
+            "up_block_types": ("UpBlock2D", "UpBlock2D"),
+        },
+    ).eval()
     T = 50
     schedule = Schedule(T, 1e-4, 0.02)
     forget, remaining = torch.rand(5, 1, 4, 4) * 2 - 1, torch.rand(7, 1, 4, 4) * 2 - 1
     labels = torch.tensor([1, 2, 1, 2, 2, 1, 1])
-    got = eps_mean_squares(model, schedule, forget, remaining, labels, 0, 3, torch.Generator().manual_seed(5),
-                           batch_size=3)
+    got = eps_mean_squares(
+        model, schedule, forget, remaining, labels, 0, 3, torch.Generator().manual_seed(5), batch_size=3
+    )
 
     g = torch.Generator().manual_seed(5)
     alpha_bar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, T, dtype=torch.float64), 0).float()
@@ -324,12 +362,18 @@ def test_eps_mean_squares_replayed_one_image_at_a_time():
 
     def mean_square(x_t, t, y):
         with torch.no_grad():
-            return sum(model(x_t[i:i + 1], t[i:i + 1], y[i:i + 1]).pow(2).sum().item() for i in range(len(x_t))) / x_t.numel()
+            return (
+                sum(model(x_t[i : i + 1], t[i : i + 1], y[i : i + 1]).pow(2).sum().item() for i in range(len(x_t)))
+                / x_t.numel()
+            )
 
     x_f, t_f = noised(forget)
     x_r, t_r = noised(remaining)
-    want = {"forget": mean_square(x_f, t_f, torch.zeros(5, dtype=torch.long)),
-            "remaining": mean_square(x_r, t_r, labels), "null": mean_square(x_r, t_r, torch.full((7,), 3))}
+    want = {
+        "forget": mean_square(x_f, t_f, torch.zeros(5, dtype=torch.long)),
+        "remaining": mean_square(x_r, t_r, labels),
+        "null": mean_square(x_r, t_r, torch.full((7,), 3)),
+    }
     assert got.keys() == want.keys()
     for key in want:
         assert got[key] == pytest.approx(want[key], rel=1e-5), key

@@ -1,5 +1,6 @@
 """Every rule that runs a network on the device declares a GPU (`resources: gpu=GPU_JOB`, rules/common.smk), none
 where the config says `device: cpu`; the profiles only cap or map it, so a new rule needs no profile entry."""
+
 import re
 import subprocess
 import sys
@@ -11,8 +12,18 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 # CLI commands that train or sample a UNet (or train an evaluator) on config `device`; scoring, FID references
 # and tables are CPU stages by design (docs/cluster.md).
-DEVICE_COMMANDS = {"train-base", "train-evaluator", "prior", "unlearn", "import-model", "sample", "evaluate",
-                   "evaluate-guidance", "denoiser-norms", "attack"}
+DEVICE_COMMANDS = {
+    "train-base",
+    "train-evaluator",
+    "prior",
+    "unlearn",
+    "import-model",
+    "sample",
+    "evaluate",
+    "evaluate-guidance",
+    "denoiser-norms",
+    "attack",
+}
 
 
 def rule_blocks() -> dict[str, str]:
@@ -44,8 +55,9 @@ def test_every_rule_that_runs_a_network_declares_a_gpu_and_no_other_does():
     blocks = rule_blocks()
     declares = {rule for rule, text in blocks.items() if re.search(r"^\s*resources:.*\bgpu=GPU_JOB\b", text, re.M)}
     device_rules = {rule for rule, command in rule_commands().items() if command in DEVICE_COMMANDS}
-    assert declares == device_rules, (f"missing: {sorted(device_rules - declares)}; "
-                                      f"not a network: {sorted(declares - device_rules)}")
+    assert declares == device_rules, (
+        f"missing: {sorted(device_rules - declares)}; not a network: {sorted(declares - device_rules)}"
+    )
 
 
 @pytest.mark.parametrize("profile", ["slurm", "local-gpu", "slurm-test"])
@@ -56,9 +68,24 @@ def test_no_profile_keeps_a_second_list_of_gpu_rules(profile):
 
 @pytest.mark.parametrize("device, gpus", [("auto", "1"), ("cpu", "0")])
 def test_snakemake_gives_each_device_job_the_gpus_the_config_allows(device, gpus):
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile=config/test.yaml",
-                           "results/table.csv", "--config", f"device={device}"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "--cores",
+            "1",
+            "--configfile=config/test.yaml",
+            "results/table.csv",
+            "--config",
+            f"device={device}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     jobs = re.findall(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", out, re.M | re.S)

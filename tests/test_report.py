@@ -21,25 +21,57 @@ TABLE_METRICS = {"FID": "fid", "RTE [min]": "rte_min", "GPU [GB]": "gpu_peak_gb"
 DECIMALS = {"FID": 2, "RTE [min]": 3, "GPU [GB]": 2, "H [nats]": 3, "UA [%]": 2}
 LOWER_IS_BETTER = {"FID", "RTE [min]", "GPU [GB]"}
 TYPICAL = {  # (fid, rte_min, gpu_gb): original best FID, so that bold must skip it
-    "original": (5.0, 900.0, 30.0), "sa": (15.0, 170.0, 17.0), "salun": (15.0, 12.0, 23.0), "safemax": (15.0, 6.0, 9.5)}
+    "original": (5.0, 900.0, 30.0),
+    "sa": (15.0, 170.0, 17.0),
+    "salun": (15.0, 12.0, 23.0),
+    "safemax": (15.0, 6.0, 9.5),
+}
 
 
 def make_record(method, variant, forget_class, seed, rng, gpu=True):
     fid, rte, gpu_gb = TYPICAL[method]
-    cost = {"rte_s": 60 * rte, "rte_min": rte + rng.uniform(0, 1),
-            "gpu_peak_gb": gpu_gb + rng.uniform(0, 1) if gpu else None,
-            "gpu_peak_source": "nvml_process" if gpu else None, "gpu_null_reason": None if gpu else "no CUDA device",
-            "torch_peak_allocated_gb": 5.0 if gpu else None, "torch_peak_reserved_gb": None,
-            "host_rss_peak_gb": 1.2, "device": "cuda" if gpu else "cpu", "device_name": "H100" if gpu else "cpu"}
-    return {"method": method, "variant": variant, "forget_class": forget_class, "seed": seed,
-            "fid": fid + rng.uniform(0, 5), "kid": 0.01, "H": rng.uniform(0, 2.3), "UA": rng.uniform(80, 100),
-            "forget_prob": 0.02, "remaining_acc": 97.5, "cost": cost,
-            "prior_min": {"sa": 100.0, "salun": 0.5}.get(method) if method != "original" else None,
-            "provenance": {"run_name": "test", "config_hash": "ab12cd34", "dataset": "digits", "seed": seed,
-                           "sampler": "ddim", "sampler_steps": 25, "eta": 1.0, "guidance_w": 2.0,
-                           "n_forget_samples": 100, "n_fid_gen_per_class": 50, "n_fid_real": 1300,
-                           "fid_backend": "classifier", "device_name": cost["device_name"],
-                           "versions": {"python": "3.11.7", "torch": "2.14.1", "clean-fid": "0.1.35"}}}
+    cost = {
+        "rte_s": 60 * rte,
+        "rte_min": rte + rng.uniform(0, 1),
+        "gpu_peak_gb": gpu_gb + rng.uniform(0, 1) if gpu else None,
+        "gpu_peak_source": "nvml_process" if gpu else None,
+        "gpu_null_reason": None if gpu else "no CUDA device",
+        "torch_peak_allocated_gb": 5.0 if gpu else None,
+        "torch_peak_reserved_gb": None,
+        "host_rss_peak_gb": 1.2,
+        "device": "cuda" if gpu else "cpu",
+        "device_name": "H100" if gpu else "cpu",
+    }
+    return {
+        "method": method,
+        "variant": variant,
+        "forget_class": forget_class,
+        "seed": seed,
+        "fid": fid + rng.uniform(0, 5),
+        "kid": 0.01,
+        "H": rng.uniform(0, 2.3),
+        "UA": rng.uniform(80, 100),
+        "forget_prob": 0.02,
+        "remaining_acc": 97.5,
+        "cost": cost,
+        "prior_min": {"sa": 100.0, "salun": 0.5}.get(method) if method != "original" else None,
+        "provenance": {
+            "run_name": "test",
+            "config_hash": "ab12cd34",
+            "dataset": "digits",
+            "seed": seed,
+            "sampler": "ddim",
+            "sampler_steps": 25,
+            "eta": 1.0,
+            "guidance_w": 2.0,
+            "n_forget_samples": 100,
+            "n_fid_gen_per_class": 50,
+            "n_fid_real": 1300,
+            "fid_backend": "classifier",
+            "device_name": cost["device_name"],
+            "versions": {"python": "3.11.7", "torch": "2.14.1", "clean-fid": "0.1.35"},
+        },
+    }
 
 
 def write_records(root, gpu=True):
@@ -65,8 +97,9 @@ def seed_averaged(records, method, column):
     for c in CLASSES:
         rows = [r for r in records if r["variant"] == method and r["forget_class"] == c]
         raw = [(r["cost"] if column in ("rte_min", "gpu_peak_gb") else r)[column] for r in rows]
-        raw = [np.nan if v is None or (method == "original" and column in ("rte_min", "gpu_peak_gb")) else v
-               for v in raw]
+        raw = [
+            np.nan if v is None or (method == "original" and column in ("rte_min", "gpu_peak_gb")) else v for v in raw
+        ]
         values.append(np.mean(raw))
     return np.array(values)
 
@@ -92,9 +125,15 @@ def test_metrics_csv_has_one_row_per_job_and_provenance(run, tmp_path):
     assert not csv.duplicated(["variant", "forget_class", "seed"]).any()
     main = csv[csv["variant"] == csv["method"]]
     assert main.groupby("method").size().to_dict() == {"original": 10, "sa": 20, "salun": 20, "safemax": 20}
-    assert list(csv.columns[:len(report.RECORD_COLUMNS)]) == report.RECORD_COLUMNS
-    for column in ("config_hash", "sampler_steps", "fid_backend", "provenance_seed", "version_torch",
-                   "version_clean-fid"):
+    assert list(csv.columns[: len(report.RECORD_COLUMNS)]) == report.RECORD_COLUMNS
+    for column in (
+        "config_hash",
+        "sampler_steps",
+        "fid_backend",
+        "provenance_seed",
+        "version_torch",
+        "version_clean-fid",
+    ):
         assert column in csv.columns
     assert list(dict.fromkeys(csv["method"])) == METHODS  # method order
     sa = csv[csv["variant"] == "sa"]
@@ -136,8 +175,11 @@ def test_a_record_passed_twice_is_refused(tmp_path):
     _, paths = write_records(tmp_path)
     again = tmp_path / "copy.json"
     again.write_text(paths[5].read_text())
-    with pytest.raises(UserError, match=r"two metrics records of \{'method': 'sa', 'variant': 'sa', 'forget_class': 2, "
-                                        r"'seed': 1\}: .*seed1.json and .*copy.json"):
+    with pytest.raises(
+        UserError,
+        match=r"two metrics records of \{'method': 'sa', 'variant': 'sa', 'forget_class': 2, "
+        r"'seed': 1\}: .*seed1.json and .*copy.json",
+    ):
         report.collect_records([*paths, again])
 
 
@@ -145,7 +187,9 @@ def test_a_seed_missing_for_one_class_is_refused(tmp_path):
     from unlearnbench.errors import UserError
 
     records, paths = write_records(tmp_path)
-    kept = [p for p, r in zip(paths, records) if not (r["variant"] == "salun" and r["forget_class"] == 4 and r["seed"] == 1)]
+    kept = [
+        p for p, r in zip(paths, records) if not (r["variant"] == "salun" and r["forget_class"] == 4 and r["seed"] == 1)
+    ]
     df = report.collect_records(kept, METHODS)
     with pytest.raises(UserError, match=r"method 'salun' lacks the records of seed\(s\) \{4: \[1\]\}"):
         report.paper_layout_table(df, METHODS)
@@ -179,8 +223,10 @@ def test_table_layout_and_statistics(run):
     assert indexed["Original RTE [min]"].isna().all() and indexed["Original GPU [GB]"].isna().all()
 
 
-@pytest.mark.parametrize("render, labels", [(report.render_table1, ["FID", "RTE [min]", "GPU [GB]"]),
-                                            (report.render_table2, ["H [nats]", "UA [%]"])])
+@pytest.mark.parametrize(
+    "render, labels",
+    [(report.render_table1, ["FID", "RTE [min]", "GPU [GB]"]), (report.render_table2, ["H [nats]", "UA [%]"])],
+)
 def test_bold_marks_best_unlearning_method(run, render, labels):
     records, _, table = run
     rows = markdown_rows(render(table, METHODS, "markdown"))
@@ -191,8 +237,9 @@ def test_bold_marks_best_unlearning_method(run, render, labels):
         expected_bold = []
         for i, method in enumerate(METHODS):
             for j, label in enumerate(labels):
-                values = {m: round(seed_averaged(records, m, TABLE_METRICS[label])[c], DECIMALS[label])
-                          for m in UNLEARNING}
+                values = {
+                    m: round(seed_averaged(records, m, TABLE_METRICS[label])[c], DECIMALS[label]) for m in UNLEARNING
+                }
                 best = (min if label in LOWER_IS_BETTER else max)(values.values())
                 is_best = method != "original" and values[method] == best
                 cell = rows[str(c)][i * len(labels) + j]
@@ -203,7 +250,7 @@ def test_bold_marks_best_unlearning_method(run, render, labels):
                     expected_bold.append(cell.strip("*"))
         assert re.findall(r"\\textbf\{([^}]*)\}", latex_rows[str(c)]) == expected_bold
     assert "**" not in " ".join(rows["std"]) and r"\textbf" not in latex_rows["std"]
-    assert not any(cell.startswith("**") for cell in rows["mean"][:len(labels)])  # the original is never bold
+    assert not any(cell.startswith("**") for cell in rows["mean"][: len(labels)])  # the original is never bold
     if "RTE [min]" in labels:  # SAFEMax is the fastest on average
         assert rows["mean"][3 * len(labels) + 1].startswith("**")
 
@@ -238,8 +285,13 @@ def test_a_control_keeps_its_columns_but_is_never_bold(tmp_path):
     """FT (methods/finetune.py: DISPLAY_NAME "FT", CONTROL) has the best FID and RTE here, yet the bold goes to the
     best unlearning method; a method without a file is shown by its name and competes."""
     rng = np.random.default_rng(3)
-    values = {"original": (5.0, 900.0), "sa": (15.0, 170.0), "safemax": (12.0, 6.0), "finetune": (3.0, 1.0),
-              "mystery": (14.0, 50.0)}
+    values = {
+        "original": (5.0, 900.0),
+        "sa": (15.0, 170.0),
+        "safemax": (12.0, 6.0),
+        "finetune": (3.0, 1.0),
+        "mystery": (14.0, 50.0),
+    }
     paths = []
     for method, (fid, rte) in values.items():
         record = make_record("sa" if method != "original" else "original", method, 0, 0, rng)
@@ -315,12 +367,24 @@ def test_paper_numbers_match_protocol():
     assert len(paper) == 30
     means = paper.groupby("method").mean(numeric_only=True)
     stds = paper.groupby("method").std(ddof=1, numeric_only=True)
-    for method, column, mu in [("sa", "fid", 17.71), ("salun", "fid", 16.76), ("safemax", "fid", 16.74),
-                               ("sa", "rte_min", 174.37), ("safemax", "rte_min", 5.83),
-                               ("sa", "gpu_gb", 17.29), ("salun", "gpu_gb", 23.23), ("safemax", "gpu_gb", 9.50)]:
+    for method, column, mu in [
+        ("sa", "fid", 17.71),
+        ("salun", "fid", 16.76),
+        ("safemax", "fid", 16.74),
+        ("sa", "rte_min", 174.37),
+        ("safemax", "rte_min", 5.83),
+        ("sa", "gpu_gb", 17.29),
+        ("salun", "gpu_gb", 23.23),
+        ("safemax", "gpu_gb", 9.50),
+    ]:
         assert abs(means.loc[method, column] - mu) <= 0.01, (method, column)
-    for method, column, sigma in [("sa", "fid", 1.29), ("salun", "fid", 1.27), ("sa", "rte_min", 0.38),
-                                  ("salun", "rte_min", 0.25), ("safemax", "rte_min", 0.04)]:
+    for method, column, sigma in [
+        ("sa", "fid", 1.29),
+        ("salun", "fid", 1.27),
+        ("sa", "rte_min", 0.38),
+        ("salun", "rte_min", 0.25),
+        ("safemax", "rte_min", 0.04),
+    ]:
         assert abs(stds.loc[method, column] - sigma) <= 0.01, (method, column)
     # The paper's own summary rows disagree with its per-class numbers in two cells:
     assert abs(means.loc["salun", "rte_min"] - 11.88) <= 0.01  # printed 11.81
@@ -364,8 +428,10 @@ def test_write_reports(run, tmp_path):
     assert "dataset = digits" in paths["comparison.md"].read_text()
     assert "n_fid_real = 1300; n_forget_samples = 100" in paths["comparison.md"].read_text()  # H and UA's sample
     # each table says what it measured, from the records' provenance; the LaTeX as comments after the tabular
-    setup1 = ("FID: classifier features of 50 generated images per remaining class against 1300 real images of the "
-              "remaining classes.")
+    setup1 = (
+        "FID: classifier features of 50 generated images per remaining class against 1300 real images of the "
+        "remaining classes."
+    )
     setup2 = "H and UA on 100 generated images of the forgotten class, labelled by the evaluation classifier"
     for suffix in ("md", "tex"):
         table1, table2 = (paths[f"table{i}.{suffix}"].read_text() for i in (1, 2))
@@ -414,7 +480,9 @@ def test_figures(run, tmp_path):
         "cost.png": lambda p: figures.cost_bars(metrics, METHODS, p),
         "per_class.png": lambda p: figures.per_class_metrics(metrics, METHODS, p),
         "psi.png": lambda p: figures.psi_ablation(metrics, p, method="safemax", param="lambda", main_value=1.0),
-        "psi_none.png": lambda p: figures.psi_ablation(metrics[metrics["variant"] == "sa"], p, method="safemax", param="lambda"),
+        "psi_none.png": lambda p: figures.psi_ablation(
+            metrics[metrics["variant"] == "sa"], p, method="safemax", param="lambda"
+        ),
     }
     for name, draw in outputs.items():
         draw(tmp_path / "figs" / name)
@@ -471,26 +539,32 @@ def test_aggregate_refuses_records_that_are_not_the_configs(tmp_path, capsys):
 
     def aggregate(classes, seeds, records):
         config.write_text(f"run_name: agg\nmethods: [sa, salun, safemax]\nforget_classes: {classes}\nseeds: {seeds}\n")
-        return cli_main(["aggregate", "--config", str(config), "--records", *map(str, records),
-                         "--out-dir", str(tmp_path / "out")])
+        return cli_main(
+            ["aggregate", "--config", str(config), "--records", *map(str, records), "--out-dir", str(tmp_path / "out")]
+        )
 
     assert aggregate(list(CLASSES), list(SEEDS), paths) == 0
     assert (tmp_path / "out" / "table.csv").exists()
     without_9 = [p for p in paths if "class9" not in str(p)]
     capsys.readouterr()
     assert aggregate(list(CLASSES), list(SEEDS), without_9) == 2  # every method lacks class 9
-    assert "error: no record for original class 9 seed 0, original class 9 seed 1, sa class 9 seed 0" in \
-        capsys.readouterr().err
+    assert (
+        "error: no record for original class 9 seed 0, original class 9 seed 1, sa class 9 seed 0"
+        in capsys.readouterr().err
+    )
     assert aggregate(list(CLASSES)[:9], [0], paths) == 2  # class 9 and seed 1 are not the config's
     err = capsys.readouterr().err
     assert "error: a record outside the config's methods, forget_classes and seeds for original class 0 seed 1" in err
     other = tmp_path / "records" / "metrics" / "gradient_ascent" / "class0" / "seed0.json"
     other.parent.mkdir(parents=True)
-    other.write_text(json.dumps({**make_record("sa", "sa", 0, 0, rng), "method": "gradient_ascent",
-                                 "variant": "gradient_ascent"}))
+    other.write_text(
+        json.dumps({**make_record("sa", "sa", 0, 0, rng), "method": "gradient_ascent", "variant": "gradient_ascent"})
+    )
     assert aggregate(list(CLASSES), list(SEEDS), paths + [other]) == 2  # a method the config does not list
-    assert "outside the config's methods, forget_classes and seeds for gradient_ascent class 0 seed 0" in \
-        capsys.readouterr().err
+    assert (
+        "outside the config's methods, forget_classes and seeds for gradient_ascent class 0 seed 0"
+        in capsys.readouterr().err
+    )
 
 
 def test_the_ablation_table_a_run_replaces_stays_in_its_history(tmp_path, capsys):
@@ -503,8 +577,12 @@ def test_the_ablation_table_a_run_replaces_stays_in_its_history(tmp_path, capsys
     config.write_text("run_name: agg\n")
     out = tmp_path / "out" / "ablation.csv"
     for records in (ablation, ablation[:-1], ablation[:-1]):  # the last: the same table again
-        assert cli_main(["aggregate-ablation", "--config", str(config), "--records", *map(str, records),
-                         "--out", str(out)]) == 0
+        assert (
+            cli_main(
+                ["aggregate-ablation", "--config", str(config), "--records", *map(str, records), "--out", str(out)]
+            )
+            == 0
+        )
     kept = report.history_snapshots(tmp_path / "out" / "history" / "ablation")  # oldest first, within one second too
     assert [len(pd.read_csv(k / "ablation.csv")) for k in kept] == [len(ablation), len(ablation) - 1]
 
@@ -532,7 +610,13 @@ def test_psi_ablation_breaks_its_line_at_a_value_it_lacks_and_scales_both_fids_f
     _, metrics, _ = run
     drawn = []
     monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig))
-    figures.psi_ablation(metrics[metrics["variant"] != "safemax-lambda=50"], tmp_path / "psi.png", method="safemax", param="lambda", main_value=1.0)
+    figures.psi_ablation(
+        metrics[metrics["variant"] != "safemax-lambda=50"],
+        tmp_path / "psi.png",
+        method="safemax",
+        param="lambda",
+        main_value=1.0,
+    )
     ua_ax, fid_ax, paper_fid_ax = drawn[0].axes
     line = ua_ax.containers[0].lines[0]
     ua = np.asarray(line.get_ydata(), dtype=float)
@@ -547,14 +631,22 @@ def test_paper_means_cover_the_runs_classes_only(run):
     table = report.paper_layout_table(metrics[metrics["forget_class"].isin([0, 1])], METHODS)
     value = report.paper_comparison(table, METHODS, reference="safemax").set_index(["method", "quantity"])
     paper = report.load_paper_numbers().set_index(["method", "forget_class"])
-    for method, metric, column in [("safemax", "UA [%]", "UA"), ("sa", "FID", "fid"), ("salun", "RTE [min]", "rte_min")]:
+    for method, metric, column in [
+        ("safemax", "UA [%]", "UA"),
+        ("sa", "FID", "fid"),
+        ("salun", "RTE [min]", "rte_min"),
+    ]:
         expected = (paper.loc[(method, 0), column] + paper.loc[(method, 1), column]) / 2
         assert np.isclose(value.loc[(method, metric), "paper"], expected), (method, metric)
     ratio = (paper.loc[("sa", 0), "rte_min"] + paper.loc[("sa", 1), "rte_min"]) / (
-        paper.loc[("safemax", 0), "rte_min"] + paper.loc[("safemax", 1), "rte_min"])
+        paper.loc[("safemax", 0), "rte_min"] + paper.loc[("safemax", 1), "rte_min"]
+    )
     assert np.isclose(value.loc[("sa", report.RTE_RATIO), "paper"], ratio)
-    text = report.render_comparison(report.paper_comparison(table, METHODS, reference="safemax"), classes=report.run_classes(table),
-                                    reference="safemax")
+    text = report.render_comparison(
+        report.paper_comparison(table, METHODS, reference="safemax"),
+        classes=report.run_classes(table),
+        reference="safemax",
+    )
     assert "classes 0, 1 only" in text
 
 
@@ -620,7 +712,9 @@ def test_psi_ablation_of_another_class_gets_no_paper_points(run, monkeypatch, tm
     moved = metrics.copy()
     moved.loc[moved["variant"].str.startswith("safemax-"), "forget_class"] = 3
     figures.psi_ablation(moved, tmp_path / "psi3.png", method="safemax", param="lambda", main_value=1.0, forget_class=3)
-    figures.psi_ablation(metrics, tmp_path / "psi0.png", method="safemax", param="lambda", main_value=1.0, forget_class=0)
+    figures.psi_ablation(
+        metrics, tmp_path / "psi0.png", method="safemax", param="lambda", main_value=1.0, forget_class=0
+    )
     psi3, psi0 = drawn
     assert len(psi3.axes) == 2 and [t.get_text() for t in psi3.legends[0].get_texts()] == ["this run"]
     assert psi3._suptitle.get_text() == "Forgotten class 3"
@@ -637,7 +731,13 @@ def write_guidance_records(root, weights=(0.0, 2.0), methods=("original", "safem
                 for s in seeds:
                     record = make_record(method, method, c, s, rng)
                     record["provenance"]["guidance_w"] = w
-                    path = root / ("metrics" if w == 2.0 else f"guidance/w{w:g}/metrics") / method / f"class{c}" / f"seed{s}.json"
+                    path = (
+                        root
+                        / ("metrics" if w == 2.0 else f"guidance/w{w:g}/metrics")
+                        / method
+                        / f"class{c}"
+                        / f"seed{s}.json"
+                    )
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.write_text(json.dumps(record))
                     records.append(record)
@@ -652,19 +752,26 @@ def test_guidance_table_against_numpy(tmp_path):
     assert table["method"].tolist()[:6] == ["original"] * 6  # the original first, then the methods
 
     def seed_mean(method, w, c, column):
-        return np.mean([r[column] for r in records if (r["method"], r["provenance"]["guidance_w"], r["forget_class"])
-                        == (method, w, c)])
+        return np.mean(
+            [
+                r[column]
+                for r in records
+                if (r["method"], r["provenance"]["guidance_w"], r["forget_class"]) == (method, w, c)
+            ]
+        )
 
     for row in table.itertuples():
         for column in report.GUIDANCE_COLUMNS:
-            assert getattr(row, column) == pytest.approx(seed_mean(row.method, row.guidance_w, row.forget_class, column))
+            assert getattr(row, column) == pytest.approx(
+                seed_mean(row.method, row.guidance_w, row.forget_class, column)
+            )
     summary = report.guidance_summary(table).set_index(["method", "guidance_w"])
     per_class = [seed_mean("safemax", 0.0, c, "fid") for c in (0, 1, 2)]
     assert summary.at[("safemax", 0.0), "fid_mean"] == pytest.approx(np.mean(per_class))
     assert summary.at[("safemax", 0.0), "fid_std"] == pytest.approx(np.std(per_class, ddof=1))
     text = report.render_guidance(report.guidance_summary(table), 2.0)
     assert "| | w = 0 | w = 2 (main) |" in text
-    fid_rows = markdown_rows(text[text.index("**FID"):text.index("**KID")])
+    fid_rows = markdown_rows(text[text.index("**FID") : text.index("**KID")])
     assert fid_rows["SAFEMax"][0] == f"{np.mean(per_class):.2f} ± {np.std(per_class, ddof=1):.2f}"
 
 
@@ -686,13 +793,21 @@ def test_a_method_has_one_colour_in_every_figure(run, tmp_path, monkeypatch):
     guidance.to_csv(tmp_path / "guidance.csv", index=False)
     drawn = []
     monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig))
-    config = {"methods": ["safemax", "zeta"], "imported": {"alpha": "x/class{forget_class}"}, "sampler": {"guidance_w": 2.0}}
+    config = {
+        "methods": ["safemax", "zeta"],
+        "imported": {"alpha": "x/class{forget_class}"},
+        "sampler": {"guidance_w": 2.0},
+    }
     stages.render_figures(config, "summary", metrics=tmp_path / "metrics.csv", out_dir=tmp_path / "figs")
     stages.render_figures(config, "guidance", metrics=tmp_path / "guidance.csv", out=tmp_path / "guidance.png")
     cost, per_class, curves = drawn
-    colours = {"cost": {report.display_name(m): to_hex(bar.get_facecolor())
-                        for m, bar in zip(config["methods"], cost.axes[0].patches)},
-               "guidance": {c.get_label(): to_hex(c.lines[0].get_color()) for c in curves.axes[0].containers}}
+    colours = {
+        "cost": {
+            report.display_name(m): to_hex(bar.get_facecolor())
+            for m, bar in zip(config["methods"], cost.axes[0].patches)
+        },
+        "guidance": {c.get_label(): to_hex(c.lines[0].get_color()) for c in curves.axes[0].containers},
+    }
     per_class_colours = {c.get_label(): to_hex(c.patches[0].get_facecolor()) for c in per_class.axes[0].containers}
     assert [c.get_label() for c in curves.axes[0].containers] == ["Original", "SAFEMax", "alpha", "zeta"]
     assert list(per_class_colours) == ["Original", "SAFEMax", "zeta", "alpha"]
@@ -711,8 +826,11 @@ def test_guidance_table_refuses_a_weight_missing_cells_or_records_without_a_weig
     record = json.loads(paths[0].read_text())
     del record["provenance"]["guidance_w"]
     paths[0].write_text(json.dumps(record))
-    with pytest.raises(UserError, match=r"1 metrics record\(s\) do not say their guidance weight \(provenance.guidance_w\), "
-                                        r"e.g. original class 0 seed 0"):
+    with pytest.raises(
+        UserError,
+        match=r"1 metrics record\(s\) do not say their guidance weight \(provenance.guidance_w\), "
+        r"e.g. original class 0 seed 0",
+    ):
         report.guidance_table(paths, ["original", "safemax"], [0, 1, 2], [0, 1])
 
 
@@ -734,7 +852,9 @@ def test_paired_difference_is_scipys_paired_t_interval(n):
     low, high = test.confidence_interval(0.95)
     assert diff.n == n and np.isclose(diff.mean, np.mean(values - reference))
     assert np.isclose(diff.ci_low, low) and np.isclose(diff.ci_high, high)
-    assert diff.reference_better == int(np.sum(values > reference)) and diff.reference_worse == n - diff.reference_better
+    assert (
+        diff.reference_better == int(np.sum(values > reference)) and diff.reference_worse == n - diff.reference_better
+    )
     higher = report.paired_difference(values, reference, lower_is_better=False)
     assert (higher.reference_better, higher.reference_worse) == (diff.reference_worse, diff.reference_better)
 
@@ -749,8 +869,11 @@ def test_paired_difference_without_an_interval():
 
 def cell_values(records, method, column):
     """Independent of pandas: {(class, seed): value} of a method's main records."""
-    return {(r["forget_class"], r["seed"]): float(r[column]) for r in records
-            if r["method"] == method and r["variant"] == method}
+    return {
+        (r["forget_class"], r["seed"]): float(r[column])
+        for r in records
+        if r["method"] == method and r["variant"] == method
+    }
 
 
 def test_paired_comparison_pairs_each_method_with_safemax_cell_by_cell(run):
@@ -767,7 +890,9 @@ def test_paired_comparison_pairs_each_method_with_safemax_cell_by_cell(run):
             cells = sorted(set(ours) & set(ref))  # the original: seed 0 only, 10 cells; the methods 20
             diff = np.array([ours[k] - ref[k] for k in cells])
             row = paired.loc[(method, metric)]
-            assert row["n"] == len(cells) == (10 if method == "original" else 20) and np.isclose(row["mean"], diff.mean())
+            assert row["n"] == len(cells) == (10 if method == "original" else 20) and np.isclose(
+                row["mean"], diff.mean()
+            )
             low, high = stats.t.interval(level, len(diff) - 1, loc=diff.mean(), scale=stats.sem(diff))
             assert np.isclose(row["ci_low"], low) and np.isclose(row["ci_high"], high), (method, metric)
             assert row["holds"] == (low > 0 or high < 0)
@@ -781,9 +906,15 @@ def test_paired_comparison_pairs_each_method_with_safemax_cell_by_cell(run):
     assert np.isnan(paired.loc[("original", "FID"), "paper_mean"])  # the paper has no per-class original
     assert np.isnan(paired.loc[("sa", report.REMAINING.label), "paper_mean"])  # nor the remaining classes' accuracy
     # Over classes 0 and 1, the paper's side covers the same two classes.
-    two = report.paired_comparison(metrics[metrics["forget_class"].isin([0, 1])], METHODS, "safemax").set_index(["method", "metric"])
-    assert two.loc[("sa", "FID"), "paper_n"] == 2 and np.isclose(two.loc[("sa", "FID"), "paper_mean"], fid_gap[:2].mean())
-    assert report.paired_comparison(metrics, ["original", "sa", "salun"], "safemax").empty  # no SAFEMax, nothing to pair with
+    two = report.paired_comparison(metrics[metrics["forget_class"].isin([0, 1])], METHODS, "safemax").set_index(
+        ["method", "metric"]
+    )
+    assert two.loc[("sa", "FID"), "paper_n"] == 2 and np.isclose(
+        two.loc[("sa", "FID"), "paper_mean"], fid_gap[:2].mean()
+    )
+    assert report.paired_comparison(
+        metrics, ["original", "sa", "salun"], "safemax"
+    ).empty  # no SAFEMax, nothing to pair with
 
 
 def test_a_difference_holds_only_where_its_corrected_interval_excludes_zero():
@@ -797,7 +928,9 @@ def test_a_difference_holds_only_where_its_corrected_interval_excludes_zero():
 def test_comparison_shows_the_paired_differences_and_says_which_hold(run, tmp_path):
     _, metrics, _ = run
     report.write_metrics_csv(metrics, tmp_path / "metrics.csv")
-    text = report.write_reports(tmp_path / "metrics.csv", tmp_path / "reports", METHODS, reference="safemax")["comparison.md"].read_text()
+    text = report.write_reports(tmp_path / "metrics.csv", tmp_path / "reports", METHODS, reference="safemax")[
+        "comparison.md"
+    ].read_text()
     section = text.split("## Paired differences to SAFEMax")[1]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("| ")]
     sa_fid = next(cells for cells in rows if cells[:2] == ["SA", "FID"])
@@ -820,12 +953,16 @@ def test_comparison_shows_the_paired_differences_and_says_which_hold(run, tmp_pa
 def test_the_paired_differences_on_the_papers_tables_are_those_protocol_notes_cite():
     paper = report.load_paper_numbers().set_index(["method", "forget_class"])
     cited = {  # docs/protocol-notes.md, "What the paper's per-class numbers support"
-        ("sa", report.FID): (0.97, 0.55, 1.40, 10), ("sa", report.ENTROPY): (-0.163, -0.203, -0.124, 10),
-        ("salun", report.FID): (0.02, -0.64, 0.69, 4), ("salun", report.ENTROPY): (-1.083, -1.102, -1.065, 10),
-        ("salun", report.UA): (9.50, -12.95, 31.95, 6)}
+        ("sa", report.FID): (0.97, 0.55, 1.40, 10),
+        ("sa", report.ENTROPY): (-0.163, -0.203, -0.124, 10),
+        ("salun", report.FID): (0.02, -0.64, 0.69, 4),
+        ("salun", report.ENTROPY): (-1.083, -1.102, -1.065, 10),
+        ("salun", report.UA): (9.50, -12.95, 31.95, 6),
+    }
     for (method, metric), (mean, low, high, better) in cited.items():
-        diff = report.paired_difference(paper.loc[method, metric.paper_column], paper.loc["safemax", metric.paper_column],
-                                        metric.lower_is_better)
+        diff = report.paired_difference(
+            paper.loc[method, metric.paper_column], paper.loc["safemax", metric.paper_column], metric.lower_is_better
+        )
         assert np.allclose([diff.mean, diff.ci_low, diff.ci_high], [mean, low, high], atol=0.006), (method, metric)
         assert diff.reference_better == better, (method, metric)
     sa_ua = report.paired_difference(paper.loc["sa", "UA"], paper.loc["safemax", "UA"], lower_is_better=False)
@@ -834,7 +971,10 @@ def test_the_paired_differences_on_the_papers_tables_are_those_protocol_notes_ci
 
 def test_priors_count_as_the_paper_counts_them_and_amortised():
     """SA's priors: all on one class (the paper's 230x), and the shared ones divided among the forgotten classes."""
-    mean = {"safemax": {report.RTE.label: 2.0, report.GPU.label: 1.0}, "sa": {report.RTE.label: 10.0, report.GPU.label: 2.0}}
+    mean = {
+        "safemax": {report.RTE.label: 2.0, report.GPU.label: 1.0},
+        "sa": {report.RTE.label: 10.0, report.GPU.label: 2.0},
+    }
     rows = report._ratio_rows("sa", mean, "safemax", prior=100.0, shared_prior=90.0, n_classes=10)
     assert rows[report.RTE_RATIO] == 5.0
     assert rows[report.RTE_WITH_PRIORS_RATIO] == (10.0 + 100.0) / 2.0
@@ -849,5 +989,7 @@ def test_notes_name_every_value_set_by_hand_against_the_rules(run, tmp_path):
     metrics["params"] = json.dumps({"steps": 120, "batch_size": 64})
     metrics["param_origins"] = [json.dumps(origins) if m == "sa" else json.dumps({}) for m in metrics["method"]]
     notes = report.method_notes(metrics, METHODS)
-    assert notes == ["Set by hand, not by the scale rules (unlearnbench/scaling.py; metrics.csv `params` holds every "
-                     "row's values): SA: steps = 120 (config; the rule gives 1200)."]  # the rule's batch is no deviation
+    assert notes == [
+        "Set by hand, not by the scale rules (unlearnbench/scaling.py; metrics.csv `params` holds every "
+        "row's values): SA: steps = 120 (config; the rule gives 1200)."
+    ]  # the rule's batch is no deviation

@@ -1,5 +1,6 @@
 """Beyond the paper's evaluation: images of no class, the extra evaluators, Retrain, the partial-diffusion denoiser,
 the forgotten class's scores and the attacks, each stage on the tiny config (the workflow: test_workflow.py)."""
+
 import copy
 import math
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_original import adopted_original
 
 from metrics.forgetting import softmax_probabilities, unlearning_accuracy
 from unlearnbench import checkpoints as ckpt
@@ -18,8 +20,6 @@ from unlearnbench.errors import UserError
 from unlearnbench.networks import build_classifier
 from unlearnbench.stages.attacks import attack_settings, record_points
 from unlearnbench.workflow import fingerprint, noise_aware_evaluator
-
-from tiny_original import adopted_original
 
 ROOT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "test.yaml"
 
@@ -38,8 +38,12 @@ def test_no_class_images_are_each_kind_as_described():
     uniform = images[kinds == "uniform"].astype(float)
     assert uniform.min() < 30 and uniform.max() > 225  # spread over the whole range, unlike any digit's background
     for img in images[kinds == "mixture"]:  # the mean of two real images of different classes, found by search
-        pairs = [(i, j) for i in range(len(x)) for j in range(len(x)) if y[i] < y[j]
-                 and np.abs((x[i].astype(float) + x[j]) / 2 - img).max() <= 0.5 + 1e-9]
+        pairs = [
+            (i, j)
+            for i in range(len(x))
+            for j in range(len(x))
+            if y[i] < y[j] and np.abs((x[i].astype(float) + x[j]) / 2 - img).max() <= 0.5 + 1e-9
+        ]
         assert pairs, "a mixture is not the mean of two real images of two classes"
     again, _ = no_class_images(x, y, 52, seed=0)
     assert np.array_equal(images, again)
@@ -63,8 +67,9 @@ def test_the_noise_aware_evaluator_counts_noise_as_forgotten_where_the_main_one_
     noise_class = int(said.argmax())
     assert said[noise_class] > 150, f"the main evaluator no longer lumps noise into one class: {said}"
     probs_noise = softmax_probabilities(stages.load_evaluator(tmp_path / "noise_aware", "cpu"), noise)
-    probs_real = softmax_probabilities(stages.load_evaluator(tmp_path / "noise_aware", "cpu"),
-                                       to_float(data.test_x[data.test_y == noise_class]))
+    probs_real = softmax_probabilities(
+        stages.load_evaluator(tmp_path / "noise_aware", "cpu"), to_float(data.test_x[data.test_y == noise_class])
+    )
     # counted by hand from the argmax: "no class" and any other class are forgotten, the class itself is not
     ua_noise = 100 * np.mean(probs_noise.argmax(1) != noise_class)
     ua_real = 100 * np.mean(probs_real.argmax(1) != noise_class)
@@ -122,13 +127,26 @@ def test_denoise_from_brings_any_noised_image_to_the_only_image_of_its_data(t_st
     target = torch.linspace(-0.8, 0.8, 64).view(1, 1, 8, 8)
     model = ExactDenoiser(schedule, target)
     g = torch.Generator().manual_seed(0)
-    x_t = schedule.q_sample(torch.rand(5, 1, 8, 8) * 2 - 1, torch.full((5,), t_start), torch.randn(5, 1, 8, 8, generator=g))
-    out = denoise_from(model, schedule, x_t, t_start, torch.zeros(5, dtype=torch.long), steps=steps, eta=eta,
-                       guidance_w=2.0, generator=g, batch_size=2)
+    x_t = schedule.q_sample(
+        torch.rand(5, 1, 8, 8) * 2 - 1, torch.full((5,), t_start), torch.randn(5, 1, 8, 8, generator=g)
+    )
+    out = denoise_from(
+        model,
+        schedule,
+        x_t,
+        t_start,
+        torch.zeros(5, dtype=torch.long),
+        steps=steps,
+        eta=eta,
+        guidance_w=2.0,
+        generator=g,
+        batch_size=2,
+    )
     assert torch.allclose(out, target.expand(5, -1, -1, -1), atol=1e-3)  # float32: eps / sqrt(1 - ab) near t = 0
     with pytest.raises(ValueError, match="t_start"):
-        denoise_from(model, schedule, x_t, 1000, torch.zeros(5, dtype=torch.long), steps=1, eta=1.0, guidance_w=0,
-                     generator=g)
+        denoise_from(
+            model, schedule, x_t, 1000, torch.zeros(5, dtype=torch.long), steps=1, eta=1.0, guidance_w=0, generator=g
+        )
 
 
 # ---------------------------------------------------------------- scores and attacks on the tiny config
@@ -142,8 +160,9 @@ def attacked(tmp_path_factory):
     stages.train_extra_evaluator(config, "second", tmp / "data.npz", tmp / "second")
     model = tmp / "original" / "unet_ema"
     out = {1: tmp / "attack1.json"}
-    records = stages.attack_models(config, tmp / "data.npz", tmp / "evaluator", tmp / "noise_aware", {1: model}, 0,
-                                   "somemethod", out)
+    records = stages.attack_models(
+        config, tmp / "data.npz", tmp / "evaluator", tmp / "noise_aware", {1: model}, 0, "somemethod", out
+    )
     return tmp, config, records
 
 
@@ -184,8 +203,16 @@ def test_an_attack_is_repeatable_and_leaves_the_attacked_model_as_it_was(attacke
     tmp, config, (record,) = attacked
     model = tmp / "original" / "unet_ema"
     digest = ckpt.folder_digest(model)
-    again = stages.attack_models(config, tmp / "data.npz", tmp / "evaluator", tmp / "noise_aware", {1: model}, 0,
-                                 "somemethod", {1: tmp / "again.json"})[0]
+    again = stages.attack_models(
+        config,
+        tmp / "data.npz",
+        tmp / "evaluator",
+        tmp / "noise_aware",
+        {1: model},
+        0,
+        "somemethod",
+        {1: tmp / "again.json"},
+    )[0]
     assert again["points"] == record["points"]
     assert ckpt.folder_digest(model) == digest
 
@@ -195,8 +222,16 @@ def test_scores_of_the_forgotten_class_under_every_evaluator(attacked):
     samples = tmp / "samples.npz"
     stages.generate_samples(config, tmp / "original" / "unet_ema", samples, 0, None, 10)
     extra = {"noise_aware": tmp / "noise_aware", "second": tmp / "second"}
-    records = stages.score_robustness(config, tmp / "data.npz", tmp / "evaluator", extra, {0: samples, 1: samples}, 0,
-                                      "original", {0: tmp / "s0.json", 1: tmp / "s1.json"})
+    records = stages.score_robustness(
+        config,
+        tmp / "data.npz",
+        tmp / "evaluator",
+        extra,
+        {0: samples, 1: samples},
+        0,
+        "original",
+        {0: tmp / "s0.json", 1: tmp / "s1.json"},
+    )
     images, labels, _ = stages.load_samples(samples)
     data = ImageData.load(tmp / "data.npz")
     for record in records:
@@ -223,8 +258,9 @@ def test_scores_of_the_forgotten_class_under_every_evaluator(attacked):
 # ---------------------------------------------------------------- config
 def test_robustness_config_is_checked(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("robustness: {attacks: {seeds: [5]}, evaluators: {second: {arch: mlp, seed: 2, "
-                   "no_class_images: 1.0}}}\n")
+    bad.write_text(
+        "robustness: {attacks: {seeds: [5]}, evaluators: {second: {arch: mlp, seed: 2, no_class_images: 1.0}}}\n"
+    )
     with pytest.raises(ConfigError) as err:
         load_config(bad)
     assert "'robustness.attacks.seeds' has 5" in str(err.value)
@@ -255,8 +291,13 @@ def test_the_paper_config_plans_the_robustness_stages(tmp_path):
     from workflow_copies import copy_workflow
 
     copy_workflow(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile=config/paper.yaml",
-                           "robustness"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile=config/paper.yaml", "robustness"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, re.M))

@@ -1,4 +1,5 @@
 """Robustness metrics against hand-counted examples, pure-Python brute force and scikit-learn."""
+
 import math
 
 import numpy as np
@@ -8,11 +9,15 @@ import metrics
 from metrics import robustness as R
 
 # Evaluator with 3 classes + "no class" (index 3); argmax per row noted.
-PROBS_NC = np.array([[0.70, 0.10, 0.10, 0.10],   # 0 (the forgotten class)
-                     [0.10, 0.10, 0.10, 0.70],   # 3 no class
-                     [0.25, 0.25, 0.25, 0.25],   # 0 (ties go to the first index, as np.argmax)
-                     [0.00, 1.00, 0.00, 0.00],   # 1
-                     [0.20, 0.00, 0.00, 0.80]])  # 3 no class
+PROBS_NC = np.array(
+    [
+        [0.70, 0.10, 0.10, 0.10],  # 0 (the forgotten class)
+        [0.10, 0.10, 0.10, 0.70],  # 3 no class
+        [0.25, 0.25, 0.25, 0.25],  # 0 (ties go to the first index, as np.argmax)
+        [0.00, 1.00, 0.00, 0.00],  # 1
+        [0.20, 0.00, 0.00, 0.80],
+    ]
+)  # 3 no class
 
 
 # --------------------------------------------------------------------------- verdicts
@@ -21,11 +26,13 @@ def test_no_class_verdicts_hand_counted():
     assert set(v) == {"ua_noise_aware", "no_class_share", "entropy"}
     assert v["ua_noise_aware"] == pytest.approx(60.0)  # rows 1, 3, 4 are not class 0
     assert v["no_class_share"] == pytest.approx(40.0)  # rows 1, 4
-    row_h = [-(0.7 * math.log(0.7) + 3 * 0.1 * math.log(0.1)),
-             -(0.7 * math.log(0.7) + 3 * 0.1 * math.log(0.1)),
-             math.log(4),
-             0.0,
-             -(0.2 * math.log(0.2) + 0.8 * math.log(0.8))]
+    row_h = [
+        -(0.7 * math.log(0.7) + 3 * 0.1 * math.log(0.1)),
+        -(0.7 * math.log(0.7) + 3 * 0.1 * math.log(0.1)),
+        math.log(4),
+        0.0,
+        -(0.2 * math.log(0.2) + 0.8 * math.log(0.8)),
+    ]
     assert v["entropy"] == pytest.approx(sum(row_h) / 5)
     v1 = R.no_class_verdicts(PROBS_NC, forget_class=1, no_class=3)
     assert v1["ua_noise_aware"] == pytest.approx(80.0)  # only row 3 is class 1
@@ -200,12 +207,12 @@ def test_median_steps_to_recover():
     med = R.median_steps_to_recover
     assert med([300.0, 100.0, 200.0], budget=1000) == 200.0
     assert med([400.0, 100.0, 200.0, 300.0], budget=1000) == 250.0
-    assert med([100.0, None, 300.0], budget=1000) == 300.0            # 1 of 3 censored: still finite
-    assert med([100.0, None, None], budget=1000) == math.inf          # 2 of 3 censored
-    assert med([100.0, 200.0, None, 50.0], budget=1000) == 150.0      # 1 of 4 censored
-    assert med([100.0, 200.0, None, None], budget=1000) == math.inf   # exactly half of 4 censored
+    assert med([100.0, None, 300.0], budget=1000) == 300.0  # 1 of 3 censored: still finite
+    assert med([100.0, None, None], budget=1000) == math.inf  # 2 of 3 censored
+    assert med([100.0, 200.0, None, 50.0], budget=1000) == 150.0  # 1 of 4 censored
+    assert med([100.0, 200.0, None, None], budget=1000) == math.inf  # exactly half of 4 censored
     assert med([None], budget=1000) == math.inf
-    assert med([1000], budget=1000) == 1000.0                         # at the budget counts as recovered
+    assert med([1000], budget=1000) == 1000.0  # at the budget counts as recovered
     steps = [0, 10, 20]
     units = [R.steps_to_recover(steps, uas) for uas in ([90, 40, 10], [90, 90, 90], [30, 20, 10])]
     assert units == [10.0, None, 0.0] and med(units, budget=20) == 10.0

@@ -1,5 +1,6 @@
 """robustness.csv, robustness.md and the robustness figures from synthetic records with hand-chosen numbers:
 2 methods (sa, safemax) + Retrain + the original, 3 forgotten classes, 2 seeds, attacks on seed 0."""
+
 import hashlib
 import json
 import math
@@ -52,25 +53,57 @@ def config(root):
 
 
 def provenance(config_hash="cfg0001"):
-    return {"run_name": "test", "config_hash": config_hash, "dataset": "digits", "fid_backend": "classifier",
-            "model_digest": "d" * 64}
+    return {
+        "run_name": "test",
+        "config_hash": config_hash,
+        "dataset": "digits",
+        "fid_backend": "classifier",
+        "model_digest": "d" * 64,
+    }
 
 
 def score_record(method, c, s, ua, noise_aware):
-    return {"method": method, "forget_class": c, "seed": s, "n_generated": 500,
-            "evaluators": {"main": {"ua": ua, "entropy": 0.1 * (c + 1)},
-                           "noise_aware": {"ua": noise_aware, "entropy": 0.2, "ua_agreement": 90.0 + c,
-                                           "no_class_share": noise_aware - ua if noise_aware > ua else 0.0},
-                           "second": {"ua": ua + 1.0, "entropy": 0.3, "ua_agreement": 95.0}},
-            "forget_distance": {"fid": 100.0 + 10 * c + s, "kid": 50.0, "precision": 0.1 * c, "recall": 0.5, "k": 3,
-                                "n_real": 146},
-            "provenance": provenance()}
+    return {
+        "method": method,
+        "forget_class": c,
+        "seed": s,
+        "n_generated": 500,
+        "evaluators": {
+            "main": {"ua": ua, "entropy": 0.1 * (c + 1)},
+            "noise_aware": {
+                "ua": noise_aware,
+                "entropy": 0.2,
+                "ua_agreement": 90.0 + c,
+                "no_class_share": noise_aware - ua if noise_aware > ua else 0.0,
+            },
+            "second": {"ua": ua + 1.0, "entropy": 0.3, "ua_agreement": 95.0},
+        },
+        "forget_distance": {
+            "fid": 100.0 + 10 * c + s,
+            "kid": 50.0,
+            "precision": 0.1 * c,
+            "recall": 0.5,
+            "k": 3,
+            "n_real": 146,
+        },
+        "provenance": provenance(),
+    }
 
 
 def main_record(method, c, s):
-    return {"method": method, "variant": method, "forget_class": c, "seed": s, "fid": 10.0 + c, "kid": 1.0,
-            "H": 0.5, "UA": UA[method][(c, s)], "remaining_acc": 97.0, "cost": {"rte_s": 6.0, "rte_min": 0.1},
-            "provenance": {"run_name": "test", "config_hash": "older0000001"}}
+    return {
+        "method": method,
+        "variant": method,
+        "forget_class": c,
+        "seed": s,
+        "fid": 10.0 + c,
+        "kid": 1.0,
+        "H": 0.5,
+        "UA": UA[method][(c, s)],
+        "remaining_acc": 97.0,
+        "cost": {"rte_s": 6.0, "rte_min": 0.1},
+        "provenance": {"run_name": "test", "config_hash": "older0000001"},
+    }
 
 
 def curve(recover):
@@ -81,27 +114,69 @@ def curve(recover):
 def attack_record(method, c):
     points = []
     for k in (5, 50):
-        points += [{"attack": "relearning", "param": "k", "value": k, "step": step, "ua": ua,
-                    "ua_noise_aware": ua, "no_class_share": 0.0} for step, ua in curve(RECOVER[method][k][c])]
+        points += [
+            {
+                "attack": "relearning",
+                "param": "k",
+                "value": k,
+                "step": step,
+                "ua": ua,
+                "ua_noise_aware": ua,
+                "no_class_share": 0.0,
+            }
+            for step, ua in curve(RECOVER[method][k][c])
+        ]
     final = RESURGENCE[method][c]
-    points += [{"attack": "resurgence", "param": None, "value": None, "step": step,
-                "ua": final if step == BUDGET else 90.0, "ua_noise_aware": final if step == BUDGET else 90.0,
-                "no_class_share": 0.0}
-               for step in range(0, BUDGET + 1, EVERY)]
+    points += [
+        {
+            "attack": "resurgence",
+            "param": None,
+            "value": None,
+            "step": step,
+            "ua": final if step == BUDGET else 90.0,
+            "ua_noise_aware": final if step == BUDGET else 90.0,
+            "no_class_share": 0.0,
+        }
+        for step in range(0, BUDGET + 1, EVERY)
+    ]
     centre = PARTIAL[method][c]
-    points += [{"attack": "partial_diffusion", "param": "s", "value": s, "step": None, "t_start": int(1000 * s) - 1,
-                "ua": centre + delta, "ua_noise_aware": centre + delta, "no_class_share": 1.0}
-               for s, delta in zip(STRENGTHS, (-10.0, 0.0, 10.0))]
-    cost = {name: {"rte_s": 3.0, "rte_min": 0.05} for name in ("relearning_k5", "relearning_k50", "resurgence",
-                                                                 "partial_diffusion")}
-    return {"method": method, "forget_class": c, "seed": 0, "points": points,
-            "summary": {"relearn_steps_to_recover_k5": RECOVER[method][5][c],
-                        "relearn_steps_to_recover_k50": RECOVER[method][50][c],
-                        "resurgence_ua_final": final, "partial_diffusion_ua_mean": centre},
-            "settings": {"relearning": {"k": [5, 50], "steps": BUDGET, "every": EVERY},
-                         "resurgence": {"steps": BUDGET, "every": EVERY},
-                         "partial_diffusion": {"strengths": STRENGTHS}, "recovered_below_ua": 50.0},
-            "cost": cost, "provenance": {**provenance("cfg0002"), "noise_aware": True}}
+    points += [
+        {
+            "attack": "partial_diffusion",
+            "param": "s",
+            "value": s,
+            "step": None,
+            "t_start": int(1000 * s) - 1,
+            "ua": centre + delta,
+            "ua_noise_aware": centre + delta,
+            "no_class_share": 1.0,
+        }
+        for s, delta in zip(STRENGTHS, (-10.0, 0.0, 10.0))
+    ]
+    cost = {
+        name: {"rte_s": 3.0, "rte_min": 0.05}
+        for name in ("relearning_k5", "relearning_k50", "resurgence", "partial_diffusion")
+    }
+    return {
+        "method": method,
+        "forget_class": c,
+        "seed": 0,
+        "points": points,
+        "summary": {
+            "relearn_steps_to_recover_k5": RECOVER[method][5][c],
+            "relearn_steps_to_recover_k50": RECOVER[method][50][c],
+            "resurgence_ua_final": final,
+            "partial_diffusion_ua_mean": centre,
+        },
+        "settings": {
+            "relearning": {"k": [5, 50], "steps": BUDGET, "every": EVERY},
+            "resurgence": {"steps": BUDGET, "every": EVERY},
+            "partial_diffusion": {"strengths": STRENGTHS},
+            "recovered_below_ua": 50.0,
+        },
+        "cost": cost,
+        "provenance": {**provenance("cfg0002"), "noise_aware": True},
+    }
 
 
 def write(path, record):
@@ -112,13 +187,26 @@ def write(path, record):
 
 def records(tmp, ua=UA, noise_aware=NOISE_AWARE):
     """(scores, attacks, main records) written under `tmp`, as the workflow lays them out."""
-    scores = [write(tmp / "scores" / m / f"class{c}" / f"seed{s}.json", score_record(m, c, s, ua[m][(c, s)],
-                                                                                       noise_aware[m][(c, s)]))
-              for m in ("original", *METHODS, "retrain") for c in CLASSES for s in SEEDS]
-    attacks = [write(tmp / "attacks" / m / f"class{c}" / "seed0.json", attack_record(m, c))
-               for m in (*METHODS, "retrain") for c in CLASSES]
-    mains = [write(tmp / "metrics" / m / f"class{c}" / f"seed{s}.json", main_record(m, c, s))
-             for m in (*METHODS, "retrain") for c in CLASSES for s in SEEDS]
+    scores = [
+        write(
+            tmp / "scores" / m / f"class{c}" / f"seed{s}.json",
+            score_record(m, c, s, ua[m][(c, s)], noise_aware[m][(c, s)]),
+        )
+        for m in ("original", *METHODS, "retrain")
+        for c in CLASSES
+        for s in SEEDS
+    ]
+    attacks = [
+        write(tmp / "attacks" / m / f"class{c}" / "seed0.json", attack_record(m, c))
+        for m in (*METHODS, "retrain")
+        for c in CLASSES
+    ]
+    mains = [
+        write(tmp / "metrics" / m / f"class{c}" / f"seed{s}.json", main_record(m, c, s))
+        for m in (*METHODS, "retrain")
+        for c in CLASSES
+        for s in SEEDS
+    ]
     return scores, attacks, mains
 
 
@@ -140,12 +228,40 @@ def test_csv_rows_and_columns(made):
     assert len(units) == 4 * 3 * 2  # original, 2 methods, Retrain x classes x seeds
     assert len(df) - len(units) == 3 * 3 * (2 * 5 + 5 + 3)  # attacked: 2 methods + Retrain x classes x points
     assert list(df["method"].unique()) == ["original", "sa", "safemax", "retrain"]  # the report's order
-    required = ["method", "forget_class", "seed", "attack", "attack_param", "attack_value", "step", "ua",
-                "ua_noise_aware", "no_class_share", "H", "ua_noise_aware", "h_noise_aware", "ua_agreement_noise_aware",
-                "ua_second", "h_second", "ua_agreement_second", "forget_fid", "forget_kid", "forget_precision",
-                "forget_recall", "fid_remaining", "relearn_steps_to_recover_k5", "relearn_steps_to_recover_k50",
-                "resurgence_ua_final", "partial_diffusion_ua_mean", "attack_rte_min", "run_name", "config_hash",
-                "model_digest", "dataset", "fid_backend"]
+    required = [
+        "method",
+        "forget_class",
+        "seed",
+        "attack",
+        "attack_param",
+        "attack_value",
+        "step",
+        "ua",
+        "ua_noise_aware",
+        "no_class_share",
+        "H",
+        "ua_noise_aware",
+        "h_noise_aware",
+        "ua_agreement_noise_aware",
+        "ua_second",
+        "h_second",
+        "ua_agreement_second",
+        "forget_fid",
+        "forget_kid",
+        "forget_precision",
+        "forget_recall",
+        "fid_remaining",
+        "relearn_steps_to_recover_k5",
+        "relearn_steps_to_recover_k50",
+        "resurgence_ua_final",
+        "partial_diffusion_ua_mean",
+        "attack_rte_min",
+        "run_name",
+        "config_hash",
+        "model_digest",
+        "dataset",
+        "fid_backend",
+    ]
     assert not set(required) - set(df.columns)
     # the unit's own row: the main evaluator's UA, the noise-aware evaluator's verdicts
     row = units[(units["method"] == "safemax") & (units["forget_class"] == 0) & (units["seed"] == 0)].iloc[0]
@@ -157,8 +273,9 @@ def test_csv_rows_and_columns(made):
     assert math.isinf(retrain.loc[0, "relearn_steps_to_recover_k5"])
     assert math.isnan(retrain.loc[1, "relearn_steps_to_recover_k5"])
     assert units.loc[units["method"] == "original", "fid_remaining"].isna().all()  # no main record of it
-    points = df[(df["method"] == "sa") & (df["attack"] == "relearning") & (df["attack_value"] == 5)
-                & (df["forget_class"] == 1)]
+    points = df[
+        (df["method"] == "sa") & (df["attack"] == "relearning") & (df["attack_value"] == 5) & (df["forget_class"] == 1)
+    ]
     assert list(points["step"]) == [0, 15, 30, 45, 60] and list(points["ua"]) == [90, 10, 10, 10, 10]
     assert (points["attack_rte_min"] == 0.05).all() and (points["H"] == 0.2).all()  # the unit's columns too
 
@@ -175,8 +292,11 @@ def test_table_a_mean_and_std_by_hand(made):
     assert safemax[1] == f"{values.mean():.1f} ± {values.std(ddof=1):.1f}" == "81.7 ± 14.4"
     assert table_row(md, "Retrain")[1] == "95.0 ± 0.0"
     assert table_row(md, "Original (reference)")[-1] == "–"  # FID (remaining): no record here
-    order = [line.split(" | ")[0] for line in md.split("## A.")[1].split("## B.")[0].splitlines()
-             if line.startswith("| ") and not line.startswith("| Model")]
+    order = [
+        line.split(" | ")[0]
+        for line in md.split("## A.")[1].split("## B.")[0].splitlines()
+        if line.startswith("| ") and not line.startswith("| Model")
+    ]
     assert order == ["| Original (reference)", "| SA", "| SAFEMax", "| Retrain"]
     assert "**" not in md.split("## A.")[1].split("## B.")[0]  # nothing bold, Retrain and the original least
 
@@ -196,12 +316,17 @@ def test_table_b_medians_and_censoring(made):
 def test_verdicts_follow_the_numbers(made):
     _, _, md = made
     verdicts = md.split("## Verdicts against Retrain")[1].split("## Does")[0]
-    assert ("- SA, relearning on k = 5 images: recovers in fewer steps than Retrain in 3 of 3 classes (in more in 0, "
-            "as many in 0; median 15 vs > 60 steps; not recovered within 60 steps: 0 vs 2).") in verdicts
-    assert ("- SAFEMax, relearning on k = 5 images: recovers in fewer steps than Retrain in 1 of 3 classes (in more "
-            "in 1, as many in 1; median 60 vs > 60 steps") in verdicts
-    assert ("k = 50 images: recovers in fewer steps than Retrain in 0 of 3 classes (in more in 0, as many in 3"
-            in verdicts)
+    assert (
+        "- SA, relearning on k = 5 images: recovers in fewer steps than Retrain in 3 of 3 classes (in more in 0, "
+        "as many in 0; median 15 vs > 60 steps; not recovered within 60 steps: 0 vs 2)."
+    ) in verdicts
+    assert (
+        "- SAFEMax, relearning on k = 5 images: recovers in fewer steps than Retrain in 1 of 3 classes (in more "
+        "in 1, as many in 1; median 60 vs > 60 steps"
+    ) in verdicts
+    assert (
+        "k = 50 images: recovers in fewer steps than Retrain in 0 of 3 classes (in more in 0, as many in 3" in verdicts
+    )
     sa_resurgence = next(line for line in verdicts.splitlines() if line.startswith("- SA, resurgence"))
     assert "30.0% vs Retrain's 92.0% on the same 3 classes, paired difference -62.0 points" in sa_resurgence
     assert "Retrain higher in 3, lower in 0" in sa_resurgence
@@ -217,8 +342,10 @@ def test_noise_aware_flips_are_found(made):
     assert "orders 2 of the 3 pairs of rows differently" in section
     assert "SA < SAFEMax under UA (71.0 vs 81.7), SA > SAFEMax under the noise-aware UA (99.0 vs 90.0)" in section
     assert "SA < Retrain under UA" in section and "SAFEMax < Retrain" not in section
-    assert "- SAFEMax: 1 of 6 units change verdict (1 forgotten only under the noise-aware UA, 0 only under the UA)" \
+    assert (
+        "- SAFEMax: 1 of 6 units change verdict (1 forgotten only under the noise-aware UA, 0 only under the UA)"
         in section
+    )
     assert "- SA: 0 of 6 units change verdict" in section
     assert "**The noise-aware UA changes 3 verdict(s)** (2 ordering(s) of rows, 1 unit(s) and 0 attack" in section
     assert "No verdict changes" not in section
@@ -248,8 +375,10 @@ def test_an_attack_verdict_against_retrain_that_the_noise_aware_ua_turns_is_name
     out = tmp_path / "out"
     aggregate_robustness(config, scores, attacks, mains, out)
     section = (out / "robustness.md").read_text().split("## Does the noise-aware UA change a verdict?")[1]
-    assert ("1 read otherwise: SA, resurgence, final UA: under the UA 30.0% vs Retrain's 92.0% (**the class comes "
-            "back more than under Retrain**); under the noise-aware UA 92.0% vs 92.0% (no difference holds).") in section
+    assert (
+        "1 read otherwise: SA, resurgence, final UA: under the UA 30.0% vs Retrain's 92.0% (**the class comes "
+        "back more than under Retrain**); under the noise-aware UA 92.0% vs 92.0% (no difference holds)."
+    ) in section
     assert "1 verdict(s) against Retrain" in section
     df = pd.read_csv(out / "robustness.csv")
     sa = df[(df["method"] == "sa") & (df["attack"] == "none") & (df["seed"] == 0)]
@@ -260,8 +389,10 @@ def test_an_attack_verdict_against_retrain_that_the_noise_aware_ua_turns_is_name
 def test_digests_are_written(made):
     out, _, _ = made
     lines = (out / "tables.sha256").read_text().splitlines()
-    assert lines == [f"{hashlib.sha256((out / name).read_bytes()).hexdigest()}  {name}"
-                     for name in ("robustness.csv", "robustness.md")]
+    assert lines == [
+        f"{hashlib.sha256((out / name).read_bytes()).hexdigest()}  {name}"
+        for name in ("robustness.csv", "robustness.md")
+    ]
     check_unedited(out / "robustness.csv")
 
 
@@ -275,8 +406,11 @@ def test_scores_of_other_judges_are_refused_but_not_other_config_hashes(tmp_path
     aggregate_robustness(config, scores, attacks, mains, tmp_path / "fine")
     record["provenance"]["fid_backend"] = "inception"
     scores[5].write_text(json.dumps(record))
-    with pytest.raises(UserError, match=r"score records were made with 2 different evaluators or FID features.*"
-                                        r"--forcerun score_robustness"):
+    with pytest.raises(
+        UserError,
+        match=r"score records were made with 2 different evaluators or FID features.*"
+        r"--forcerun score_robustness",
+    ):
         aggregate_robustness(config, scores, attacks, mains, tmp_path / "out")
     assert not (tmp_path / "out" / "robustness.csv").exists()
 

@@ -3,6 +3,7 @@
 It installs packages and starts daemons, so it runs only where asked for, as root:
     sudo UNLEARNBENCH_SLURM_TEST=1 /path/to/venv/bin/python -m pytest tests/test_slurm.py
 """
+
 import os
 import subprocess
 import sys
@@ -15,10 +16,14 @@ SCRIPT = ROOT / "scripts" / "slurm_test.sh"
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(os.environ.get("UNLEARNBENCH_SLURM_TEST") != "1",
-                       reason="SLURM end-to-end test is opt-in: set UNLEARNBENCH_SLURM_TEST=1 (as root)"),
-    pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
-                       reason="SLURM end-to-end test needs root (apt-get install, slurmctld/slurmd/munged)"),
+    pytest.mark.skipif(
+        os.environ.get("UNLEARNBENCH_SLURM_TEST") != "1",
+        reason="SLURM end-to-end test is opt-in: set UNLEARNBENCH_SLURM_TEST=1 (as root)",
+    ),
+    pytest.mark.skipif(
+        not hasattr(os, "geteuid") or os.geteuid() != 0,
+        reason="SLURM end-to-end test needs root (apt-get install, slurmctld/slurmd/munged)",
+    ),
 ]
 
 
@@ -30,8 +35,7 @@ def test_workflow_under_slurm_matches_local_run():
     env.setdefault("REPO", str(ROOT))
     # The script bounds each workflow run itself (SLURM_TEST_TIMEOUT, default 1080 s); this is a last resort.
     timeout = 2 * int(env.get("SLURM_TEST_TIMEOUT", "1080")) + 300
-    proc = subprocess.Popen(["bash", str(SCRIPT)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(["bash", str(SCRIPT)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

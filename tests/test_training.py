@@ -1,4 +1,5 @@
 """BatchStream: epochs, horizontal flips and resumption (the batches every training loop draws)."""
+
 import pytest
 import torch
 
@@ -31,16 +32,22 @@ def draw(stream, batches: int):
 
 
 def stream(hflip: bool, seed: int = 0, batch_size: int = 3) -> BatchStream:
-    return BatchStream(ramp_images(), torch.arange(N) * 10, batch_size, torch.Generator().manual_seed(seed),
-                       torch.device("cpu"), hflip=hflip)
+    return BatchStream(
+        ramp_images(),
+        torch.arange(N) * 10,
+        batch_size,
+        torch.Generator().manual_seed(seed),
+        torch.device("cpu"),
+        hflip=hflip,
+    )
 
 
 def test_every_epoch_visits_each_image_once_across_batch_boundaries():
     items, _, labels = draw(stream(hflip=False), 10)  # 30 items, batch 3 never aligned with the epoch of 10
     assert labels == [i * 10 for i in items]
     for epoch in range(3):
-        assert sorted(items[epoch * N:(epoch + 1) * N]) == list(range(N))
-    assert items[:N] != items[N:2 * N]  # reshuffled
+        assert sorted(items[epoch * N : (epoch + 1) * N]) == list(range(N))
+    assert items[:N] != items[N : 2 * N]  # reshuffled
 
 
 def test_without_hflip_nothing_is_mirrored():
@@ -108,15 +115,44 @@ def _train(state_path, die_at=None, meter=None):
     from unlearnbench.training import train_diffusion
 
     torch.manual_seed(0)
-    model = build_unet("tiny", 3, {"block_out_channels": (8, 8), "norm_num_groups": 4, "sample_size": 4,
-                                   "down_block_types": ("DownBlock2D", "DownBlock2D"),
-                                   "up_block_types": ("UpBlock2D", "UpBlock2D"), "dropout": 0.3})
+    model = build_unet(
+        "tiny",
+        3,
+        {
+            "block_out_channels": (8, 8),
+            "norm_num_groups": 4,
+            "sample_size": 4,
+            "down_block_types": ("DownBlock2D", "DownBlock2D"),
+            "up_block_types": ("UpBlock2D", "UpBlock2D"),
+            "dropout": 0.3,
+        },
+    )
     images = torch.randn(10, 1, 4, 4)
-    data = _DyingStream(images, torch.arange(10) % 3, 4, torch.Generator().manual_seed(1), torch.device("cpu"),
-                        hflip=True, die_at=die_at)  # batch 4 of 10 images: a kill falls inside an epoch
-    return train_diffusion(model, Schedule(20, 1e-4, 0.02), data, steps=9, lr=1e-3, grad_clip=1.0, ema_decay=0.9,
-                           cond_dropout=0.1, reduction="mean", generator=torch.Generator().manual_seed(2),
-                           state_path=state_path, checkpoint_every=3, state_key="k", meter=meter)
+    data = _DyingStream(
+        images,
+        torch.arange(10) % 3,
+        4,
+        torch.Generator().manual_seed(1),
+        torch.device("cpu"),
+        hflip=True,
+        die_at=die_at,
+    )  # batch 4 of 10 images: a kill falls inside an epoch
+    return train_diffusion(
+        model,
+        Schedule(20, 1e-4, 0.02),
+        data,
+        steps=9,
+        lr=1e-3,
+        grad_clip=1.0,
+        ema_decay=0.9,
+        cond_dropout=0.1,
+        reduction="mean",
+        generator=torch.Generator().manual_seed(2),
+        state_path=state_path,
+        checkpoint_every=3,
+        state_key="k",
+        meter=meter,
+    )
 
 
 def test_resumed_base_training_ends_as_an_uninterrupted_one(tmp_path, capsys):
@@ -156,8 +192,13 @@ def test_optimizer_step_masks_gradients_as_the_per_tensor_loop():
     from unlearnbench.networks import build_unet
     from unlearnbench.training import optimizer_step
 
-    micro = {"block_out_channels": (8, 8), "norm_num_groups": 4, "sample_size": 4,
-             "down_block_types": ("DownBlock2D", "DownBlock2D"), "up_block_types": ("UpBlock2D", "UpBlock2D")}
+    micro = {
+        "block_out_channels": (8, 8),
+        "norm_num_groups": 4,
+        "sample_size": 4,
+        "down_block_types": ("DownBlock2D", "DownBlock2D"),
+        "up_block_types": ("UpBlock2D", "UpBlock2D"),
+    }
     models = []
     for _ in range(3):
         torch.manual_seed(0)
@@ -166,7 +207,7 @@ def test_optimizer_step_masks_gradients_as_the_per_tensor_loop():
     g = torch.Generator().manual_seed(1)
 
     def masks(model):  # every third parameter unmasked; mask entries 0/1 in the parameter's dtype, as SalUn's,
-        out = {}       # each mask with a 0 (a tensor left out of the masking would show)
+        out = {}  # each mask with a 0 (a tensor left out of the masking would show)
         for i, p in enumerate(model.parameters()):
             if i % 3:
                 out[p] = (torch.rand(p.shape, generator=torch.Generator().manual_seed(i)) < 0.5).to(p.dtype)
@@ -179,12 +220,15 @@ def test_optimizer_step_masks_gradients_as_the_per_tensor_loop():
     for step in range(2):  # the second step also compares Adam's state after a masked step
         grads = []
         for model, optimizer in zip(models, optimizers):
-            loss = epsilon_loss(model, schedule, x0, labels, reduction="mean",
-                                generator=torch.Generator().manual_seed(step))
+            loss = epsilon_loss(
+                model, schedule, x0, labels, reduction="mean", generator=torch.Generator().manual_seed(step)
+            )
             if model is reference:
                 _masked_step_loop(optimizer, loss, model.parameters(), 0.01, masks(model))
             else:
-                optimizer_step(optimizer, loss, model.parameters(), 0.01, masks(model) if model is masked_model else None)
+                optimizer_step(
+                    optimizer, loss, model.parameters(), 0.01, masks(model) if model is masked_model else None
+                )
             grads.append([p.grad.clone() for p in model.parameters()])
         for i, (a, b, c) in enumerate(zip(*grads)):
             assert torch.equal(a, b), (step, i)

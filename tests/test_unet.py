@@ -1,4 +1,5 @@
 """The suite's UNet against diffusers' UNet2DModel, the independent reference it mirrors: bit for bit."""
+
 import json
 
 import pytest
@@ -16,10 +17,23 @@ CONFIGS = {
     "paper": {**UNET_PRESETS["paper"], "num_class_embeds": 11},
     # options the presets leave at their defaults: multi-head attention, dropout, asymmetric downsample
     # padding, a mid-block scale, a time embedding width of its own
-    "variant": {**TINY, "attention_head_dim": 8, "dropout": 0.2, "downsample_padding": 0, "mid_block_scale_factor": 2,
-                "time_embedding_dim": 48, "flip_sin_to_cos": False, "freq_shift": 1},
-    "no_mid_attention": {**TINY, "add_attention": False, "layers_per_block": 2,
-                         "down_block_types": ("AttnDownBlock2D", "DownBlock2D"), "up_block_types": ("UpBlock2D", "AttnUpBlock2D")},
+    "variant": {
+        **TINY,
+        "attention_head_dim": 8,
+        "dropout": 0.2,
+        "downsample_padding": 0,
+        "mid_block_scale_factor": 2,
+        "time_embedding_dim": 48,
+        "flip_sin_to_cos": False,
+        "freq_shift": 1,
+    },
+    "no_mid_attention": {
+        **TINY,
+        "add_attention": False,
+        "layers_per_block": 2,
+        "down_block_types": ("AttnDownBlock2D", "DownBlock2D"),
+        "up_block_types": ("UpBlock2D", "AttnUpBlock2D"),
+    },
 }
 
 
@@ -33,8 +47,11 @@ def both(kwargs):
 def inputs(kwargs, n=4):
     g = torch.Generator().manual_seed(1)
     size, channels = kwargs["sample_size"], kwargs["in_channels"]
-    return (torch.randn(n, channels, size, size, generator=g), torch.tensor([0, 17, 500, 999])[:n],
-            torch.tensor([0, 3, 10, 5])[:n])
+    return (
+        torch.randn(n, channels, size, size, generator=g),
+        torch.tensor([0, 17, 500, 999])[:n],
+        torch.tensor([0, 3, 10, 5])[:n],
+    )
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -81,13 +98,20 @@ def test_scalar_timestep_applies_to_every_image():
     assert torch.equal(model(x, torch.tensor(17), y), model(x, torch.full((4,), 17), y))
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("resnet_time_scale_shift", "scale_shift", "resnet_time_scale_shift='scale_shift' is not supported"),
-    ("down_block_types", ["DownBlock2D", "CrossAttnDownBlock2D"], "unsupported blocks \\['CrossAttnDownBlock2D'\\]"),
-    ("time_embedding_type", "fourier", "time_embedding_type='fourier' is not supported"),
-    ("num_class_embeds", None, "num_class_embeds and norm_num_groups must be set"),
-    ("_class_name", "UNet2DConditionModel", "describes a UNet2DConditionModel, not a UNet2DModel"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("resnet_time_scale_shift", "scale_shift", "resnet_time_scale_shift='scale_shift' is not supported"),
+        (
+            "down_block_types",
+            ["DownBlock2D", "CrossAttnDownBlock2D"],
+            "unsupported blocks \\['CrossAttnDownBlock2D'\\]",
+        ),
+        ("time_embedding_type", "fourier", "time_embedding_type='fourier' is not supported"),
+        ("num_class_embeds", None, "num_class_embeds and norm_num_groups must be set"),
+        ("_class_name", "UNet2DConditionModel", "describes a UNet2DConditionModel, not a UNet2DModel"),
+    ],
+)
 def test_unsupported_checkpoint_options_are_named(tmp_path, key, value, message):
     save_unet(build_unet("tiny", 10), tmp_path / "unet")
     config_path = tmp_path / "unet" / "config.json"

@@ -5,6 +5,7 @@ an independent run gives identical metrics, and a method added as one file (the 
 followed literally) runs through the same DAG. Runs that need a fresh copy each (killed jobs, a user's
 checkpoint, the paper config) are in test_workflow_isolated.py, which another xdist worker runs meanwhile.
 """
+
 import json
 import os
 import re
@@ -15,7 +16,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from workflow_copies import METRICS, ROOT, copy_library, copy_workflow, snakemake
 
 pytestmark = pytest.mark.slow  # minutes: `pytest -m "not slow"` is the quick loop
@@ -50,8 +50,19 @@ def test_full_dag_produces_the_tables(test_run):
     table1 = (results / "table1.md").read_text()
     assert "SAFEMax+R: SAFEMax plus the standard loss on the remaining classes" in table1
     assert "Set by hand, not by the scale rules" in table1 and "steps = 5" in table1
-    for col in ("rte_min", "prior_min", "gpu_peak_gb", "config_hash", "sampler_steps", "guidance_w",
-                "n_forget_samples", "n_fid_real", "fid_backend", "device_name", "version_torch"):
+    for col in (
+        "rte_min",
+        "prior_min",
+        "gpu_peak_gb",
+        "config_hash",
+        "sampler_steps",
+        "guidance_w",
+        "n_forget_samples",
+        "n_fid_real",
+        "fid_backend",
+        "device_name",
+        "version_torch",
+    ):
         assert col in metrics.columns, col
     unlearned = metrics[metrics.method != "original"]
     # each row names the weights it sampled: one original for both classes, a model of its own for every other row
@@ -97,8 +108,16 @@ def test_guidance_sweep_reevaluates_every_main_model_at_each_weight(test_run):
     swept = test_run / record["provenance"]["config_path"]  # the config these records were made with, on disk
     assert swept.stem == record["provenance"]["config_hash"] == config_hash(load_config(swept))
     assert load_config(swept)["sampler"]["guidance_w"] == 0.0
-    for column in ("config_hash", "provenance_seed", "sampler_steps", "n_forget_samples", "fid_backend",
-                   "sampling_device_name", "version_torch", "model_digest"):  # each row says what made it
+    for column in (
+        "config_hash",
+        "provenance_seed",
+        "sampler_steps",
+        "n_forget_samples",
+        "fid_backend",
+        "sampling_device_name",
+        "version_torch",
+        "model_digest",
+    ):  # each row says what made it
         assert table[column].notna().all(), column
     with np.load(test_run / "results/test/guidance/w0/samples/safemax/class0/seed0.npz") as f:
         assert json.loads(str(f["meta"]))["guidance_w"] == 0.0
@@ -112,8 +131,14 @@ def test_the_finding_study_runs_its_points_and_checks_each_models_noise(test_run
     point's denoiser check; the main run and the original are the main run's, not trained again."""
     proc = snakemake(test_run, "--configfile=config/test.yaml", "finding")
     out = proc.stdout + proc.stderr
-    for rule, count in (("unlearn", 2), ("evaluate_unlearned", 2), ("denoiser_norms", 3),
-                        ("denoiser_norms_original", 1), ("finding_table", 1), ("figure_finding", 1)):
+    for rule, count in (
+        ("unlearn", 2),
+        ("evaluate_unlearned", 2),
+        ("denoiser_norms", 3),
+        ("denoiser_norms_original", 1),
+        ("finding_table", 1),
+        ("figure_finding", 1),
+    ):
         assert re.search(rf"^{rule}\s+{count}$", out, re.M), (rule, out[-3000:])
     for rule in ("train_base", "evaluate_method", "score_original", "prior_per_class"):
         assert not re.search(rf"^{rule}\s+\d+", out, re.M), rule
@@ -135,13 +160,26 @@ def test_the_robustness_target_scores_retrain_and_attacks_every_model(test_run):
     run = test_run / "results" / "test"
     table = pd.read_csv(test_run / "results" / "robustness.csv")
     methods = {"sa", "salun", "safemax", "safemax_r"}
-    for column in ("method", "forget_class", "seed", "ua", "ua_noise_aware", "no_class_share", "forget_fid",
-                   "forget_kid", "relearn_steps_to_recover_k2", "relearn_steps_to_recover_k5", "resurgence_ua_final",
-                   "config_hash", "model_digest"):
+    for column in (
+        "method",
+        "forget_class",
+        "seed",
+        "ua",
+        "ua_noise_aware",
+        "no_class_share",
+        "forget_fid",
+        "forget_kid",
+        "relearn_steps_to_recover_k2",
+        "relearn_steps_to_recover_k5",
+        "resurgence_ua_final",
+        "config_hash",
+        "model_digest",
+    ):
         assert column in table.columns, column
     units = table[table.attack == "none"]
     assert sorted(map(tuple, units[["method", "forget_class"]].values)) == sorted(
-        (m, c) for m in (*methods, "original", "retrain") for c in (0, 1))
+        (m, c) for m in (*methods, "original", "retrain") for c in (0, 1)
+    )
     attacked = table[table.attack != "none"]
     assert set(attacked.method) == methods | {"retrain"}
     assert set(attacked.attack) == {"relearning", "resurgence", "partial_diffusion"}
@@ -164,7 +202,9 @@ def test_snakemakes_benchmark_of_each_unlearning_job_bounds_its_measured_rte(tes
     for tsv in sorted((run / "benchmarks" / "unlearn").glob("*_class*.tsv")):
         variant, c = tsv.stem.rsplit("_class", 1)
         wall_s = float(pd.read_csv(tsv, sep="\t")["s"].iloc[0])
-        rte_s = sum(json.loads(cost.read_text())["rte_s"] for cost in run.glob(f"models/{variant}/class{c}/seed*/cost.json"))
+        rte_s = sum(
+            json.loads(cost.read_text())["rte_s"] for cost in run.glob(f"models/{variant}/class{c}/seed*/cost.json")
+        )
         assert 0 < rte_s < wall_s, (tsv.name, rte_s, wall_s)
     assert len(list((run / "benchmarks" / "unlearn").glob("*.tsv"))) >= 8  # 4 methods x 2 classes, and the studies'
     assert (run / "benchmarks" / "train_base.tsv").is_file()
@@ -306,8 +346,14 @@ def test_the_html_report_holds_the_tables_and_figures(test_run, tmp_path):
     snakemake(test_run, "--configfile=config/test.yaml", "--report", str(tmp_path / "report.html"))
     html = (tmp_path / "report.html").read_text()
     assert html.lstrip().lower().startswith("<!doctype html>")
-    for name in ("table.csv", "cost.png", "per_class.png", "samples_class0.png", "psi_ablation.png",
-                 "The paper's layout: per forgotten class"):
+    for name in (
+        "table.csv",
+        "cost.png",
+        "per_class.png",
+        "samples_class0.png",
+        "psi_ablation.png",
+        "The paper's layout: per forgotten class",
+    ):
         assert name in html, name
 
 
@@ -378,7 +424,7 @@ def test_independent_runs_give_identical_metrics(test_run, tmp_path):
 def readme_method_example() -> tuple[str, str, str]:
     """The file name, code and command of the README's "Add a method" example."""
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Add a method"):]
+    section = text[text.index("## Add a method") :]
     name = re.search(r"Save as `methods/([a-z_]+)\.py`", section).group(1)
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     command = re.search(r"```bash\n(snakemake [^\n]*)\n```", section).group(1)
@@ -401,7 +447,7 @@ def test_readme_add_a_method_walkthrough(test_run):
 def readme_imported_example() -> dict:
     """The overlay of the README's "Score models unlearned elsewhere" section."""
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Score models unlearned elsewhere"):]
+    section = text[text.index("## Score models unlearned elsewhere") :]
     return yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))
 
 
@@ -409,10 +455,11 @@ def test_models_made_elsewhere_are_imported_and_scored_as_the_suites_own(test_ru
     """The README's `imported` overlay, followed literally with copies of SalUn's models saved where it says: they
     get the run's evaluation beside the methods, nothing else reruns, and the same weights score the same."""
     overlay = readme_imported_example()
-    (name, pattern), = overlay["imported"].items()
+    ((name, pattern),) = overlay["imported"].items()
     for c in (0, 1):
-        shutil.copytree(test_run / f"results/test/models/salun/class{c}/seed0/unet",
-                        test_run / pattern.format(forget_class=c))
+        shutil.copytree(
+            test_run / f"results/test/models/salun/class{c}/seed0/unet", test_run / pattern.format(forget_class=c)
+        )
     (test_run / "config" / "imported.yaml").write_text(yaml.safe_dump(overlay))
     proc = snakemake(test_run, "results/table.csv", "--configfile", "config/test.yaml", "config/imported.yaml")
     out = proc.stdout + proc.stderr
@@ -425,8 +472,9 @@ def test_models_made_elsewhere_are_imported_and_scored_as_the_suites_own(test_ru
     assert (theirs[METRICS] == salun[METRICS]).all().all()
     assert theirs["rte_min"].isna().all() and salun["rte_min"].notna().all()
     assert theirs["device_name"].isna().all() and theirs["sampling_device_name"].notna().all()  # no cost device
-    assert theirs["imported_from"].tolist() == [str((test_run / pattern.format(forget_class=c)).resolve())
-                                                for c in (0, 1)]
+    assert theirs["imported_from"].tolist() == [
+        str((test_run / pattern.format(forget_class=c)).resolve()) for c in (0, 1)
+    ]
     assert f"{name}: imported, unlearned outside the suite" in (test_run / "results" / "table1.md").read_text()
     assert f"{name} FID" in pd.read_csv(test_run / "results" / "table.csv").columns
     # the tables before the import stay in the run's history, beside the new ones

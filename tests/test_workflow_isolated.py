@@ -3,6 +3,7 @@ outlives a killed Snakemake is redone, a user's replaced checkpoint reruns what 
 runs end to end on a miniature CIFAR-10. Kept apart from test_workflow.py so that xdist runs the two files on
 two workers (`--dist loadfile`: each file's tests on one worker).
 """
+
 import json
 import os
 import re
@@ -14,7 +15,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from workflow_copies import METRICS, ROOT, copy_workflow, snakemake
 
 pytestmark = pytest.mark.slow  # minutes: `pytest -m "not slow"` is the quick loop
@@ -28,15 +28,21 @@ def write_short_base_training(workdir: Path) -> None:
         "device: cpu\n"  # a GPU would finish the 175 steps before the test could kill the job
         "model: {overrides: {block_out_channels: [8, 8], norm_num_groups: 4,"
         " down_block_types: [DownBlock2D, DownBlock2D], up_block_types: [UpBlock2D, UpBlock2D]}}\n"
-        "base: {steps: 200, checkpoint_every: 25}\n")
+        "base: {steps: 200, checkpoint_every: 25}\n"
+    )
 
 
 def start_snakemake_until(workdir: Path, configfile: str, target: str, state: Path) -> subprocess.Popen:
     """Snakemake in the background (its own process group), returned once base training saved `state`."""
     env = {**os.environ, "UNLEARNBENCH_QUIET": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", f"--configfile={configfile}", target],
-                            cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "--cores", "1", f"--configfile={configfile}", target],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     while not state.exists() and time.time() < deadline:
         time.sleep(0.2)
@@ -72,7 +78,9 @@ def test_a_job_outliving_a_killed_snakemake_is_redone_by_the_next_plain_run(tmp_
     shutil.copytree(ROOT / "profiles", workdir / "profiles")
     write_short_base_training(workdir)
     target = "results/kill/models/original/train.json"
-    proc = start_snakemake_until(workdir, "config/kill.yaml", target, workdir / "results/kill/models/original/train_state.pt")
+    proc = start_snakemake_until(
+        workdir, "config/kill.yaml", target, workdir / "results/kill/models/original/train_state.pt"
+    )
     proc.kill()  # Snakemake only: its job goes on and writes its output
     proc.wait()
     deadline = time.time() + 300
@@ -96,7 +104,9 @@ def test_a_second_run_in_the_same_folder_is_refused_while_the_first_runs(tmp_pat
     kill = workdir / "config" / "kill.yaml"
     kill.write_text(kill.read_text().replace("steps: 200,", "steps: 100000,"))  # outlasts the second's start
     target = "results/kill/models/original/train.json"
-    first = start_snakemake_until(workdir, "config/kill.yaml", target, workdir / "results/kill/models/original/train_state.pt")
+    first = start_snakemake_until(
+        workdir, "config/kill.yaml", target, workdir / "results/kill/models/original/train_state.pt"
+    )
     try:
         second = snakemake(workdir, "--configfile=config/kill.yaml", target, check=False)
         assert second.returncode != 0 and "Directory cannot be locked" in second.stdout + second.stderr
@@ -162,9 +172,17 @@ def test_paper_config_runs_end_to_end_on_a_miniature_cifar10(tmp_path, write_min
         "  salun: {steps: 3, batch_size: 8, retain_batch_size: 8, mask_batch_size: 8}\n"
         "  sa: {steps: 3, batch_size: 8, replay_batch_size: 8, n_generated_per_class: 2, fisher_images: 4,"
         " fisher_timesteps: 4, fisher_batch: 2, checkpoint_every: 2}\n"
-        "performance: {bf16: false, tf32: false, channels_last: false}\n")
-    snakemake(workdir, "--configfile", "config/paper.yaml", "config/cpu.yaml", "--",
-              "results/table.csv", "figures/cifar-cpu/samples_class0.png")
+        "performance: {bf16: false, tf32: false, channels_last: false}\n"
+    )
+    snakemake(
+        workdir,
+        "--configfile",
+        "config/paper.yaml",
+        "config/cpu.yaml",
+        "--",
+        "results/table.csv",
+        "figures/cifar-cpu/samples_class0.png",
+    )
     run = workdir / "results" / "cifar-cpu"
     assert np.load(run / "data.npz")["train_x"].shape == (200, 3, 32, 32)
     unet = json.loads((run / "models/original/unet/config.json").read_text())

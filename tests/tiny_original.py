@@ -1,4 +1,5 @@
 """An untrained original model adopted through base.checkpoint: what tests of single stages start from."""
+
 import torch
 
 from unlearnbench import stages

@@ -1,4 +1,5 @@
 """Copies of the workflow in temporary folders, and Snakemake run in them as a user runs it (the workflow tests)."""
+
 import os
 import shutil
 import subprocess
@@ -33,9 +34,17 @@ def snakemake(workdir: Path, *args, timeout=900, check=True):
     env = {**os.environ, "UNLEARNBENCH_QUIET": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     if (workdir / "lib").is_dir():
         env["PYTHONPATH"] = str(workdir / "lib")
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *args], cwd=workdir, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and proc.returncode != 0:
         logs = "\n".join(f"== {p}\n{p.read_text()[-2000:]}" for p in sorted(workdir.glob("results/*/logs/**/*.log")))
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}\n{logs}")
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}\n{logs}"
+        )
     return proc

@@ -14,6 +14,7 @@ Compilation is lazy: the first forward of each new input shape compiles (tens of
 paper UNet), so inside a timed unlearning loop it counts towards RTE. `dynamic=False` makes each
 batch shape its own static graph instead of a slower dynamic-shape one; a loop has one or two shapes.
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,16 +29,22 @@ COMPILE_KWARGS = {"dynamic": False}
 def compiles(performance: Performance, device, *, sampling: bool = False) -> bool:
     """Whether a model prepared for this job is compiled: `compile` everywhere, `compile_sampling` only where the
     model just samples (the evaluation sets, whose cost is not RTE); never off CUDA."""
-    return torch.device(device).type == "cuda" and (
-        performance.compile or (sampling and performance.compile_sampling))
+    return torch.device(device).type == "cuda" and (performance.compile or (sampling and performance.compile_sampling))
 
 
 def is_compiled(model: torch.nn.Module) -> bool:
     return getattr(model, "_compiled_call_impl", None) is not None
 
 
-def maybe_compile(model: torch.nn.Module, performance: Performance, device, *, force: bool = False, sampling: bool = False,
-                  **compile_kwargs):
+def maybe_compile(
+    model: torch.nn.Module,
+    performance: Performance,
+    device,
+    *,
+    force: bool = False,
+    sampling: bool = False,
+    **compile_kwargs,
+):
     """Compile `model`'s forward in place when `compiles(performance, device, sampling=sampling)`.
 
     Returns the same object (so `model = maybe_compile(model, ...)` and a bare call both work).

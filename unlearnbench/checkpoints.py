@@ -1,4 +1,5 @@
 """Checkpoints: UNets in diffusers' folder format (config.json + safetensors), written atomically; resumable training state."""
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,10 @@ def read_json(path: str | Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as exc:  # cut short, emptied or overwritten: not the job's record
-        raise MissingResourceError(f"{path} is not a valid JSON record ({exc}): it was cut short or overwritten. "
-                                   "Delete it and rerun: the step that wrote it remakes it") from None
+        raise MissingResourceError(
+            f"{path} is not a valid JSON record ({exc}): it was cut short or overwritten. "
+            "Delete it and rerun: the step that wrote it remakes it"
+        ) from None
 
 
 def require_finite(weights, what: str, hint: str) -> None:
@@ -87,8 +90,10 @@ def folder_digest(folder: str | Path) -> str:
 
 
 # A corrupt folder the workflow wrote is redone; a user's own checkpoint (base.checkpoint) must not be deleted.
-_REDO = ("If the workflow wrote it (under results/), delete it and re-run the step that wrote it; if it is your "
-         "base.checkpoint, copy it again from where it came from.")
+_REDO = (
+    "If the workflow wrote it (under results/), delete it and re-run the step that wrote it; if it is your "
+    "base.checkpoint, copy it again from where it came from."
+)
 
 
 def load_unet(folder: str | Path, device="cpu", expect: dict | None = None, mismatch_fix: str | None = None):
@@ -107,9 +112,12 @@ def load_unet(folder: str | Path, device="cpu", expect: dict | None = None, mism
             if isinstance(exc, RuntimeError) and lines and "loading state_dict" in lines[0]:
                 raise MissingResourceError(
                     f"UNet checkpoint at {folder}: its weights do not fit its config.json ({'; '.join(lines[1:3])[:400]}). "
-                    "The two must come from one save_pretrained of the same model.") from None
-            raise MissingResourceError(f"UNet checkpoint at {folder} is corrupt or incomplete ({type(exc).__name__}: "
-                                       f"{(lines or [''])[0][:300]}). {_REDO}") from None
+                    "The two must come from one save_pretrained of the same model."
+                ) from None
+            raise MissingResourceError(
+                f"UNet checkpoint at {folder} is corrupt or incomplete ({type(exc).__name__}: "
+                f"{(lines or [''])[0][:300]}). {_REDO}"
+            ) from None
     return model.to(device)
 
 
@@ -121,13 +129,16 @@ def read_unet_config(folder: str | Path, expect: dict | None = None, mismatch_fi
 
     folder = Path(folder)
     if not (folder / "config.json").exists():
-        raise MissingResourceError(f"no UNet checkpoint at {folder} (config.json missing). Re-run the step that "
-                                   f"trains it, or point base.checkpoint to a folder saved with save_pretrained.")
+        raise MissingResourceError(
+            f"no UNet checkpoint at {folder} (config.json missing). Re-run the step that "
+            f"trains it, or point base.checkpoint to a folder saved with save_pretrained."
+        )
     try:
         config = json.loads((folder / "config.json").read_text())
     except ValueError as exc:
-        raise MissingResourceError(f"UNet checkpoint at {folder} is corrupt or incomplete (config.json: {exc}). "
-                                   f"{_REDO}") from None
+        raise MissingResourceError(
+            f"UNet checkpoint at {folder} is corrupt or incomplete (config.json: {exc}). {_REDO}"
+        ) from None
     try:
         if not isinstance(config, dict):
             raise ValueError("its config.json holds no mapping of UNet2DModel arguments")
@@ -135,37 +146,49 @@ def read_unet_config(folder: str | Path, expect: dict | None = None, mismatch_fi
             raise ValueError(f"UNet config describes a {config['_class_name']}, not a UNet2DModel")
         resolved = resolve_config({k: v for k, v in config.items() if not k.startswith("_")})
     except (ValueError, TypeError) as exc:
-        raise MissingResourceError(f"UNet checkpoint at {folder} cannot be used: {exc}. The suite's UNet "
-                                   f"(unlearnbench/unet.py) implements the class-conditional UNet2DModel of its presets.") from None
+        raise MissingResourceError(
+            f"UNet checkpoint at {folder} cannot be used: {exc}. The suite's UNet "
+            f"(unlearnbench/unet.py) implements the class-conditional UNet2DModel of its presets."
+        ) from None
     if expect:
         have = _architecture(resolved)
-        differ = {key: f"{key} is {have.get(key)!r}, the config needs {want!r}"
-                  for key, want in _architecture(expect).items() if have.get(key) != want}
+        differ = {
+            key: f"{key} is {have.get(key)!r}, the config needs {want!r}"
+            for key, want in _architecture(expect).items()
+            if have.get(key) != want
+        }
         if differ:
             if mismatch_fix:
                 fix = mismatch_fix
             elif "num_class_embeds" in differ:  # fixed by the data, not by the model section
                 fix = "Use a checkpoint trained on this dataset's classes (num_class_embeds = classes + 1 null label)."
             else:
-                fix = ("Use a checkpoint of the config's architecture, or describe this one in the config's "
-                       "model.overrides (its keys are those of config.json, e.g. {dropout: 0.1}).")
-            raise MissingResourceError(f"UNet checkpoint at {folder} is not the config's model: "
-                                       f"{'; '.join(differ.values())}. {fix}")
+                fix = (
+                    "Use a checkpoint of the config's architecture, or describe this one in the config's "
+                    "model.overrides (its keys are those of config.json, e.g. {dropout: 0.1})."
+                )
+            raise MissingResourceError(
+                f"UNet checkpoint at {folder} is not the config's model: {'; '.join(differ.values())}. {fix}"
+            )
     return config
 
 
 def _architecture(unet_config: dict) -> dict:
     """A resolved UNet config with equivalent spellings made equal: what decides the network's computation."""
-    arch = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in unet_config.items() if not k.startswith("_")}
+    arch = {
+        k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in unet_config.items() if not k.startswith("_")
+    }
     arch.pop("num_train_timesteps", None)  # used by learned time embeddings only, which the UNet does not support
     arch["act_fn"] = "silu" if arch.get("act_fn") == "swish" else arch.get("act_fn")
     arch["time_embedding_dim"] = arch.get("time_embedding_dim") or arch["block_out_channels"][0] * 4
     arch["attn_norm_num_groups"] = arch.get("attn_norm_num_groups") or arch["norm_num_groups"]
     # attention_head_dim None means one head over the block's channels: compare the head sizes actually used
     chans, head = arch["block_out_channels"], arch.pop("attention_head_dim", None)
-    sizes = {"down": [head or ch for ch, kind in zip(chans, arch["down_block_types"]) if kind.startswith("Attn")],
-             "mid": (head or chans[-1]) if arch.get("add_attention", True) else None,
-             "up": [head or ch for ch, kind in zip(reversed(chans), arch["up_block_types"]) if kind.startswith("Attn")]}
+    sizes = {
+        "down": [head or ch for ch, kind in zip(chans, arch["down_block_types"]) if kind.startswith("Attn")],
+        "mid": (head or chans[-1]) if arch.get("add_attention", True) else None,
+        "up": [head or ch for ch, kind in zip(reversed(chans), arch["up_block_types"]) if kind.startswith("Attn")],
+    }
     arch["attention_head_sizes"] = sizes
     return arch
 
@@ -217,7 +240,8 @@ def same_weights(model, folder: str | Path) -> bool:
     saved = load_file(str(path))
     mine = getattr(model, "_orig_mod", model).state_dict()  # torch.compile(model) prefixes its keys
     return saved.keys() == mine.keys() and all(
-        saved[k].dtype == v.dtype and torch.equal(saved[k], v.detach().cpu()) for k, v in mine.items())
+        saved[k].dtype == v.dtype and torch.equal(saved[k], v.detach().cpu()) for k, v in mine.items()
+    )
 
 
 def _convert_with_diffusers(folder: Path):

@@ -2,6 +2,7 @@
 
 The suite's modules are imported inside `run`, by the command that needs them: `validate-config` and `publish` run
 at every workflow start and import no torch; a job imports only its stage's code."""
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,10 @@ def _per_class(args, *flags) -> list[dict]:
     for flag in flags:
         values = getattr(args, flag)
         if len(values) != len(args.forget_class):
-            raise UserError(f"{args.command}: {len(args.forget_class)} --forget-class values but {len(values)} "
-                            f"--{flag}; give one per forget class, in the same order")
+            raise UserError(
+                f"{args.command}: {len(args.forget_class)} --forget-class values but {len(values)} "
+                f"--{flag}; give one per forget class, in the same order"
+            )
         out.append(dict(zip(args.forget_class, values)))
     return out
 
@@ -45,16 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--config", required=True, help="resolved run config (results/<run>/configs/<hash>.yaml)")
         return s
 
-    s = sub.add_parser("publish", help="copy a run's tables into a folder (results/), each checked to be as the "
-                       "aggregate wrote it")
+    s = sub.add_parser(
+        "publish", help="copy a run's tables into a folder (results/), each checked to be as the aggregate wrote it"
+    )
     s.add_argument("files", nargs="+")
     s.add_argument("--to", required=True)
 
     s = sub.add_parser("validate-config", help="validate config files (default.yaml + the given ones)")
     s.add_argument("files", nargs="*")
     s.add_argument("--write", help="write the resolved config here")
-    s.add_argument("--jobs-elsewhere", action="store_true",
-                   help="the jobs run on other machines (an executor profile): skip the check of this one's device")
+    s.add_argument(
+        "--jobs-elsewhere",
+        action="store_true",
+        help="the jobs run on other machines (an executor profile): skip the check of this one's device",
+    )
 
     s = cmd("prepare-data", "load the dataset and write it as uint8 arrays")
     s.add_argument("--out", required=True)
@@ -87,8 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--priors", nargs="*", default=[], metavar="NAME=DIR")
     s.add_argument("--set", nargs="*", default=[], metavar="PARAM=VALUE", help="override method parameters (ablations)")
     s.add_argument("--out", nargs="+", required=True, help="one folder per --seed, in the same order")
-    s.add_argument("--presample", nargs="+", help="also draw the evaluation samples of each unlearned model into "
-                   "these npz, one per --seed (outside RTE); `evaluate --presampled` reuses them when they still match")
+    s.add_argument(
+        "--presample",
+        nargs="+",
+        help="also draw the evaluation samples of each unlearned model into "
+        "these npz, one per --seed (outside RTE); `evaluate --presampled` reuses them when they still match",
+    )
 
     s = cmd("import-model", "adopt an unlearned model made outside the suite (config `imported`) for evaluation")
     s.add_argument("--name", required=True)
@@ -121,8 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", nargs="+", required=True, help="one per forget class, in the same order")
     s.add_argument("--seed", type=int, required=True)
 
-    s = cmd("evaluate", "sample models, then score them from the saved samples (one model per forget class given: "
-                        "the per-class flags take one value per --forget-class, in the same order)")
+    s = cmd(
+        "evaluate",
+        "sample models, then score them from the saved samples (one model per forget class given: "
+        "the per-class flags take one value per --forget-class, in the same order)",
+    )
     for a in ("--data", "--evaluator", "--method", "--variant"):
         s.add_argument(a, required=True)
     for a in ("--model", "--samples", "--reference", "--out"):
@@ -130,16 +144,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cost", nargs="+")
     s.add_argument("--forget-class", type=int, nargs="+", required=True)
     s.add_argument("--seed", type=int, required=True)
-    s.add_argument("--presampled", nargs="+",
-                   help="samples drawn by the unlearning jobs, reused when they match the config")
+    s.add_argument(
+        "--presampled", nargs="+", help="samples drawn by the unlearning jobs, reused when they match the config"
+    )
 
     s = cmd("evaluate-guidance", "sample and score one model at each of several guidance weights (the sweep)")
     for a in ("--model", "--data", "--evaluator", "--method", "--variant"):
         s.add_argument(a, required=True)
     s.add_argument("--cost")
     s.add_argument("--weights", type=float, nargs="+", required=True, metavar="W")
-    s.add_argument("--forget-class", type=int, nargs="+", required=True,
-                   help="the class the model forgot; for the original (variant original) every class it is scored for")
+    s.add_argument(
+        "--forget-class",
+        type=int,
+        nargs="+",
+        required=True,
+        help="the class the model forgot; for the original (variant original) every class it is scored for",
+    )
     s.add_argument("--reference", nargs="+", required=True, help="one per forget class, in the same order")
     s.add_argument("--seed", type=int, required=True)
     s.add_argument("--samples", nargs="+", required=True, help="one npz per weight, in the same order")
@@ -150,8 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument(a, required=True)
     s.add_argument("--records", nargs="+", required=True)
 
-    s = cmd("score-robustness", "the forgotten class of a model's samples under every evaluator, and its distance "
-            "to the real class (one record per forget class)")
+    s = cmd(
+        "score-robustness",
+        "the forgotten class of a model's samples under every evaluator, and its distance "
+        "to the real class (one record per forget class)",
+    )
     for a in ("--data", "--evaluator", "--method"):
         s.add_argument(a, required=True)
     s.add_argument("--extra-evaluators", nargs="*", default=[], metavar="NAME=DIR")
@@ -201,9 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-dir", required=True)
 
     s = cmd("figures", "render figures from aggregated results and saved samples (no model is run)")
-    s.add_argument("--kind", required=True, choices=["summary", "samples", "ablation", "guidance", "finding", "robustness"])
-    s.add_argument("--metrics", help="metrics.csv (summary), ablation.csv (ablation), guidance.csv (guidance), "
-                   "robustness.csv (robustness)")
+    s.add_argument(
+        "--kind", required=True, choices=["summary", "samples", "ablation", "guidance", "finding", "robustness"]
+    )
+    s.add_argument(
+        "--metrics",
+        help="metrics.csv (summary), ablation.csv (ablation), guidance.csv (guidance), robustness.csv (robustness)",
+    )
     s.add_argument("--samples", nargs="*", help="samples npz: the original's first, then one per method")
     s.add_argument("--forget-class", type=int)
     s.add_argument("--out-dir", help="summary: folder of cost.png and per_class.png")
@@ -215,15 +242,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--warmup", type=int, default=3)
     s.add_argument("--methods", nargs="*", default=None, help="default: the config's methods")
     s.add_argument("--config", default=None, help="config whose method params/performance switches to use")
-    s.add_argument("--precision", nargs="*", default=None, help="any of fp32, tf32, bf16 (default: fp32 bf16 on GPU, fp32 on CPU)")
+    s.add_argument(
+        "--precision", nargs="*", default=None, help="any of fp32, tf32, bf16 (default: fp32 bf16 on GPU, fp32 on CPU)"
+    )
     s.add_argument("--out", default=None, help="write the JSON report here")
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="default: the GPU if there is one")
     s.add_argument("--threads", type=int, default=None, help="torch threads (default: the config's)")
-    s.add_argument("--switches", action=argparse.BooleanOptionalAction, default=None,
-                   help="the speed-switch ablation (default: on GPU only)")
-    s.add_argument("--budget-s", type=float, default=None,
-                   help="start no further switch-ablation row after this many seconds "
-                        "(default: $UNLEARNBENCH_BENCHMARK_BUDGET_S, else none)")
+    s.add_argument(
+        "--switches",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the speed-switch ablation (default: on GPU only)",
+    )
+    s.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="start no further switch-ablation row after this many seconds "
+        "(default: $UNLEARNBENCH_BENCHMARK_BUDGET_S, else none)",
+    )
     return p
 
 
@@ -233,39 +270,54 @@ def _presample(config: dict, args, seed: int, out, presample) -> None:
         from .data import ImageData
         from .stages import generate_samples
 
-        generate_samples(config, Path(out) / "unet", presample, seed, args.forget_class,
-                         ImageData.load(args.data).num_classes)
+        generate_samples(
+            config, Path(out) / "unet", presample, seed, args.forget_class, ImageData.load(args.data).num_classes
+        )
 
 
 def _per_seed(args) -> list[tuple[int, str, str | None]]:
     """unlearn's (seed, --out, --presample) triples: one of each per seed."""
     presample = args.presample or [None] * len(args.seed)
     if not (len(args.out) == len(presample) == len(args.seed)):
-        raise UserError(f"unlearn: {len(args.seed)} --seed values need as many --out folders and --presample files "
-                        f"(got {len(args.out)} and {len(args.presample or [])})")
+        raise UserError(
+            f"unlearn: {len(args.seed)} --seed values need as many --out folders and --presample files "
+            f"(got {len(args.out)} and {len(args.presample or [])})"
+        )
     return list(zip(args.seed, args.out, presample))
 
 
 # The record each model-making command writes last: there, the --out folder holds a finished result. The workflow
 # never meets one (Snakemake deletes a job's outputs before redoing it); a command typed by hand would overwrite it.
-FINISHED_RECORD = {"train-base": "train.json", "train-evaluator": "evaluator.json", "prior": "cost.json",
-                   "unlearn": "cost.json", "import-model": "cost.json"}
+FINISHED_RECORD = {
+    "train-base": "train.json",
+    "train-evaluator": "evaluator.json",
+    "prior": "cost.json",
+    "unlearn": "cost.json",
+    "import-model": "cost.json",
+}
 
 
 def _refuse_finished(command: str, out) -> None:
     for folder in out if isinstance(out, list) else [out]:
         record = Path(folder) / FINISHED_RECORD[command] if command in FINISHED_RECORD and folder else None
         if record and record.exists():
-                raise UserError(f"{folder} holds a finished result ({record}): {command} would replace it. Write "
-                            "elsewhere, or delete that folder first (the workflow redoes a job by itself when its "
-                            "inputs change)")
+            raise UserError(
+                f"{folder} holds a finished result ({record}): {command} would replace it. Write "
+                "elsewhere, or delete that folder first (the workflow redoes a job by itself when its "
+                "inputs change)"
+            )
 
 
 # The sample sets (npz) each command writes, by flag. Each has a PNG grid beside it that is no declared output, so
 # Snakemake leaves an old one when it redoes the job; it goes first, lest a failed job leave a picture of the
 # model it replaced.
-SAMPLE_OUTPUTS = {"unlearn": "presample", "import-model": "presample", "sample": "out", "evaluate": "samples",
-                  "evaluate-guidance": "samples"}
+SAMPLE_OUTPUTS = {
+    "unlearn": "presample",
+    "import-model": "presample",
+    "sample": "out",
+    "evaluate": "samples",
+    "evaluate-guidance": "samples",
+}
 
 
 def _drop_stale_grids(command: str, args) -> None:
@@ -282,8 +334,9 @@ def run(args) -> int | None:
         config = load_config(*args.files)
         check_model_folders(config)  # as the Snakefile does, from this folder
         if not args.jobs_elsewhere and (problem := device_problem(config)):  # as a local run does before its jobs
-            raise UserError(f"{problem}; if the jobs run on other machines (an executor profile), check with "
-                            "--jobs-elsewhere")
+            raise UserError(
+                f"{problem}; if the jobs run on other machines (an executor profile), check with --jobs-elsewhere"
+            )
         for note in config_notes(config, args.files):
             print(f"note: {note}", file=sys.stderr)
         if args.write:
@@ -300,9 +353,13 @@ def run(args) -> int | None:
 
         report = bench_main(args)
         if report["errors"]:  # the report keeps the other sections; the exit status must still say it failed
-            print(f"error: benchmark: {len(report['errors'])} section(s) failed: "
-                  + "; ".join(e["section"] for e in report["errors"]) + " (tracebacks above; the report keeps "
-                  "every other section)", file=sys.stderr)
+            print(
+                f"error: benchmark: {len(report['errors'])} section(s) failed: "
+                + "; ".join(e["section"] for e in report["errors"])
+                + " (tracebacks above; the report keeps "
+                "every other section)",
+                file=sys.stderr,
+            )
             return 1
         return
     from . import stages
@@ -320,12 +377,29 @@ def run(args) -> int | None:
     elif c == "train-evaluator":
         stages.train_evaluator(config, args.data, args.out)
     elif c == "prior":
-        stages.run_prior(config, args.method, args.prior, args.data, args.original, args.out, args.forget_class,
-                         _pairs(args.requires))
+        stages.run_prior(
+            config,
+            args.method,
+            args.prior,
+            args.data,
+            args.original,
+            args.out,
+            args.forget_class,
+            _pairs(args.requires),
+        )
     elif c == "unlearn":
         for seed, out, presample in _per_seed(args):
-            stages.run_unlearning(config, args.method, args.forget_class, seed, args.data, args.original, out,
-                                  _pairs(args.priors), stages.parse_overrides(args.set))
+            stages.run_unlearning(
+                config,
+                args.method,
+                args.forget_class,
+                seed,
+                args.data,
+                args.original,
+                out,
+                _pairs(args.priors),
+                stages.parse_overrides(args.set),
+            )
             _presample(config, args, seed, out, presample)
     elif c == "import-model":
         stages.import_model(config, args.name, args.forget_class, args.seed, args.data, args.original, args.out)
@@ -333,33 +407,73 @@ def run(args) -> int | None:
     elif c == "sample":
         from .data import ImageData
 
-        stages.generate_samples(config, args.model, args.out, args.seed, args.forget_class,
-                                ImageData.load(args.data).num_classes)
+        stages.generate_samples(
+            config, args.model, args.out, args.seed, args.forget_class, ImageData.load(args.data).num_classes
+        )
     elif c == "fid-reference":
         stages.write_fid_references(config, args.data, args.evaluator, *_per_class(args, "out"))
     elif c == "score":
         references, outs = _per_class(args, "reference", "out")
-        stages.score_classes(config, args.samples, args.evaluator, references, args.seed, args.method, args.variant,
-                             args.cost, outs, args.config)
+        stages.score_classes(
+            config,
+            args.samples,
+            args.evaluator,
+            references,
+            args.seed,
+            args.method,
+            args.variant,
+            args.cost,
+            outs,
+            args.config,
+        )
     elif c == "evaluate":  # several models in one process: the imports and the evaluator are loaded once
         flags = ["model", "samples", "reference", "out"] + [f for f in ("cost", "presampled") if getattr(args, f)]
         per_class = dict(zip(flags, _per_class(args, *flags)))
         for forget_class in args.forget_class:
-            value = {flag: per_class[flag][forget_class] if flag in per_class else None
-                     for flag in ("model", "samples", "reference", "out", "cost", "presampled")}
-            stages.evaluate_model(config, value["model"], args.data, value["samples"], args.evaluator,
-                                  value["reference"], forget_class, args.seed, args.method, args.variant, value["cost"],
-                                  value["out"], args.config, value["presampled"])
+            value = {
+                flag: per_class[flag][forget_class] if flag in per_class else None
+                for flag in ("model", "samples", "reference", "out", "cost", "presampled")
+            }
+            stages.evaluate_model(
+                config,
+                value["model"],
+                args.data,
+                value["samples"],
+                args.evaluator,
+                value["reference"],
+                forget_class,
+                args.seed,
+                args.method,
+                args.variant,
+                value["cost"],
+                value["out"],
+                args.config,
+                value["presampled"],
+            )
     elif c == "evaluate-guidance":
         (references,) = _per_class(args, "reference")
-        stages.evaluate_at_weights(config, args.weights, args.model, args.data, args.evaluator, references, args.seed,
-                                   args.method, args.variant, args.cost, args.samples, args.out, args.config)
+        stages.evaluate_at_weights(
+            config,
+            args.weights,
+            args.model,
+            args.data,
+            args.evaluator,
+            references,
+            args.seed,
+            args.method,
+            args.variant,
+            args.cost,
+            args.samples,
+            args.out,
+            args.config,
+        )
     elif c == "score-robustness":
         if len(args.samples) == 1:  # the original's one sample set serves every class
             args.samples = args.samples * len(args.forget_class)
         samples, outs = _per_class(args, "samples", "out")
-        stages.score_robustness(config, args.data, args.evaluator, _pairs(args.extra_evaluators), samples, args.seed,
-                                args.method, outs)
+        stages.score_robustness(
+            config, args.data, args.evaluator, _pairs(args.extra_evaluators), samples, args.seed, args.method, outs
+        )
     elif c == "attack":
         models, outs = _per_class(args, "model", "out")
         stages.attack_models(config, args.data, args.evaluator, args.noise_aware, models, args.seed, args.method, outs)
@@ -374,8 +488,9 @@ def run(args) -> int | None:
 
         report.aggregate_finding(config, args.records, args.norms, args.out_dir)
     elif c == "summarize-original":
-        stages.summarize_original(config, args.samples, args.evaluator, args.records,
-                                  str(Path(args.evaluator) / "evaluator.json"), args.out)
+        stages.summarize_original(
+            config, args.samples, args.evaluator, args.records, str(Path(args.evaluator) / "evaluator.json"), args.out
+        )
     elif c in ("aggregate", "aggregate-ablation", "aggregate-guidance"):
         from . import report
 
@@ -388,8 +503,15 @@ def run(args) -> int | None:
         if kept:
             print(f"tables kept in {kept}")
     elif c == "figures":
-        stages.render_figures(config, args.kind, metrics=args.metrics, samples=args.samples,
-                              forget_class=args.forget_class, out_dir=args.out_dir, out=args.out)
+        stages.render_figures(
+            config,
+            args.kind,
+            metrics=args.metrics,
+            samples=args.samples,
+            forget_class=args.forget_class,
+            out_dir=args.out_dir,
+            out=args.out,
+        )
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,5 @@
 """Load, merge and validate run configs; every input error names the key, the bad value and what is allowed."""
+
 from __future__ import annotations
 
 import copy
@@ -11,7 +12,15 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError, did_you_mean
-from .method_api import NAME_PATTERN, REFERENCE_MODELS, REFERENCE_ROLES, available_methods, check_labels, load_method, param_schema
+from .method_api import (
+    NAME_PATTERN,
+    REFERENCE_MODELS,
+    REFERENCE_ROLES,
+    available_methods,
+    check_labels,
+    load_method,
+    param_schema,
+)
 from .schema import NUMBER_TYPES, coerce, key_path, schema_problems, types_of
 from .settings import ModelSettings, ScaleSettings
 
@@ -52,16 +61,18 @@ class _Loader(yaml.SafeLoader):
             key = self.construct_object(key_node)
             if key in first_line:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} is given twice (first on line {first_line[key]}); keep one",
-                    key_node.start_mark)
+                    None,
+                    None,
+                    f"key {key!r} is given twice (first on line {first_line[key]}); keep one",
+                    key_node.start_mark,
+                )
             first_line[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
 
 
 def parse_yaml(text: str):
@@ -82,9 +93,11 @@ def read_yaml(path: str | Path) -> dict:
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not a text file; pass a YAML config") from None
     if data is None:  # as Snakemake refuses it, so that validate-config agrees with the workflow
-        raise ConfigError(f"config file {path} is empty (or only comments), which Snakemake refuses ('Config file "
-                          "must be given as JSON or YAML with keys at top level'): put at least one key in it, or "
-                          "leave the file out")
+        raise ConfigError(
+            f"config file {path} is empty (or only comments), which Snakemake refuses ('Config file "
+            "must be given as JSON or YAML with keys at top level'): put at least one key in it, or "
+            "leave the file out"
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values")
     return data
@@ -136,14 +149,19 @@ def _check_methods(config: dict, methods_dir) -> tuple[dict, list[str]]:
             problems.append(str(exc))
         from matplotlib.colors import is_color_like  # here, not when a job loads a method: 0.1 s
 
-        problems += [f"method file methods/{name}.py: COLOR = {modules[name].COLOR!r} is not a matplotlib colour "
-                     "(e.g. \"tab:blue\" or \"#1f77b4\")" for name in config["methods"]
-                     if modules[name].COLOR is not None and not is_color_like(modules[name].COLOR)]
+        problems += [
+            f"method file methods/{name}.py: COLOR = {modules[name].COLOR!r} is not a matplotlib colour "
+            '(e.g. "tab:blue" or "#1f77b4")'
+            for name in config["methods"]
+            if modules[name].COLOR is not None and not is_color_like(modules[name].COLOR)
+        ]
     problems += _imported_problems(config, known)
     reference = config.get("reference_method")
     if reference is not None and reference not in known and reference not in (config.get("imported") or {}):
-        problems.append(f"'reference_method' = {reference!r} is not a method; {allowed}, or null for no reference"
-                        f"{did_you_mean([reference], named)}")
+        problems.append(
+            f"'reference_method' = {reference!r} is not a method; {allowed}, or null for no reference"
+            f"{did_you_mean([reference], named)}"
+        )
     params = dict(config.get("method_params") or {})
     for name, given in params.items():
         if name not in known:  # a typo here would silently leave the method at its defaults
@@ -183,15 +201,19 @@ def _finding_checked(config: dict, known, loaded, allowed: str) -> tuple[dict, l
     schemas = param_schema(module)
     points = []
     for i, point in enumerate(study["points"]):
-        (param, value), = point.items()
+        ((param, value),) = point.items()
         where = f"'finding.points[{i}]'"
         if param not in module.DEFAULTS:
-            problems.append(f"{where} changes {param!r}, not a parameter of {study['method']}; allowed: "
-                            f"{_param_names(module.DEFAULTS)}{did_you_mean([param], module.DEFAULTS)}")
+            problems.append(
+                f"{where} changes {param!r}, not a parameter of {study['method']}; allowed: "
+                f"{_param_names(module.DEFAULTS)}{did_you_mean([param], module.DEFAULTS)}"
+            )
             continue
         if readers := _prior_readers(module, param):
-            problems.append(f"{where} changes {param!r}, which prior(s) {', '.join(readers)} of {study['method']} "
-                            "read, made once with the main value: vary a parameter that only unlearn() reads")
+            problems.append(
+                f"{where} changes {param!r}, which prior(s) {', '.join(readers)} of {study['method']} "
+                "read, made once with the main value: vary a parameter that only unlearn() reads"
+            )
             continue
         value = coerce(value, schemas[param])
         points.append({param: value})
@@ -211,32 +233,42 @@ def _ablation_checked(config: dict, known, loaded, allowed: str) -> tuple[dict, 
         return config, []
     param = abl.get("param")
     if param not in module.DEFAULTS:
-        return config, [f"'ablation.param' = {param!r} is not a parameter of {abl['method']}; "
-                        f"allowed: {_param_names(module.DEFAULTS)}"]
+        return config, [
+            f"'ablation.param' = {param!r} is not a parameter of {abl['method']}; "
+            f"allowed: {_param_names(module.DEFAULTS)}"
+        ]
     if readers := _prior_readers(module, param):
         # Priors are made once per method (per class), for its main params: ablation runs reuse them.
-        return config, [f"'ablation.param' = {param!r} is read by prior(s) {', '.join(readers)} of "
-                        f"{abl['method']}, which are made once with the main value, not per ablation value: "
-                        "ablate a parameter that only unlearn() reads (a prior declares what it reads with "
-                        "Prior(..., params=...))"]
+        return config, [
+            f"'ablation.param' = {param!r} is read by prior(s) {', '.join(readers)} of "
+            f"{abl['method']}, which are made once with the main value, not per ablation value: "
+            "ablate a parameter that only unlearn() reads (a prior declares what it reads with "
+            "Prior(..., params=...))"
+        ]
     schemas = param_schema(module)
     kinds = {name: sorted(types_of(item) & NUMBER_TYPES) for name, item in schemas.items()}
     if not kinds[param]:
-        return config, [f"'ablation.param' = {param!r} is not a number parameter of {abl['method']}: the "
-                        "ablation figure plots the metrics against a number; allowed: "
-                        f"{', '.join(sorted(name for name, kind in kinds.items() if kind))}"]
+        return config, [
+            f"'ablation.param' = {param!r} is not a number parameter of {abl['method']}: the "
+            "ablation figure plots the metrics against a number; allowed: "
+            f"{', '.join(sorted(name for name, kind in kinds.items() if kind))}"
+        ]
     try:
         main = method_params(config, abl["method"], module)[param]
     except ConfigError:  # an unknown key there: listed already
         return config, []
     if main is None:  # the main run is the curve's point at its own value, so that value must be a number
-        return config, [f"'ablation.param' = {param!r} is null in {abl['method']}'s main runs (what null means "
-                        "is not a point on the figure's axis): set a number for it under "
-                        f"method_params.{abl['method']}.{param}, or ablate another parameter"]
+        return config, [
+            f"'ablation.param' = {param!r} is null in {abl['method']}'s main runs (what null means "
+            "is not a point on the figure's axis): set a number for it under "
+            f"method_params.{abl['method']}.{param}, or ablate another parameter"
+        ]
     item = {**schemas[param], "type": kinds[param]}  # less null (grad_clip's)
     values = [coerce(v, item) for v in abl.get("values") or []]
-    return ({**config, "ablation": {**abl, "values": values}},
-            schema_problems({"type": "array", "items": item}, values, ("ablation", "values")))
+    return (
+        {**config, "ablation": {**abl, "values": values}},
+        schema_problems({"type": "array", "items": item}, values, ("ablation", "values")),
+    )
 
 
 def _param_names(defaults: dict) -> str:
@@ -255,8 +287,10 @@ def checked_params(module, given: dict, where: tuple) -> tuple[dict, list[str]]:
     problems = []
     unknown = sorted(set(given) - set(module.DEFAULTS))
     if unknown:
-        problems.append(f"unknown key(s) {', '.join(unknown)} under '{key_path(list(where))}'; "
-                        f"allowed: {_param_names(module.DEFAULTS)}{did_you_mean(unknown, module.DEFAULTS)}")
+        problems.append(
+            f"unknown key(s) {', '.join(unknown)} under '{key_path(list(where))}'; "
+            f"allowed: {_param_names(module.DEFAULTS)}{did_you_mean(unknown, module.DEFAULTS)}"
+        )
     schema = {"type": "object", "properties": param_schema(module)}
     known = coerce({k: v for k, v in given.items() if k in module.DEFAULTS}, schema)
     return known, problems + schema_problems(schema, known, where)
@@ -269,14 +303,18 @@ def imported_model_dir(config: dict, name: str, forget_class: int, seed: int) ->
 
 def imported_cells(config: dict) -> list[tuple[str, int, int]]:
     """(name, forget class, seed) of every imported model the run scores."""
-    return [(name, c, s) for name in config.get("imported") or {} for c in config["forget_classes"] for s in config["seeds"]]
+    return [
+        (name, c, s) for name in config.get("imported") or {} for c in config["forget_classes"] for s in config["seeds"]
+    ]
 
 
 def imported_architecture_fix(name: str) -> str:
     """What to do about an imported model that is not the config's model (not: describe it in the model section)."""
-    return (f"An imported model is unlearned from this run's original model, so it has that model's architecture: "
-            f"point 'imported.{name}' to models unlearned from it (the model section describes the original; "
-            "changing it retrains the original and every method)")
+    return (
+        f"An imported model is unlearned from this run's original model, so it has that model's architecture: "
+        f"point 'imported.{name}' to models unlearned from it (the model section describes the original; "
+        "changing it retrains the original and every method)"
+    )
 
 
 IMPORTED_FIELDS = ("forget_class", "seed")
@@ -288,21 +326,29 @@ def _imported_problems(config: dict, known_methods) -> list[str]:
         where = f"'imported.{name}' = {pattern!r}"
         if name in known_methods or name in REFERENCE_MODELS:  # its rows would be mistaken for the suite's own
             taken = REFERENCE_ROLES.get(name, "a method file")
-            problems.append(f"'imported.{name}': {name!r} is the name of {taken}; give the imported models another "
-                            f"name (e.g. {name}_imported)")
+            problems.append(
+                f"'imported.{name}': {name!r} is the name of {taken}; give the imported models another "
+                f"name (e.g. {name}_imported)"
+            )
         try:
             fields = {field for _, field, _, _ in string.Formatter().parse(pattern) if field is not None}
         except ValueError as exc:
-            problems.append(f"{where} is not a folder pattern ({exc}); write {{forget_class}} where the class goes "
-                            "and double any other brace")
+            problems.append(
+                f"{where} is not a folder pattern ({exc}); write {{forget_class}} where the class goes "
+                "and double any other brace"
+            )
             continue
         if "forget_class" not in fields:  # one folder for every class cannot be a model that forgot one
-            problems.append(f"{where} lacks {{forget_class}}: a model forgets one class, so each class has its own "
-                            "folder, e.g. my_models/class{forget_class}/unet")
+            problems.append(
+                f"{where} lacks {{forget_class}}: a model forgets one class, so each class has its own "
+                "folder, e.g. my_models/class{forget_class}/unet"
+            )
         unknown = sorted(fields - set(IMPORTED_FIELDS))
         if unknown:
-            problems.append(f"{where} has unknown field(s) {', '.join('{' + f + '}' for f in unknown)}; allowed: "
-                            "{forget_class}, {seed}")
+            problems.append(
+                f"{where} has unknown field(s) {', '.join('{' + f + '}' for f in unknown)}; allowed: "
+                "{forget_class}, {seed}"
+            )
     return problems
 
 
@@ -311,20 +357,28 @@ def _cross_checks(config: dict) -> list[str]:
     n_classes = NUM_CLASSES[config["dataset"]]
     for i, c in enumerate(config["forget_classes"]):
         if c >= n_classes:
-            problems.append(f"'forget_classes[{i}]' = {c} is out of range; allowed: 0..{n_classes - 1} for {config['dataset']}")
+            problems.append(
+                f"'forget_classes[{i}]' = {c} is out of range; allowed: 0..{n_classes - 1} for {config['dataset']}"
+            )
     abl = config.get("ablation")
     if abl and abl.get("forget_class", 0) >= n_classes:
         problems.append(f"'ablation.forget_class' = {abl['forget_class']} is out of range 0..{n_classes - 1}")
     d = config["diffusion"]
     if d["beta_start"] >= d["beta_end"]:
-        problems.append(f"'diffusion.beta_start' = {d['beta_start']} must be below 'diffusion.beta_end' = {d['beta_end']}")
+        problems.append(
+            f"'diffusion.beta_start' = {d['beta_start']} must be below 'diffusion.beta_end' = {d['beta_end']}"
+        )
     if config["sampler"]["steps"] > d["timesteps"]:
-        problems.append(f"'sampler.steps' = {config['sampler']['steps']} exceeds 'diffusion.timesteps' = {d['timesteps']}")
+        problems.append(
+            f"'sampler.steps' = {config['sampler']['steps']} exceeds 'diffusion.timesteps' = {d['timesteps']}"
+        )
     bound = DATASET_IMAGES[config["dataset"]]
     for key, value in size_settings(config):
         if re.search(r"batch(_size)?$", key) and value > bound:
-            problems.append(f"'{key}' = {value:,} exceeds the {bound:,} images of {config['dataset']}: no batch "
-                            "needs more images than the dataset has; lower it")
+            problems.append(
+                f"'{key}' = {value:,} exceeds the {bound:,} images of {config['dataset']}: no batch "
+                "needs more images than the dataset has; lower it"
+            )
     return problems + _robustness_problems(config) + _model_problems(config)
 
 
@@ -332,12 +386,18 @@ def _robustness_problems(config: dict) -> list[str]:
     robust = config.get("robustness")
     if not robust:
         return []
-    problems = [f"'robustness.attacks.seeds' has {s}, which is not one of 'seeds' {config['seeds']}: only the models "
-                "of the run's seeds exist to attack" for s in robust["attacks"]["seeds"] if s not in config["seeds"]]
+    problems = [
+        f"'robustness.attacks.seeds' has {s}, which is not one of 'seeds' {config['seeds']}: only the models "
+        "of the run's seeds exist to attack"
+        for s in robust["attacks"]["seeds"]
+        if s not in config["seeds"]
+    ]
     no_class = [name for name, spec in robust["evaluators"].items() if spec.get("no_class_images")]
     if len(no_class) > 1:
-        problems.append(f"robustness.evaluators {', '.join(no_class)} all have 'no_class_images': the attacks score "
-                        "with one noise-aware evaluator; keep it on one")
+        problems.append(
+            f"robustness.evaluators {', '.join(no_class)} all have 'no_class_images': the attacks score "
+            "with one noise-aware evaluator; keep it on one"
+        )
     return problems
 
 
@@ -356,7 +416,6 @@ def size_settings(config: dict, method: str | None = None) -> list[tuple[str, in
 
     walk({k: v for k, v in config.items() if k != "method_params"}, "")
     if method is not None:
-
         walk({method: method_params(config, method, load_method(method))}, "method_params.")
     else:
         walk({"method_params": config.get("method_params") or {}}, "")
@@ -376,21 +435,30 @@ def _model_problems(config: dict) -> list[str]:
     try:
         unet = unet_expectations(ModelSettings.parse(config["model"]), NUM_CLASSES[dataset])
     except (ValueError, TypeError) as exc:
-        return [f"'model.overrides' = {json.dumps(overrides)}: {exc}; its keys and values are those of diffusers' "
-                "UNet2DModel (a saved model's config.json), e.g. {dropout: 0.1}"]
+        return [
+            f"'model.overrides' = {json.dumps(overrides)}: {exc}; its keys and values are those of diffusers' "
+            "UNet2DModel (a saved model's config.json), e.g. {dropout: 0.1}"
+        ]
     c, h, w = IMAGE_SHAPES[dataset]
     want = {"in_channels": c, "out_channels": c, "sample_size": h}
     differ = [f"{key} {unet[key]!r} (needs {value})" for key, value in want.items() if unet[key] != value]
     if differ:
         fits = [name for name, p in UNET_PRESETS.items() if all(p[key] == value for key, value in want.items())]
-        fix = (f"correct or remove {', '.join(k for k in want if k in overrides)} in 'model.overrides'"
-               if model["preset"] in fits else f"use 'model.preset' {' or '.join(repr(f) for f in fits)} for "
-               f"{dataset}, or set {', '.join(want)} in 'model.overrides'")
-        return [f"{where} makes a UNet with {', '.join(differ)}, not one for the {c}x{h}x{w} images of {dataset}; {fix}"]
+        fix = (
+            f"correct or remove {', '.join(k for k in want if k in overrides)} in 'model.overrides'"
+            if model["preset"] in fits
+            else f"use 'model.preset' {' or '.join(repr(f) for f in fits)} for "
+            f"{dataset}, or set {', '.join(want)} in 'model.overrides'"
+        )
+        return [
+            f"{where} makes a UNet with {', '.join(differ)}, not one for the {c}x{h}x{w} images of {dataset}; {fix}"
+        ]
     problem = unet_build_problem(unet, (c, h, w))
     if problem:
-        return [f"{where} does not make a UNet that runs on the {c}x{h}x{w} images of {dataset} ({problem}); change "
-                "'model.overrides'"]
+        return [
+            f"{where} does not make a UNet that runs on the {c}x{h}x{w} images of {dataset} ({problem}); change "
+            "'model.overrides'"
+        ]
     return []
 
 
@@ -431,9 +499,18 @@ def method_params(config: dict, name: str, module, overrides: dict | None = None
     given = (config.get("method_params") or {}).get(name) or {}
     unknown = sorted(set(given) - set(module.DEFAULTS))
     if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(unknown)} under 'method_params.{name}'; "
-                          f"allowed: {_param_names(module.DEFAULTS)}{did_you_mean(unknown, module.DEFAULTS)}")
-    params, origins = resolve_params(module.PUBLISHED_DEFAULTS, module.SCALED, given, overrides or {},
-                                     ScaleSettings.parse(config.get("scale")), IMAGE_SHAPES[config["dataset"]],
-                                     config["diffusion"]["loss_reduction"], variant=module.VARIANT_CHANGES)
+        raise ConfigError(
+            f"unknown key(s) {', '.join(unknown)} under 'method_params.{name}'; "
+            f"allowed: {_param_names(module.DEFAULTS)}{did_you_mean(unknown, module.DEFAULTS)}"
+        )
+    params, origins = resolve_params(
+        module.PUBLISHED_DEFAULTS,
+        module.SCALED,
+        given,
+        overrides or {},
+        ScaleSettings.parse(config.get("scale")),
+        IMAGE_SHAPES[config["dataset"]],
+        config["diffusion"]["loss_reduction"],
+        variant=module.VARIANT_CHANGES,
+    )
     return (params, origins) if with_origins else params

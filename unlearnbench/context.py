@@ -2,6 +2,7 @@
 helpers a loop needs), and the views that let a stage read only what it declared (method_api.py: SECTIONS, a
 prior's params and sections), so that a cached result never depends on what its fingerprint does not hold.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -29,8 +30,10 @@ class _DeclaredView(dict):
         self._kind, self._where, self._how = kind, where, how
 
     def _refuse(self, key):
-        raise UndeclaredError(f"{self._where} reads {self._kind} {key!r}, which it does not declare; declare it "
-                              f"with {self._how} so that changing it reruns this stage")
+        raise UndeclaredError(
+            f"{self._where} reads {self._kind} {key!r}, which it does not declare; declare it "
+            f"with {self._how} so that changing it reruns this stage"
+        )
 
     def __missing__(self, key):
         if key in self._hidden:
@@ -58,15 +61,19 @@ class DeclaredSections(_DeclaredView):
         if key not in RUN_SCOPE_KEYS:
             super()._refuse(key)
         instead = RUN_SCOPE_KEYS[key]
-        raise UndeclaredError(f"{self._where} reads config key {key!r}, which describes the whole run, not this "
-                              "stage (its result would not rerun when it changes)" + (f"; use {instead}" if instead else ""))
+        raise UndeclaredError(
+            f"{self._where} reads config key {key!r}, which describes the whole run, not this "
+            "stage (its result would not rerun when it changes)" + (f"; use {instead}" if instead else "")
+        )
 
 
 def _unknown_param(method: str, key, known) -> UndeclaredError:
     close = did_you_mean([key], known)[2:]  # "did you mean x?" or ""
     fix = f"{close} (else add it to DEFAULTS in its method file)" if close else "add it to DEFAULTS in its method file"
-    return UndeclaredError(f"method {method!r} reads param {key!r}, which is not one of its params "
-                           f"({', '.join(sorted(known)) or 'none'}): {fix}")
+    return UndeclaredError(
+        f"method {method!r} reads param {key!r}, which is not one of its params "
+        f"({', '.join(sorted(known)) or 'none'}): {fix}"
+    )
 
 
 class MethodParams(dict):
@@ -84,8 +91,13 @@ class DeclaredParams(_DeclaredView):
     """A prior's view of its method's params: only those it declared."""
 
     def __init__(self, params: dict, prior: Prior, method: str):
-        super().__init__(params, [k for k in params if k not in prior.params], "param",
-                         f"prior {prior.name!r} of method {method!r}", "Prior(..., params=...)")
+        super().__init__(
+            params,
+            [k for k in params if k not in prior.params],
+            "param",
+            f"prior {prior.name!r} of method {method!r}",
+            "Prior(..., params=...)",
+        )
         self._method = method
 
     def _absent(self, key) -> KeyError:
@@ -96,9 +108,11 @@ class _Priors(dict):
     """prior name -> folder; a name the stage did not require is an error that says how to require it."""
 
     def __missing__(self, key):
-        raise UndeclaredError(f"ctx.priors[{key!r}]: this stage did not require prior {key!r}; list it in "
-                              f"Prior(..., requires=(...)) of the prior that reads it (unlearn() gets every prior of "
-                              f"its method; it has {sorted(self) or 'none'})")
+        raise UndeclaredError(
+            f"ctx.priors[{key!r}]: this stage did not require prior {key!r}; list it in "
+            f"Prior(..., requires=(...)) of the prior that reads it (unlearn() gets every prior of "
+            f"its method; it has {sorted(self) or 'none'})"
+        )
 
 
 @dataclass
@@ -155,7 +169,9 @@ class RunContext:
         self._streams.append(stream)
         return stream
 
-    def run_steps(self, steps: int, step_fn, *, desc: str, checkpoint_every: int = 0, modules: dict | None = None) -> None:
+    def run_steps(
+        self, steps: int, step_fn, *, desc: str, checkpoint_every: int = 0, modules: dict | None = None
+    ) -> None:
         """Run step_fn(i) for i < steps inside the RTE timer.
 
         With checkpoint_every, the state of `modules` (models, optimizers: anything with state_dict), the
@@ -165,13 +181,17 @@ class RunContext:
         """
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             # Zero steps would pass the original model off as an unlearned one.
-            raise UserError(f"{desc}: the number of steps must be a whole number >= 1; got {steps!r} (a param? "
-                            "give it a PARAM_SCHEMA entry such as {'type': 'integer', 'minimum': 1} in the method "
-                            "file, and a config is checked before any job runs)")
+            raise UserError(
+                f"{desc}: the number of steps must be a whole number >= 1; got {steps!r} (a param? "
+                "give it a PARAM_SCHEMA entry such as {'type': 'integer', 'minimum': 1} in the method "
+                "file, and a config is checked before any job runs)"
+            )
         if checkpoint_every and not modules:
             # A resumed run would restore its step count and generators onto freshly loaded weights.
-            raise UserError(f"{desc}: checkpoint_every needs modules={{name: object}} with every model and optimizer "
-                            "the loop changes (their state_dict is what a resumed run restores)")
+            raise UserError(
+                f"{desc}: checkpoint_every needs modules={{name: object}} with every model and optimizer "
+                "the loop changes (their state_dict is what a resumed run restores)"
+            )
 
         def finite(step):
             for name, module in (modules or {}).items():
@@ -179,17 +199,28 @@ class RunContext:
                     require_finite(module, f"{desc} diverged by step {step} ({name})", self.diverged_hint)
 
         resumable = bool(checkpoint_every and self.state_path)
-        resumable_steps(steps, step_fn, desc=desc, meter=self.meter, every=checkpoint_every if resumable else 0,
-                        state_path=self.state_path, state_key=f"{self.state_key}|{desc}|steps={steps}",
-                        modules=modules, generator=self.generator, streams=self._streams, before_save=finite)
+        resumable_steps(
+            steps,
+            step_fn,
+            desc=desc,
+            meter=self.meter,
+            every=checkpoint_every if resumable else 0,
+            state_path=self.state_path,
+            state_key=f"{self.state_key}|{desc}|steps={steps}",
+            modules=modules,
+            generator=self.generator,
+            streams=self._streams,
+            before_save=finite,
+        )
         if resumable and self.state_path.exists():
             self.state_path.unlink()
 
     def epsilon_loss(self, model, x0: torch.Tensor, labels: torch.Tensor, **kwargs) -> torch.Tensor:
         """The standard DDPM loss (diffusion.epsilon_loss) with this run's schedule, loss reduction and seeded
         generator; kwargs as there (cond_dropout, timesteps, noise, per_sample)."""
-        return epsilon_loss(model, self.schedule, x0, labels, reduction=self.reduction, generator=self.generator,
-                            **kwargs)
+        return epsilon_loss(
+            model, self.schedule, x0, labels, reduction=self.reduction, generator=self.generator, **kwargs
+        )
 
     def remaining_classes(self) -> list[int]:
         return [c for c in range(self.num_classes) if c != self.forget_class]
@@ -201,8 +232,16 @@ class RunContext:
         """Images of `labels` from `model` with the evaluation sampler (config `sampler`, which the method must
         declare in SECTIONS: its result depends on it), this run's schedule and precision; `overrides` as
         diffusion.sample's keywords (progress, steps)."""
-        return sample_as_configured(model, SamplerSettings.parse(self.config["sampler"]), self.schedule, labels,
-                                    generator, self.device, performance=self.runtime.performance, **overrides)
+        return sample_as_configured(
+            model,
+            SamplerSettings.parse(self.config["sampler"]),
+            self.schedule,
+            labels,
+            generator,
+            self.device,
+            performance=self.runtime.performance,
+            **overrides,
+        )
 
     def progress(self, iterable, desc: str):
         return progress(iterable, desc)

@@ -74,13 +74,20 @@ class CostMeter:
     torch, which is how the NVML paths are tested on machines without a GPU.
     """
 
-    def __init__(self, device: str | torch.device, sample_interval_s: float = 0.02, *,
-                 nvml: Any = None, gpu_index: int | None = None):
+    def __init__(
+        self,
+        device: str | torch.device,
+        sample_interval_s: float = 0.02,
+        *,
+        nvml: Any = None,
+        gpu_index: int | None = None,
+    ):
         device = torch.device(device)
         if device.type == "cuda":
             if not torch.cuda.is_available():
-                raise UserError(f"device {device} requested but torch sees no CUDA device; "
-                                "use device: cpu or run on a GPU node")
+                raise UserError(
+                    f"device {device} requested but torch sees no CUDA device; use device: cpu or run on a GPU node"
+                )
             if device.index is None:
                 device = torch.device("cuda", torch.cuda.current_device())
         self.device = device
@@ -129,8 +136,10 @@ class CostMeter:
         self._ru_exit = _ru_maxrss_bytes()
         if self._is_cuda:
             torch.cuda.synchronize(self.device)
-            self._torch_peaks = (torch.cuda.max_memory_allocated(self.device),
-                                 torch.cuda.max_memory_reserved(self.device))
+            self._torch_peaks = (
+                torch.cuda.max_memory_allocated(self.device),
+                torch.cuda.max_memory_reserved(self.device),
+            )
         self._handle = None
         if self._nvml_open:
             self._nvml_open = False
@@ -205,8 +214,11 @@ class CostMeter:
             processes = nvml.nvmlDeviceGetComputeRunningProcesses(handle)
         except Exception:  # not supported (e.g. MIG): use the device figure
             processes = []
-        own = [p.usedGpuMemory for p in processes if p.pid == os.getpid()
-               and p.usedGpuMemory is not None and p.usedGpuMemory != _NOT_AVAILABLE]
+        own = [
+            p.usedGpuMemory
+            for p in processes
+            if p.pid == os.getpid() and p.usedGpuMemory is not None and p.usedGpuMemory != _NOT_AVAILABLE
+        ]
         if own:
             self._process_peak = max(self._process_peak or 0, sum(own))
         else:

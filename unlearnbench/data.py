@@ -1,4 +1,5 @@
 """Datasets as uint8 arrays (N, C, H, W): scikit-learn's digits (embedded) and CIFAR-10 (official python format)."""
+
 from __future__ import annotations
 
 import pickle
@@ -43,15 +44,18 @@ class ImageData:
     def load(cls, path: str | Path) -> "ImageData":
         path = Path(path)
         if not path.exists():
-            raise MissingResourceError(f"prepared data {path} is missing: run the workflow's prepare_data step "
-                                       f"(snakemake {path}) first")
+            raise MissingResourceError(
+                f"prepared data {path} is missing: run the workflow's prepare_data step (snakemake {path}) first"
+            )
         try:
             with np.load(path) as f:
                 return cls(f["train_x"], f["train_y"].astype(np.int64), f["test_x"], f["test_y"].astype(np.int64))
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-            raise MissingResourceError(f"prepared data {path} cannot be read ({type(exc).__name__}: {exc}): it is "
-                                       f"not, or no longer, a file prepare_data wrote. Delete it and rerun: the "
-                                       f"workflow's prepare_data step remakes it") from None
+            raise MissingResourceError(
+                f"prepared data {path} cannot be read ({type(exc).__name__}: {exc}): it is "
+                f"not, or no longer, a file prepare_data wrote. Delete it and rerun: the "
+                f"workflow's prepare_data step remakes it"
+            ) from None
 
 
 def to_float(x_uint8: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -68,8 +72,10 @@ def to_uint8(x: torch.Tensor | np.ndarray) -> np.ndarray:
     x = torch.as_tensor(x).detach().float().cpu()
     if not torch.isfinite(x).all():
         bad = int((~torch.isfinite(x)).sum())
-        raise DivergedError(f"generated images hold {bad:,} NaN or inf values of {x.numel():,}: the model's weights "
-                            "or the sampler diverged (with 'performance.bf16' on, try it off); nothing was saved")
+        raise DivergedError(
+            f"generated images hold {bad:,} NaN or inf values of {x.numel():,}: the model's weights "
+            "or the sampler diverged (with 'performance.bf16' on, try it off); nothing was saved"
+        )
     return ((x + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
@@ -81,8 +87,9 @@ def load_digits(test_fraction: float = 0.2, split_seed: int = 0) -> ImageData:
     bunch = sk_load_digits()
     images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # (N, 1, 8, 8)
     labels = bunch.target.astype(np.int64)
-    tr_x, te_x, tr_y, te_y = train_test_split(images, labels, test_size=test_fraction,
-                                              random_state=split_seed, stratify=labels)
+    tr_x, te_x, tr_y, te_y = train_test_split(
+        images, labels, test_size=test_fraction, random_state=split_seed, stratify=labels
+    )
     return ImageData(tr_x, tr_y, te_x, te_y)
 
 
@@ -94,18 +101,21 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _missing_cifar_message(root: Path, reason: str) -> str:
-    return (f"CIFAR-10 not found under {root} ({reason}). Download {CIFAR10_URL} on a machine with internet "
-            f"and extract it so that {root / CIFAR10_DIR}/data_batch_1 ... data_batch_5 and test_batch exist "
-            f"(e.g. `mkdir -p {root} && tar -xzf cifar-10-python.tar.gz -C {root}`), or set data.root in the config "
-            f"to the folder that holds {CIFAR10_DIR}/.")
+    return (
+        f"CIFAR-10 not found under {root} ({reason}). Download {CIFAR10_URL} on a machine with internet "
+        f"and extract it so that {root / CIFAR10_DIR}/data_batch_1 ... data_batch_5 and test_batch exist "
+        f"(e.g. `mkdir -p {root} && tar -xzf cifar-10-python.tar.gz -C {root}`), or set data.root in the config "
+        f"to the folder that holds {CIFAR10_DIR}/."
+    )
 
 
 def download_cifar10(root: Path) -> None:
     """Fetch and extract the official archive (torchvision's downloader checks its md5)."""
     from torchvision.datasets.utils import download_and_extract_archive
 
-    download_and_extract_archive(CIFAR10_URL, str(root), filename="cifar-10-python.tar.gz",
-                                 md5="c58f30108f718f92721af3b95e74349a")
+    download_and_extract_archive(
+        CIFAR10_URL, str(root), filename="cifar-10-python.tar.gz", md5="c58f30108f718f92721af3b95e74349a"
+    )
 
 
 def load_cifar10(root: str | Path, download: bool = False) -> ImageData:
@@ -129,7 +139,8 @@ def load_cifar10(root: str | Path, download: bool = False) -> ImageData:
             raise MissingResourceError(
                 f"CIFAR-10 file {folder / name} is unreadable ({type(exc).__name__}: {exc}): a truncated or "
                 f"foreign file. Replace it with the one from {CIFAR10_URL} (extract the archive again), or delete "
-                f"{folder} to have it downloaded anew (data.download: true).") from None
+                f"{folder} to have it downloaded anew (data.download: true)."
+            ) from None
     train = [batches[n] for n in CIFAR10_TRAIN]
     test = batches[CIFAR10_TEST[0]]
     return ImageData(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), test[0], test[1])
@@ -138,8 +149,12 @@ def load_cifar10(root: str | Path, download: bool = False) -> ImageData:
 def write_cifar_batch(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
     """Write a batch in the official format (used by tests to make miniature CIFAR-10 files)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    batch = {"batch_label": path.name, "labels": [int(v) for v in labels],
-             "data": images.reshape(len(images), -1).astype(np.uint8), "filenames": [f"{i}.png" for i in range(len(images))]}
+    batch = {
+        "batch_label": path.name,
+        "labels": [int(v) for v in labels],
+        "data": images.reshape(len(images), -1).astype(np.uint8),
+        "filenames": [f"{i}.png" for i in range(len(images))],
+    }
     with open(path, "wb") as f:
         pickle.dump(batch, f, protocol=2)
 
@@ -158,7 +173,9 @@ def class_subset(x: np.ndarray, y: np.ndarray, classes) -> tuple[np.ndarray, np.
 # Images that show no class, for the noise-aware evaluator's extra output (docs/robustness.md). None is made by a
 # model: a method that turns its class into noise must not have trained the judge of its own noise.
 NO_CLASS_KINDS = ("uniform", "gaussian", "corrupted", "shuffled", "mixture")
-CORRUPTION_ALPHA_BAR = 0.1  # "corrupted": a real image noised as diffusion's forward process at alpha_bar 0.1 (SNR 0.11)
+CORRUPTION_ALPHA_BAR = (
+    0.1  # "corrupted": a real image noised as diffusion's forward process at alpha_bar 0.1 (SNR 0.11)
+)
 
 
 def no_class_images(x: np.ndarray, y: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, list[str]]:
@@ -182,7 +199,9 @@ def no_class_images(x: np.ndarray, y: np.ndarray, n: int, seed: int) -> tuple[np
             images = 0.5 * rng.standard_normal((count, *shape))
         elif kind == "corrupted":
             a = CORRUPTION_ALPHA_BAR
-            images = np.sqrt(a) * real[rng.integers(len(x), size=count)] + np.sqrt(1 - a) * rng.standard_normal((count, *shape))
+            images = np.sqrt(a) * real[rng.integers(len(x), size=count)] + np.sqrt(1 - a) * rng.standard_normal(
+                (count, *shape)
+            )
         elif kind == "shuffled":
             flat = real[rng.integers(len(x), size=count)].reshape(count, -1)
             images = np.stack([row[rng.permutation(row.size)] for row in flat]).reshape(count, *shape)

@@ -1,4 +1,5 @@
 """DDPM core shared by every stage: linear schedule, epsilon loss, conditioning dropout, guided sampler."""
+
 from __future__ import annotations
 
 import math
@@ -67,7 +68,10 @@ def drop_labels(labels: torch.Tensor, p: float, null: int, generator: torch.Gene
     """Replace each label by the null class with probability p (classifier-free guidance training)."""
     if p <= 0:
         return labels
-    drop = torch.rand(labels.shape, generator=generator, device=_gen_device(generator, labels.device)).to(labels.device) < p
+    drop = (
+        torch.rand(labels.shape, generator=generator, device=_gen_device(generator, labels.device)).to(labels.device)
+        < p
+    )
     return torch.where(drop, torch.full_like(labels, null), labels)
 
 
@@ -83,14 +87,24 @@ def reduce_squared_error(pred: torch.Tensor, target: torch.Tensor, reduction: st
 
 def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Standard normal noise from a seeded generator (on the generator's device, then moved if needed)."""
-    return torch.randn(x.shape, generator=generator, dtype=torch.float32,
-                       device=_gen_device(generator, x.device)).to(device=x.device, dtype=x.dtype)
+    return torch.randn(x.shape, generator=generator, dtype=torch.float32, device=_gen_device(generator, x.device)).to(
+        device=x.device, dtype=x.dtype
+    )
 
 
-def epsilon_loss(model, schedule: Schedule, x0: torch.Tensor, labels: torch.Tensor, *, reduction: str = "sum",
-                 cond_dropout: float = 0.0, generator: torch.Generator | None = None,
-                 timesteps: torch.Tensor | None = None, noise: torch.Tensor | None = None,
-                 per_sample: bool = False) -> torch.Tensor:
+def epsilon_loss(
+    model,
+    schedule: Schedule,
+    x0: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    reduction: str = "sum",
+    cond_dropout: float = 0.0,
+    generator: torch.Generator | None = None,
+    timesteps: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    per_sample: bool = False,
+) -> torch.Tensor:
     """The standard DDPM loss ||eps - eps_theta(x_t, c, t)||^2, averaged over the batch."""
     t = schedule.sample_timesteps(len(x0), generator, x0.device) if timesteps is None else timesteps
     noise = randn_like(x0, generator) if noise is None else noise
@@ -119,8 +133,16 @@ def sampling_timesteps(timesteps: int, steps: int) -> list[int]:
 
 
 @torch.no_grad()
-def ddim_step(schedule: Schedule, x: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int, eta: float,
-              noise: torch.Tensor | None, clip_x0: bool = False) -> torch.Tensor:
+def ddim_step(
+    schedule: Schedule,
+    x: torch.Tensor,
+    eps: torch.Tensor,
+    t: int,
+    t_prev: int,
+    eta: float,
+    noise: torch.Tensor | None,
+    clip_x0: bool = False,
+) -> torch.Tensor:
     """One DDIM update (Song et al. 2021, eq. 12). eta = 1 with every step is DDPM ancestral sampling."""
     a_t = schedule.alpha_bar[t].item()
     a_prev = schedule.alpha_bar[t_prev].item() if t_prev >= 0 else 1.0
@@ -135,8 +157,17 @@ def ddim_step(schedule: Schedule, x: torch.Tensor, eps: torch.Tensor, t: int, t_
     return x_prev
 
 
-def _denoise(schedule: Schedule, eps_fn, x: torch.Tensor, y: torch.Tensor, ts: list[int], eta: float,
-             noise_gen: torch.Generator, clip_x0: bool, on_step=lambda n: None) -> torch.Tensor:
+def _denoise(
+    schedule: Schedule,
+    eps_fn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    ts: list[int],
+    eta: float,
+    noise_gen: torch.Generator,
+    clip_x0: bool,
+    on_step=lambda n: None,
+) -> torch.Tensor:
     """DDIM steps from x at ts[0] down through ts, then to x_0: the loop of `sample` and `denoise_from`."""
     for i, t in enumerate(ts):
         t_prev = ts[i + 1] if i + 1 < len(ts) else -1
@@ -149,10 +180,22 @@ def _denoise(schedule: Schedule, eps_fn, x: torch.Tensor, y: torch.Tensor, ts: l
 
 
 @torch.no_grad()
-def sample(model, schedule: Schedule, labels: torch.Tensor, *, steps: int, eta: float = 1.0, guidance_w: float = 0.0,
-           generator: torch.Generator | None = None, clip_x0: bool = False, batch_size: int = 1024,
-           device: torch.device | str = "cpu", progress: bool = False, eps_fn=None,
-           autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+def sample(
+    model,
+    schedule: Schedule,
+    labels: torch.Tensor,
+    *,
+    steps: int,
+    eta: float = 1.0,
+    guidance_w: float = 0.0,
+    generator: torch.Generator | None = None,
+    clip_x0: bool = False,
+    batch_size: int = 1024,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    eps_fn=None,
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """Generate one image per label with guided DDIM (eta = 1, steps = T: the reference's ancestral sampler).
 
     Noise comes from CPU generators, so a seed and batch size give the same images on any device.
@@ -172,6 +215,7 @@ def sample(model, schedule: Schedule, labels: torch.Tensor, *, steps: int, eta: 
         def eps_fn(x, t, y):
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 return guided_eps(model, x, t, y, guidance_w).float()
+
     ts = sampling_timesteps(schedule.timesteps, steps)
     labels = labels.long()
     n = len(labels)
@@ -182,8 +226,8 @@ def sample(model, schedule: Schedule, labels: torch.Tensor, *, steps: int, eta: 
     quiet = not progress or os.environ.get("UNLEARNBENCH_QUIET") == "1"
     bar = tqdm(total=len(batches) * len(ts), desc="sampling", disable=quiet, mininterval=5)
     for start in batches:
-        y = to_device(labels[start:start + batch_size], device)
-        x = to_device(x_init[start:start + batch_size], device)
+        y = to_device(labels[start : start + batch_size], device)
+        x = to_device(x_init[start : start + batch_size], device)
         # One noise stream per batch, seeded by its offset: cheap and deterministic. Drawn on the host while
         # the GPU runs the step before; to_device queues the copy without waiting for the GPU.
         noise_gen = torch.Generator().manual_seed(step_noise_seed + start)
@@ -194,22 +238,48 @@ def sample(model, schedule: Schedule, labels: torch.Tensor, *, steps: int, eta: 
     return torch.cat(out)
 
 
-def sample_as_configured(model, sampler: SamplerSettings, schedule: Schedule, labels: torch.Tensor,
-                         generator: torch.Generator, device, *, performance: Performance, **overrides) -> torch.Tensor:
+def sample_as_configured(
+    model,
+    sampler: SamplerSettings,
+    schedule: Schedule,
+    labels: torch.Tensor,
+    generator: torch.Generator,
+    device,
+    *,
+    performance: Performance,
+    **overrides,
+) -> torch.Tensor:
     """`sample` with config `sampler` (steps, eta, guidance w, clip_x0, batch size) and the precision of config
     `performance`: the one mapping of those sections to the sampler; `overrides` replace any of sample()'s keywords
     (progress, steps)."""
     device = torch.device(device)
-    kwargs = {"steps": sampler.steps, "eta": sampler.eta, "guidance_w": float(sampler.guidance_w),
-              "clip_x0": sampler.clip_x0, "batch_size": sampler.batch_size,
-              "autocast_dtype": autocast_dtype(performance, device), **overrides}
+    kwargs = {
+        "steps": sampler.steps,
+        "eta": sampler.eta,
+        "guidance_w": float(sampler.guidance_w),
+        "clip_x0": sampler.clip_x0,
+        "batch_size": sampler.batch_size,
+        "autocast_dtype": autocast_dtype(performance, device),
+        **overrides,
+    }
     return sample(model, schedule, labels, generator=generator, device=device, **kwargs)
 
 
 @torch.no_grad()
-def denoise_from(model, schedule: Schedule, x_t: torch.Tensor, t_start: int, labels: torch.Tensor, *, steps: int,
-                 eta: float, guidance_w: float, generator: torch.Generator, clip_x0: bool = False,
-                 batch_size: int = 1024) -> torch.Tensor:
+def denoise_from(
+    model,
+    schedule: Schedule,
+    x_t: torch.Tensor,
+    t_start: int,
+    labels: torch.Tensor,
+    *,
+    steps: int,
+    eta: float,
+    guidance_w: float,
+    generator: torch.Generator,
+    clip_x0: bool = False,
+    batch_size: int = 1024,
+) -> torch.Tensor:
     """Images x_t, noised to timestep `t_start`, denoised to x_0 under `labels` in `steps` evenly spaced guided
     DDIM steps (from t_start down): the partial-diffusion probe's second half (docs/robustness.md)."""
     if not 0 <= t_start < schedule.timesteps:
@@ -221,10 +291,20 @@ def denoise_from(model, schedule: Schedule, x_t: torch.Tensor, t_start: int, lab
     noise_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     out = []
     for start in range(0, len(x_t), batch_size):
-        y = to_device(labels[start:start + batch_size].long(), device)
-        x = to_device(x_t[start:start + batch_size].float(), device)
+        y = to_device(labels[start : start + batch_size].long(), device)
+        x = to_device(x_t[start : start + batch_size].float(), device)
         noise_gen = torch.Generator().manual_seed(noise_seed + start)
-        out.append(_denoise(schedule, lambda x, t, y: guided_eps(model, x, t, y, guidance_w).float(), x, y, ts, eta,
-                            noise_gen, clip_x0).cpu())
+        out.append(
+            _denoise(
+                schedule,
+                lambda x, t, y: guided_eps(model, x, t, y, guidance_w).float(),
+                x,
+                y,
+                ts,
+                eta,
+                noise_gen,
+                clip_x0,
+            ).cpu()
+        )
     model.train(was_training)
     return torch.cat(out)

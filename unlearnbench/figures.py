@@ -55,8 +55,9 @@ def _mosaic(images: np.ndarray, columns: int) -> np.ndarray:
     canvas = np.full((rows * (height + 1) + 1, columns * (width + 1) + 1, channels), 255, np.uint8)
     for i, image in enumerate(images):
         r, c = divmod(i, columns)
-        canvas[1 + r * (height + 1):(r + 1) * (height + 1), 1 + c * (width + 1):(c + 1) * (width + 1)] = \
+        canvas[1 + r * (height + 1) : (r + 1) * (height + 1), 1 + c * (width + 1) : (c + 1) * (width + 1)] = (
             image.transpose(1, 2, 0)
+        )
     return canvas[..., 0] if channels == 1 else canvas
 
 
@@ -72,11 +73,11 @@ def sample_grid(sample_files: Mapping[str, object], forget_class: int, out_path,
         chosen = images[labels == forget_class][:n].astype(np.uint8)
         if len(chosen):
             grey = chosen.shape[1] == 1
-            ax.imshow(_mosaic(chosen, columns), cmap="gray" if grey else None, vmin=0, vmax=255,
-                      interpolation="nearest")
+            ax.imshow(
+                _mosaic(chosen, columns), cmap="gray" if grey else None, vmin=0, vmax=255, interpolation="nearest"
+            )
         else:
-            ax.text(0.5, 0.5, f"no samples of\nclass {forget_class}", ha="center", va="center",
-                    transform=ax.transAxes)
+            ax.text(0.5, 0.5, f"no samples of\nclass {forget_class}", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(label)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -88,8 +89,7 @@ def _class_summary(df: pd.DataFrame, methods: Sequence[str], column: str) -> pd.
     """Mean and std over classes (of seed-averaged values) of one metric, per method, in `methods` order.
     skipna=False, as in the tables: a class without a value makes the bar n/a, not a mean of the others."""
     grouped = per_class_means(df, methods).groupby("method")[column]
-    return pd.DataFrame({"mean": grouped.mean(skipna=False),
-                         "std": grouped.std(ddof=1, skipna=False)}).reindex(methods)
+    return pd.DataFrame({"mean": grouped.mean(skipna=False), "std": grouped.std(ddof=1, skipna=False)}).reindex(methods)
 
 
 def cost_bars(df: pd.DataFrame, methods: Sequence[str], out_path, colors: Mapping[str, str] | None = None) -> None:
@@ -103,27 +103,41 @@ def cost_bars(df: pd.DataFrame, methods: Sequence[str], out_path, colors: Mappin
         ax.set_title(title)
         if summary["mean"].isna().all():
             measured = per_class_means(df, methods)[metric.column].notna().any()
-            message = ("not measured for every class: see the table" if measured
-                       else "no GPU measurement (CPU run)" if metric is GPU else "no measurement")
+            message = (
+                "not measured for every class: see the table"
+                if measured
+                else "no GPU measurement (CPU run)"
+                if metric is GPU
+                else "no measurement"
+            )
             ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)
             ax.set_xticks([])
             ax.set_yticks([])
             continue
-        ax.bar(positions, summary["mean"].fillna(0.0), yerr=summary["std"].fillna(0.0), capsize=4,
-               color=[colors[m] for m in methods])
+        ax.bar(
+            positions,
+            summary["mean"].fillna(0.0),
+            yerr=summary["std"].fillna(0.0),
+            capsize=4,
+            color=[colors[m] for m in methods],
+        )
         for x, value in zip(positions, summary["mean"]):
             if np.isnan(value):
                 ax.text(x, 0, "n/a", ha="center", va="bottom")
         ax.set_xticks(positions, [display_name(m) for m in methods])
         ax.set_ylabel(metric.label)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle("Mean ± std (error bars) over forgotten classes; RTE: the timed unlearning loop, without the "
-                 "method's priors", fontsize=9)
+    fig.suptitle(
+        "Mean ± std (error bars) over forgotten classes; RTE: the timed unlearning loop, without the method's priors",
+        fontsize=9,
+    )
     fig.tight_layout()
     _save(fig, out_path)
 
 
-def per_class_metrics(df: pd.DataFrame, methods: Sequence[str], out_path, colors: Mapping[str, str] | None = None) -> None:
+def per_class_metrics(
+    df: pd.DataFrame, methods: Sequence[str], out_path, colors: Mapping[str, str] | None = None
+) -> None:
     """FID (remaining classes) and UA (forgotten class) per forgotten class, grouped bars per method."""
     colors = colors or method_colors(methods)
     means = per_class_means(df, methods)
@@ -147,12 +161,13 @@ def per_class_metrics(df: pd.DataFrame, methods: Sequence[str], out_path, colors
     _save(fig, out_path)
 
 
-def _ablation_rows(df: pd.DataFrame, method: str, param: str, main_value: float,
-                   forget_class: int | None) -> pd.DataFrame:
+def _ablation_rows(
+    df: pd.DataFrame, method: str, param: str, main_value: float, forget_class: int | None
+) -> pd.DataFrame:
     """Rows of `<method>-<param>=<v>` variants (value v) plus the main variant at `main_value`, same classes."""
     prefix = f"{method}-{param}="
     ablation = df[df["variant"].astype(str).str.startswith(prefix)].copy()
-    ablation["value"] = ablation["variant"].str[len(prefix):].astype(float)
+    ablation["value"] = ablation["variant"].str[len(prefix) :].astype(float)
     main = df[(df["variant"] == method) & (df["method"] == method)].copy()
     main["value"] = float(main_value)
     if forget_class is not None:
@@ -165,8 +180,15 @@ def _ablation_rows(df: pd.DataFrame, method: str, param: str, main_value: float,
     return rows[rows["forget_class"].isin(classes)]
 
 
-def psi_ablation(df: pd.DataFrame, out_path, method: str, param: str, main_value: float = 1.0,
-                 forget_class: int | None = None, color: str | None = None) -> None:
+def psi_ablation(
+    df: pd.DataFrame,
+    out_path,
+    method: str,
+    param: str,
+    main_value: float = 1.0,
+    forget_class: int | None = None,
+    color: str | None = None,
+) -> None:
     """UA and FID against the ablated parameter, with the paper's CIFAR-10 points overlaid where it ablated the
     same param on the same one class (paper_ablation.csv: SAFEMax's lambda, the psi scheduler, on class 0). The
     x axis is labelled by the param's PARAM_SCHEMA title in its method file, else its name."""
@@ -186,8 +208,14 @@ def psi_ablation(df: pd.DataFrame, out_path, method: str, param: str, main_value
     for ax, metric, where in zip(axes, (UA, FID), ("forgotten class", "remaining classes")):
         if summary[(metric.column, "mean")].notna().any():
             spread = summary[(metric.column, "std")].fillna(0.0)
-            handles["this run"] = ax.errorbar(x, summary[(metric.column, "mean")], yerr=spread, fmt="o-",
-                                              color=color or method_colors([method])[method], capsize=4)
+            handles["this run"] = ax.errorbar(
+                x,
+                summary[(metric.column, "mean")],
+                yerr=spread,
+                fmt="o-",
+                color=color or method_colors([method])[method],
+                capsize=4,
+            )
         else:
             ax.text(0.5, 0.5, "no ablation runs", ha="center", va="center", transform=ax.transAxes)
         # The paper's FID lives on another scale (Inception features, CIFAR-10): give it its own axis.
@@ -195,8 +223,15 @@ def psi_ablation(df: pd.DataFrame, out_path, method: str, param: str, main_value
             paper_ax = ax.twinx() if metric is FID else ax
             known = paper[metric.column].dropna()
             handles["paper (CIFAR-10)"] = paper_ax.scatter(
-                [position[v] for v in known.index], known, marker="s", s=50, facecolors="none",
-                edgecolors="tab:red", linewidths=1.5, zorder=3)
+                [position[v] for v in known.index],
+                known,
+                marker="s",
+                s=50,
+                facecolors="none",
+                edgecolors="tab:red",
+                linewidths=1.5,
+                zorder=3,
+            )
             if metric is FID:
                 paper_ax.set_ylabel("paper FID (CIFAR-10)", color="tab:red")
                 paper_ax.tick_params(axis="y", colors="tab:red")
@@ -214,8 +249,15 @@ def psi_ablation(df: pd.DataFrame, out_path, method: str, param: str, main_value
     if classes:
         fig.suptitle(f"Forgotten class{'es' if len(classes) > 1 else ''} {', '.join(map(str, classes))}")
     if handles:  # below the panels: inside, it would cover points of the twin axis, which "best" does not see
-        fig.legend(list(handles.values()), list(handles), loc="lower center", ncols=2, fontsize=8, frameon=False,
-                   bbox_to_anchor=(0.5, -0.06))
+        fig.legend(
+            list(handles.values()),
+            list(handles),
+            loc="lower center",
+            ncols=2,
+            fontsize=8,
+            frameon=False,
+            bbox_to_anchor=(0.5, -0.06),
+        )
     fig.tight_layout()
     _save(fig, out_path)
 
@@ -228,14 +270,24 @@ def guidance_curves(table: pd.DataFrame, out_path, main_w: float, colors: Mappin
     summary = guidance_summary(table)
     methods = list(dict.fromkeys(summary["method"]))
     colors = colors or method_colors(methods)
-    panels = (("fid", f"{FID.label} (remaining classes)"), ("UA", f"{UA.label} (forgotten class)"),
-              ("remaining_acc", "remaining classes recognised [%]"))
+    panels = (
+        ("fid", f"{FID.label} (remaining classes)"),
+        ("UA", f"{UA.label} (forgotten class)"),
+        ("remaining_acc", "remaining classes recognised [%]"),
+    )
     fig, axes = plt.subplots(1, len(panels), figsize=(12.0, 3.6))
     for ax, (column, label) in zip(axes, panels):
         for method in methods:
             rows = summary[summary["method"] == method]
-            ax.errorbar(rows["guidance_w"], rows[f"{column}_mean"], yerr=rows[f"{column}_std"].fillna(0.0), fmt="o-",
-                        capsize=3, color=colors[method], label=display_name(method))
+            ax.errorbar(
+                rows["guidance_w"],
+                rows[f"{column}_mean"],
+                yerr=rows[f"{column}_std"].fillna(0.0),
+                fmt="o-",
+                capsize=3,
+                color=colors[method],
+                label=display_name(method),
+            )
         ax.axvline(main_w, color="0.5", linestyle="--", linewidth=1)
         ax.set_xlabel("guidance weight w")
         ax.set_ylabel(label)
@@ -245,8 +297,11 @@ def guidance_curves(table: pd.DataFrame, out_path, main_w: float, colors: Mappin
     if (summary["fid_mean"] > 0).all():
         axes[0].set_yscale("log")  # one method's FID may be 10-100x the others'
     axes[0].legend(fontsize=8, loc="best")
-    fig.suptitle(f"Main models sampled at each guidance weight: eps = (1 + w) eps_c − w eps_null (dashed: the main "
-                 f"w = {main_w:g}); mean ± std over forgotten classes", fontsize=10)
+    fig.suptitle(
+        f"Main models sampled at each guidance weight: eps = (1 + w) eps_c − w eps_null (dashed: the main "
+        f"w = {main_w:g}); mean ± std over forgotten classes",
+        fontsize=10,
+    )
     fig.tight_layout()
     _save(fig, out_path)
 
@@ -262,12 +317,18 @@ def finding_bars(table: pd.DataFrame, out_path, color: str = ORIGINAL_COLOR) -> 
     """The finding study (finding.csv): per point, the remaining classes' recognition, FID, UA and the size of the
     noise predictions per label; mean ± std over seeds."""
     points = list(dict.fromkeys(table["point"]))
-    summary = table.groupby("point", sort=False)[["remaining_acc", "fid", "UA", "eps_forget", "eps_remaining",
-                                                  "eps_null"]].agg(["mean", "std"]).reindex(points)
+    summary = (
+        table.groupby("point", sort=False)[["remaining_acc", "fid", "UA", "eps_forget", "eps_remaining", "eps_null"]]
+        .agg(["mean", "std"])
+        .reindex(points)
+    )
     x = np.arange(len(points))
     fig, axes = plt.subplots(1, 4, figsize=(15.0, 3.9))
-    panels = (("remaining_acc", "remaining classes recognised [%]"), ("fid", "FID (remaining classes)"),
-              ("UA", "UA [%] (forgotten class)"))
+    panels = (
+        ("remaining_acc", "remaining classes recognised [%]"),
+        ("fid", "FID (remaining classes)"),
+        ("UA", "UA [%] (forgotten class)"),
+    )
     for ax, (column, label) in zip(axes, panels):
         ax.bar(x, summary[(column, "mean")], yerr=summary[(column, "std")].fillna(0.0), capsize=3, color=color)
         ax.set_ylabel(label)
@@ -275,16 +336,25 @@ def finding_bars(table: pd.DataFrame, out_path, color: str = ORIGINAL_COLOR) -> 
             ax.set_ylim(0, 103)
     width = 0.27
     for i, (group, color) in enumerate((("forget", "tab:red"), ("remaining", "tab:blue"), ("null", "tab:gray"))):
-        axes[3].bar(x + (i - 1) * width, summary[(f"eps_{group}", "mean")], width,
-                    yerr=summary[(f"eps_{group}", "std")].fillna(0.0), capsize=2, color=color,
-                    label={"forget": "forgotten label", "remaining": "own labels", "null": "null label"}[group])
+        axes[3].bar(
+            x + (i - 1) * width,
+            summary[(f"eps_{group}", "mean")],
+            width,
+            yerr=summary[(f"eps_{group}", "std")].fillna(0.0),
+            capsize=2,
+            color=color,
+            label={"forget": "forgotten label", "remaining": "own labels", "null": "null label"}[group],
+        )
     axes[3].axhline(1.0, color="0.4", linestyle="--", linewidth=1)
     axes[3].set_ylabel("mean eps_θ² (1 = true noise)")
     axes[3].legend(fontsize=7)
     for ax in axes:
         ax.set_xticks(x, points, rotation=35, ha="right", fontsize=8)
         ax.grid(alpha=0.3, axis="y")
-    fig.suptitle(f"One parameter changed at a time, forgotten class {int(table['forget_class'].iloc[0])}; "
-                 f"mean ± std over {table['seed'].nunique()} seeds", fontsize=10)
+    fig.suptitle(
+        f"One parameter changed at a time, forgotten class {int(table['forget_class'].iloc[0])}; "
+        f"mean ± std over {table['seed'].nunique()} seeds",
+        fontsize=10,
+    )
     fig.tight_layout()
     _save(fig, out_path)

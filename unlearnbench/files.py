@@ -1,4 +1,5 @@
 """Writing result files (light: no torch, so that report jobs stay quick to start)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -53,8 +54,10 @@ def removed_on_failure(tmp: Path):
             with contextlib.suppress(OSError):
                 tmp.unlink()
         if isinstance(exc, Exception) and _disk_full(tmp.parent, exc):
-            raise UserError(f"could not write {tmp.parent}: no space left on its disk "
-                            f"({shutil.disk_usage(tmp.parent).free / 1e6:.0f} MB free); free some and rerun") from exc
+            raise UserError(
+                f"could not write {tmp.parent}: no space left on its disk "
+                f"({shutil.disk_usage(tmp.parent).free / 1e6:.0f} MB free); free some and rerun"
+            ) from exc
         raise
 
 
@@ -117,10 +120,12 @@ def check_unedited(path: str | Path) -> None:
     recorded = dict(reversed(line.split(None, 1)) for line in manifest.read_text().splitlines() if line.strip())
     want = recorded.get(path.name)
     if want is not None and (not path.is_file() or file_sha256(path) != want):
-        raise UserError(f"{path} is not what the aggregate wrote (its sha256 differs from {manifest}): it was "
-                        "edited or replaced after its job. Tables are made from the records only: delete "
-                        f"{path} and rerun snakemake to remake it from them (to change a result, change its "
-                        "record's job)")
+        raise UserError(
+            f"{path} is not what the aggregate wrote (its sha256 differs from {manifest}): it was "
+            "edited or replaced after its job. Tables are made from the records only: delete "
+            f"{path} and rerun snakemake to remake it from them (to change a result, change its "
+            "record's job)"
+        )
 
 
 def publish(paths, to: str | Path) -> None:

@@ -3,6 +3,7 @@
 
 torch and the suite's torch-using modules are imported where a failure needs them: `validate-config` and `publish`
 import this module too, and must start without torch's import (1.7 s on 2 CPU cores)."""
+
 from __future__ import annotations
 
 import errno
@@ -14,8 +15,10 @@ def cannot_write(exc: BaseException) -> str | None:
     """The message for a result that could not be written for want of permission or a writable mount, else None."""
     if not (isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and exc.filename):
         return None
-    return (f"cannot write {exc.filename} ({exc.strerror}): make its folder writable (or mount it read-write), or "
-            "set another run_name; then rerun: only the failed jobs run again")
+    return (
+        f"cannot write {exc.filename} ({exc.strerror}): make its folder writable (or mount it read-write), or "
+        "set another run_name; then rerun: only the failed jobs run again"
+    )
 
 
 def out_of_memory(exc: BaseException) -> str | None:
@@ -25,8 +28,10 @@ def out_of_memory(exc: BaseException) -> str | None:
     if isinstance(exc, torch.OutOfMemoryError):
         return "GPU"
     text = str(exc)
-    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and (
-            "can't allocate memory" in text or "not enough memory" in text or "DefaultCPUAllocator" in text)):
+    if isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError)
+        and ("can't allocate memory" in text or "not enough memory" in text or "DefaultCPUAllocator" in text)
+    ):
         return "host"
     return None
 
@@ -43,12 +48,17 @@ def out_of_memory_advice(memory: str, exc: BaseException, args) -> str:
         sizes = ", ".join(f"{key} = {value:,}" for key, value in settings[:8])
     except Exception:  # the advice must not hide the error: the config may be what is broken
         sizes = ""
-    where = (f"the sizes in this job's config, largest first: {sizes}" if sizes else
-             "the batch sizes (method_params.<method>.batch_size and the like, sampler.batch_size, base.batch_size, "
-             "evaluator.batch_size) and image counts (evaluation.n_forget, ...)")
+    where = (
+        f"the sizes in this job's config, largest first: {sizes}"
+        if sizes
+        else "the batch sizes (method_params.<method>.batch_size and the like, sampler.batch_size, base.batch_size, "
+        "evaluator.batch_size) and image counts (evaluation.n_forget, ...)"
+    )
     free = "free the GPU of other processes" if memory == "GPU" else "run on a machine with more memory"
-    return (f"out of {memory} memory ({what}). The job's memory is set by {where}. Lower the largest in your "
-            f"config overlay (or through --config), or {free}; then rerun: only the failed jobs run again")
+    return (
+        f"out of {memory} memory ({what}). The job's memory is set by {where}. Lower the largest in your "
+        f"config overlay (or through --config), or {free}; then rerun: only the failed jobs run again"
+    )
 
 
 def unexpected_error(exc: BaseException) -> str:
@@ -61,7 +71,11 @@ def unexpected_error(exc: BaseException) -> str:
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve().parent == folder]
     if frames:
         f = frames[-1]
-        return (f"methods/{Path(f.filename).name} line {f.lineno} ({f.line}) raised {what}. Fix the method file "
-                "(the traceback above shows the calls), then rerun: only the failed jobs run again")
-    return (f"unexpected {what} (traceback above). If no input of yours caused it, it is a bug of the suite: report "
-            "it with this log")
+        return (
+            f"methods/{Path(f.filename).name} line {f.lineno} ({f.line}) raised {what}. Fix the method file "
+            "(the traceback above shows the calls), then rerun: only the failed jobs run again"
+        )
+    return (
+        f"unexpected {what} (traceback above). If no input of yours caused it, it is a bug of the suite: report "
+        "it with this log"
+    )

@@ -43,6 +43,7 @@ The evaluation-side sections (GUARDED_SECTIONS: sampler, evaluation, evaluator, 
 declared (`SECTIONS`, `Prior(..., sections=...)`), and a job reruns when a declared one changes; so changing
 the sampler re-evaluates every model but retrains only what draws images with it (SA's replay set).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -51,7 +52,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
-
 
 from .errors import UserError, did_you_mean
 from .scaling import RULES as SCALE_RULES
@@ -63,9 +63,14 @@ GUARDED_SECTIONS = ("sampler", "evaluation", "evaluator", "fid")
 # Keys that describe the whole run, not one stage: a stage has its own share of them as ctx.params,
 # ctx.forget_class and ctx.generator (its seed). Reading another method's params or the run's class list would
 # make a cached result depend on what its fingerprint does not hold.
-RUN_SCOPE_KEYS = {"method_params": "ctx.params (its method's params)", "methods": None,
-                  "forget_classes": "ctx.forget_class", "seeds": "ctx.generator (seeded by the job's seed)",
-                  "ablation": None, "guidance_sweep": None}
+RUN_SCOPE_KEYS = {
+    "method_params": "ctx.params (its method's params)",
+    "methods": None,
+    "forget_classes": "ctx.forget_class",
+    "seeds": "ctx.generator (seeded by the job's seed)",
+    "ablation": None,
+    "guidance_sweep": None,
+}
 
 
 @dataclass(frozen=True)
@@ -92,11 +97,11 @@ class Prior:
         _check_work(self)
 
 
-
 # The suite's reference models, named in tables and figures beside the methods; no method file may take a name of
 # theirs: the base model ("original") and Retrain, trained without the forgotten class ("retrain", config robustness).
 REFERENCE_MODELS = {"original": "Original", "retrain": "Retrain"}
 REFERENCE_ROLES = {"original": "the base model", "retrain": "Retrain, the base recipe without the forgotten class"}
+
 
 def _check_work(prior: Prior) -> None:
     """The benchmark fields: callables where callables go, a positive number of paper units, text where text goes."""
@@ -106,8 +111,9 @@ def _check_work(prior: Prior) -> None:
             raise UserError(f"{where}: {attr} must be a function, got {getattr(prior, attr)!r:.80}")
     paper = prior.paper_work
     if paper is not None and (isinstance(paper, bool) or not isinstance(paper, (int, float)) or not paper > 0):
-        raise UserError(f"{where}: paper_work must be a positive number (units of work at the paper's size), "
-                        f"got {paper!r}")
+        raise UserError(
+            f"{where}: paper_work must be a positive number (units of work at the paper's size), got {paper!r}"
+        )
     for attr in ("work_units", "paper_size"):
         value = getattr(prior, attr)
         if value is not None and (not isinstance(value, str) or not value.strip()):
@@ -119,8 +125,10 @@ def _check_work(prior: Prior) -> None:
 def _check_sections(sections, where: str) -> None:
     unknown = [s for s in sections if s not in GUARDED_SECTIONS]
     if unknown:
-        raise UserError(f"{where} declares config sections {unknown}; declarable: {', '.join(GUARDED_SECTIONS)} "
-                        f"(the base model's sections are always visible)")
+        raise UserError(
+            f"{where} declares config sections {unknown}; declarable: {', '.join(GUARDED_SECTIONS)} "
+            f"(the base model's sections are always visible)"
+        )
 
 
 def methods_dir(explicit: str | Path | None = None) -> Path:
@@ -140,14 +148,18 @@ def load_method(name: str, directory: str | Path | None = None):
     """Import methods/<name>.py and check it offers the interface."""
     path = methods_dir(directory) / f"{name}.py"
     if not path.exists():
-        raise UserError(f"method {name!r} not found: no file {path}. Available: {', '.join(available_methods(directory))}")
+        raise UserError(
+            f"method {name!r} not found: no file {path}. Available: {', '.join(available_methods(directory))}"
+        )
     module_name = f"unlearnbench_methods.{name}"
     if module_name in sys.modules and getattr(sys.modules[module_name], "__file__", None) == str(path):
         return sys.modules[module_name]
     if not re.fullmatch(NAME_PATTERN, name) or name in REFERENCE_MODELS:
-        raise UserError(f"method file {path}: {name!r} cannot name a method (lower-case letters, digits and _, "
-                        f"starting with a letter; not {' or '.join(map(repr, REFERENCE_MODELS))}, the suite's "
-                        "reference models); rename the file")
+        raise UserError(
+            f"method file {path}: {name!r} cannot name a method (lower-case letters, digits and _, "
+            f"starting with a letter; not {' or '.join(map(repr, REFERENCE_MODELS))}, the suite's "
+            "reference models); rename the file"
+        )
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
@@ -155,9 +167,11 @@ def load_method(name: str, directory: str | Path | None = None):
         try:
             spec.loader.exec_module(module)
         except Exception as exc:  # its own code: a syntax error, a failing import, ... named, not a traceback
-            raise UserError(f"method file {path} cannot be loaded: {type(exc).__name__}: "
-                            f"{getattr(exc, 'msg', None) or exc}{_line_in(path, exc)}; fix it, or take {name!r} "
-                            "out of 'methods'") from exc
+            raise UserError(
+                f"method file {path} cannot be loaded: {type(exc).__name__}: "
+                f"{getattr(exc, 'msg', None) or exc}{_line_in(path, exc)}; fix it, or take {name!r} "
+                "out of 'methods'"
+            ) from exc
         module.SOURCES = (path,)
         if hasattr(module, "VARIANT_OF"):
             _compose_variant(module, name, path, directory)
@@ -210,8 +224,10 @@ def check_labels(names, directory=None) -> None:
     for name in ("original", *names):
         label = method_label(name, directory)
         if seen.get(label, name) != name:
-            raise UserError(f"methods {seen[label]!r} and {name!r} are both called {label!r} in the tables; give one "
-                            "of them another DISPLAY_NAME in its file")
+            raise UserError(
+                f"methods {seen[label]!r} and {name!r} are both called {label!r} in the tables; give one "
+                "of them another DISPLAY_NAME in its file"
+            )
         seen[label] = name
 
 
@@ -228,8 +244,19 @@ def _line_in(path: Path, exc: Exception) -> str:
 NAME_PATTERN = "[a-z][a-z0-9_]*"  # method and prior names: they are path parts and Snakemake wildcards
 
 
-INTERFACE_NAMES = ("DEFAULTS", "PARAM_SCHEMA", "PRIORS", "SECTIONS", "DISPLAY_NAME", "COLOR", "CONTROL", "NOTE",
-                   "SCALED", "VARIANT_OF", "CHANGES")
+INTERFACE_NAMES = (
+    "DEFAULTS",
+    "PARAM_SCHEMA",
+    "PRIORS",
+    "SECTIONS",
+    "DISPLAY_NAME",
+    "COLOR",
+    "CONTROL",
+    "NOTE",
+    "SCALED",
+    "VARIANT_OF",
+    "CHANGES",
+)
 # What a variant takes from the method it varies: a variant file that defines one of these would run other code
 # or other defaults than its name says.
 VARIANT_INHERITS = ("unlearn", "DEFAULTS", "PARAM_SCHEMA", "PRIORS", "SECTIONS", "SCALED")
@@ -243,21 +270,28 @@ def _compose_variant(module, name: str, path: Path, directory) -> None:
         raise UserError(f"method file {path}: VARIANT_OF must name another method file, got {base_name!r}")
     own = [attr for attr in VARIANT_INHERITS if attr in vars(module)]
     if own:
-        raise UserError(f"method file {path} is a variant of {base_name!r} (VARIANT_OF) and also defines "
-                        f"{', '.join(own)}; a variant takes these from its base and states its differences in "
-                        "CHANGES = {param: value}; a method with code of its own is a method file without VARIANT_OF")
+        raise UserError(
+            f"method file {path} is a variant of {base_name!r} (VARIANT_OF) and also defines "
+            f"{', '.join(own)}; a variant takes these from its base and states its differences in "
+            "CHANGES = {param: value}; a method with code of its own is a method file without VARIANT_OF"
+        )
     if not isinstance(getattr(module, "NOTE", None), str) or not module.NOTE.strip():
-        raise UserError(f"method file {path} is a variant: give it NOTE = \"what differs from {base_name}\" (the "
-                        "tables print it)")
+        raise UserError(
+            f'method file {path} is a variant: give it NOTE = "what differs from {base_name}" (the tables print it)'
+        )
     base = load_method(base_name, directory)
     changes = getattr(module, "CHANGES", {})
     if not isinstance(changes, dict) or not changes:
-        raise UserError(f"method file {path}: CHANGES must be a non-empty dict of {base_name}'s params, e.g. "
-                        "{'retain_weight': 1.0}")
+        raise UserError(
+            f"method file {path}: CHANGES must be a non-empty dict of {base_name}'s params, e.g. "
+            "{'retain_weight': 1.0}"
+        )
     unknown = sorted(set(changes) - set(base.DEFAULTS))
     if unknown:
-        raise UserError(f"method file {path}: CHANGES names {', '.join(unknown)}, which {base_name}'s DEFAULTS lack"
-                        f"{did_you_mean(unknown, base.DEFAULTS)}")
+        raise UserError(
+            f"method file {path}: CHANGES names {', '.join(unknown)}, which {base_name}'s DEFAULTS lack"
+            f"{did_you_mean(unknown, base.DEFAULTS)}"
+        )
     for attr in VARIANT_INHERITS:
         setattr(module, attr, getattr(base, attr))
     module.DEFAULTS = {**base.DEFAULTS, **changes}
@@ -278,8 +312,10 @@ def _misspelled_interface(module, path: Path) -> None:
             continue  # helpers (def prior(...), import control) are not misspelled interface values
         close = difflib.get_close_matches(attr.upper(), INTERFACE_NAMES, n=1, cutoff=0.8)
         if close and not hasattr(module, close[0]):
-            raise UserError(f"method file {path} defines {attr}, which the suite does not read, and no {close[0]}: "
-                            f"rename it {close[0]}")
+            raise UserError(
+                f"method file {path} defines {attr}, which the suite does not read, and no {close[0]}: "
+                f"rename it {close[0]}"
+            )
 
 
 def _check_interface(module, name: str, path: Path) -> None:
@@ -289,8 +325,10 @@ def _check_interface(module, name: str, path: Path) -> None:
     for attr, example in (("DEFAULTS", '{"lr": 1.0e-4}'), ("PARAM_SCHEMA", '{"lr": {"type": "number"}}')):
         given = getattr(module, attr, {})
         if not isinstance(given, dict) or not all(isinstance(key, str) for key in given):
-            raise UserError(f"method file {path}: {attr} must be a dict keyed by parameter name, e.g. {attr} = "
-                            f"{example}; it is {given!r:.80}")
+            raise UserError(
+                f"method file {path}: {attr} must be a dict keyed by parameter name, e.g. {attr} = "
+                f"{example}; it is {given!r:.80}"
+            )
     module.DEFAULTS = dict(getattr(module, "DEFAULTS", {}))
     module.PARAM_SCHEMA = dict(getattr(module, "PARAM_SCHEMA", {}))
     stray = sorted(set(module.PARAM_SCHEMA) - set(module.DEFAULTS))
@@ -315,8 +353,10 @@ def _check_interface(module, name: str, path: Path) -> None:
     module.SCALED = dict(getattr(module, "SCALED", {}))
     for param, rule in module.SCALED.items():
         if param not in module.DEFAULTS or rule not in SCALE_RULES:
-            raise UserError(f"method file {path}: SCALED[{param!r}] = {rule!r}: SCALED maps params of DEFAULTS to "
-                            f"scale rules ({', '.join(SCALE_RULES)}; unlearnbench/scaling.py)")
+            raise UserError(
+                f"method file {path}: SCALED[{param!r}] = {rule!r}: SCALED maps params of DEFAULTS to "
+                f"scale rules ({', '.join(SCALE_RULES)}; unlearnbench/scaling.py)"
+            )
         if rule == "ema" and "steps" not in module.DEFAULTS:  # the rule follows the steps that run
             raise UserError(f"method file {path}: SCALED[{param!r}] = 'ema' needs a 'steps' param in DEFAULTS")
     module.PRIORS = list(getattr(module, "PRIORS", []))
@@ -342,8 +382,9 @@ def _check_interface(module, name: str, path: Path) -> None:
 
     def visit(prior_name: str, chain: tuple[str, ...]) -> None:  # depth-first: a cycle never finishes
         if prior_name in chain:
-            raise UserError(f"method file {path}: priors require each other in a cycle: "
-                            f"{' -> '.join((*chain, prior_name))}")
+            raise UserError(
+                f"method file {path}: priors require each other in a cycle: {' -> '.join((*chain, prior_name))}"
+            )
         if prior_name not in done:
             for required in priors[prior_name].requires:
                 visit(required, (*chain, prior_name))
@@ -362,8 +403,10 @@ def _check_param_schema(module, path: Path) -> None:
         try:
             jsonschema.Draft202012Validator.check_schema(schema)
         except jsonschema.SchemaError as exc:
-            raise UserError(f"method file {path}: PARAM_SCHEMA[{key!r}] = {schema!r} is not a JSON Schema "
-                            f"({exc.message}); e.g. {{'type': 'number', 'exclusiveMinimum': 0}}") from None
+            raise UserError(
+                f"method file {path}: PARAM_SCHEMA[{key!r}] = {schema!r} is not a JSON Schema "
+                f"({exc.message}); e.g. {{'type': 'number', 'exclusiveMinimum': 0}}"
+            ) from None
     problems = schema_problems({"type": "object", "properties": param_schema(module)}, module.DEFAULTS, ("DEFAULTS",))
     if problems:
         raise UserError(f"method file {path}: its DEFAULTS break its PARAM_SCHEMA: {'; '.join(problems)}")
@@ -383,8 +426,9 @@ def param_schema(module) -> dict:
     """JSON Schema of each hyper-parameter: the method's PARAM_SCHEMA, else the type of its default
     (an int default takes whole numbers, a float any number, text text; a None default anything)."""
     inferred = {bool: {"type": "boolean"}, int: {"type": "integer"}, float: {"type": "number"}, str: {"type": "string"}}
-    return {key: module.PARAM_SCHEMA.get(key, inferred.get(type(default), {}))
-            for key, default in module.DEFAULTS.items()}
+    return {
+        key: module.PARAM_SCHEMA.get(key, inferred.get(type(default), {})) for key, default in module.DEFAULTS.items()
+    }
 
 
 def prior_by_name(module, name: str) -> Prior:

@@ -1,4 +1,5 @@
 """Networks: UNet presets (class-conditional, last class index = null; `unlearnbench.unet`) and evaluation classifiers."""
+
 from __future__ import annotations
 
 import torch
@@ -8,8 +9,12 @@ from torch import nn
 UNET_PRESETS = {
     # digits 8x8x1: small enough that the default benchmark runs on 2 CPU cores in minutes.
     "tiny": dict(
-        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
-        block_out_channels=(16, 32), norm_num_groups=8,
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        norm_num_groups=8,
         down_block_types=("DownBlock2D", "AttnDownBlock2D"),
         up_block_types=("AttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=None,
@@ -17,8 +22,13 @@ UNET_PRESETS = {
     # The DDPM/DDIM CIFAR-10 UNet: 128 channels, (1, 2, 2, 2), 2 res blocks per level, single-head
     # attention at 16x16 (level 1) and in the middle block, dropout 0.1 (docs/protocol-notes.md, shared setup).
     "paper": dict(
-        sample_size=32, in_channels=3, out_channels=3, layers_per_block=2,
-        block_out_channels=(128, 256, 256, 256), norm_num_groups=32, dropout=0.1,
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=2,
+        block_out_channels=(128, 256, 256, 256),
+        norm_num_groups=32,
+        dropout=0.1,
         down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=256,
@@ -86,10 +96,20 @@ class SmallCNN(FeaturesAndHead):
     def __init__(self, in_channels: int = 1, num_classes: int = 10):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
-            nn.Flatten(), nn.Linear(64 * 4, 128), nn.ReLU(),
+            nn.Conv2d(in_channels, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(64, 64, 3, padding=1),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64 * 4, 128),
+            nn.ReLU(),
         )
         self.dropout = nn.Dropout(0.2)
         self.head = nn.Linear(128, num_classes)
@@ -117,8 +137,14 @@ class MLP(FeaturesAndHead):
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10):
         super().__init__()
-        self.body = nn.Sequential(nn.AdaptiveAvgPool2d(8), nn.Flatten(), nn.Linear(in_channels * 64, 256), nn.ReLU(),
-                                  nn.Linear(256, 128), nn.ReLU())
+        self.body = nn.Sequential(
+            nn.AdaptiveAvgPool2d(8),
+            nn.Flatten(),
+            nn.Linear(in_channels * 64, 256),
+            nn.ReLU(),
+            nn.Linear(256, 128),
+            nn.ReLU(),
+        )
         self.dropout = nn.Dropout(0.2)
         self.head = nn.Linear(128, num_classes)
 

@@ -4,6 +4,7 @@ partial diffusion, and the plain against the noise-aware UA per forgotten class.
 Headless (Agg, through figures.py); every figure is a PNG written atomically. Retrain, the reference, is drawn
 dashed in black, the original in grey, every method in its file's colour.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -71,8 +72,11 @@ def relearning_curves(table: pd.DataFrame, methods: Sequence[str], out_path, col
         rows = attacks[attacks["attack"] == attack]
         if k is not None:
             rows = rows[rows["attack_value"] == k]
-        ax.set_title(f"Relearning on k = {k:g} images of the class" if k is not None
-                     else "Resurgence: fine-tuning on the other classes")
+        ax.set_title(
+            f"Relearning on k = {k:g} images of the class"
+            if k is not None
+            else "Resurgence: fine-tuning on the other classes"
+        )
         if rows.empty:
             _no_data(ax, "no attack measured")
             continue
@@ -83,14 +87,16 @@ def relearning_curves(table: pd.DataFrame, methods: Sequence[str], out_path, col
         ax.set_xlabel("fine-tuning step")
         ax.set_ylabel("UA [%] (forgotten class)")
     axes[0][0].legend(fontsize=8, loc="best")
-    fig.suptitle(f"UA of the forgotten class under fine-tuning attacks, {_classes_note(attacks)}; dotted: "
-                 f"{line:g}%, below it the class counts as recognised again", fontsize=10)
+    fig.suptitle(
+        f"UA of the forgotten class under fine-tuning attacks, {_classes_note(attacks)}; dotted: "
+        f"{line:g}%, below it the class counts as recognised again",
+        fontsize=10,
+    )
     fig.tight_layout()
     _save(fig, out_path)
 
 
-def partial_diffusion_curves(table: pd.DataFrame, methods: Sequence[str], out_path,
-                             colors: Mapping[str, str]) -> None:
+def partial_diffusion_curves(table: pd.DataFrame, methods: Sequence[str], out_path, colors: Mapping[str, str]) -> None:
     """Mean UA (and noise-aware UA, when measured) against the partial-diffusion strength s, a line per model."""
     rows = table[table["attack"] == "partial_diffusion"]
     aware = rows["ua_noise_aware"].notna().any()
@@ -108,8 +114,10 @@ def partial_diffusion_curves(table: pd.DataFrame, methods: Sequence[str], out_pa
         ax.set_xlabel("strength s (noised to t = s T)")
         ax.set_ylabel(f"{label} (forgotten class)")
     axes[0][0].legend(fontsize=8, loc="best")
-    fig.suptitle(f"Real images of the forgotten class noised to s T and denoised under its label, "
-                 f"{_classes_note(rows)}", fontsize=10)
+    fig.suptitle(
+        f"Real images of the forgotten class noised to s T and denoised under its label, {_classes_note(rows)}",
+        fontsize=10,
+    )
     fig.tight_layout()
     _save(fig, out_path)
 
@@ -139,17 +147,28 @@ def noise_aware_pairs(table: pd.DataFrame, methods: Sequence[str], out_path, col
     ax.set_xlabel("forgotten class")
     ax.set_ylabel("UA [%] (forgotten class)")
     handles, labels = ax.get_legend_handles_labels()
-    kinds = [plt.Line2D([], [], color="0.3", marker="o", linestyle="", label="filled: UA"),
-             plt.Line2D([], [], color="0.3", marker="D", markerfacecolor="white", linestyle="",
-                        label="open: noise-aware UA")]
-    ax.legend([*handles, *kinds], [*labels, *(k.get_label() for k in kinds)], fontsize=8,
-              ncols=len(handles) + 2, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
+    kinds = [
+        plt.Line2D([], [], color="0.3", marker="o", linestyle="", label="filled: UA"),
+        plt.Line2D(
+            [], [], color="0.3", marker="D", markerfacecolor="white", linestyle="", label="open: noise-aware UA"
+        ),
+    ]
+    ax.legend(
+        [*handles, *kinds],
+        [*labels, *(k.get_label() for k in kinds)],
+        fontsize=8,
+        ncols=len(handles) + 2,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.14),
+        frameon=False,
+    )
     fig.tight_layout()
     _save(fig, out_path)
 
 
-def robustness_figures(table: pd.DataFrame, methods: Sequence[str], out_dir,
-                       colors: Mapping[str, str] | None = None) -> list[Path]:
+def robustness_figures(
+    table: pd.DataFrame, methods: Sequence[str], out_dir, colors: Mapping[str, str] | None = None
+) -> list[Path]:
     """The three figures of robustness.csv in `out_dir`; `methods` in the config's order."""
     colors = colors or method_colors([ORIGINAL, *methods])
     out_dir = Path(out_dir)

@@ -3,6 +3,7 @@
 It imports neither of them (runtime <- diffusion <- training), so both can use it at module level. The job's
 setup (device, threads, determinism, compile, seeds) stays in training.py.
 """
+
 from __future__ import annotations
 
 from contextlib import nullcontext

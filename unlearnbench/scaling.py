@@ -15,6 +15,7 @@ The rules (docs/protocol-notes.md, "Scaling the protocol down"):
   the paper's balance: times 3072 / d under `loss_reduction: sum` (d = C*H*W; 3072 is CIFAR-10's), times 3072
   under `mean`, where both terms are element means.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,9 @@ def _image_dim(image_shape) -> int:
 RULES = {
     "steps": lambda value, scale, image_shape, reduction: _count(value, scale.steps),
     "batch": lambda value, scale, image_shape, reduction: _count(value, scale.batch),
-    "pixel_sum_weight": lambda value, scale, image_shape, reduction: value * PAPER_IMAGE_DIM / (
-        _image_dim(image_shape) if reduction == "sum" else 1),
+    "pixel_sum_weight": lambda value, scale, image_shape, reduction: (
+        value * PAPER_IMAGE_DIM / (_image_dim(image_shape) if reduction == "sum" else 1)
+    ),
     "ema": None,  # needs the method's steps in effect: resolve_params applies it last
 }
 RULE_TEXT = {
@@ -70,8 +72,16 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def resolve_params(defaults: dict, scaled: dict, given: dict, overrides: dict, scale: ScaleSettings, image_shape,
-                   loss_reduction: str, variant: dict | None = None) -> tuple[dict, dict]:
+def resolve_params(
+    defaults: dict,
+    scaled: dict,
+    given: dict,
+    overrides: dict,
+    scale: ScaleSettings,
+    image_shape,
+    loss_reduction: str,
+    variant: dict | None = None,
+) -> tuple[dict, dict]:
     """A method's effective params and where each one that is not the published default came from.
 
     Order: DEFAULTS (the paper's values), a variant's changes (`variant`, at the paper's scale too), the scale
@@ -80,10 +90,16 @@ def resolve_params(defaults: dict, scaled: dict, given: dict, overrides: dict, s
     from the published default.
     """
     start = {**defaults, **(variant or {})}
-    origins = {name: f"variant; published {defaults[name]!r}" for name, value in (variant or {}).items()
-               if not _same(value, defaults[name])}
-    by_hand = {name: (source, value) for source, values in (("config", given), ("override", overrides))
-               for name, value in (values or {}).items()}  # an override wins over the config
+    origins = {
+        name: f"variant; published {defaults[name]!r}"
+        for name, value in (variant or {}).items()
+        if not _same(value, defaults[name])
+    }
+    by_hand = {
+        name: (source, value)
+        for source, values in (("config", given), ("override", overrides))
+        for name, value in (values or {}).items()
+    }  # an override wins over the config
     params = dict(start)
     for name, rule in scaled.items():
         if rule != "ema":

@@ -1,5 +1,6 @@
 """JSON Schema checks that name each problem with its key, its value and what is allowed (config files, method
 params): the config loader and the method interface both use them, so neither imports the other for them."""
+
 from __future__ import annotations
 
 import contextlib
@@ -24,7 +25,9 @@ def _allowed(error) -> str:
     if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "type"):
         parts = []
         if "type" in schema:
-            parts.append("type " + (" or ".join(schema["type"]) if isinstance(schema["type"], list) else schema["type"]))
+            parts.append(
+                "type " + (" or ".join(schema["type"]) if isinstance(schema["type"], list) else schema["type"])
+            )
         for k, word in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<")):
             if k in schema:
                 parts.append(f"{word} {schema[k]}")
@@ -103,15 +106,20 @@ def schema_problems(schema: dict, instance, prefix: tuple = ()) -> list[str]:
     """Each way `instance` breaks `schema`, as "'key' = value is not allowed; allowed: ..." (keys under `prefix`)."""
     import jsonschema
 
-    problems = [f"'{key_path([*prefix, *path])}' is {value}; allowed: a finite number"
-                for path, value in _non_finite(instance)]
-    for error in sorted(jsonschema.Draft202012Validator(schema).iter_errors(instance), key=lambda e: list(map(str, e.path))):
+    problems = [
+        f"'{key_path([*prefix, *path])}' is {value}; allowed: a finite number" for path, value in _non_finite(instance)
+    ]
+    for error in sorted(
+        jsonschema.Draft202012Validator(schema).iter_errors(instance), key=lambda e: list(map(str, e.path))
+    ):
         key = key_path([*prefix, *error.absolute_path])
         if error.validator == "additionalProperties":
             extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
             spaced = " (YAML needs a space after ':', as in {steps: 5})" if any(":" in k for k in extra) else ""
             typo = did_you_mean(extra, error.schema.get("properties", {}))
-            problems.append(f"unknown key(s) {', '.join(extra)} under '{key}'; allowed: {_allowed(error)}{typo}{spaced}")
+            problems.append(
+                f"unknown key(s) {', '.join(extra)} under '{key}'; allowed: {_allowed(error)}{typo}{spaced}"
+            )
         elif "propertyNames" in error.absolute_schema_path:  # the name of a key, not a value, is what breaks it
             problems.append(f"'{key}' has a key {error.instance!r}, which is not allowed; allowed: {_allowed(error)}")
         elif error.validator == "required":
@@ -121,13 +129,18 @@ def schema_problems(schema: dict, instance, prefix: tuple = ()) -> list[str]:
             value = error.instance
             if error.validator == "type" and "array" in types_of(error.schema) and str(value).lstrip().startswith("["):
                 hint = " (its '[' is not closed: [a, b])"  # Snakemake's --config reads an unclosed list as text
-            elif (error.validator == "type" and "array" in types_of(error.schema) and isinstance(value, (str, int, float))
-                    and " " not in str(value) and str(value) not in ("", "null", "~")):
+            elif (
+                error.validator == "type"
+                and "array" in types_of(error.schema)
+                and isinstance(value, (str, int, float))
+                and " " not in str(value)
+                and str(value) not in ("", "null", "~")
+            ):
                 cli = "" if "." in key or "[" in key else f"; on the command line --config {key}=[{error.instance}]"
                 hint = f" (a list, even of one: [{error.instance}]{cli})"
             elif error.validator == "type" and types_of(error.schema) == {"string"} and isinstance(value, (int, float)):
                 # Snakemake's --config reads 123 as a number even quoted; only a YAML file keeps it text
                 cli = "" if "." in key or "[" in key else "; --config cannot give text of digits only"
-                hint = f" (text: quote it in a YAML file as {key.rsplit('.', 1)[-1]}: \"...\"{cli})"
+                hint = f' (text: quote it in a YAML file as {key.rsplit(".", 1)[-1]}: "..."{cli})'
             problems.append(f"'{key}' = {json.dumps(error.instance)} is not allowed; allowed: {_allowed(error)}{hint}")
     return problems

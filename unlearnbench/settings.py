@@ -9,6 +9,7 @@ validated config mapping: it is what is hashed into fingerprints and written int
 A default here is the value a config that leaves the key out runs with (the schema requires the others). This
 module imports nothing of the suite's, so every layer can import it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
@@ -51,9 +52,12 @@ class Runtime:
 
     @classmethod
     def parse(cls, config: Mapping) -> "Runtime":
-        return cls(device=config.get("device") or "auto", threads=config.get("threads"),
-                   deterministic=bool(config.get("deterministic", True)),
-                   performance=Performance.parse(config.get("performance")))
+        return cls(
+            device=config.get("device") or "auto",
+            threads=config.get("threads"),
+            deterministic=bool(config.get("deterministic", True)),
+            performance=Performance.parse(config.get("performance")),
+        )
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,11 @@ class Settings:
 
     @classmethod
     def parse(cls, config: Mapping) -> "Settings":
-        return cls(runtime=Runtime.parse(config), diffusion=DiffusionSettings.parse(config["diffusion"]),
-                   sampler=SamplerSettings.parse(config["sampler"]), model=ModelSettings.parse(config["model"]),
-                   data=DataSettings.parse(config), scale=ScaleSettings.parse(config.get("scale")))
+        return cls(
+            runtime=Runtime.parse(config),
+            diffusion=DiffusionSettings.parse(config["diffusion"]),
+            sampler=SamplerSettings.parse(config["sampler"]),
+            model=ModelSettings.parse(config["model"]),
+            data=DataSettings.parse(config),
+            scale=ScaleSettings.parse(config.get("scale")),
+        )

@@ -1,4 +1,5 @@
 """Training loop pieces shared by the base model, the evaluator and every unlearning method."""
+
 from __future__ import annotations
 
 import copy
@@ -15,12 +16,15 @@ from .acceleration import maybe_compile
 from .checkpoints import load_state, require_finite, save_state
 from .diffusion import epsilon_loss
 from .errors import UserError
-from .runtime import to_device
-from .settings import Performance, Runtime
+
 # These live in runtime.py (the sampler in diffusion.py needs them too, and training imports diffusion); re-exported
 # here (`x as x` marks a re-export) for the stages, the benchmark, tests and method files that import them from training.
-from .runtime import autocast as autocast, autocast_dtype as autocast_dtype
-from .runtime import bf16_uses as bf16_uses, note_bf16_use as note_bf16_use
+from .runtime import autocast as autocast
+from .runtime import autocast_dtype as autocast_dtype
+from .runtime import bf16_uses as bf16_uses
+from .runtime import note_bf16_use as note_bf16_use
+from .runtime import to_device
+from .settings import Performance, Runtime
 
 
 # ---------------------------------------------------------------- job setup (device copies, bf16: runtime.py)
@@ -30,8 +34,10 @@ def resolve_device(requested: str) -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda")
     if requested == "cuda":
-        raise UserError("the config asks for device: cuda, but torch sees no CUDA device "
-                        "(torch.cuda.is_available() is False). Set device: auto or cpu, or install a CUDA build of torch.")
+        raise UserError(
+            "the config asks for device: cuda, but torch sees no CUDA device "
+            "(torch.cuda.is_available() is False). Set device: auto or cpu, or install a CUDA build of torch."
+        )
     return torch.device("cpu")
 
 
@@ -86,7 +92,9 @@ def make_ema(model: torch.nn.Module) -> torch.nn.Module:
     return ema
 
 
-def optimizer_step(optimizer, loss: torch.Tensor, params, grad_clip: float | None, grad_mask: dict | None = None) -> None:
+def optimizer_step(
+    optimizer, loss: torch.Tensor, params, grad_clip: float | None, grad_mask: dict | None = None
+) -> None:
     """Backward, clip the full gradient, optionally multiply by a mask (SalUn: {parameter: mask of its shape}), step.
     The clip and the mask are multi-tensor kernels (a few launches, not one per parameter tensor)."""
     optimizer.zero_grad(set_to_none=True)
@@ -108,8 +116,15 @@ class BatchStream:
     and copied with `to_device`: a batch is then gathered on the device with no host round trip.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator,
-                 device: torch.device, hflip: bool = False):
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        generator: torch.Generator,
+        device: torch.device,
+        hflip: bool = False,
+    ):
         if len(x) == 0:
             raise UserError("no training images for this selection of classes")
         self.x, self.y = x.to(device), y.to(device)  # once: a plain copy (no pinned dataset-sized block kept)
@@ -193,9 +208,21 @@ def set_global_rng_state(state: dict | None) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def resumable_steps(steps: int, step_fn, *, desc: str, meter=None, every: int = 0, state_path=None, state_key=None,
-                    modules: dict | None = None, generator: torch.Generator | None = None, streams=(),
-                    extra: dict | None = None, before_save=None) -> None:
+def resumable_steps(
+    steps: int,
+    step_fn,
+    *,
+    desc: str,
+    meter=None,
+    every: int = 0,
+    state_path=None,
+    state_key=None,
+    modules: dict | None = None,
+    generator: torch.Generator | None = None,
+    streams=(),
+    extra: dict | None = None,
+    before_save=None,
+) -> None:
     """step_fn(i) for i < steps, timed by `meter` (the RTE); the loop of base training and of ctx.run_steps.
 
     With `every` and `state_path`, every `every` steps (outside the timer; after `before_save(step)`, which may
@@ -224,36 +251,62 @@ def resumable_steps(steps: int, step_fn, *, desc: str, meter=None, every: int = 
     def save(step):
         if before_save:
             before_save(step)
-        save_state(state_path, {
-            "step": step, "rte_s": meter.rte_s if meter else 0.0,
-            "generator": generator.get_state() if generator is not None else None, "global_rng": global_rng_state(),
-            "modules": {name: m.state_dict() for name, m in modules.items()},
-            "streams": [s.state_dict() for s in streams], "extra": dict(extra or {})}, state_key)
+        save_state(
+            state_path,
+            {
+                "step": step,
+                "rte_s": meter.rte_s if meter else 0.0,
+                "generator": generator.get_state() if generator is not None else None,
+                "global_rng": global_rng_state(),
+                "modules": {name: m.state_dict() for name, m in modules.items()},
+                "streams": [s.state_dict() for s in streams],
+                "extra": dict(extra or {}),
+            },
+            state_key,
+        )
 
     run_in_chunks(start, steps, every if state_path else 0, step_fn, save, desc=desc, meter=meter)
 
 
 # ---------------------------------------------------------------- base model
-_DIVERGED_BASE = ("Lower 'base.lr' or set 'base.grad_clip' (with 'performance.bf16' on, try it off); nothing was "
-                  "saved.")
+_DIVERGED_BASE = "Lower 'base.lr' or set 'base.grad_clip' (with 'performance.bf16' on, try it off); nothing was saved."
 
 
-def train_diffusion(model, schedule, stream: BatchStream, *, steps: int, lr: float, grad_clip: float | None,
-                    ema_decay: float, cond_dropout: float, reduction: str, generator: torch.Generator,
-                    warmup_steps: int = 0, state_path: Path | None = None, checkpoint_every: int = 0,
-                    state_key: str | None = None, amp=nullcontext, meter=None):
+def train_diffusion(
+    model,
+    schedule,
+    stream: BatchStream,
+    *,
+    steps: int,
+    lr: float,
+    grad_clip: float | None,
+    ema_decay: float,
+    cond_dropout: float,
+    reduction: str,
+    generator: torch.Generator,
+    warmup_steps: int = 0,
+    state_path: Path | None = None,
+    checkpoint_every: int = 0,
+    state_key: str | None = None,
+    amp=nullcontext,
+    meter=None,
+):
     """Train the class-conditional DDPM; resumes from `state_path` when a checkpoint of the same `state_key`
     (what defines the run) is there. Stops with DivergedError when the weights are no longer finite."""
     ema = make_ema(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps else 1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps else 1.0
+    )
     log = {"losses": []}  # (step, loss) every 100 steps, saved with the state: a resumed run keeps the earlier ones
     model.train()
 
     def train_step(i):
         x0, y = next(stream)
         with amp():
-            loss = epsilon_loss(model, schedule, x0, y, reduction=reduction, cond_dropout=cond_dropout, generator=generator)
+            loss = epsilon_loss(
+                model, schedule, x0, y, reduction=reduction, cond_dropout=cond_dropout, generator=generator
+            )
         optimizer_step(optimizer, loss, model.parameters(), grad_clip)
         sched.step()
         ema_update(ema, model, ema_decay)
@@ -264,18 +317,38 @@ def train_diffusion(model, schedule, stream: BatchStream, *, steps: int, lr: flo
         require_finite(model, f"base training diverged by step {step}", _DIVERGED_BASE)
         log["losses"] = [(i, float(value)) for i, value in log["losses"]]
 
-    resumable_steps(steps, train_step, desc="base training", meter=meter,
-                    every=checkpoint_every if state_path else 0, state_path=state_path, state_key=state_key,
-                    modules={"model": model, "ema": ema, "optimizer": optimizer, "scheduler": sched},
-                    generator=generator, streams=[stream], extra=log, before_save=before_save)
+    resumable_steps(
+        steps,
+        train_step,
+        desc="base training",
+        meter=meter,
+        every=checkpoint_every if state_path else 0,
+        state_path=state_path,
+        state_key=state_key,
+        modules={"model": model, "ema": ema, "optimizer": optimizer, "scheduler": sched},
+        generator=generator,
+        streams=[stream],
+        extra=log,
+        before_save=before_save,
+    )
     require_finite(model, "base training ended with non-finite weights", _DIVERGED_BASE)
     require_finite(ema, "base training's EMA weights are not finite", _DIVERGED_BASE)
     return model, ema, [(step, float(loss)) for step, loss in log["losses"]]
 
 
 # ---------------------------------------------------------------- evaluator
-def train_classifier(model, train_x, train_y, *, epochs: int, batch_size: int, lr: float, generator: torch.Generator,
-                     device: torch.device, hflip: bool = False):
+def train_classifier(
+    model,
+    train_x,
+    train_y,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    generator: torch.Generator,
+    device: torch.device,
+    hflip: bool = False,
+):
     """Cross-entropy training with Adam and a cosine schedule; returns the model in eval mode."""
     model.to(device).train()
     stream = BatchStream(train_x, train_y, batch_size, generator, device, hflip)
@@ -296,5 +369,5 @@ def classifier_accuracy(model, x: torch.Tensor, y: torch.Tensor, batch_size: int
     device = next(model.parameters()).device
     correct = 0
     for i in range(0, len(x), batch_size):
-        correct += (model(x[i:i + batch_size].to(device)).argmax(1).cpu() == y[i:i + batch_size]).sum().item()
+        correct += (model(x[i : i + batch_size].to(device)).argmax(1).cpu() == y[i : i + batch_size]).sum().item()
     return 100.0 * correct / len(x)

@@ -11,6 +11,7 @@ Supported: blocks DownBlock2D, AttnDownBlock2D, UpBlock2D, AttnUpBlock2D and UNe
 time embedding; an nn.Embedding class embedding (num_class_embeds); "default" time-embedding addition;
 conv down/upsamplers. A config asking for anything else is refused with the key that is not supported.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,22 +28,45 @@ DIFFUSERS_VERSION = "0.42.1"  # the version whose UNet2DModel this mirrors (the 
 
 # Every UNet2DModel constructor argument with diffusers' default; config.json holds all of them.
 DEFAULTS = {
-    "sample_size": None, "in_channels": 3, "out_channels": 3, "center_input_sample": False,
-    "time_embedding_type": "positional", "time_embedding_dim": None, "freq_shift": 0, "flip_sin_to_cos": True,
+    "sample_size": None,
+    "in_channels": 3,
+    "out_channels": 3,
+    "center_input_sample": False,
+    "time_embedding_type": "positional",
+    "time_embedding_dim": None,
+    "freq_shift": 0,
+    "flip_sin_to_cos": True,
     "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
     "mid_block_type": "UNetMidBlock2D",
     "up_block_types": ("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-    "block_out_channels": (224, 448, 672, 896), "layers_per_block": 2, "mid_block_scale_factor": 1,
-    "downsample_padding": 1, "downsample_type": "conv", "upsample_type": "conv", "dropout": 0.0, "act_fn": "silu",
-    "attention_head_dim": 8, "norm_num_groups": 32, "attn_norm_num_groups": None, "norm_eps": 1e-5,
-    "resnet_time_scale_shift": "default", "add_attention": True, "class_embed_type": None, "num_class_embeds": None,
+    "block_out_channels": (224, 448, 672, 896),
+    "layers_per_block": 2,
+    "mid_block_scale_factor": 1,
+    "downsample_padding": 1,
+    "downsample_type": "conv",
+    "upsample_type": "conv",
+    "dropout": 0.0,
+    "act_fn": "silu",
+    "attention_head_dim": 8,
+    "norm_num_groups": 32,
+    "attn_norm_num_groups": None,
+    "norm_eps": 1e-5,
+    "resnet_time_scale_shift": "default",
+    "add_attention": True,
+    "class_embed_type": None,
+    "num_class_embeds": None,
     "num_train_timesteps": None,
 }
 # Options of UNet2DModel this twin does not implement: (key, the values it accepts).
 SUPPORTED = {
-    "center_input_sample": (False,), "time_embedding_type": ("positional",), "mid_block_type": ("UNetMidBlock2D",),
-    "downsample_type": ("conv",), "upsample_type": ("conv",), "act_fn": ("silu", "swish"),
-    "resnet_time_scale_shift": ("default",), "class_embed_type": (None,),
+    "center_input_sample": (False,),
+    "time_embedding_type": ("positional",),
+    "mid_block_type": ("UNetMidBlock2D",),
+    "downsample_type": ("conv",),
+    "upsample_type": ("conv",),
+    "act_fn": ("silu", "swish"),
+    "resnet_time_scale_shift": ("default",),
+    "class_embed_type": (None,),
 }
 DOWN_BLOCKS, UP_BLOCKS = ("DownBlock2D", "AttnDownBlock2D"), ("UpBlock2D", "AttnUpBlock2D")
 
@@ -82,8 +106,16 @@ def resolve_config(kwargs: dict) -> UNetConfig:
 class ResnetBlock(nn.Module):
     """GroupNorm-SiLU-conv, plus the projected time embedding, GroupNorm-SiLU-dropout-conv, plus the shortcut."""
 
-    def __init__(self, in_ch: int, out_ch: int, temb_ch: int, groups: int, eps: float, dropout: float,
-                 output_scale_factor: float = 1.0):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        temb_ch: int,
+        groups: int,
+        eps: float,
+        dropout: float,
+        output_scale_factor: float = 1.0,
+    ):
         super().__init__()
         self.norm1 = nn.GroupNorm(groups, in_ch, eps=eps)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
@@ -121,8 +153,10 @@ class SelfAttention(nn.Module):
         b, c, hgt, wid = x.shape
         h = x.view(b, c, hgt * wid).transpose(1, 2)  # (B, HW, C)
         h = self.group_norm(h.transpose(1, 2)).transpose(1, 2)
-        q, k, v = (proj(h).view(b, -1, self.heads, proj.out_features // self.heads).transpose(1, 2)
-                   for proj in (self.to_q, self.to_k, self.to_v))
+        q, k, v = (
+            proj(h).view(b, -1, self.heads, proj.out_features // self.heads).transpose(1, 2)
+            for proj in (self.to_q, self.to_k, self.to_v)
+        )
         h = F.scaled_dot_product_attention(q, k, v)
         h = h.transpose(1, 2).reshape(b, -1, q.shape[1] * q.shape[-1]).to(q.dtype)
         h = self.to_out[1](self.to_out[0](h))
@@ -188,7 +222,9 @@ class UpBlock(nn.Module):
         resnets, attentions = [], []
         for i in range(layers):
             skip_ch = in_ch if i == layers - 1 else out_ch
-            resnets.append(ResnetBlock((prev_ch if i == 0 else out_ch) + skip_ch, out_ch, temb_ch, groups, eps, dropout))
+            resnets.append(
+                ResnetBlock((prev_ch if i == 0 else out_ch) + skip_ch, out_ch, temb_ch, groups, eps, dropout)
+            )
             if attention:
                 attentions.append(SelfAttention(out_ch, head_dim, groups, eps))
         self.attentions = nn.ModuleList(attentions) if attention else None
@@ -264,17 +300,51 @@ class UNet(nn.Module):
         out_ch = chans[0]
         for i, kind in enumerate(cfg.down_block_types):
             in_ch, out_ch = out_ch, chans[i]
-            self.down_blocks.append(DownBlock(in_ch, out_ch, temb_ch, cfg.layers_per_block, groups, eps, dropout,
-                                              head_dim(out_ch), kind == "AttnDownBlock2D", i < len(chans) - 1,
-                                              cfg.downsample_padding))
-        self.mid_block = MidBlock(chans[-1], temb_ch, groups, cfg.attn_norm_num_groups or groups, eps, dropout,
-                                  head_dim(chans[-1]), cfg.add_attention, cfg.mid_block_scale_factor)
+            self.down_blocks.append(
+                DownBlock(
+                    in_ch,
+                    out_ch,
+                    temb_ch,
+                    cfg.layers_per_block,
+                    groups,
+                    eps,
+                    dropout,
+                    head_dim(out_ch),
+                    kind == "AttnDownBlock2D",
+                    i < len(chans) - 1,
+                    cfg.downsample_padding,
+                )
+            )
+        self.mid_block = MidBlock(
+            chans[-1],
+            temb_ch,
+            groups,
+            cfg.attn_norm_num_groups or groups,
+            eps,
+            dropout,
+            head_dim(chans[-1]),
+            cfg.add_attention,
+            cfg.mid_block_scale_factor,
+        )
         rev = list(reversed(chans))
         out_ch = rev[0]
         for i, kind in enumerate(cfg.up_block_types):
             prev_ch, out_ch, in_ch = out_ch, rev[i], rev[min(i + 1, len(chans) - 1)]
-            self.up_blocks.append(UpBlock(in_ch, prev_ch, out_ch, temb_ch, cfg.layers_per_block + 1, groups, eps, dropout,
-                                          head_dim(out_ch), kind == "AttnUpBlock2D", i < len(chans) - 1))
+            self.up_blocks.append(
+                UpBlock(
+                    in_ch,
+                    prev_ch,
+                    out_ch,
+                    temb_ch,
+                    cfg.layers_per_block + 1,
+                    groups,
+                    eps,
+                    dropout,
+                    head_dim(out_ch),
+                    kind == "AttnUpBlock2D",
+                    i < len(chans) - 1,
+                )
+            )
         self.conv_norm_out = nn.GroupNorm(groups, chans[0], eps=eps)
         self.conv_out = nn.Conv2d(chans[0], cfg.out_channels, 3, padding=1)
         self.time_features = dict(dim=chans[0], flip_sin_to_cos=cfg.flip_sin_to_cos, shift=cfg.freq_shift)
@@ -305,8 +375,11 @@ class UNet(nn.Module):
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        config = {"_class_name": DIFFUSERS_CLASS, "_diffusers_version": DIFFUSERS_VERSION,
-                  **{k: list(v) if isinstance(v, tuple) else v for k, v in self.config.items()}}
+        config = {
+            "_class_name": DIFFUSERS_CLASS,
+            "_diffusers_version": DIFFUSERS_VERSION,
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in self.config.items()},
+        }
         (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})

@@ -1,11 +1,12 @@
 """What the Snakefile needs at parse time: validated config, paths of one run, the methods' priors."""
+
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
 
-from .config import deep_merge, imported_cells, imported_model_dir, read_yaml, validate, write_resolved, DEFAULT_CONFIG
+from .config import DEFAULT_CONFIG, deep_merge, imported_cells, imported_model_dir, read_yaml, validate, write_resolved
 from .errors import UserError
 from .files import DIGESTS
 from .settings import ModelSettings
@@ -43,8 +44,11 @@ def load_workflow_config(config: dict, configfiles=()) -> dict:
     for note in config_notes(merged, configfiles):
         print(f"note: {note}", file=sys.stderr)
     if problem := device_problem(merged):  # the executor is not known yet: jobs may run on GPU nodes
-        print(f"note: {problem}; a run here stops before its first job, an executor profile runs the jobs where "
-              "there is one", file=sys.stderr)
+        print(
+            f"note: {problem}; a run here stops before its first job, an executor profile runs the jobs where "
+            "there is one",
+            file=sys.stderr,
+        )
     return merged
 
 
@@ -56,9 +60,11 @@ def device_problem(config: dict) -> str | None:
 
     if torch.cuda.is_available():
         return None
-    return ("the config asks for device: cuda, but torch sees no CUDA device here (torch "
-            f"{torch.__version__}, {'built for CUDA ' + torch.version.cuda if torch.version.cuda else 'a CPU-only build'})"
-            "; set device: auto (a GPU when there is one) or cpu")
+    return (
+        "the config asks for device: cuda, but torch sees no CUDA device here (torch "
+        f"{torch.__version__}, {'built for CUDA ' + torch.version.cuda if torch.version.cuda else 'a CPU-only build'})"
+        "; set device: auto (a GPU when there is one) or cpu"
+    )
 
 
 def start_run(config: dict, jobs_run_here: bool = True) -> None:
@@ -73,16 +79,21 @@ def start_run(config: dict, jobs_run_here: bool = True) -> None:
     blocked = [(folder, why) for folder in folders if (why := unwritable(folder))]
     if blocked:
         shown = "; ".join(f"{folder}/ ({why})" for folder, why in blocked)
-        print(f"error: the run cannot write its results: {shown}. Make the folder writable (or mount it read-write), "
-              f"or set another run_name (config run_name, now {config['run_name']!r}); nothing was run",
-              file=sys.stderr)
+        print(
+            f"error: the run cannot write its results: {shown}. Make the folder writable (or mount it read-write), "
+            f"or set another run_name (config run_name, now {config['run_name']!r}); nothing was run",
+            file=sys.stderr,
+        )
         sys.exit(1)
     path = resolved_config_path(config)
     try:
         write_resolved(config, path)
     except OSError as exc:
-        print(f"error: cannot write the run's config to {path} ({exc.strerror}): make "
-              f"results/{config['run_name']}/ writable, or set another run_name; nothing was run", file=sys.stderr)
+        print(
+            f"error: cannot write the run's config to {path} ({exc.strerror}): make "
+            f"results/{config['run_name']}/ writable, or set another run_name; nothing was run",
+            file=sys.stderr,
+        )
         sys.exit(1)
 
 
@@ -108,8 +119,12 @@ SHIPPED_CONFIGS = ("default.yaml", "test.yaml", "paper.yaml")
 
 def config_notes(config: dict, configfiles=()) -> list[str]:
     """What a valid config leaves out that its author likely meant to run (printed, not refused)."""
-    notes = [skipped_ablation_note(config), skipped_finding_note(config), *unused_params_notes(config, configfiles),
-             *shared_import_notes(config)]
+    notes = [
+        skipped_ablation_note(config),
+        skipped_finding_note(config),
+        *unused_params_notes(config, configfiles),
+        *shared_import_notes(config),
+    ]
     return [note for note in notes if note]
 
 
@@ -119,10 +134,13 @@ def shared_import_notes(config: dict) -> list[str]:
     seeds = config["seeds"]
     if len(seeds) < 2:
         return []
-    return [f"'imported.{name}' has no {{seed}}: each class's one model is scored for each of the {len(seeds)} seeds "
-            f"{seeds}, so its std over seeds is the sampling noise alone (the methods' also comes from their "
-            f"training); give one folder per seed, as .../seed{{seed}}/..., to compare like with like"
-            for name, pattern in (config.get("imported") or {}).items() if "{seed}" not in pattern]
+    return [
+        f"'imported.{name}' has no {{seed}}: each class's one model is scored for each of the {len(seeds)} seeds "
+        f"{seeds}, so its std over seeds is the sampling noise alone (the methods' also comes from their "
+        f"training); give one folder per seed, as .../seed{{seed}}/..., to compare like with like"
+        for name, pattern in (config.get("imported") or {}).items()
+        if "{seed}" not in pattern
+    ]
 
 
 def unused_params_notes(config: dict, configfiles=()) -> list[str]:
@@ -137,9 +155,11 @@ def unused_params_notes(config: dict, configfiles=()) -> list[str]:
         unused = [name for name in named if name not in config["methods"]]
         if unused:
             it = "it" if len(unused) == 1 else "them"
-            notes.append(f"{path} sets method_params for {', '.join(unused)}, which 'methods' "
-                         f"({', '.join(config['methods'])}) leaves out: those params are unused; add {it} to "
-                         f"'methods' to run {it}")
+            notes.append(
+                f"{path} sets method_params for {', '.join(unused)}, which 'methods' "
+                f"({', '.join(config['methods'])}) leaves out: those params are unused; add {it} to "
+                f"'methods' to run {it}"
+            )
     return notes
 
 
@@ -148,11 +168,17 @@ def skipped_finding_note(config: dict) -> str | None:
     study = config.get("finding")
     if not study or finding_variants(config):
         return None
-    where = (f"'{study['method']}' is not in 'methods'" if study["method"] not in config["methods"] else
-             f"class {study['forget_class']} is not in 'forget_classes'" if study["forget_class"] not in
-             config["forget_classes"] else "every point is the main runs' own value")
-    return (f"the finding study (snakemake finding) is skipped: {where}; change 'finding' to run it, or set "
-            "'finding: null' to drop it without this note")
+    where = (
+        f"'{study['method']}' is not in 'methods'"
+        if study["method"] not in config["methods"]
+        else f"class {study['forget_class']} is not in 'forget_classes'"
+        if study["forget_class"] not in config["forget_classes"]
+        else "every point is the main runs' own value"
+    )
+    return (
+        f"the finding study (snakemake finding) is skipped: {where}; change 'finding' to run it, or set "
+        "'finding: null' to drop it without this note"
+    )
 
 
 def skipped_ablation_note(config: dict) -> str | None:
@@ -163,12 +189,16 @@ def skipped_ablation_note(config: dict) -> str | None:
         return None
     figure = f"the {abl['method']} ablation (figures/{config['run_name']}/psi_ablation.png) is skipped"
     if abl["method"] not in config["methods"]:
-        return (f"{figure}: it needs {abl['method']}'s main runs and '{abl['method']}' is not in 'methods'; add it "
-                "to 'methods' to run the ablation, or set 'ablation: null' to drop it without this note")
+        return (
+            f"{figure}: it needs {abl['method']}'s main runs and '{abl['method']}' is not in 'methods'; add it "
+            "to 'methods' to run the ablation, or set 'ablation: null' to drop it without this note"
+        )
     if not ablation_variants(config):
         main = main_param_value(config, abl["method"], abl["param"])
-        return (f"{figure}: 'ablation.values' = {abl['values']} has no value but the main runs' own "
-                f"({abl['param']} = {main}); add the values to compare with it, or set 'ablation: null'")
+        return (
+            f"{figure}: 'ablation.values' = {abl['values']} has no value but the main runs' own "
+            f"({abl['param']} = {main}); add the values to compare with it, or set 'ablation: null'"
+        )
     return None
 
 
@@ -187,14 +217,21 @@ def check_model_folders(config: dict) -> None:
     checkpoint = config["base"].get("checkpoint")
     if checkpoint:
         if not Path(checkpoint).is_dir():
-            raise UserError(f"'base.checkpoint' = {checkpoint!r} is not a folder (from {Path.cwd()}); point it to "
-                            "a trained model folder holding unet/ and unet_ema/, or set it to null to train one")
-        lacking = [f"{sub}/config.json" for sub in ("unet", "unet_ema")
-                   if not (Path(checkpoint) / sub / "config.json").is_file()]
+            raise UserError(
+                f"'base.checkpoint' = {checkpoint!r} is not a folder (from {Path.cwd()}); point it to "
+                "a trained model folder holding unet/ and unet_ema/, or set it to null to train one"
+            )
+        lacking = [
+            f"{sub}/config.json"
+            for sub in ("unet", "unet_ema")
+            if not (Path(checkpoint) / sub / "config.json").is_file()
+        ]
         if lacking:
-            raise UserError(f"'base.checkpoint' = {checkpoint!r} has no {' and no '.join(lacking)}: it must hold "
-                            "unet/ and unet_ema/, each a UNet saved with diffusers' save_pretrained (config.json "
-                            "and its weights)")
+            raise UserError(
+                f"'base.checkpoint' = {checkpoint!r} has no {' and no '.join(lacking)}: it must hold "
+                "unet/ and unet_ema/, each a UNet saved with diffusers' save_pretrained (config.json "
+                "and its weights)"
+            )
     wanted = dict.fromkeys((imported_model_dir(config, name, c, s), name) for name, c, s in imported_cells(config))
     missing = [folder for folder, _ in wanted if not (folder / "config.json").is_file()]
     if missing:
@@ -203,12 +240,14 @@ def check_model_folders(config: dict) -> None:
         # a folder holding the saved UNet in its unet/ (diffusers' pipeline layout) rather than being it
         inside = [folder for folder in missing if (folder / "unet" / "config.json").is_file()]
         hint = f" ({inside[0]} holds unet/config.json: end the pattern with /unet)" if inside else ""
-        raise UserError(f"'imported' names {len(missing)} model(s) that are not there (from {Path.cwd()}): no {shown}"
-                        f"{hint}. Each is the folder of a UNet saved with save_pretrained (config.json and its "
-                        "weights), one per forgotten class in 'forget_classes' (and seed, if the pattern has {seed}). "
-                        "Fix the pattern, or unlearn the missing classes with that method too; to compare on fewer "
-                        "classes, set 'forget_classes' to those you have (the tables then cover only them, for "
-                        "every method)")
+        raise UserError(
+            f"'imported' names {len(missing)} model(s) that are not there (from {Path.cwd()}): no {shown}"
+            f"{hint}. Each is the folder of a UNet saved with save_pretrained (config.json and its "
+            "weights), one per forgotten class in 'forget_classes' (and seed, if the pattern has {seed}). "
+            "Fix the pattern, or unlearn the missing classes with that method too; to compare on fewer "
+            "classes, set 'forget_classes' to those you have (the tables then cover only them, for "
+            "every method)"
+        )
     # Their architecture (config.json) and whole weights (the safetensors header) too, without loading them: a
     # mismatch or a file cut short would otherwise fail only in the job that loads it.
     from .checkpoints import check_unet_folder, unet_expectations
@@ -231,10 +270,18 @@ def check_scored_copies(config: dict) -> None:
     models = Path("results") / config["run_name"] / "models"
     checks = []  # (user's folder, the run's record of adopting it, that record's keys of its path and digest)
     if checkpoint := config["base"].get("checkpoint"):
-        checks += [(Path(checkpoint) / sub, models / "original" / "train.json", ("source", "source_digest", sub))
-                   for sub in ("unet", "unet_ema")]
-    checks += [(imported_model_dir(config, name, c, s), models / name / f"class{c}" / f"seed{s}" / "cost.json",
-                ("imported_from", "source_digest", None)) for name, c, s in imported_cells(config)]
+        checks += [
+            (Path(checkpoint) / sub, models / "original" / "train.json", ("source", "source_digest", sub))
+            for sub in ("unet", "unet_ema")
+        ]
+    checks += [
+        (
+            imported_model_dir(config, name, c, s),
+            models / name / f"class{c}" / f"seed{s}" / "cost.json",
+            ("imported_from", "source_digest", None),
+        )
+        for name, c, s in imported_cells(config)
+    ]
     stale = []
     for folder, record_path, (source_key, digest_key, sub) in checks:
         if not record_path.is_file() or not folder.is_dir():
@@ -253,10 +300,12 @@ def check_scored_copies(config: dict) -> None:
     if stale:
         shown = "; ".join(f"{folder} (adopted as {record.parent})" for folder, record in stale)
         folders = " ".join(f"{folder}/*" for folder, _ in stale)
-        raise UserError(f"{len(stale)} model folder(s) changed since this run adopted them, but their files are older "
-                        f"than the run's record of them (copied keeping their times: cp -p, rsync -a, mv), so Snakemake "
-                        f"would keep the old scores: {shown}. Run `touch {folders}` to have them scored again "
-                        "(everything after a changed base.checkpoint reruns), or put back the models that were scored")
+        raise UserError(
+            f"{len(stale)} model folder(s) changed since this run adopted them, but their files are older "
+            f"than the run's record of them (copied keeping their times: cp -p, rsync -a, mv), so Snakemake "
+            f"would keep the old scores: {shown}. Run `touch {folders}` to have them scored again "
+            "(everything after a changed base.checkpoint reruns), or put back the models that were scored"
+        )
 
 
 def redo_token(output: str, inputs: list[str], state: str) -> str:
@@ -335,8 +384,15 @@ STAGE_SECTIONS = {
     "report": ["methods", "imported", "forget_classes", "seeds", "reference_method"],
     # beyond the paper (stages/robustness.py, attacks.py); a dotted name is one key of a section
     "extra_evaluator": ["dataset", "data", "evaluator", "deterministic", "base.hflip", "robustness.evaluators"],
-    "robustness_score": [*_BASE, "sampler", "evaluator", "evaluation", "fid", "robustness.evaluators",
-                         "robustness.precision_recall_k"],
+    "robustness_score": [
+        *_BASE,
+        "sampler",
+        "evaluator",
+        "evaluation",
+        "fid",
+        "robustness.evaluators",
+        "robustness.precision_recall_k",
+    ],
     "attack": [*_BASE, "sampler", "evaluator", "scale", "robustness.evaluators", "robustness.attacks"],
 }
 
@@ -428,7 +484,7 @@ def finding_variants(config: dict) -> list[str]:
         return []  # its main point is the method's main run of that class (skipped_finding_note says so)
     variants = []
     for point in study["points"]:
-        (param, value), = point.items()
+        ((param, value),) = point.items()
         if value != main_param_value(config, study["method"], param):
             variants.append(variant_name(study["method"], param, value))
     return list(dict.fromkeys(variants))

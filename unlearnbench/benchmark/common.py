@@ -1,4 +1,5 @@
 """What every part of the benchmark shares: the report's schema, strict JSON, small statistics, device waits."""
+
 from __future__ import annotations
 
 import datetime
@@ -18,8 +19,9 @@ SCHEMA = "unlearnbench-benchmark/2"
 
 # Each point of a two-point fit is the fastest of this many runs: the minimum is robust to one-off stalls.
 TIMING_REPEATS = 3
-NOISY_FIT = ("the larger run was not slower than the smaller one (timing noise larger than the work): rerun on a "
-             "quiet machine")
+NOISY_FIT = (
+    "the larger run was not slower than the smaller one (timing noise larger than the work): rerun on a quiet machine"
+)
 
 
 def now() -> str:
@@ -67,9 +69,14 @@ def div(a, b):
 def stats(values: list[float]) -> dict:
     if not values:
         return {"n": 0, "mean_s": None, "median_s": None, "min_s": None, "max_s": None, "stdev_s": None}
-    return {"n": len(values), "mean_s": statistics.fmean(values), "median_s": statistics.median(values),
-            "min_s": min(values), "max_s": max(values),
-            "stdev_s": statistics.stdev(values) if len(values) > 1 else 0.0}
+    return {
+        "n": len(values),
+        "mean_s": statistics.fmean(values),
+        "median_s": statistics.median(values),
+        "min_s": min(values),
+        "max_s": max(values),
+        "stdev_s": statistics.stdev(values) if len(values) > 1 else 0.0,
+    }
 
 
 def linear_fit(sizes: tuple[float, float], times: tuple[float, float]) -> tuple[float | None, float | None]:

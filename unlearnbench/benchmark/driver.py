@@ -1,5 +1,6 @@
 """The `unlearnbench benchmark` command: its arguments, the report filled section by section (a time limit keeps
 what finished), each precision row (every method right after its own priors), the switch ablation, and main()."""
+
 from __future__ import annotations
 
 import contextlib
@@ -19,15 +20,15 @@ from ..config import ROOT, load_config
 from ..cost import device_name
 from ..errors import UserError
 from ..method_api import load_method
-from ..stages import versions
 from ..settings import Runtime
+from ..stages import versions
 from ..training import setup_runtime
 from .common import SCHEMA, div, now, write_json_atomic
 from .harness import PROFILES, Bench
-from .workload import PRECISIONS, priors_in_order, variant_config
 from .instruments import bf16_peak_tflops, measured_matmul_tflops
 from .render import print_report
 from .summary import paper_forget_classes, paper_means, report_reference, summarize
+from .workload import PRECISIONS, priors_in_order, variant_config
 
 # Switch ablation (GPU): each row changes one switch of the bf16 row.
 SWITCH_VARIANTS = (  # compile second: the most informative row, and the slowest (a time budget may cut the rest)
@@ -120,8 +121,12 @@ class ReportSink:
 
     def save(self) -> None:
         self.report["elapsed_s"] = time.perf_counter() - self.started
-        self.report["summary"] = summarize(self.report["runs"], self.report["paper_means"],
-                                           report_reference(self.report), self.report["paper_forget_classes"])
+        self.report["summary"] = summarize(
+            self.report["runs"],
+            self.report["paper_means"],
+            report_reference(self.report),
+            self.report["paper_forget_classes"],
+        )
         if self.bench is not None:
             self.report["sampler_numerics"] = sampler_numerics(self.bench.probe_images)
         if self.out:
@@ -150,8 +155,9 @@ def measure_precision(bench: Bench, sink: ReportSink, precision: str, methods: l
         ok = True
         for prior in priors_in_order(load_method(m)):
             key = f"{m}.{prior.name}"
-            got = sink.attempt(f"{precision} {key}",
-                               lambda: bench.run_prior(m, prior, cfg, precision, dict(folders[m])))
+            got = sink.attempt(
+                f"{precision} {key}", lambda: bench.run_prior(m, prior, cfg, precision, dict(folders[m]))
+            )
             if got is None:
                 ok = False
                 break
@@ -166,8 +172,9 @@ def measure_precision(bench: Bench, sink: ReportSink, precision: str, methods: l
             flops_entry(entry, peak, measured)
             run["methods"][m] = entry
         sink.save()
-    run["sampler"] = sink.attempt(f"{precision} sampler",
-                                  lambda: bench.sampler(cfg, bench.flops, peak, measured, label=precision))
+    run["sampler"] = sink.attempt(
+        f"{precision} sampler", lambda: bench.sampler(cfg, bench.flops, peak, measured, label=precision)
+    )
     sink.save()
     return folders
 
@@ -182,9 +189,14 @@ def sampler_numerics(probe_images: dict[str, torch.Tensor]) -> list[dict]:
         if ref == name or ref not in probe_images:
             continue
         base = probe_images[ref]
-        out.append({"row": name, "reference": ref,
-                    "rel_diff": float((images - base).norm() / base.norm()),
-                    "max_abs_diff": float((images - base).abs().max())})
+        out.append(
+            {
+                "row": name,
+                "reference": ref,
+                "rel_diff": float((images - base).norm() / base.norm()),
+                "max_abs_diff": float((images - base).abs().max()),
+            }
+        )
     return out
 
 
@@ -194,8 +206,9 @@ def switch_ablation_after(precisions: list[str]) -> str:
     return "bf16" if "bf16" in precisions else precisions[-1]
 
 
-def measure_switches(bench: Bench, sink: ReportSink, methods: list[str], priors: dict, budget, started: float,
-                     peak, measured) -> None:
+def measure_switches(
+    bench: Bench, sink: ReportSink, methods: list[str], priors: dict, budget, started: float, peak, measured
+) -> None:
     """The switch ablation (GPU): one method (the reference, else the first) and the sampler per SWITCH_VARIANTS
     row, each one switch off the bf16 row; a row that fails is kept with its error (also in report["errors"]: the
     run is then incomplete), and rows past the time budget are listed as skipped."""
@@ -248,26 +261,57 @@ def _versions(device: torch.device) -> dict:
     return out
 
 
-def _new_report(args, r: dict, config: dict, config_path, param_source: str, device, methods, budget,
-                run_switches: bool) -> dict:
+def _new_report(
+    args, r: dict, config: dict, config_path, param_source: str, device, methods, budget, run_switches: bool
+) -> dict:
     name = device_name(device)
     peak, peak_why = bf16_peak_tflops(device, name)
     return {
-        "schema": SCHEMA, "started": now(), "finished": None, "complete": False, "interrupted": False,
-        "preset": r["preset"], "device": device.type, "device_name": name,
-        "host": {"cpu": device_name("cpu"), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                 "platform": platform.platform()},
+        "schema": SCHEMA,
+        "started": now(),
+        "finished": None,
+        "complete": False,
+        "interrupted": False,
+        "preset": r["preset"],
+        "device": device.type,
+        "device_name": name,
+        "host": {
+            "cpu": device_name("cpu"),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+        },
         "versions": _versions(device),
-        "settings": {"steps": args.steps, "warmup": args.warmup, "methods": methods, "precisions": r["precisions"],
-                     "reference_method": config.get("reference_method"),
-                     "config": config_path, "param_source": "config method_params" if param_source == "config"
-                     else "methods' DEFAULTS (the paper's values)" + (", tiny batches" if r["preset"] == "tiny" else ""),
-                     "budget_s": budget, "switch_ablation": run_switches, "command": " ".join(sys.argv)},
+        "settings": {
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "methods": methods,
+            "precisions": r["precisions"],
+            "reference_method": config.get("reference_method"),
+            "config": config_path,
+            "param_source": "config method_params"
+            if param_source == "config"
+            else "methods' DEFAULTS (the paper's values)" + (", tiny batches" if r["preset"] == "tiny" else ""),
+            "budget_s": budget,
+            "switch_ablation": run_switches,
+            "command": " ".join(sys.argv),
+        },
         "labels": {m: load_method(m).DISPLAY_NAME for m in methods},
-        "gpu": {"bf16_dense_peak_tflops": peak, "peak_source": peak_why if peak else None,
-                "peak_null_reason": None if peak else peak_why, "measured_bf16_matmul_tflops": None},
-        "paper_means": paper_means(), "paper_forget_classes": paper_forget_classes(),
-        "runs": {}, "summary": {}, "switches": None, "skipped": [], "errors": [], "notes": [], "section_s": {},
+        "gpu": {
+            "bf16_dense_peak_tflops": peak,
+            "peak_source": peak_why if peak else None,
+            "peak_null_reason": None if peak else peak_why,
+            "measured_bf16_matmul_tflops": None,
+        },
+        "paper_means": paper_means(),
+        "paper_forget_classes": paper_forget_classes(),
+        "runs": {},
+        "summary": {},
+        "switches": None,
+        "skipped": [],
+        "errors": [],
+        "notes": [],
+        "section_s": {},
         "sampler_numerics": [],
     }
 
@@ -293,21 +337,32 @@ def main(args) -> dict:
     precisions = r["precisions"]
     if device.type != "cuda":
         for p in [p for p in precisions if p != "fp32"]:
-            report["skipped"].append({"what": f"precision {p}", "why": "no CUDA device: the performance switches "
-                                      "(bf16 autocast, TF32) have no effect on CPU, so the row would repeat fp32"})
+            report["skipped"].append(
+                {
+                    "what": f"precision {p}",
+                    "why": "no CUDA device: the performance switches "
+                    "(bf16 autocast, TF32) have no effect on CPU, so the row would repeat fp32",
+                }
+            )
         precisions = ["fp32"]
         report["notes"].append("GPU fields are null on CPU (see each cost's gpu_null_reason and gpu.peak_null_reason).")
     reference = config.get("reference_method")
     if reference not in methods:
-        report["notes"].append(f"no ratios: the reference method ({reference or 'none'}: the config's "
-                               "reference_method) is not among the methods run")
-    report["notes"].append("The priors' UNet passes autocast as the method files' code enters it (ctx.autocast, the "
-                           "sampler): the bf16 rows run them in bf16, with fp32 weights, gradients and accumulators.")
+        report["notes"].append(
+            f"no ratios: the reference method ({reference or 'none'}: the config's "
+            "reference_method) is not among the methods run"
+        )
+    report["notes"].append(
+        "The priors' UNet passes autocast as the method files' code enters it (ctx.autocast, the "
+        "sampler): the bf16 rows run them in bf16, with fp32 weights, gradients and accumulators."
+    )
     report["notes"].append("Synthetic data and a randomly initialised UNet: costs only (no metric is meaningful).")
-    report["notes"].append("first_step_s and projected_job_rte_min: one process runs every section, so cuDNN's "
-                           "autotuning results and torch.compile's caches carry over from the sections before (the "
-                           "first method of a precision row pays them most fully); a real job, a process of its own, "
-                           "pays them every time, so a later method's job RTE can be below a job's.")
+    report["notes"].append(
+        "first_step_s and projected_job_rte_min: one process runs every section, so cuDNN's "
+        "autotuning results and torch.compile's caches carry over from the sections before (the "
+        "first method of a precision row pays them most fully); a real job, a process of its own, "
+        "pays them every time, so a later method's job RTE can be below a job's."
+    )
 
     workdir = Path(tempfile.mkdtemp(prefix="unlearnbench-benchmark-"))
     try:

@@ -3,6 +3,7 @@ sampler), on what workload.py makes (synthetic data, a random original model, ti
 
 It knows no method by name: what it runs comes from the method files (`unlearn`, `PRIORS`, `DEFAULTS`), and a
 prior's projection to the paper's size from its `Prior(work=..., paper_work=...)` (unlearnbench/method_api.py)."""
+
 from __future__ import annotations
 
 import copy
@@ -15,10 +16,10 @@ import torch
 from ..acceleration import maybe_compile
 from ..checkpoints import load_unet
 from ..config import method_params
+from ..context import RunContext
 from ..cost import CostMeter
 from ..data import ImageData
 from ..diffusion import Schedule, guided_eps, sample_as_configured
-from ..context import RunContext
 from ..method_api import Prior, load_method, prior_by_name
 from ..networks import UNET_PRESETS, predict_eps
 from ..settings import Runtime, Settings
@@ -27,9 +28,13 @@ from .common import NOISY_FIT, TIMING_REPEATS, div, linear_fit, release, stats, 
 from .instruments import RowCounter, StepClock, SyncCounter, count_flops
 from .workload import batch_sizes, make_context, published_steps, save_original, synthetic_data, variant_config
 
-PAPER_EVAL = {"images_per_job": 5000, "sampler_steps": 1000, "sampling_jobs": 31,
-              "what": "per evaluation job 500 forget-class + 9 x 500 remaining-class images, 1,000 steps; "
-                      "31 sampling jobs in the main table (30 unlearned models + the original)"}
+PAPER_EVAL = {
+    "images_per_job": 5000,
+    "sampler_steps": 1000,
+    "sampling_jobs": 31,
+    "what": "per evaluation job 500 forget-class + 9 x 500 remaining-class images, 1,000 steps; "
+    "31 sampling jobs in the main table (30 unlearned models + the original)",
+}
 
 
 # Slice sizes per preset. paper: the methods' batch sizes as published (DEFAULTS), the config's sampler batch.
@@ -38,24 +43,51 @@ PAPER_EVAL = {"images_per_job": 5000, "sampler_steps": 1000, "sampling_jobs": 31
 # timing spikes of tens of ms must not swamp the difference of two runs. prior_sampler_steps: the steps of the
 # sampler in a prior's runs (a prior's `work` counts them: a step's cost does not depend on how many there are).
 PROFILES = {
-    "tiny": {"method_batch": 16, "sampler_batch": 20, "sampler_steps": (1, 8), "prior_sizes": (1, 8),
-             "prior_sampler_steps": 1, "per_class": 64, "flops_gpu_matmul": False},
-    "paper": {"method_batch": None, "sampler_batch": None, "sampler_steps": (1, 4), "prior_sizes": (1, 4),
-              "prior_sampler_steps": 1, "per_class": None, "flops_gpu_matmul": True},
+    "tiny": {
+        "method_batch": 16,
+        "sampler_batch": 20,
+        "sampler_steps": (1, 8),
+        "prior_sizes": (1, 8),
+        "prior_sampler_steps": 1,
+        "per_class": 64,
+        "flops_gpu_matmul": False,
+    },
+    "paper": {
+        "method_batch": None,
+        "sampler_batch": None,
+        "sampler_steps": (1, 4),
+        "prior_sizes": (1, 4),
+        "prior_sampler_steps": 1,
+        "per_class": None,
+        "flops_gpu_matmul": True,
+    },
 }
 
-NO_WORK = ("its Prior declares no work (Prior(work=..., paper_work=...)): timed at the benchmark's size, not "
-           "projected to the paper's")
+NO_WORK = (
+    "its Prior declares no work (Prior(work=..., paper_work=...)): timed at the benchmark's size, not "
+    "projected to the paper's"
+)
 NO_PAPER_WORK = "its Prior declares no paper_work (its units of work at the paper's size): not projected"
-SAME_WORK = ("its work did not grow between the benchmark's two sizes: give its Prior bench_params(n, ctx) whose "
-             "runs do more work as n grows")
+SAME_WORK = (
+    "its work did not grow between the benchmark's two sizes: give its Prior bench_params(n, ctx) whose "
+    "runs do more work as n grows"
+)
 
 
 class Bench:
     """One benchmark run: shared setup (config, data, original model) and the measurements."""
 
-    def __init__(self, config: dict, preset: str, device: torch.device, workdir: Path, steps: int, warmup: int,
-                 methods: list[str], param_source: str):
+    def __init__(
+        self,
+        config: dict,
+        preset: str,
+        device: torch.device,
+        workdir: Path,
+        steps: int,
+        warmup: int,
+        methods: list[str],
+        param_source: str,
+    ):
         self.config, self.preset, self.device, self.workdir = config, preset, device, workdir
         self.steps, self.warmup, self.methods, self.param_source = steps, warmup, methods, param_source
         self.profile = PROFILES[preset]
@@ -98,9 +130,13 @@ class Bench:
             guided = count_flops(lambda: guided_eps(model, x, t, y, float(self.config["sampler"]["guidance_w"]))) / 2
         fwd_bwd = count_flops(lambda: predict_eps(model, x, t, y).float().pow(2).mean().backward()) / 2
         model = None  # frees the weights; closures above read the name, which `del` would leave unbound
-        return {"forward_per_image": fwd, "forward_backward_per_image": fwd_bwd, "guided_step_per_image": guided,
-                "counter": "torch.utils.flop_counter.FlopCounterMode (2 FLOPs per multiply-add; matmul, conv, "
-                           "attention; elementwise ops not counted)"}
+        return {
+            "forward_per_image": fwd,
+            "forward_backward_per_image": fwd_bwd,
+            "guided_step_per_image": guided,
+            "counter": "torch.utils.flop_counter.FlopCounterMode (2 FLOPs per multiply-add; matmul, conv, "
+            "attention; elementwise ops not counted)",
+        }
 
     # -- methods
     def run_method(self, method: str, cfg: dict, priors: dict, steps: int | None = None) -> dict:
@@ -114,8 +150,21 @@ class Bench:
         syncs = SyncCounter(device, watch_steps=range(1, self.warmup))
         release(device)
         with CostMeter(device) as meter:
-            ctx = make_context(cfg, method, params, self.data, device, 0, meter, self.original_dir, clock=clock,
-                               rows=rows, syncs=syncs, forget_class=self.forget_class, priors=priors)
+            ctx = make_context(
+                cfg,
+                method,
+                params,
+                self.data,
+                device,
+                0,
+                meter,
+                self.original_dir,
+                clock=clock,
+                rows=rows,
+                syncs=syncs,
+                forget_class=self.forget_class,
+                priors=priors,
+            )
             model = module.unlearn(ctx)
         del model, ctx
         cost = meter.result()
@@ -125,7 +174,7 @@ class Bench:
         durations = clock.find(total)
         as_measured = max(self.warmup, 1)  # the first step and the other warm-up steps: a job's own times
         if durations is not None:
-            step = stats(durations[self.warmup:])
+            step = stats(durations[self.warmup :])
             outside = max(0.0, cost["rte_s"] - sum(durations))
             timing = "per-step marks (CUDA events on GPU, perf_counter on CPU) at the loop's step boundaries"
             first, warm = durations[0], sum(durations[1:as_measured])
@@ -139,33 +188,62 @@ class Bench:
         # A real job's timed loop also pays its cold first step (autotuning, compilation) and its warm-up steps, as
         # measured; cold steps that happened to be faster than the median (timing noise on a CPU) count at the median,
         # so that the job never projects below the steady state.
-        job_s = (max(first + warm, as_measured * per_step) + max(projected_steps - as_measured, 0) * per_step
-                 + outside if first is not None and projected_s is not None else None)
+        job_s = (
+            max(first + warm, as_measured * per_step) + max(projected_steps - as_measured, 0) * per_step + outside
+            if first is not None and projected_s is not None
+            else None
+        )
         flops = None
         if per_step_rows and self.flops:
-            flops = (per_step_rows["with_grad"] * self.flops["forward_backward_per_image"]
-                     + per_step_rows["no_grad"] * self.flops["forward_per_image"])
-        return {"method": method, "params": params, "steps_measured": steps, "warmup_steps": self.warmup,
-                "timing": timing, "step": step, "first_step_s": first, "timed_outside_steps_s": outside,
-                "unet_rows_per_step": per_step_rows, "flops_per_step": flops,
-                "flops_method": "UNet rows per step (forward pre-hook; with grad = forward + backward) x the counted "
-                                "FLOPs per row (flops section)",
-                "projected_steps": projected_steps,
-                "projected_steps_source": "published DEFAULTS" if projected_steps else None,
-                "projected_steps_null_reason": None if projected_steps else
-                "the method's published DEFAULTS have no whole number of steps ('steps')",
-                "projection_step_statistic": "median_s",
-                "projected_rte_s": projected_s, "projected_rte_min": div(projected_s, 60.0),
-                "warmup_after_first_s": warm, "job_steps_as_measured": as_measured if first is not None else None,
-                "projected_job_rte_s": job_s, "projected_job_rte_min": div(job_s, 60.0),
-                "projected_job_rte_formula": "max(first_step_s + warmup_after_first_s, job_steps_as_measured x "
-                                             "step.median_s) + (projected_steps - job_steps_as_measured) x "
-                                             "step.median_s + timed_outside_steps_s",
-                "host_syncs": syncs.result(), "cost": cost}
+            flops = (
+                per_step_rows["with_grad"] * self.flops["forward_backward_per_image"]
+                + per_step_rows["no_grad"] * self.flops["forward_per_image"]
+            )
+        return {
+            "method": method,
+            "params": params,
+            "steps_measured": steps,
+            "warmup_steps": self.warmup,
+            "timing": timing,
+            "step": step,
+            "first_step_s": first,
+            "timed_outside_steps_s": outside,
+            "unet_rows_per_step": per_step_rows,
+            "flops_per_step": flops,
+            "flops_method": "UNet rows per step (forward pre-hook; with grad = forward + backward) x the counted "
+            "FLOPs per row (flops section)",
+            "projected_steps": projected_steps,
+            "projected_steps_source": "published DEFAULTS" if projected_steps else None,
+            "projected_steps_null_reason": None
+            if projected_steps
+            else "the method's published DEFAULTS have no whole number of steps ('steps')",
+            "projection_step_statistic": "median_s",
+            "projected_rte_s": projected_s,
+            "projected_rte_min": div(projected_s, 60.0),
+            "warmup_after_first_s": warm,
+            "job_steps_as_measured": as_measured if first is not None else None,
+            "projected_job_rte_s": job_s,
+            "projected_job_rte_min": div(job_s, 60.0),
+            "projected_job_rte_formula": "max(first_step_s + warmup_after_first_s, job_steps_as_measured x "
+            "step.median_s) + (projected_steps - job_steps_as_measured) x "
+            "step.median_s + timed_outside_steps_s",
+            "host_syncs": syncs.result(),
+            "cost": cost,
+        }
 
     # -- priors
-    def _prior_run(self, method: str, prior_name: str, cfg: dict, params: dict, out_dir: Path, *, data=None,
-                   priors=None, clock=None) -> tuple[dict, RunContext]:
+    def _prior_run(
+        self,
+        method: str,
+        prior_name: str,
+        cfg: dict,
+        params: dict,
+        out_dir: Path,
+        *,
+        data=None,
+        priors=None,
+        clock=None,
+    ) -> tuple[dict, RunContext]:
         """One run of the real prior code, as `unlearnbench prior` runs it: (its cost, the context it ran with)."""
         prior = prior_by_name(load_method(method), prior_name)
         device = setup_runtime(Runtime.parse(cfg))
@@ -173,9 +251,21 @@ class Bench:
         out_dir.mkdir(parents=True)
         release(device)
         with CostMeter(device) as meter:
-            ctx = make_context(cfg, method, params, data or self.data, device, 0, meter, self.original_dir,
-                               clock=clock, forget_class=self.forget_class, priors=priors, out_dir=out_dir,
-                               prior=prior_name)
+            ctx = make_context(
+                cfg,
+                method,
+                params,
+                data or self.data,
+                device,
+                0,
+                meter,
+                self.original_dir,
+                clock=clock,
+                forget_class=self.forget_class,
+                priors=priors,
+                out_dir=out_dir,
+                prior=prior_name,
+            )
             prior.run(ctx)
         return meter.result(), ctx
 
@@ -191,11 +281,26 @@ class Bench:
         """The data and params of a prior's benchmark run of size n: the forgotten class has n of the method's
         largest batches of images, and the params are the method's updated by the prior's bench_params(n, ctx)."""
         params = self.params(method)
-        data = synthetic_data(self.shape, self.per_class, forget_class=self.forget_class,
-                              forget_count=size * max(batch_sizes(params) + [1]))
+        data = synthetic_data(
+            self.shape,
+            self.per_class,
+            forget_class=self.forget_class,
+            forget_count=size * max(batch_sizes(params) + [1]),
+        )
         if prior.bench_params is not None:
-            probe = make_context(cfg, method, params, data, self.device, 0, None, self.original_dir,
-                                 forget_class=self.forget_class, priors=priors, prior=prior.name)
+            probe = make_context(
+                cfg,
+                method,
+                params,
+                data,
+                self.device,
+                0,
+                None,
+                self.original_dir,
+                forget_class=self.forget_class,
+                priors=priors,
+                prior=prior.name,
+            )
             params = {**params, **prior.bench_params(size, probe)}
         return data, params
 
@@ -217,24 +322,54 @@ class Bench:
         for size in sizes:
             folder = self.workdir / f"{prefix}_{size}"
             data, params = slices[size]
-            cost, ctx = min((self._prior_run(method, prior.name, cfg, params, folder, data=data, priors=priors)
-                             for _ in range(TIMING_REPEATS)), key=lambda run: run[0]["rte_s"])
-            runs.append({"size": size, "params": {k: v for k, v in params.items() if base.get(k) != v},
-                         "forget_class_images": int((data.train_y == self.forget_class).sum()),
-                         "work": float(prior.work(ctx)) if prior.work is not None else None,
-                         "rte_s": cost["rte_s"], "repeats": TIMING_REPEATS, "cost": cost})
-        entry = {"method": method, "prior": prior.name, "scope": prior.scope, "requires": list(prior.requires),
-                 "units": prior.work_units, "paper_units": prior.paper_work, "paper_size": prior.paper_size,
-                 "runs": runs, "rte_s": runs[-1]["rte_s"], "cost": runs[-1]["cost"], "warmup_run_wall_s": warmup_s,
-                 "per_unit_s": None, "fixed_s": None, "units_per_s": None, "projected_s": None,
-                 "projected_min": None, "null_reason": None}
+            cost, ctx = min(
+                (
+                    self._prior_run(method, prior.name, cfg, params, folder, data=data, priors=priors)
+                    for _ in range(TIMING_REPEATS)
+                ),
+                key=lambda run: run[0]["rte_s"],
+            )
+            runs.append(
+                {
+                    "size": size,
+                    "params": {k: v for k, v in params.items() if base.get(k) != v},
+                    "forget_class_images": int((data.train_y == self.forget_class).sum()),
+                    "work": float(prior.work(ctx)) if prior.work is not None else None,
+                    "rte_s": cost["rte_s"],
+                    "repeats": TIMING_REPEATS,
+                    "cost": cost,
+                }
+            )
+        entry = {
+            "method": method,
+            "prior": prior.name,
+            "scope": prior.scope,
+            "requires": list(prior.requires),
+            "units": prior.work_units,
+            "paper_units": prior.paper_work,
+            "paper_size": prior.paper_size,
+            "runs": runs,
+            "rte_s": runs[-1]["rte_s"],
+            "cost": runs[-1]["cost"],
+            "warmup_run_wall_s": warmup_s,
+            "per_unit_s": None,
+            "fixed_s": None,
+            "units_per_s": None,
+            "projected_s": None,
+            "projected_min": None,
+            "null_reason": None,
+        }
         if prior.work is None:
-            entry["how"] = f"the real prior at the benchmark's size (the fastest of {TIMING_REPEATS}) after a warm-up run"
+            entry["how"] = (
+                f"the real prior at the benchmark's size (the fastest of {TIMING_REPEATS}) after a warm-up run"
+            )
             entry["null_reason"] = NO_WORK
             return entry, folder
-        entry["how"] = (f"the real prior at two sizes (bench_params n = {sizes[0]}, {sizes[1]}; the fastest of "
-                        f"{TIMING_REPEATS} each) after a warm-up run; fixed part = intercept, marginal = slope over "
-                        "Prior.work's units")
+        entry["how"] = (
+            f"the real prior at two sizes (bench_params n = {sizes[0]}, {sizes[1]}; the fastest of "
+            f"{TIMING_REPEATS} each) after a warm-up run; fixed part = intercept, marginal = slope over "
+            "Prior.work's units"
+        )
         work = [r["work"] for r in runs]
         if not work[1] > work[0]:
             entry["null_reason"] = SAME_WORK
@@ -252,14 +387,17 @@ class Bench:
         return entry, folder
 
     # -- evaluation sampler
-    def sampler(self, cfg: dict, flops: dict | None, peak: float | None, measured_peak: float | None,
-                label: str | None = None) -> dict:
+    def sampler(
+        self, cfg: dict, flops: dict | None, peak: float | None, measured_peak: float | None, label: str | None = None
+    ) -> dict:
         """The evaluation sampler's throughput; `label` keeps its 3-step probe images for sampler_numerics."""
         settings = Settings.parse(cfg)
         perf = settings.runtime.performance
         device = setup_runtime(settings.runtime)
         release(device)
-        model = maybe_compile(prepare_model(load_unet(self.original_dir / "unet_ema"), perf, device), perf, device).eval()
+        model = maybe_compile(
+            prepare_model(load_unet(self.original_dir / "unet_ema"), perf, device), perf, device
+        ).eval()
         w = float(settings.sampler.guidance_w)
         dtype = autocast_dtype(perf, device)  # the forward-only timing below uses the sampler's precision
         B = self.sampler_batch
@@ -267,8 +405,17 @@ class Bench:
         schedule = Schedule.of(settings.diffusion)
 
         def sample_steps(k: int):
-            return sample_as_configured(model, settings.sampler, schedule, labels, torch.Generator().manual_seed(0),
-                                        device, performance=perf, steps=k, batch_size=B)
+            return sample_as_configured(
+                model,
+                settings.sampler,
+                schedule,
+                labels,
+                torch.Generator().manual_seed(0),
+                device,
+                performance=perf,
+                steps=k,
+                batch_size=B,
+            )
 
         def run(k: int) -> float:
             sync(device)
@@ -286,10 +433,14 @@ class Bench:
         if label is not None and probe:
             self.probe_images[label] = probe[0].detach().float().cpu()
         counted = syncs.result()
-        host_syncs = {"per_call": counted["per_step"], "sampler_steps": probe_steps, "batches": 1,
-                      "expected": "1 per batch: the finished images' copy to the host; none inside the steps",
-                      "how": "torch.cuda.set_sync_debug_mode('warn') over one untimed sample() call",
-                      "null_reason": counted["null_reason"]}
+        host_syncs = {
+            "per_call": counted["per_step"],
+            "sampler_steps": probe_steps,
+            "batches": 1,
+            "expected": "1 per batch: the finished images' copy to the host; none inside the steps",
+            "how": "torch.cuda.set_sync_debug_mode('warn') over one untimed sample() call",
+            "null_reason": counted["null_reason"],
+        }
         t1, t2 = (min(run(k) for _ in range(TIMING_REPEATS)) for k in (k1, k2))
         per_step, fixed = linear_fit((k1, k2), (t1, t2))
         # The bare guided UNet forward, no sampler around it (the upper bound the sampler can reach).
@@ -314,23 +465,35 @@ class Bench:
         image_steps = div(B, per_step)
         fwd_image_steps = div(B, fwd_per_step)
         per_image_step_flops = flops["guided_step_per_image"] if flops else None
-        out = {"batch_images": B, "unet_rows_per_step": 2 * B if w else B, "guidance_w": w,
-               "steps_timed": [k1, k2], "run_s": [t1, t2], "per_step_s": per_step, "fixed_s": fixed,
-               "null_reason": None if per_step is not None else NOISY_FIT,
-               "host_syncs": host_syncs,
-               "image_steps_per_s": image_steps,
-               "guided_forward": {"per_step_s": fwd_per_step, "image_steps_per_s": fwd_image_steps},
-               "sampler_overhead_fraction": div(per_step - fwd_per_step, per_step) if per_step and fwd_per_step else None,
-               "achieved_tflops": div(per_image_step_flops * image_steps, 1e12) if per_image_step_flops and image_steps else None,
-               "guided_forward_tflops": div(per_image_step_flops * fwd_image_steps, 1e12)
-               if per_image_step_flops and fwd_image_steps else None}
+        out = {
+            "batch_images": B,
+            "unet_rows_per_step": 2 * B if w else B,
+            "guidance_w": w,
+            "steps_timed": [k1, k2],
+            "run_s": [t1, t2],
+            "per_step_s": per_step,
+            "fixed_s": fixed,
+            "null_reason": None if per_step is not None else NOISY_FIT,
+            "host_syncs": host_syncs,
+            "image_steps_per_s": image_steps,
+            "guided_forward": {"per_step_s": fwd_per_step, "image_steps_per_s": fwd_image_steps},
+            "sampler_overhead_fraction": div(per_step - fwd_per_step, per_step) if per_step and fwd_per_step else None,
+            "achieved_tflops": div(per_image_step_flops * image_steps, 1e12)
+            if per_image_step_flops and image_steps
+            else None,
+            "guided_forward_tflops": div(per_image_step_flops * fwd_image_steps, 1e12)
+            if per_image_step_flops and fwd_image_steps
+            else None,
+        }
         out["fraction_of_bf16_peak"] = div(out["achieved_tflops"], peak)
         out["guided_forward_fraction_of_bf16_peak"] = div(out["guided_forward_tflops"], peak)
         out["fraction_of_measured_matmul"] = div(out["achieved_tflops"], measured_peak)
         units = PAPER_EVAL["images_per_job"] * PAPER_EVAL["sampler_steps"]
         per_job = div(units, image_steps)
         out["projected_eval_sampling_min_per_job"] = div(per_job, 60.0)
-        out["projected_eval_sampling_h_all_jobs"] = div(per_job * PAPER_EVAL["sampling_jobs"], 3600.0) if per_job else None
+        out["projected_eval_sampling_h_all_jobs"] = (
+            div(per_job * PAPER_EVAL["sampling_jobs"], 3600.0) if per_job else None
+        )
         out["paper_eval"] = PAPER_EVAL["what"]
         model = None  # frees the weights; closures above read the name, which `del` would leave unbound
         return out

@@ -1,5 +1,6 @@
 """Instruments: step clocks, UNet row counters, host-device synchronisation counters, FLOP counting and the chips'
 bf16 peaks. None of them adds a host-device synchronisation inside a timed loop."""
+
 from __future__ import annotations
 
 import contextlib
@@ -14,12 +15,22 @@ from .common import div
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from NVIDIA's datasheets (which quote the
 # 2:4-sparse figure, twice these). Matched in order against torch.cuda.get_device_name().
 BF16_DENSE_PEAK_TFLOPS = (
-    ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("GH200", 989.4), ("H200", 989.4),
-    ("A100", 312.0), ("L40S", 362.1), ("L40", 181.0), ("L4", 121.0), ("A10", 125.0),
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.4),
+    ("GH200", 989.4),
+    ("H200", 989.4),
+    ("A100", 312.0),
+    ("L40S", 362.1),
+    ("L40", 181.0),
+    ("L4", 121.0),
+    ("A10", 125.0),
 )
-PEAK_SOURCE = ("NVIDIA datasheet dense bf16 tensor-core peak (half the quoted sparse figure), matched by device "
-               "name; H100 SXM and H200 989.4 TFLOP/s, H100 PCIe 756, A100 312. An assumption: boost clocks "
-               "and the SXM power limit; the measured bf16 matmul rate is reported beside it.")
+PEAK_SOURCE = (
+    "NVIDIA datasheet dense bf16 tensor-core peak (half the quoted sparse figure), matched by device "
+    "name; H100 SXM and H200 989.4 TFLOP/s, H100 PCIe 756, A100 312. An assumption: boost clocks "
+    "and the SXM power limit; the measured bf16 matmul rate is reported beside it."
+)
 
 
 def bf16_peak_tflops(device: torch.device, name: str) -> tuple[float | None, str]:
@@ -29,8 +40,9 @@ def bf16_peak_tflops(device: torch.device, name: str) -> tuple[float | None, str
     for key, value in BF16_DENSE_PEAK_TFLOPS:
         if key.lower() in name.lower():
             return value, f"{PEAK_SOURCE} (matched '{key}')"
-    return None, (f"device '{name}' is not in the peak table (unlearnbench/benchmark/instruments.py "
-                  "BF16_DENSE_PEAK_TFLOPS)")
+    return None, (
+        f"device '{name}' is not in the peak table (unlearnbench/benchmark/instruments.py BF16_DENSE_PEAK_TFLOPS)"
+    )
 
 
 def measured_matmul_tflops(device: torch.device) -> float | None:
@@ -184,5 +196,9 @@ class SyncCounter:
             fn(i)
 
     def result(self) -> dict:
-        return {"per_step": div(self.count, self.watched) if self.watched else None, "steps_watched": self.watched,
-                "how": self.HOW, "null_reason": None if self.watched else self.null_reason}
+        return {
+            "per_step": div(self.count, self.watched) if self.watched else None,
+            "steps_watched": self.watched,
+            "how": self.HOW,
+            "null_reason": None if self.watched else self.null_reason,
+        }

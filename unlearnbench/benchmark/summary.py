@@ -2,6 +2,7 @@
 RTE with the method's priors (as the paper counts them: all on one class; and amortised, the shared ones divided
 among the forget classes), GPU memory saved. Keys are built from the methods' names at run time, e.g.
 `rte_<method>_over_<reference>`; the tables' words come from the method files' DISPLAY_NAMEs."""
+
 from __future__ import annotations
 
 from ..config import DEFAULT_CONFIG, read_yaml
@@ -94,8 +95,9 @@ def summarize(runs: dict, paper: dict, reference: str | None = None, classes: in
                 # The shared priors serve every forget class: above charged to one class (as the paper counts
                 # them), here amortised over the classes that share them.
                 s[f"{m}_priors_shared_by_classes"] = classes
-                s[f"rte_{m}_with_amortised_priors_over_{ref}"] = div(rte[m] + sum(minutes) - shared + shared / classes,
-                                                                     rte[ref])
+                s[f"rte_{m}_with_amortised_priors_over_{ref}"] = div(
+                    rte[m] + sum(minutes) - shared + shared / classes, rte[ref]
+                )
     return out
 
 
@@ -109,26 +111,54 @@ def ratio_quantities(report: dict) -> list[list]:
         run = report["runs"].get(precision, {})
         others = [m for m in run.get("methods", {}) if m != ref]
         R = label(report, ref)
-        quantities = [(f"rte_{m}_over_{ref}", f"RTE {label(report, m)} / {R}", f"paper_rte_{m}_over_{ref}")
-                      for m in others]
+        quantities = [
+            (f"rte_{m}_over_{ref}", f"RTE {label(report, m)} / {R}", f"paper_rte_{m}_over_{ref}") for m in others
+        ]
         for m in others:
             entries, scopes = method_priors(run, m)
             A, names = label(report, m), " + ".join(k.partition(".")[2] for k in entries)
             shared = [k.partition(".")[2] for k, scope in scopes.items() if scope == "shared"]
             n = s.get(f"{m}_priors_shared_by_classes")
-            once = ("" if not shared else f": computed once, shared by the {n} classes" if len(shared) == len(scopes)
-                    else f": {' + '.join(shared)} computed once, shared by the {n} classes")
-            amortised = (f"RTE ({A} + priors / {n}) / {R}: priors amortised over the {n} classes"
-                         if len(shared) == len(scopes) else
-                         f"RTE ({A} + priors, shared ones / {n}) / {R}: shared priors amortised over the {n} classes")
-            quantities += [(f"{m}_priors_projected_min", f"{A} priors ({names}), min{once}", None),
-                           (f"rte_{m}_with_priors_over_{ref}", f"RTE ({A} + priors) / {R}: all priors charged to one "
-                            "class (the paper's count)", f"paper_rte_{m}_with_priors_over_{ref}"),
-                           (f"rte_{m}_with_amortised_priors_over_{ref}", amortised, None)]
-        quantities += [(f"gpu_saving_{ref}_vs_{m}_pct", f"GPU memory saved by {R} vs {label(report, m)} (NVML) %",
-                        f"paper_gpu_saving_{ref}_vs_{m}_pct") for m in others]
-        quantities += [(f"torch_alloc_saving_{ref}_vs_{m}_pct", f"torch peak alloc saved vs {label(report, m)} %",
-                        f"paper_gpu_saving_{ref}_vs_{m}_pct") for m in others]
-        rows += [[precision, text, s.get(key), s.get(paper_key) if paper_key else None]
-                 for key, text, paper_key in quantities if key in s]
+            once = (
+                ""
+                if not shared
+                else f": computed once, shared by the {n} classes"
+                if len(shared) == len(scopes)
+                else f": {' + '.join(shared)} computed once, shared by the {n} classes"
+            )
+            amortised = (
+                f"RTE ({A} + priors / {n}) / {R}: priors amortised over the {n} classes"
+                if len(shared) == len(scopes)
+                else f"RTE ({A} + priors, shared ones / {n}) / {R}: shared priors amortised over the {n} classes"
+            )
+            quantities += [
+                (f"{m}_priors_projected_min", f"{A} priors ({names}), min{once}", None),
+                (
+                    f"rte_{m}_with_priors_over_{ref}",
+                    f"RTE ({A} + priors) / {R}: all priors charged to one class (the paper's count)",
+                    f"paper_rte_{m}_with_priors_over_{ref}",
+                ),
+                (f"rte_{m}_with_amortised_priors_over_{ref}", amortised, None),
+            ]
+        quantities += [
+            (
+                f"gpu_saving_{ref}_vs_{m}_pct",
+                f"GPU memory saved by {R} vs {label(report, m)} (NVML) %",
+                f"paper_gpu_saving_{ref}_vs_{m}_pct",
+            )
+            for m in others
+        ]
+        quantities += [
+            (
+                f"torch_alloc_saving_{ref}_vs_{m}_pct",
+                f"torch peak alloc saved vs {label(report, m)} %",
+                f"paper_gpu_saving_{ref}_vs_{m}_pct",
+            )
+            for m in others
+        ]
+        rows += [
+            [precision, text, s.get(key), s.get(paper_key) if paper_key else None]
+            for key, text, paper_key in quantities
+            if key in s
+        ]
     return rows

@@ -2,6 +2,7 @@
 precision and switch, and the workflow's RunContext with every loop step timed (harness.py measures with them).
 
 It knows no method by name: a method's priors, steps and batch sizes come from its file."""
+
 from __future__ import annotations
 
 import copy
@@ -54,15 +55,33 @@ class BenchContext(RunContext):
         return super().run_steps(steps, timed_step, desc=desc, **kwargs)
 
 
-def make_context(config, method, params, data, device, seed, meter, original_dir, *, clock=None, rows=None,
-                 syncs=None, forget_class=None, priors=None, out_dir=None, prior=None) -> BenchContext:
+def make_context(
+    config,
+    method,
+    params,
+    data,
+    device,
+    seed,
+    meter,
+    original_dir,
+    *,
+    clock=None,
+    rows=None,
+    syncs=None,
+    forget_class=None,
+    priors=None,
+    out_dir=None,
+    prior=None,
+) -> BenchContext:
     """stages._context's RunContext (the one `unlearnbench unlearn`/`prior` use), instrumented, with
     load_original passing through acceleration.maybe_compile (idempotent if the stage compiles too).
     `rows` (a RowCounter) is attached to the models only when they are not compiled."""
-    base = _context(config, method, params, data, device, seed, meter, original_dir, forget_class, priors, out_dir,
-                    prior=prior)
-    ctx = BenchContext(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base) if f.init}, clock=clock,
-                       syncs=syncs)
+    base = _context(
+        config, method, params, data, device, seed, meter, original_dir, forget_class, priors, out_dir, prior=prior
+    )
+    ctx = BenchContext(
+        **{f.name: getattr(base, f.name) for f in dataclasses.fields(base) if f.init}, clock=clock, syncs=syncs
+    )
     load = base.load_original
     perf = Runtime.parse(config).performance
     count = rows is not None and not (perf.compile and torch.device(device).type == "cuda")
@@ -77,11 +96,19 @@ def make_context(config, method, params, data, device, seed, meter, original_dir
     return ctx
 
 
-def synthetic_data(shape: tuple[int, int, int], per_class: int, num_classes: int = 10, seed: int = 0,
-                   forget_class: int = 0, forget_count: int | None = None) -> ImageData:
+def synthetic_data(
+    shape: tuple[int, int, int],
+    per_class: int,
+    num_classes: int = 10,
+    seed: int = 0,
+    forget_class: int = 0,
+    forget_count: int | None = None,
+) -> ImageData:
     """Random uint8 images (costs do not depend on pixel values), `per_class` per class."""
     rng = np.random.default_rng(seed)
-    counts = [forget_count if (c == forget_class and forget_count is not None) else per_class for c in range(num_classes)]
+    counts = [
+        forget_count if (c == forget_class and forget_count is not None) else per_class for c in range(num_classes)
+    ]
     y = np.concatenate([np.full(n, c, dtype=np.int64) for c, n in enumerate(counts)])
     x = rng.integers(0, 256, size=(len(y), *shape), dtype=np.uint8)
     ty = np.repeat(np.arange(num_classes, dtype=np.int64), 2)

@@ -11,33 +11,62 @@ import numpy as np
 import pandas as pd
 
 from .layout import column_name
-from .records import (ENTROPY, FID, GPU, GPU_RATIO, GPU_SAVING, METRICS, REMAINING, RTE, RTE_RATIO,
-                      RTE_WITH_AMORTISED_PRIORS_RATIO, RTE_WITH_PRIORS_RATIO, UA, _is_missing, display_name,
-                      load_paper_numbers, paper_claims, paper_errata)
-
+from .records import (
+    ENTROPY,
+    FID,
+    GPU,
+    GPU_RATIO,
+    GPU_SAVING,
+    METRICS,
+    REMAINING,
+    RTE,
+    RTE_RATIO,
+    RTE_WITH_AMORTISED_PRIORS_RATIO,
+    RTE_WITH_PRIORS_RATIO,
+    UA,
+    _is_missing,
+    display_name,
+    load_paper_numbers,
+    paper_claims,
+    paper_errata,
+)
 
 # ---------------------------------------------------------------------------- paper comparison
 
 
-def _ratio_rows(method: str, mean: Mapping[str, Mapping[str, float]], reference: str, prior: float = np.nan,
-                shared_prior: float = np.nan, n_classes: int = 10) -> dict:
+def _ratio_rows(
+    method: str,
+    mean: Mapping[str, Mapping[str, float]],
+    reference: str,
+    prior: float = np.nan,
+    shared_prior: float = np.nan,
+    n_classes: int = 10,
+) -> dict:
     """The headline ratios of one method against the reference, from one source of per-method means. With priors,
     the ratio as the paper counts it (every prior charged to each class) and amortised (the shared priors, made once
     for all forget classes, divided among `n_classes`)."""
     ref = mean[reference]
-    rows = {RTE_RATIO: mean[method][RTE.label] / ref[RTE.label],
-            GPU_RATIO: mean[method][GPU.label] / ref[GPU.label],
-            GPU_SAVING: 100.0 * (1.0 - ref[GPU.label] / mean[method][GPU.label])}
+    rows = {
+        RTE_RATIO: mean[method][RTE.label] / ref[RTE.label],
+        GPU_RATIO: mean[method][GPU.label] / ref[GPU.label],
+        GPU_SAVING: 100.0 * (1.0 - ref[GPU.label] / mean[method][GPU.label]),
+    }
     if not _is_missing(prior):
         rows[RTE_WITH_PRIORS_RATIO] = (mean[method][RTE.label] + prior) / ref[RTE.label]
         shared = 0.0 if _is_missing(shared_prior) else shared_prior
-        rows[RTE_WITH_AMORTISED_PRIORS_RATIO] = (mean[method][RTE.label] + prior - shared + shared / n_classes) / ref[RTE.label]
+        rows[RTE_WITH_AMORTISED_PRIORS_RATIO] = (mean[method][RTE.label] + prior - shared + shared / n_classes) / ref[
+            RTE.label
+        ]
     return rows
 
 
-def paper_comparison(table: pd.DataFrame, methods: Sequence[str],
-                     prior_min: Mapping[str, float] | None = None,
-                     prior_shared_min: Mapping[str, float] | None = None, reference: str | None = None) -> pd.DataFrame:
+def paper_comparison(
+    table: pd.DataFrame,
+    methods: Sequence[str],
+    prior_min: Mapping[str, float] | None = None,
+    prior_shared_min: Mapping[str, float] | None = None,
+    reference: str | None = None,
+) -> pd.DataFrame:
     """This run's class means beside the paper's, and both sides' ratios to `reference` (none without one).
 
     Columns: method, quantity, this_run, paper (the paper's tables, averaged over the same forgotten
@@ -48,8 +77,12 @@ def paper_comparison(table: pd.DataFrame, methods: Sequence[str],
     paper = paper[paper["forget_class"].isin(run_classes(table))].groupby("method").mean(numeric_only=True)
     means_row = table.set_index("forget_class").loc["mean"]
     run_mean = {m: {metric.label: float(means_row[column_name(m, metric)]) for metric in METRICS} for m in methods}
-    paper_mean = {m: {metric.label: float(paper.loc[m, metric.paper_column]) if m in paper.index else np.nan
-                      for metric in METRICS} for m in methods}
+    paper_mean = {
+        m: {
+            metric.label: float(paper.loc[m, metric.paper_column]) if m in paper.index else np.nan for metric in METRICS
+        }
+        for m in methods
+    }
     rows = []
     for method in methods:
         for metric in METRICS:
@@ -96,8 +129,9 @@ class PairedDifference(NamedTuple):
         return not _is_missing(self.ci_low) and (self.ci_low > 0 or self.ci_high < 0)
 
 
-def paired_difference(values, reference, lower_is_better: bool,
-                      confidence: float = PAIRED_CONFIDENCE) -> PairedDifference:
+def paired_difference(
+    values, reference, lower_is_better: bool, confidence: float = PAIRED_CONFIDENCE
+) -> PairedDifference:
     """Mean of `values - reference` with its paired t interval (the units are the sample)."""
     from scipy import stats  # here: the other importers of this module never need it
 
@@ -106,8 +140,7 @@ def paired_difference(values, reference, lower_is_better: bool,
     if n == 0 or np.isnan(diff).any():
         return PairedDifference.missing(n)
     mean = float(diff.mean())
-    half = (float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * float(diff.std(ddof=1)) / math.sqrt(n)
-            if n > 1 else np.nan)
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * float(diff.std(ddof=1)) / math.sqrt(n) if n > 1 else np.nan
     reference_better = diff > 0 if lower_is_better else diff < 0
     reference_worse = diff < 0 if lower_is_better else diff > 0
     return PairedDifference(n, mean, mean - half, mean + half, int(reference_better.sum()), int(reference_worse.sum()))
@@ -148,9 +181,12 @@ def paired_comparison(metrics: pd.DataFrame, methods: Sequence[str], reference: 
             both = ours_values.index.intersection(ref_values.index)
             ours = paired_difference(ours_values[both], ref_values[both], metric.lower_is_better, level)
             if method in in_paper and metric.paper_column and reference in in_paper:
-                theirs = paired_difference(paper.loc[[(method, c) for c in classes], metric.paper_column],
-                                           paper.loc[[(reference, c) for c in classes], metric.paper_column],
-                                           metric.lower_is_better, level)
+                theirs = paired_difference(
+                    paper.loc[[(method, c) for c in classes], metric.paper_column],
+                    paper.loc[[(reference, c) for c in classes], metric.paper_column],
+                    metric.lower_is_better,
+                    level,
+                )
             else:
                 theirs = PairedDifference.missing()
             rows.append((method, metric.label, level, *ours, ours.holds, *theirs, theirs.holds))
@@ -179,12 +215,16 @@ def _verdict(row, ref: str) -> str:
     if _is_missing(row.mean):
         return f"{name} vs {ref}, {metric.label}: not measured."
     if not row.holds:
-        return (f"{name} vs {ref}, {metric.label}: no difference holds (the interval contains 0; {ref} better in "
-                f"{row.reference_better} of {row.n} cells, worse in {row.reference_worse}).")
+        return (
+            f"{name} vs {ref}, {metric.label}: no difference holds (the interval contains 0; {ref} better in "
+            f"{row.reference_better} of {row.n} cells, worse in {row.reference_worse})."
+        )
     better = ref if (row.mean > 0) == metric.lower_is_better else name  # the sign of method - reference
-    return (f"{name} vs {ref}, {metric.label}: **{better} is better** ({name} - {ref} "
-            f"{_format_paired(row.mean, row.ci_low, row.ci_high, metric.decimals)}; {ref} better in "
-            f"{row.reference_better} of {row.n} cells).")
+    return (
+        f"{name} vs {ref}, {metric.label}: **{better} is better** ({name} - {ref} "
+        f"{_format_paired(row.mean, row.ci_low, row.ci_high, metric.decimals)}; {ref} better in "
+        f"{row.reference_better} of {row.n} cells)."
+    )
 
 
 def render_paired(paired: pd.DataFrame, reference: str) -> str:
@@ -193,28 +233,40 @@ def render_paired(paired: pd.DataFrame, reference: str) -> str:
     level = float(paired["confidence"].iloc[0]) if len(paired) else PAIRED_CONFIDENCE
     comparisons = len(paired)
     cells = int(paired["n"].max()) if len(paired) else 0
-    lines = [f"## Paired differences to {ref}", "",
-             f"Per (forgotten class, seed) cell, a method's value minus {ref}'s ({cells} cells; the methods of a cell "
-             f"are sampled from the same noise): the mean, its paired t interval at {100 * level:.2f}% each, which is "
-             f"{100 * PAIRED_CONFIDENCE:.0f}% for all {comparisons} comparisons of this run together (Bonferroni), and "
-             f"in how many cells {ref} is better, tied and worse (better: FID lower; H, UA and remaining classes "
-             "recognised higher). A difference holds where its interval excludes 0. The two seeds of a class share "
-             "its forgotten class, so the intervals treat cells as more independent than they may be; the cell "
-             "counts do not assume normality, and a t interval may pass a bounded metric's bounds (UA: 0-100 %). "
-             "The paper's side: its tables, one unit per class, at the same level.", "",
-             f"| Method | Metric | This run: mean [CI] | {ref} better / tied / worse | holds | "
-             f"Paper: mean [CI] | {ref} better / tied / worse |", "|---|---|---:|---:|:---:|---:|---:|"]
+    lines = [
+        f"## Paired differences to {ref}",
+        "",
+        f"Per (forgotten class, seed) cell, a method's value minus {ref}'s ({cells} cells; the methods of a cell "
+        f"are sampled from the same noise): the mean, its paired t interval at {100 * level:.2f}% each, which is "
+        f"{100 * PAIRED_CONFIDENCE:.0f}% for all {comparisons} comparisons of this run together (Bonferroni), and "
+        f"in how many cells {ref} is better, tied and worse (better: FID lower; H, UA and remaining classes "
+        "recognised higher). A difference holds where its interval excludes 0. The two seeds of a class share "
+        "its forgotten class, so the intervals treat cells as more independent than they may be; the cell "
+        "counts do not assume normality, and a t interval may pass a bounded metric's bounds (UA: 0-100 %). "
+        "The paper's side: its tables, one unit per class, at the same level.",
+        "",
+        f"| Method | Metric | This run: mean [CI] | {ref} better / tied / worse | holds | "
+        f"Paper: mean [CI] | {ref} better / tied / worse |",
+        "|---|---|---:|---:|:---:|---:|---:|",
+    ]
     decimals = {metric.label: metric.decimals for metric in PAIRED_METRICS}
     for row in paired.itertuples(index=False):
         d = decimals[row.metric]
-        lines.append("| " + " | ".join([
-            display_name(row.method), row.metric,
-            _format_paired(row.mean, row.ci_low, row.ci_high, d),
-            _format_counts(row.mean, row.n, row.reference_better, row.reference_worse),
-            "–" if _is_missing(row.mean) else ("yes" if row.holds else "no"),
-            _format_paired(row.paper_mean, row.paper_ci_low, row.paper_ci_high, d),
-            _format_counts(row.paper_mean, row.paper_n, row.paper_reference_better, row.paper_reference_worse),
-        ]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    display_name(row.method),
+                    row.metric,
+                    _format_paired(row.mean, row.ci_low, row.ci_high, d),
+                    _format_counts(row.mean, row.n, row.reference_better, row.reference_worse),
+                    "–" if _is_missing(row.mean) else ("yes" if row.holds else "no"),
+                    _format_paired(row.paper_mean, row.paper_ci_low, row.paper_ci_high, d),
+                    _format_counts(row.paper_mean, row.paper_n, row.paper_reference_better, row.paper_reference_worse),
+                ]
+            )
+            + " |"
+        )
     lines += ["", "In words (this run):", ""]
     lines += [f"- {_verdict(row, ref)}" for row in paired.itertuples(index=False)]
     return "\n".join(lines) + "\n"
@@ -236,19 +288,31 @@ def _format_quantity(quantity: str, value: float) -> str:
     return f"{value:.{decimals}f}"
 
 
-def render_comparison(comparison: pd.DataFrame, scale_note: str | None = None, classes: Sequence[int] | None = None,
-                      cost_note: str | None = None, paired: pd.DataFrame | None = None,
-                      notes: Sequence[str] = (), reference: str | None = None) -> str:
+def render_comparison(
+    comparison: pd.DataFrame,
+    scale_note: str | None = None,
+    classes: Sequence[int] | None = None,
+    cost_note: str | None = None,
+    paired: pd.DataFrame | None = None,
+    notes: Sequence[str] = (),
+    reference: str | None = None,
+) -> str:
     """Markdown: the comparison table, with the caveat that this run's scale may not be the paper's, then the
     paired differences to the reference (`paired_comparison`) when given."""
     classes = list(range(10)) if classes is None else list(classes)
-    over = ("all 10" if len(classes) == 10 else
-            f"class{'es' if len(classes) > 1 else ''} {', '.join(map(str, classes))} only")
-    lines = ["# This run vs the paper", "",
-             "Means over forgotten classes (seed-averaged); the paper's are over the same classes as this run's "
-             f"({over}). The paper's numbers are CIFAR-10 with a ~36M-parameter "
-             "DDPM, 1000-step sampling and Inception FID; this run's scale (dataset, model, sampler, FID features, "
-             "hardware) may differ, so compare directions and ratios rather than absolute values."]
+    over = (
+        "all 10"
+        if len(classes) == 10
+        else f"class{'es' if len(classes) > 1 else ''} {', '.join(map(str, classes))} only"
+    )
+    lines = [
+        "# This run vs the paper",
+        "",
+        "Means over forgotten classes (seed-averaged); the paper's are over the same classes as this run's "
+        f"({over}). The paper's numbers are CIFAR-10 with a ~36M-parameter "
+        "DDPM, 1000-step sampling and Inception FID; this run's scale (dataset, model, sampler, FID features, "
+        "hardware) may differ, so compare directions and ratios rather than absolute values.",
+    ]
     if scale_note:
         lines += ["", f"This run: {scale_note}."]
     if cost_note:
@@ -257,16 +321,22 @@ def render_comparison(comparison: pd.DataFrame, scale_note: str | None = None, c
     ref = display_name(reference) if reference else ""
     for row in comparison.itertuples(index=False):
         cells = [display_name(row.method), row.quantity.format(reference=ref)] + [
-            _format_quantity(row.quantity, value) for value in (row.this_run, row.paper, row.paper_claim)]
+            _format_quantity(row.quantity, value) for value in (row.this_run, row.paper, row.paper_claim)
+        ]
         lines.append("| " + " | ".join(cells) + " |")
-    claims = "; ".join(f"{display_name(m)}: {q.format(reference=ref).rsplit(' [', 1)[0]} = {_format_quantity(q, v)}"
-                       for (m, q), v in paper_claims(reference).items())
-    lines += ["", (f"Ratios are relative to {ref}" if reference else "No reference method: no ratios") +
-              (f"; the claims are the poster's headline figures ({claims})" if claims else "") +
-              ". With priors, two counts: as the paper's (every prior charged to one class), and amortised (a "
-              f"shared prior, made once for all forgotten classes, divided among this run's {len(classes)}). "
-              "The paper's RTE is taken to be minutes and GPU memory GB. The paper's means are computed from its "
-              f"per-class numbers (the claims are over all 10 classes); {paper_errata()}"]
+    claims = "; ".join(
+        f"{display_name(m)}: {q.format(reference=ref).rsplit(' [', 1)[0]} = {_format_quantity(q, v)}"
+        for (m, q), v in paper_claims(reference).items()
+    )
+    lines += [
+        "",
+        (f"Ratios are relative to {ref}" if reference else "No reference method: no ratios")
+        + (f"; the claims are the poster's headline figures ({claims})" if claims else "")
+        + ". With priors, two counts: as the paper's (every prior charged to one class), and amortised (a "
+        f"shared prior, made once for all forgotten classes, divided among this run's {len(classes)}). "
+        "The paper's RTE is taken to be minutes and GPU memory GB. The paper's means are computed from its "
+        f"per-class numbers (the claims are over all 10 classes); {paper_errata()}",
+    ]
     lines += [line for note in notes for line in ("", note)]
     if paired is not None and len(paired):
         lines += ["", render_paired(paired, reference).rstrip("\n")]

@@ -48,11 +48,29 @@ TABLE1_METRICS = (FID, RTE, GPU)
 TABLE2_METRICS = (ENTROPY, UA)
 
 RECORD_COLUMNS = [
-    "method", "variant", "forget_class", "seed",
-    "fid", "kid", "H", "UA", "forget_prob", "remaining_acc",
-    "rte_min", "prior_min", "prior_shared_min", "gpu_peak_gb", "gpu_peak_source", "gpu_null_reason",
-    "torch_peak_allocated_gb", "host_rss_peak_gb", "device_name", "speed_switches", "imported_from",
-    "params", "param_origins",  # JSON: the effective params of what ran, and where each non-published value came from
+    "method",
+    "variant",
+    "forget_class",
+    "seed",
+    "fid",
+    "kid",
+    "H",
+    "UA",
+    "forget_prob",
+    "remaining_acc",
+    "rte_min",
+    "prior_min",
+    "prior_shared_min",
+    "gpu_peak_gb",
+    "gpu_peak_source",
+    "gpu_null_reason",
+    "torch_peak_allocated_gb",
+    "host_rss_peak_gb",
+    "device_name",
+    "speed_switches",
+    "imported_from",
+    "params",
+    "param_origins",  # JSON: the effective params of what ran, and where each non-published value came from
 ]
 _REQUIRED = ("method", "forget_class", "seed")
 _IDENTITY = ["method", "variant", "forget_class", "seed"]
@@ -61,10 +79,30 @@ _IDENTITY = ["method", "variant", "forget_class", "seed"]
 _MEASURED = ("fid", "H", "UA")
 _TOP_LEVEL = ("fid", "kid", "H", "UA", "forget_prob", "remaining_acc", "prior_min", "prior_shared_min", "imported_from")
 _JSON = ("params", "param_origins")  # kept whole, as JSON text in one cell each
-_FROM_COST = ("rte_min", "gpu_peak_gb", "gpu_peak_source", "gpu_null_reason",
-              "torch_peak_allocated_gb", "host_rss_peak_gb", "device_name", "speed_switches")
-_NUMERIC = ("fid", "kid", "H", "UA", "forget_prob", "remaining_acc", "rte_min", "prior_min", "prior_shared_min",
-            "gpu_peak_gb", "torch_peak_allocated_gb", "host_rss_peak_gb")
+_FROM_COST = (
+    "rte_min",
+    "gpu_peak_gb",
+    "gpu_peak_source",
+    "gpu_null_reason",
+    "torch_peak_allocated_gb",
+    "host_rss_peak_gb",
+    "device_name",
+    "speed_switches",
+)
+_NUMERIC = (
+    "fid",
+    "kid",
+    "H",
+    "UA",
+    "forget_prob",
+    "remaining_acc",
+    "rte_min",
+    "prior_min",
+    "prior_shared_min",
+    "gpu_peak_gb",
+    "torch_peak_allocated_gb",
+    "host_rss_peak_gb",
+)
 
 # The ratios of a method to the comparison's reference (config `reference_method`), as comparison.md labels them:
 # "{reference}" is the reference's display name.
@@ -106,8 +144,11 @@ def paper_claims(reference: str | None) -> dict[tuple[str, str], float]:
     """The poster's headline figures (paper_claims.csv) relative to `reference`: {(method, quantity label): value}."""
     with resources.files("unlearnbench").joinpath("paper_claims.csv").open("r", encoding="utf-8") as f:
         claims = pd.read_csv(f)
-    return {(row.method, CLAIMED_QUANTITIES[row.quantity]): float(row.claim)
-            for row in claims.itertuples(index=False) if row.reference == reference}
+    return {
+        (row.method, CLAIMED_QUANTITIES[row.quantity]): float(row.claim)
+        for row in claims.itertuples(index=False)
+        if row.reference == reference
+    }
 
 
 def load_paper_ablation() -> pd.DataFrame:
@@ -131,8 +172,12 @@ def _flatten_record(record: Mapping, source) -> dict:
     if missing:
         raise UserError(f"metrics record {source} lacks {', '.join(missing)}")
     try:
-        row = {"method": str(record["method"]), "variant": str(record.get("variant") or record["method"]),
-               "forget_class": int(record["forget_class"]), "seed": int(record["seed"])}
+        row = {
+            "method": str(record["method"]),
+            "variant": str(record.get("variant") or record["method"]),
+            "forget_class": int(record["forget_class"]),
+            "seed": int(record["seed"]),
+        }
     except (TypeError, ValueError) as err:
         raise UserError(f"metrics record {source}: forget_class and seed must be integers ({err})") from None
     cost = record.get("cost") or {}
@@ -154,8 +199,10 @@ def _flatten_record(record: Mapping, source) -> dict:
     if row["method"] != "original" and not row["imported_from"] and _is_missing(row["rte_min"]):
         absent.append("rte_min")
     if absent:
-        raise UserError(f"metrics record {source} has no value for {', '.join(absent)}: the job that wrote it did "
-                        "not finish measuring; delete the record and rerun the workflow, which redoes it")
+        raise UserError(
+            f"metrics record {source} has no value for {', '.join(absent)}: the job that wrote it did "
+            "not finish measuring; delete the record and rerun the workflow, which redoes it"
+        )
     for key, value in provenance.items():
         if key == "versions" and isinstance(value, Mapping):
             row.update({f"version_{pkg}": version for pkg, version in value.items()})
@@ -175,8 +222,10 @@ def collect_records(paths: Iterable, methods: Sequence[str] = ()) -> pd.DataFram
         # A model scored at another guidance weight (the sweep) is another measurement, not a second copy.
         key = tuple(row.get(k) for k in (*_IDENTITY, "guidance_w"))
         if key in sources:  # averaged in, it would weigh one job twice (or mix two runs' results)
-            raise UserError(f"two metrics records of {dict(zip(_IDENTITY, key))}: {sources[key]} and {path}; "
-                            "pass each job's record once, from one run")
+            raise UserError(
+                f"two metrics records of {dict(zip(_IDENTITY, key))}: {sources[key]} and {path}; "
+                "pass each job's record once, from one run"
+            )
         sources[key] = path
         rows.append(row)
     extra = list(dict.fromkeys(key for row in rows for key in row if key not in RECORD_COLUMNS))
@@ -186,8 +235,7 @@ def collect_records(paths: Iterable, methods: Sequence[str] = ()) -> pd.DataFram
     if df.empty:
         return df
     key = method_order(methods)
-    order = pd.DataFrame({"rank": df["method"].map(lambda m: key(m)[0]),
-                          "side": df["variant"] != df["method"]})
+    order = pd.DataFrame({"rank": df["method"].map(lambda m: key(m)[0]), "side": df["variant"] != df["method"]})
     df = pd.concat([order, df], axis=1)
     df = df.sort_values(["rank", "method", "side", "variant", "forget_class", "seed"], kind="stable")
     return df.drop(columns=["rank", "side"]).reset_index(drop=True)
@@ -199,13 +247,17 @@ def check_coverage(df: pd.DataFrame, methods: Sequence[str], classes: Sequence[i
     main = df[df["variant"] == df["method"]]
     have = set(zip(main["method"], main["forget_class"].astype(int), main["seed"].astype(int)))
     want = {(m, int(c), int(s)) for m in methods for c in classes for s in seeds}
-    for problem, keys in (("no record", want - have),
-                          ("a record outside the config's methods, forget_classes and seeds", have - want)):
+    for problem, keys in (
+        ("no record", want - have),
+        ("a record outside the config's methods, forget_classes and seeds", have - want),
+    ):
         if keys:
             listed = ", ".join(f"{m} class {c} seed {s}" for m, c, s in sorted(keys)[:6])
             more = f" and {len(keys) - 6} more" if len(keys) > 6 else ""
-            raise UserError(f"{problem} for {listed}{more}; the tables need one record per method, forgotten class "
-                            "and seed of the config (the workflow's aggregate rule passes exactly these)")
+            raise UserError(
+                f"{problem} for {listed}{more}; the tables need one record per method, forgotten class "
+                "and seed of the config (the workflow's aggregate rule passes exactly these)"
+            )
 
 
 def write_metrics_csv(df: pd.DataFrame, path) -> None:

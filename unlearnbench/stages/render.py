@@ -1,4 +1,5 @@
 """The figures job: figures from aggregated tables and saved samples only (no model is loaded or run)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,13 +28,21 @@ def render_figures(config: dict, kind: str, *, metrics=None, samples=None, forge
         figures.per_class_metrics(df, ["original", *methods], Path(out_dir) / "per_class.png", colors)
     elif kind == "samples":
         labels = [display_name(m) for m in ("original", *methods)]
-        figures.sample_grid(dict(zip(labels, samples)), forget_class, out, n=config["evaluation"].get("grid_images", 16))
+        figures.sample_grid(
+            dict(zip(labels, samples)), forget_class, out, n=config["evaluation"].get("grid_images", 16)
+        )
     elif kind == "ablation":
         abl = config["ablation"]
         main_value = main_param_value(config, abl["method"], abl["param"])
-        figures.psi_ablation(pd.read_csv(metrics), out, method=abl["method"], param=abl["param"], main_value=main_value,
-                             color=colors.get(abl["method"]),
-                             forget_class=abl["forget_class"])
+        figures.psi_ablation(
+            pd.read_csv(metrics),
+            out,
+            method=abl["method"],
+            param=abl["param"],
+            main_value=main_value,
+            color=colors.get(abl["method"]),
+            forget_class=abl["forget_class"],
+        )
     elif kind == "guidance":
         figures.guidance_curves(pd.read_csv(metrics), out, config["sampler"]["guidance_w"], colors)
     elif kind == "finding":

@@ -1,5 +1,6 @@
 """Samples: which a model draws for an evaluation (counts, seeds, the sampler), their file format (npz + a PNG
 grid), and whether samples drawn earlier still match the config."""
+
 from __future__ import annotations
 
 import json
@@ -51,9 +52,15 @@ def with_guidance(config: dict, guidance_w: float) -> dict:
 
 def sample_meta(config: dict, model_dir, seed: int, forget_class: int | None, num_classes: int) -> dict:
     """What defines a sample set: the exact weights, the sampler, the seed and the per-class counts."""
-    return {"model_dir": str(model_dir), "model_digest": ckpt.folder_digest(model_dir), "seed": seed,
-            "forget_class": forget_class, "sampler": sampler_name(config), **config["sampler"],
-            "counts": {str(k): v for k, v in sample_counts(config, num_classes, forget_class).items()}}
+    return {
+        "model_dir": str(model_dir),
+        "model_digest": ckpt.folder_digest(model_dir),
+        "seed": seed,
+        "forget_class": forget_class,
+        "sampler": sampler_name(config),
+        **config["sampler"],
+        "counts": {str(k): v for k, v in sample_counts(config, num_classes, forget_class).items()},
+    }
 
 
 def generate_samples(config: dict, model_dir, out_path, seed: int, forget_class: int | None, num_classes: int) -> dict:
@@ -64,15 +71,28 @@ def generate_samples(config: dict, model_dir, out_path, seed: int, forget_class:
     counts = sample_counts(config, num_classes, forget_class)
     labels = torch.cat([torch.full((n,), c, dtype=torch.long) for c, n in counts.items()])
     generator = torch.Generator().manual_seed(sampling_seed(seed, forget_class))
-    images = sample_as_configured(model, settings.sampler, Schedule.of(settings.diffusion), labels, generator, device,
-                                  performance=settings.runtime.performance, progress=True)
-    meta = {**sample_meta(config, model_dir, seed, forget_class, num_classes), "device_name": device_name(device),
-            "speed_switches": switches_label(effective_switches(settings.runtime, device, sampling=True))}
+    images = sample_as_configured(
+        model,
+        settings.sampler,
+        Schedule.of(settings.diffusion),
+        labels,
+        generator,
+        device,
+        performance=settings.runtime.performance,
+        progress=True,
+    )
+    meta = {
+        **sample_meta(config, model_dir, seed, forget_class, num_classes),
+        "device_name": device_name(device),
+        "speed_switches": switches_label(effective_switches(settings.runtime, device, sampling=True)),
+    }
     save_samples(out_path, to_uint8(images), labels.numpy(), meta)
     return meta
 
 
-def presampled_matches(config: dict, presampled, model_dir, seed: int, forget_class: int | None, num_classes: int) -> bool:
+def presampled_matches(
+    config: dict, presampled, model_dir, seed: int, forget_class: int | None, num_classes: int
+) -> bool:
     """True when `presampled` holds exactly the samples the current config asks of this model."""
     presampled = Path(presampled)
     if not presampled.exists():
@@ -98,8 +118,10 @@ def load_samples(path) -> tuple[np.ndarray, np.ndarray, dict]:
         raise MissingResourceError(f"samples {path} are missing: run the sampling step first")
     with np.load(path) as f:
         if not {"images", "labels", "meta"} <= set(f.files):
-            raise UserError(f"{path} is not a samples file (it holds {sorted(f.files)}); pass one written by "
-                            "`unlearnbench sample` or `evaluate`")
+            raise UserError(
+                f"{path} is not a samples file (it holds {sorted(f.files)}); pass one written by "
+                "`unlearnbench sample` or `evaluate`"
+            )
         return f["images"], f["labels"], json.loads(str(f["meta"]))
 
 

@@ -1,5 +1,6 @@
 """Scoring saved samples: FID references, the metrics records (FID/KID, H, UA, remaining classes), the guidance
 sweep, the finding study's denoiser check, the original model's summary."""
+
 from __future__ import annotations
 
 import platform
@@ -29,9 +30,22 @@ from .sampling import (
 )
 
 
-def evaluate_model(config: dict, model_dir, data_path, samples_path, evaluator_dir, reference_path, forget_class: int,
-                   seed: int, method: str, variant: str, cost_path=None, out_path=None, config_path=None,
-                   presampled=None) -> dict:
+def evaluate_model(
+    config: dict,
+    model_dir,
+    data_path,
+    samples_path,
+    evaluator_dir,
+    reference_path,
+    forget_class: int,
+    seed: int,
+    method: str,
+    variant: str,
+    cost_path=None,
+    out_path=None,
+    config_path=None,
+    presampled=None,
+) -> dict:
     """Samples of an unlearned model (reusing those its unlearning job drew when they match), then its metrics.
 
     The unlearning job samples while its model is loaded (--presample); this saves a process that loads a
@@ -45,20 +59,46 @@ def evaluate_model(config: dict, model_dir, data_path, samples_path, evaluator_d
         print(f"samples: reused {presampled} (same weights, sampler, seed and counts)")
     else:
         generate_samples(config, model_dir, samples_path, seed, forget_class, num_classes)
-    return score(config, samples_path, evaluator_dir, reference_path, forget_class, seed, method, variant, cost_path,
-                 out_path, config_path)
+    return score(
+        config,
+        samples_path,
+        evaluator_dir,
+        reference_path,
+        forget_class,
+        seed,
+        method,
+        variant,
+        cost_path,
+        out_path,
+        config_path,
+    )
 
 
-def evaluate_at_weights(config: dict, weights, model_dir, data_path, evaluator_dir, references: dict, seed: int,
-                        method: str, variant: str, cost_path, samples_paths, out_paths, config_path=None) -> list[dict]:
+def evaluate_at_weights(
+    config: dict,
+    weights,
+    model_dir,
+    data_path,
+    evaluator_dir,
+    references: dict,
+    seed: int,
+    method: str,
+    variant: str,
+    cost_path,
+    samples_paths,
+    out_paths,
+    config_path=None,
+) -> list[dict]:
     """One model sampled and scored at each guidance weight (the guidance sweep), in one process: `samples_paths`
     has one file per weight, `out_paths` one record per weight and class of `references`, weight by weight.
     The original model (variant "original") is sampled once per weight for every class, as in its main evaluation."""
     classes = list(references)
     if len(samples_paths) != len(weights) or len(out_paths) != len(weights) * len(classes):
-        raise UserError(f"{len(weights)} guidance weights and {len(classes)} forget classes need {len(weights)} "
-                        f"--samples and {len(weights) * len(classes)} --out paths (weight by weight), got "
-                        f"{len(samples_paths)} and {len(out_paths)}")
+        raise UserError(
+            f"{len(weights)} guidance weights and {len(classes)} forget classes need {len(weights)} "
+            f"--samples and {len(weights) * len(classes)} --out paths (weight by weight), got "
+            f"{len(samples_paths)} and {len(out_paths)}"
+        )
     if variant != "original" and len(classes) != 1:
         raise UserError(f"an unlearned model ({variant}) forgot one class; got --forget-class {classes}")
     num_classes = ImageData.load(data_path).num_classes
@@ -69,10 +109,13 @@ def evaluate_at_weights(config: dict, weights, model_dir, data_path, evaluator_d
         if config_path:  # beside the run's: the config_hash of these records names a file, as the main ones' do
             at_w_path = Path(config_path).parent / f"{config_hash(at_w)}.yaml"
             write_resolved(at_w, at_w_path)
-        generate_samples(at_w, model_dir, samples_path, seed, None if variant == "original" else classes[0], num_classes)
-        outs = dict(zip(classes, out_paths[i * len(classes):(i + 1) * len(classes)]))
-        records += score_classes(at_w, samples_path, evaluator_dir, references, seed, method, variant, cost_path, outs,
-                                 at_w_path)
+        generate_samples(
+            at_w, model_dir, samples_path, seed, None if variant == "original" else classes[0], num_classes
+        )
+        outs = dict(zip(classes, out_paths[i * len(classes) : (i + 1) * len(classes)]))
+        records += score_classes(
+            at_w, samples_path, evaluator_dir, references, seed, method, variant, cost_path, outs, at_w_path
+        )
     return records
 
 
@@ -103,13 +146,17 @@ def write_fid_references(config: dict, data_path, evaluator_dir, out_paths: dict
             if c == forget_class:
                 continue
             idx = np.flatnonzero(data.train_y == c)
-            parts.append(idx if n_per_class is None or n_per_class >= len(idx) else rng.choice(idx, n_per_class, replace=False))
+            parts.append(
+                idx if n_per_class is None or n_per_class >= len(idx) else rng.choice(idx, n_per_class, replace=False)
+            )
         chosen[forget_class] = np.sort(np.concatenate(parts))
     union = np.unique(np.concatenate(list(chosen.values())))
     features = fid_features(config, evaluator_dir, device)(to_float(data.train_x[union]))
     counts = {}
     for forget_class, out in out_paths.items():
-        stats = reference_statistics(features[np.searchsorted(union, chosen[forget_class])])  # keeps a feature subset for KID
+        stats = reference_statistics(
+            features[np.searchsorted(union, chosen[forget_class])]
+        )  # keeps a feature subset for KID
         save_statistics(out, **stats, forget_class=forget_class, backend=config["fid"]["backend"])
         counts[forget_class] = stats["n"]
     return {"n_real": counts}
@@ -125,32 +172,67 @@ def versions() -> dict:
     return out
 
 
-def score(config: dict, samples_path, evaluator_dir, reference_path, forget_class: int, seed: int, method: str,
-          variant: str, cost_path=None, out_path=None, config_path=None) -> dict:
+def score(
+    config: dict,
+    samples_path,
+    evaluator_dir,
+    reference_path,
+    forget_class: int,
+    seed: int,
+    method: str,
+    variant: str,
+    cost_path=None,
+    out_path=None,
+    config_path=None,
+) -> dict:
     """All metrics of one (model, forget class, seed) from its saved samples; writes the per-job record."""
-    return score_classes(config, samples_path, evaluator_dir, {forget_class: reference_path}, seed, method, variant,
-                         cost_path, {forget_class: out_path} if out_path else None, config_path)[0]
+    return score_classes(
+        config,
+        samples_path,
+        evaluator_dir,
+        {forget_class: reference_path},
+        seed,
+        method,
+        variant,
+        cost_path,
+        {forget_class: out_path} if out_path else None,
+        config_path,
+    )[0]
 
 
-def _check_pairing(reference_path, ref_meta: dict, samples_path, samples_meta: dict, forget_class: int,
-                   backend: str) -> None:
+def _check_pairing(
+    reference_path, ref_meta: dict, samples_path, samples_meta: dict, forget_class: int, backend: str
+) -> None:
     """The files a score pairs must be of the class it scores: a hand-run score given another class's reference
     or samples would write a plausible record of the wrong class."""
     problems = []
     if ref_meta.get("forget_class") != forget_class:
         problems.append(f"the FID reference {reference_path} leaves out class {ref_meta.get('forget_class')}")
     if ref_meta.get("backend") != backend:
-        problems.append(f"the FID reference {reference_path} has {ref_meta.get('backend')} features, the config "
-                        f"{backend}")
+        problems.append(
+            f"the FID reference {reference_path} has {ref_meta.get('backend')} features, the config {backend}"
+        )
     if samples_meta.get("forget_class") not in (None, forget_class):  # None: the original's, scored for every class
         problems.append(f"the samples {samples_path} are of a model that forgot class {samples_meta['forget_class']}")
     if problems:
-        raise UserError(f"scoring forgotten class {forget_class}: {'; '.join(problems)}; pass the files of that "
-                        "class (the workflow does)")
+        raise UserError(
+            f"scoring forgotten class {forget_class}: {'; '.join(problems)}; pass the files of that "
+            "class (the workflow does)"
+        )
 
 
-def score_classes(config: dict, samples_path, evaluator_dir, references: dict, seed: int, method: str, variant: str,
-                  cost_path=None, out_paths: dict | None = None, config_path=None) -> list[dict]:
+def score_classes(
+    config: dict,
+    samples_path,
+    evaluator_dir,
+    references: dict,
+    seed: int,
+    method: str,
+    variant: str,
+    cost_path=None,
+    out_paths: dict | None = None,
+    config_path=None,
+) -> list[dict]:
     """Metrics of one model's saved samples for each forget class in `references` ({class: reference npz}).
 
     The evaluator's probabilities and FID features are computed once for all samples; each forget class
@@ -172,37 +254,65 @@ def score_classes(config: dict, samples_path, evaluator_dir, references: dict, s
     records = []
     for forget_class, reference_path in references.items():
         forget_idx = np.flatnonzero(labels == forget_class)[: ev["n_forget"]]
-        remain_idx = np.concatenate([np.flatnonzero(labels == c)[: ev["n_per_remaining_class"]]
-                                     for c in np.unique(labels) if c != forget_class])
+        remain_idx = np.concatenate(
+            [np.flatnonzero(labels == c)[: ev["n_per_remaining_class"]] for c in np.unique(labels) if c != forget_class]
+        )
         probs_f, probs_r = probs[forget_idx], probs[remain_idx]
         ref = load_statistics(reference_path)
         _check_pairing(reference_path, ref["meta"], samples_path, meta, forget_class, config["fid"]["backend"])
         mu, sigma = feature_statistics(features[remain_idx])
         record = {
-            "method": method, "variant": variant, "forget_class": forget_class, "seed": seed,
+            "method": method,
+            "variant": variant,
+            "forget_class": forget_class,
+            "seed": seed,
             "fid": frechet_distance(mu, sigma, ref["mu"], ref["sigma"]),
             "kid": kid_from_features(features[remain_idx], ref["features"]),
-            "H": entropy(probs_f), "UA": unlearning_accuracy(probs_f, forget_class),
+            "H": entropy(probs_f),
+            "UA": unlearning_accuracy(probs_f, forget_class),
             "forget_prob": mean_class_probability(probs_f, forget_class),
             "remaining_acc": accuracy(probs_r, labels[remain_idx]),
         }
-        record["cost"] = {k: cost.get(k) for k in ("rte_s", "rte_min", "gpu_peak_gb", "gpu_peak_source", "gpu_null_reason",
-                                                   "torch_peak_allocated_gb", "torch_peak_reserved_gb", "host_rss_peak_gb",
-                                                   "device", "device_name", "speed_switches", "units")}
+        record["cost"] = {
+            k: cost.get(k)
+            for k in (
+                "rte_s",
+                "rte_min",
+                "gpu_peak_gb",
+                "gpu_peak_source",
+                "gpu_null_reason",
+                "torch_peak_allocated_gb",
+                "torch_peak_reserved_gb",
+                "host_rss_peak_gb",
+                "device",
+                "device_name",
+                "speed_switches",
+                "units",
+            )
+        }
         record["prior_min"] = cost.get("prior_min")
         record["prior_shared_min"] = cost.get("prior_shared_min")
         record["imported_from"] = cost.get("imported_from")
         record["params"] = cost.get("params")
         record["param_origins"] = cost.get("param_origins")
         record["provenance"] = {
-            "run_name": config["run_name"], "config_hash": config_hash(config), "config_path": str(config_path or ""),
-            "dataset": config["dataset"], "seed": seed,
+            "run_name": config["run_name"],
+            "config_hash": config_hash(config),
+            "config_path": str(config_path or ""),
+            "dataset": config["dataset"],
+            "seed": seed,
             "sampler": sampler_name(config),
-            "sampler_steps": s["steps"], "eta": s["eta"], "guidance_w": s["guidance_w"],
-            "n_forget_samples": int(len(forget_idx)), "n_fid_gen_per_class": ev["n_per_remaining_class"],
-            "n_fid_gen": int(len(remain_idx)), "n_fid_real": int(ref["meta"]["n"]), "fid_backend": config["fid"]["backend"],
+            "sampler_steps": s["steps"],
+            "eta": s["eta"],
+            "guidance_w": s["guidance_w"],
+            "n_forget_samples": int(len(forget_idx)),
+            "n_fid_gen_per_class": ev["n_per_remaining_class"],
+            "n_fid_gen": int(len(remain_idx)),
+            "n_fid_real": int(ref["meta"]["n"]),
+            "fid_backend": config["fid"]["backend"],
             "device_name": record["cost"].get("device_name"),  # the cost's: None where none was measured
-            "sampling_device_name": meta.get("device_name"), "versions": versions(),
+            "sampling_device_name": meta.get("device_name"),
+            "versions": versions(),
             "model_digest": meta.get("model_digest"),  # the exact weights sampled (ties a row to a user's checkpoint)
         }
         if out_paths:
@@ -223,12 +333,29 @@ def denoiser_norms(config: dict, model_dir, data_path, forget_class: int, seed: 
     x_f, _ = class_subset(data.train_x, data.train_y, [forget_class])
     x_r, y_r = class_subset(data.train_x, data.train_y, [c for c in range(data.num_classes) if c != forget_class])
     schedule = Schedule.of(settings.diffusion)
-    norms = eps_mean_squares(model, schedule, to_float(x_f), to_float(x_r), torch.as_tensor(y_r), forget_class,
-                             null_class(model), torch.Generator().manual_seed(sampling_seed(seed, forget_class)))
-    record = {"variant": variant, "forget_class": forget_class, "seed": seed, "eps_mean_square": norms,
-              "model_dir": str(model_dir), "model_digest": ckpt.folder_digest(model_dir)}
+    norms = eps_mean_squares(
+        model,
+        schedule,
+        to_float(x_f),
+        to_float(x_r),
+        torch.as_tensor(y_r),
+        forget_class,
+        null_class(model),
+        torch.Generator().manual_seed(sampling_seed(seed, forget_class)),
+    )
+    record = {
+        "variant": variant,
+        "forget_class": forget_class,
+        "seed": seed,
+        "eps_mean_square": norms,
+        "model_dir": str(model_dir),
+        "model_digest": ckpt.folder_digest(model_dir),
+    }
     ckpt.write_json(out_path, record)
-    print(f"{variant} (class {forget_class}, seed {seed}): mean eps^2 " + ", ".join(f"{k} {v:.3f}" for k, v in norms.items()))
+    print(
+        f"{variant} (class {forget_class}, seed {seed}): mean eps^2 "
+        + ", ".join(f"{k} {v:.3f}" for k, v in norms.items())
+    )
     return record
 
 
@@ -241,11 +368,15 @@ def summarize_original(config: dict, samples_path, evaluator_dir, records: list,
     preds = softmax_probabilities(load_evaluator(evaluator_dir, device), to_float(images)).argmax(1)
     per_class = {str(int(c)): float(100.0 * np.mean(preds[labels == c] == c)) for c in np.unique(labels)}
     recs = [ckpt.read_json(r) for r in records]
-    out = {"sample_accuracy": float(100.0 * np.mean(preds == labels)), "sample_accuracy_per_class": per_class,
-           "n_samples": int(len(labels)),
-           "evaluator_test_accuracy": ckpt.read_json(evaluator_record)["test_accuracy"],
-           "fid_remaining": {str(r["forget_class"]): r["fid"] for r in recs},
-           "UA": {str(r["forget_class"]): r["UA"] for r in recs},
-           "fid_backend": config["fid"]["backend"], "sampler": config["sampler"]}
+    out = {
+        "sample_accuracy": float(100.0 * np.mean(preds == labels)),
+        "sample_accuracy_per_class": per_class,
+        "n_samples": int(len(labels)),
+        "evaluator_test_accuracy": ckpt.read_json(evaluator_record)["test_accuracy"],
+        "fid_remaining": {str(r["forget_class"]): r["fid"] for r in recs},
+        "UA": {str(r["forget_class"]): r["UA"] for r in recs},
+        "fid_backend": config["fid"]["backend"],
+        "sampler": config["sampler"],
+    }
     ckpt.write_json(out_path, out)
     return out
