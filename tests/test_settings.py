@@ -66,3 +66,23 @@ def test_a_section_is_frozen_and_refuses_a_key_it_does_not_have():
         ModelSettings.parse({"preset": "tiny", "overrides": {"dropout": 0.1}}).overrides["dropout"] = 0.2
     with pytest.raises(ValueError, match=r"SamplerSettings: unknown keys \['step'\]"):
         SamplerSettings.parse({"step": 3, "eta": 1.0, "guidance_w": 2})
+
+
+def test_each_section_has_a_field_for_every_key_the_schema_allows(root):
+    """A key added to config/schema.yaml but not to its section would pass validation and fail every job."""
+    import yaml
+
+    schema = yaml.safe_load((root / "config" / "schema.yaml").read_text())["properties"]
+    sections = {
+        "diffusion": DiffusionSettings,
+        "sampler": SamplerSettings,
+        "model": ModelSettings,
+        "data": DataSettings,
+        "scale": ScaleSettings,
+        "performance": Performance,
+    }
+    for name, cls in sections.items():
+        fields = {f.name for f in dataclasses.fields(cls)} - ({"dataset"} if cls is DataSettings else set())
+        assert set(schema[name]["properties"]) == fields, name
+    runtime = {f.name for f in dataclasses.fields(Runtime)}
+    assert runtime <= set(schema) and {"device", "threads", "deterministic", "performance"} == runtime
