@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from .errors import DivergedError, MissingResourceError
 from .files import atomic_output, atomic_write_text, removed_on_failure
+from .networks import UNET_PRESETS
 from .settings import ModelSettings
+from .unet import WEIGHTS_NAME, UNet, resolve_config
 
 
 def write_json(path: str | Path, record: dict, *, allow_nan: bool = True) -> None:
@@ -77,8 +81,6 @@ def save_unet(model, folder: str | Path) -> None:
 
 def folder_digest(folder: str | Path) -> str:
     """sha256 over a folder's files (names and bytes): ties saved samples to the exact weights that drew them."""
-    import hashlib
-
     folder = Path(folder)
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
@@ -99,7 +101,6 @@ _REDO = (
 def load_unet(folder: str | Path, device="cpu", expect: dict | None = None, mismatch_fix: str | None = None):
     """Load a UNet saved by save_unet (or by diffusers' UNet2DModel.save_pretrained); a missing, corrupt,
     unsupported or mismatched checkpoint gets an actionable error."""
-    from .unet import UNet
 
     folder = Path(folder)
     read_unet_config(folder, expect, mismatch_fix)
@@ -125,7 +126,6 @@ def read_unet_config(folder: str | Path, expect: dict | None = None, mismatch_fi
     """A saved UNet's config.json, checked: there, readable, a UNet the suite implements and (given `expect`, a
     unet_expectations) the config's model. Reads no weights, so the workflow checks users' folders before any job.
     `mismatch_fix` replaces the advice for a model of another architecture (one that is not the base model's)."""
-    from .unet import resolve_config
 
     folder = Path(folder)
     if not (folder / "config.json").exists():
@@ -220,8 +220,6 @@ def check_weights_file(path: str | Path) -> None:
 
 def check_unet_folder(folder: str | Path, expect: dict | None = None, mismatch_fix: str | None = None) -> None:
     """A saved UNet folder is usable, without loading it: its config.json (read_unet_config) and whole weights."""
-    from .unet import WEIGHTS_NAME
-
     read_unet_config(folder, expect, mismatch_fix)
     if (Path(folder) / WEIGHTS_NAME).exists() or not any(Path(folder).glob("*.bin")):  # .bin: older diffusers'
         check_weights_file(Path(folder) / WEIGHTS_NAME)
@@ -229,9 +227,6 @@ def check_unet_folder(folder: str | Path, expect: dict | None = None, mismatch_f
 
 def same_weights(model, folder: str | Path) -> bool:
     """Whether `model` holds exactly the weights saved in the UNet folder (bit for bit, every tensor)."""
-    from safetensors.torch import load_file
-
-    from .unet import WEIGHTS_NAME
 
     path = Path(folder) / WEIGHTS_NAME
     if not path.exists():
@@ -248,7 +243,6 @@ def _convert_with_diffusers(folder: Path):
     """A checkpoint in a layout diffusers reads but UNet.from_pretrained does not (a pickled .bin of older
     diffusers, attention weights under their pre-0.15 names): diffusers loads and renames it. Only for such
     user-supplied checkpoints, so only they pay diffusers' import. None if diffusers cannot read it either."""
-    from .unet import UNet
 
     try:
         from diffusers.models.unets.unet_2d import UNet2DModel
@@ -264,9 +258,6 @@ def _convert_with_diffusers(folder: Path):
 
 def unet_expectations(model: ModelSettings, num_classes: int) -> dict:
     """The full UNet config the run's model section builds: a checkpoint used in its place must match all of it."""
-    from .networks import UNET_PRESETS
-    from .unet import resolve_config
-
     preset = {**UNET_PRESETS[model.preset], **model.overrides}
     return dict(resolve_config({**preset, "num_class_embeds": num_classes + 1}))
 
@@ -302,14 +293,12 @@ def load_state(path: str | Path, key: str | None = None):
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
 
     with atomic_output(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
 
 
 def load_tensors(path: str | Path, device="cpu") -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
 
     path = Path(path)
     if not path.exists():

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError, did_you_mean
+from .files import atomic_write_text
 from .method_api import (
     NAME_PATTERN,
     REFERENCE_MODELS,
@@ -21,6 +22,7 @@ from .method_api import (
     load_method,
     param_schema,
 )
+from .scaling import resolve_params
 from .schema import NUMBER_TYPES, coerce, key_path, schema_problems, types_of
 from .settings import ModelSettings, ScaleSettings
 
@@ -119,7 +121,6 @@ def validate(config: dict, methods_dir: str | Path | None = None) -> dict:
 
 def _check_methods(config: dict, methods_dir) -> tuple[dict, list[str]]:
     """The methods, method_params and the ablation against the method files: names, keys, each value's schema."""
-
     problems = []
     known = available_methods(methods_dir)
     named = sorted(name for name in known if re.fullmatch(NAME_PATTERN, name) and name not in REFERENCE_MODELS)
@@ -424,7 +425,7 @@ def size_settings(config: dict, method: str | None = None) -> list[tuple[str, in
 
 def _model_problems(config: dict) -> list[str]:
     """The model section makes a UNet for the dataset's images (else train_base fails with a torch traceback)."""
-    from .checkpoints import unet_expectations
+    from .checkpoints import unet_expectations  # here: they bring torch, which validating a config needs nowhere else
     from .networks import UNET_PRESETS, unet_build_problem
 
     model, dataset = config["model"], config["dataset"]
@@ -483,7 +484,6 @@ def write_resolved(config: dict, path: str | Path) -> bool:
     text = yaml.safe_dump(config, sort_keys=False)
     if path.exists() and path.read_text() == text:
         return False
-    from .files import atomic_write_text
 
     atomic_write_text(path, text)  # a unique temporary name (cluster jobs may write at once), removed on failure
     return True
@@ -494,7 +494,6 @@ def method_params(config: dict, name: str, module, overrides: dict | None = None
     by the rules its SCALED names (unlearnbench/scaling.py, the config's `scale` section), then the config's
     `method_params.<name>`, then `overrides` (an ablation point, `--set`). With `with_origins`, also where each value
     that is not the published default came from."""
-    from .scaling import resolve_params
 
     given = (config.get("method_params") or {}).get(name) or {}
     unknown = sorted(set(given) - set(module.DEFAULTS))

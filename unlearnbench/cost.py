@@ -171,7 +171,7 @@ class CostMeter:
         """Init NVML, find the handle, read the baseline; on failure record why and go on."""
         if self._nvml is None:
             try:
-                import pynvml
+                import pynvml  # here: optional (NVML bindings), and only on a GPU
             except ImportError:
                 self._nvml_reason = "pynvml not installed"
                 return

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .errors import DivergedError, MissingResourceError
+from .files import atomic_output
 from .settings import DataSettings
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -35,7 +36,6 @@ class ImageData:
         return tuple(self.train_x.shape[1:])
 
     def save(self, path: str | Path) -> None:
-        from .files import atomic_output
 
         with atomic_output(path, suffix=".tmp.npz") as tmp:
             np.savez(tmp, train_x=self.train_x, train_y=self.train_y, test_x=self.test_x, test_y=self.test_y)
@@ -81,7 +81,7 @@ def to_uint8(x: torch.Tensor | np.ndarray) -> np.ndarray:
 
 def load_digits(test_fraction: float = 0.2, split_seed: int = 0) -> ImageData:
     """scikit-learn's 1,797 real 8x8 digits (values 0..16), stratified deterministic split."""
-    from sklearn.datasets import load_digits as sk_load_digits
+    from sklearn.datasets import load_digits as sk_load_digits  # here: only digits needs scikit-learn's import
     from sklearn.model_selection import train_test_split
 
     bunch = sk_load_digits()
@@ -111,7 +111,7 @@ def _missing_cifar_message(root: Path, reason: str) -> str:
 
 def download_cifar10(root: Path) -> None:
     """Fetch and extract the official archive (torchvision's downloader checks its md5)."""
-    from torchvision.datasets.utils import download_and_extract_archive
+    from torchvision.datasets.utils import download_and_extract_archive  # here: only a download needs it
 
     download_and_extract_archive(
         CIFAR10_URL, str(root), filename="cifar-10-python.tar.gz", md5="c58f30108f718f92721af3b95e74349a"

@@ -1,5 +1,7 @@
 """Errors that are the user's to fix: the CLI prints their message, without a traceback."""
 
+import difflib
+
 
 class UserError(Exception):
     """Bad input (config, missing dataset/weights/checkpoint, absent device).
@@ -25,7 +27,6 @@ class UndeclaredError(UserError, KeyError):
 def did_you_mean(unknown, known) -> str:
     """'; did you mean steps?' when the unknown names are each one slip from a known one (else ''): appended to
     the messages that list what is allowed, so a typo is named as one."""
-    import difflib
 
     known = [str(k) for k in known]
     close = [(str(u), m[0]) for u in unknown if (m := difflib.get_close_matches(str(u), known, n=1, cutoff=0.75))]

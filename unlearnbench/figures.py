@@ -16,8 +16,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .files import atomic_output  # noqa: E402
-from .method_api import method_color  # noqa: E402
-from .report import FID, GPU, RTE, UA, display_name, load_paper_ablation, per_class_means  # noqa: E402
+from .method_api import (
+    load_method,
+    method_color,  # noqa: E402
+)
+from .report import FID, GPU, RTE, UA, display_name, guidance_summary, load_paper_ablation, per_class_means  # noqa: E402
 
 DPI = 150
 ORIGINAL_COLOR = "tab:gray"  # the base model, in every figure; a method's comes from its file (COLOR)
@@ -265,7 +268,6 @@ def psi_ablation(
 def guidance_curves(table: pd.DataFrame, out_path, main_w: float, colors: Mapping[str, str] | None = None) -> None:
     """FID, UA and the remaining classes' recognition against the guidance weight w, one line per method
     (mean ± std over forgotten classes, from guidance.csv); the main run's w dashed."""
-    from .report import guidance_summary
 
     summary = guidance_summary(table)
     methods = list(dict.fromkeys(summary["method"]))
@@ -308,8 +310,6 @@ def guidance_curves(table: pd.DataFrame, out_path, main_w: float, colors: Mappin
 
 def param_title(method: str, param: str) -> str:
     """A param's name in figures: the `title` of its PARAM_SCHEMA entry in its method file, else the name."""
-    from .method_api import load_method
-
     return load_method(method).PARAM_SCHEMA.get(param, {}).get("title", param)
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+from .errors import UserError
 
 
 def _umask() -> int:
@@ -43,7 +46,6 @@ def _disk_full(folder: Path, exc: Exception) -> bool:
 def removed_on_failure(tmp: Path):
     """Delete the temporary file or folder `tmp` if writing it fails (nothing stray is left: at paper scale a
     state file is hundreds of MB), and name a full disk as such instead of a library's stream error."""
-    from .errors import UserError
 
     try:
         yield
@@ -92,7 +94,6 @@ DIGESTS = "tables.sha256"
 
 
 def file_sha256(path: str | Path) -> str:
-    import hashlib
 
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -111,7 +112,6 @@ def write_digests(folder: str | Path, names) -> Path:
 def check_unedited(path: str | Path) -> None:
     """Refuse a table that differs from what its job wrote (the digests beside it name it): a hand-edited
     metrics.csv would otherwise be published, and drawn, as if the records said so."""
-    from .errors import UserError
 
     path = Path(path)
     manifest = path.parent / DIGESTS

@@ -46,12 +46,17 @@ the sampler re-evaluates every model but retrains only what draws images with it
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import re
 import sys
+import traceback
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+import jsonschema
 
 from .errors import UserError, did_you_mean
 from .scaling import RULES as SCALE_RULES
@@ -233,8 +238,6 @@ def check_labels(names, directory=None) -> None:
 
 def _line_in(path: Path, exc: Exception) -> str:
     """' (line n)': where in the method file its loading failed, if it did there."""
-    import traceback
-
     if isinstance(exc, SyntaxError) and exc.lineno and exc.filename == str(path):
         return f" (line {exc.lineno})"
     lines = [frame.lineno for frame in traceback.extract_tb(exc.__traceback__) if frame.filename == str(path)]
@@ -304,8 +307,6 @@ def _compose_variant(module, name: str, path: Path, directory) -> None:
 def _misspelled_interface(module, path: Path) -> None:
     """A misspelled DEFAULTS (or PRIORS, ...) would silently leave the method without it, and fail later with a
     bare KeyError deep in its loop."""
-    import difflib
-    import types
 
     for attr, value in vars(module).items():
         if attr.startswith("_") or attr in INTERFACE_NAMES or callable(value) or isinstance(value, types.ModuleType):
@@ -397,7 +398,6 @@ def _check_interface(module, name: str, path: Path) -> None:
 def _check_param_schema(module, path: Path) -> None:
     """Each PARAM_SCHEMA entry is a JSON Schema, and each default passes its own (else configs would be judged by
     a schema the method itself breaks, or fail inside jsonschema with a traceback)."""
-    import jsonschema
 
     for key, schema in module.PARAM_SCHEMA.items():
         try:

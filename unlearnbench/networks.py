@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .unet import UNet
+
 # UNet2DModel arguments (`unlearnbench.unet.UNet` mirrors diffusers' class). Each level of down blocks halves the resolution.
 UNET_PRESETS = {
     # digits 8x8x1: small enough that the default benchmark runs on 2 CPU cores in minutes.
@@ -37,7 +39,6 @@ UNET_PRESETS = {
 
 
 def build_unet(preset: str, num_classes: int, overrides: dict | None = None):
-    from .unet import UNet
 
     if preset not in UNET_PRESETS:
         raise ValueError(f"unknown UNet preset {preset!r}; allowed: {', '.join(UNET_PRESETS)}")
@@ -55,7 +56,6 @@ def unet_build_problem(unet_config: dict, image_shape: tuple[int, int, int]) -> 
     the CPU, not torch's meta device: initialising weights there imports torch._dynamo (1.4 s per Snakefile read);
     the tiny UNet takes 0.01 s and the paper's 0.3 s.
     """
-    from .unet import UNet
 
     try:
         with torch.no_grad():
@@ -120,7 +120,7 @@ class CifarResNet18(FeaturesAndHead):
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10):
         super().__init__()
-        from torchvision.models import resnet18
+        from torchvision.models import resnet18  # here: only the ResNet-18 evaluator needs torchvision's import
 
         net = resnet18(num_classes=num_classes)
         net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)

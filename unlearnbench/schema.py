@@ -7,6 +7,8 @@ import contextlib
 import json
 import math
 
+import jsonschema
+
 from .errors import did_you_mean
 
 
@@ -104,8 +106,6 @@ def _non_finite(instance, path: tuple = ()):
 
 def schema_problems(schema: dict, instance, prefix: tuple = ()) -> list[str]:
     """Each way `instance` breaks `schema`, as "'key' = value is not allowed; allowed: ..." (keys under `prefix`)."""
-    import jsonschema
-
     problems = [
         f"'{key_path([*prefix, *path])}' is {value}; allowed: a finite number" for path, value in _non_finite(instance)
     ]

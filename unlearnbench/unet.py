@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -371,7 +372,6 @@ class UNet(nn.Module):
 
     # ------------------------------------------------------------ checkpoints (diffusers' folder format)
     def save_pretrained(self, folder: str | Path) -> None:
-        from safetensors.torch import save_file
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -387,7 +387,6 @@ class UNet(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> "UNet":
         """A folder saved by `save_pretrained` here or by diffusers' UNet2DModel."""
-        from safetensors.torch import load_file
 
         folder = Path(folder)
         config = json.loads((folder / "config.json").read_text())

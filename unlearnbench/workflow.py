@@ -1,14 +1,34 @@
-"""What the Snakefile needs at parse time: validated config, paths of one run, the methods' priors."""
+"""What the Snakefile needs at parse time: validated config, paths of one run, the methods' priors.
+
+Snakemake imports this module whenever it parses the workflow (a dry run, `--lint`, every job it launches), so it
+imports no torch: torch, and the checkpoints module that brings it, are imported inside the two checks that read
+model folders (tests/test_architecture.py checks it)."""
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import importlib.util
 import os
 import sys
 from pathlib import Path
 
-from .config import DEFAULT_CONFIG, deep_merge, imported_cells, imported_model_dir, read_yaml, validate, write_resolved
+from .config import (
+    DEFAULT_CONFIG,
+    NUM_CLASSES,
+    config_hash,
+    deep_merge,
+    imported_architecture_fix,
+    imported_cells,
+    imported_model_dir,
+    method_params,
+    read_yaml,
+    validate,
+    write_resolved,
+)
 from .errors import UserError
 from .files import DIGESTS
+from .method_api import load_method, prior_by_name
 from .settings import ModelSettings
 
 # The files of a saved UNet folder (save_pretrained; unet.WEIGHTS_NAME) and the evaluator's weights:
@@ -99,8 +119,6 @@ def start_run(config: dict, jobs_run_here: bool = True) -> None:
 
 def unwritable(folder: Path) -> str | None:
     """Why the jobs could not write in `folder` (or create it), if so: checked at its nearest existing folder."""
-    import errno
-
     existing = next(p for p in [folder, *folder.parents] if p.exists())
     if not existing.is_dir():
         return f"{existing} is a file, not a folder"
@@ -251,7 +269,6 @@ def check_model_folders(config: dict) -> None:
     # Their architecture (config.json) and whole weights (the safetensors header) too, without loading them: a
     # mismatch or a file cut short would otherwise fail only in the job that loads it.
     from .checkpoints import check_unet_folder, unet_expectations
-    from .config import NUM_CLASSES, imported_architecture_fix
 
     expect = unet_expectations(ModelSettings.parse(config["model"]), NUM_CLASSES[config["dataset"]])
     for folder in [Path(checkpoint) / sub for sub in ("unet", "unet_ema")] if checkpoint else []:
@@ -317,7 +334,6 @@ def redo_token(output: str, inputs: list[str], state: str) -> str:
     makes this job run, and with it the jobs that remake its inputs. The job writes the token to `state` (its `redo`
     output, REDO_RECORD), so that the value stays what Snakemake recorded and nothing reruns again.
     Reads only: nothing is written while the Snakefile is parsed or the jobs are planned."""
-    import hashlib
 
     if Path(output).exists():
         made = Path(output).stat().st_mtime_ns
@@ -348,7 +364,6 @@ def workflow_relative(path) -> str:
 def suite_code(*modules: str) -> list[str]:
     """The source files of the suite's modules ("metrics": every file of the package; "unlearnbench.report": one)
     as rule inputs, so that editing the code that computes a result reruns the jobs that computed it."""
-    import importlib.util
 
     files = []
     for name in modules:
@@ -366,7 +381,6 @@ def resolved_config_path(config: dict) -> str:
     Named by content: reading the Snakefile again with another config (a dry run, too) writes a new file and
     never rewrites the one that running jobs read. The hash is the metrics records' provenance `config_hash`.
     """
-    from .config import config_hash
 
     return str(Path("results") / config["run_name"] / "configs" / f"{config_hash(config)}.yaml")
 
@@ -408,8 +422,6 @@ def config_value(config: dict, name: str):
 def fingerprint(config: dict, stage: str, method: str | None = None, prior: str | None = None) -> str:
     """Hash of what a stage's result depends on: its sections (for a method's stage, plus those it declares)
     and the method's params (for a prior that declares its params, only those)."""
-    from .config import config_hash, method_params
-    from .method_api import load_method, prior_by_name
 
     sections = list(STAGE_SECTIONS[stage])
     if method in (config.get("imported") or {}):  # no method file: what it depends on is its folders' pattern
@@ -444,7 +456,6 @@ def parse_variant(variant: str) -> tuple[str, list[str]]:
 
 
 def method_priors(method: str) -> list:
-    from .method_api import load_method
 
     return load_method(method).PRIORS
 
@@ -503,9 +514,6 @@ def guidance_labels(config: dict) -> list[str]:
 
 def main_param_value(config: dict, method: str, param: str):
     """The value of `param` in the method's main runs (its DEFAULTS, then method_params)."""
-    from .config import method_params
-    from .method_api import load_method
-
     return method_params(config, method, load_method(method))[param]
 
 

@@ -170,7 +170,7 @@ def _paired(attacked: pd.DataFrame, model: str, column: str) -> tuple[pd.Series,
 
 
 def _relearn_verdict(attacked: pd.DataFrame, model: str, k: int, budget: float, units: str) -> str:
-    from metrics.robustness import median_steps_to_recover
+    from metrics.robustness import median_steps_to_recover  # torch, as above
 
     mine, ref = _paired(attacked, model, f"{RELEARN_PREFIX}{k}")
     if mine.empty or mine.isna().any() or ref.isna().any():

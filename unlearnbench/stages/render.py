@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
 from ..config import evaluated_methods
 from ..errors import UserError
 from ..files import check_unedited
@@ -13,8 +15,6 @@ from ..workflow import main_param_value
 
 def render_figures(config: dict, kind: str, *, metrics=None, samples=None, forget_class=None, out_dir=None, out=None):
     """Figures from aggregated CSVs and saved samples only: no model is loaded or run."""
-    import pandas as pd
-
     from .. import figures  # here: matplotlib is for the figure jobs only
 
     methods = evaluated_methods(config)
@@ -48,7 +48,7 @@ def render_figures(config: dict, kind: str, *, metrics=None, samples=None, forge
     elif kind == "finding":
         figures.finding_bars(pd.read_csv(metrics), out, colors.get(config["finding"]["method"], figures.ORIGINAL_COLOR))
     elif kind == "robustness":
-        from .. import robustness_figures
+        from .. import robustness_figures  # matplotlib too
 
         robustness_figures.robustness_figures(pd.read_csv(metrics), methods, out_dir, colors)
     else:

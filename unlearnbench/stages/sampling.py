@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .. import checkpoints as ckpt
 from ..acceleration import effective_switches, switches_label
@@ -127,8 +128,6 @@ def load_samples(path) -> tuple[np.ndarray, np.ndarray, dict]:
 
 def save_grid(path, images: np.ndarray, labels: np.ndarray, per_class: int = 8) -> None:
     """One row per class, the first images of each: a quick look at what a model generates."""
-    from PIL import Image
-
     rows = []
     for c in np.unique(labels):
         imgs = images[labels == c][:per_class]

@@ -10,6 +10,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from metrics.denoiser import eps_mean_squares
+from metrics.fid import (
+    feature_extractor,
+    feature_statistics,
+    frechet_distance,
+    kid_from_features,
+    load_statistics,
+    reference_statistics,
+    save_statistics,
+)
+from metrics.forgetting import accuracy, entropy, mean_class_probability, softmax_probabilities, unlearning_accuracy
+
 from .. import checkpoints as ckpt
 from ..config import config_hash, write_resolved
 from ..data import ImageData, class_subset, to_float
@@ -120,7 +132,6 @@ def evaluate_at_weights(
 
 
 def fid_features(config: dict, evaluator_dir, device):
-    from metrics.fid import feature_extractor
 
     fid = config["fid"]
     if fid["backend"] == "classifier":
@@ -133,7 +144,6 @@ def write_fid_references(config: dict, data_path, evaluator_dir, out_paths: dict
     ({forget class: npz path}). The features of every chosen real image are computed once and shared by
     all forget classes (one Inception pass over CIFAR-10's train set instead of one per class).
     """
-    from metrics.fid import reference_statistics, save_statistics
 
     device = setup_runtime(Settings.parse(config).runtime)
     data = ImageData.load(data_path)
@@ -238,8 +248,6 @@ def score_classes(
     The evaluator's probabilities and FID features are computed once for all samples; each forget class
     then takes its own slices (the original model is scored for every class from one sample set).
     """
-    from metrics.fid import feature_statistics, frechet_distance, kid_from_features, load_statistics
-    from metrics.forgetting import accuracy, entropy, mean_class_probability, softmax_probabilities, unlearning_accuracy
 
     device = setup_runtime(Settings.parse(config).runtime)
     images, labels, meta = load_samples(samples_path)
@@ -324,7 +332,6 @@ def score_classes(
 def denoiser_norms(config: dict, model_dir, data_path, forget_class: int, seed: int, variant: str, out_path) -> dict:
     """The finding study's eps check (metrics.denoiser): how large the model's noise predictions are under the
     forgotten label, the remaining classes' own labels and the null label, on noised real training images."""
-    from metrics.denoiser import eps_mean_squares
 
     settings = Settings.parse(config)
     device = setup_runtime(settings.runtime)
@@ -361,8 +368,6 @@ def denoiser_norms(config: dict, model_dir, data_path, forget_class: int, seed: 
 
 def summarize_original(config: dict, samples_path, evaluator_dir, records: list, evaluator_record, out_path) -> dict:
     """results/original.json: the evaluator's accuracy on the original model's samples, per class, and its FIDs."""
-    from metrics.forgetting import softmax_probabilities
-
     device = setup_runtime(Settings.parse(config).runtime)
     images, labels, _ = load_samples(samples_path)
     preds = softmax_probabilities(load_evaluator(evaluator_dir, device), to_float(images)).argmax(1)
