@@ -601,6 +601,50 @@ def test_undeclared_evaluation_sections_are_not_readable(tiny_config):
         Prior("p", lambda ctx: None, sections=("optimizer",))
 
 
+def test_ctx_sample_is_the_configured_sampler_and_needs_the_sampler_declared(tiny_config):
+    """ctx.sample (SA's replay set) draws what the evaluation sampler draws with the run's schedule; a stage that
+    did not declare `sampler` cannot call it, since its cached result would not rerun when the sampler changes."""
+    from unlearnbench.context import DeclaredSections, RunContext
+    from unlearnbench.diffusion import Schedule, sample
+    from unlearnbench.networks import build_unet
+
+    torch.manual_seed(0)
+    model = build_unet("tiny", 10)
+    config = {**tiny_config, "sampler": {**tiny_config["sampler"], "steps": 3, "guidance_w": 1.5, "batch_size": 4}}
+    schedule = Schedule(10, 1e-4, 0.02)
+    labels = torch.tensor([1, 2, 2, 7, 0])
+
+    def ctx(sections):
+        view = DeclaredSections(config, sections, "prior 'p' of method 'm'", "Prior(..., sections=...)")
+        return RunContext(
+            config=view,
+            params={},
+            data=None,
+            schedule=schedule,
+            device=torch.device("cpu"),
+            seed=0,
+            generator=torch.Generator(),
+            meter=None,
+            load_original=None,
+        )
+
+    s = config["sampler"]
+    by_hand = sample(
+        model,
+        schedule,
+        labels,
+        steps=3,
+        eta=s["eta"],
+        guidance_w=1.5,
+        clip_x0=s["clip_x0"],
+        batch_size=4,
+        generator=torch.Generator().manual_seed(2),
+    )
+    assert torch.equal(ctx(("sampler",)).sample(model, labels, torch.Generator().manual_seed(2)), by_hand)
+    with pytest.raises(KeyError, match="reads config section 'sampler'"):
+        ctx(()).sample(model, labels, torch.Generator().manual_seed(2))
+
+
 def test_run_scope_keys_are_hidden_from_every_stage(tiny_config):
     """Another method's params, the run's classes and seeds are not in any stage's fingerprint: a prior reading
     `method_params.sa.lambda` behind its Prior(params=...) would stay cached when lambda changes."""
