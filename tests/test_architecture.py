@@ -127,14 +127,3 @@ def test_the_layers_below_the_stages_receive_sections_not_the_config(root):
                 if "config" in names:
                     whole.append(f"{name}.{node.name}")
     assert not whole
-
-
-def test_parsing_the_workflow_imports_no_torch(root):
-    """Snakemake imports unlearnbench.workflow (and the config layer) at every parse: a dry run, `--lint`, each job
-    it launches. torch's import alone is 1.7 s on 2 CPU cores."""
-    import subprocess
-    import sys
-
-    code = "import sys, unlearnbench.workflow, unlearnbench.config; print(sorted(m for m in ('torch', 'pandas', 'matplotlib') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
-    assert out.stdout.strip() == "[]"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from .checkpoints import unet_expectations
 from .errors import UserError, did_you_mean
 from .files import atomic_write_text
 from .method_api import (
@@ -22,6 +23,7 @@ from .method_api import (
     load_method,
     param_schema,
 )
+from .networks import UNET_PRESETS, unet_build_problem
 from .scaling import resolve_params
 from .schema import NUMBER_TYPES, coerce, key_path, schema_problems, types_of
 from .settings import ModelSettings, ScaleSettings
@@ -425,9 +427,6 @@ def size_settings(config: dict, method: str | None = None) -> list[tuple[str, in
 
 def _model_problems(config: dict) -> list[str]:
     """The model section makes a UNet for the dataset's images (else train_base fails with a torch traceback)."""
-    from .checkpoints import unet_expectations  # here: they bring torch, which validating a config needs nowhere else
-    from .networks import UNET_PRESETS, unet_build_problem
-
     model, dataset = config["model"], config["dataset"]
     overrides = model.get("overrides") or {}
     where = f"'model.preset' = {model['preset']!r}"

@@ -1,8 +1,8 @@
 """The last line of a failed job's log: what ran out or could not be written, and which setting or file to change
 (`unlearnbench.cli.main` prints it after the traceback, so a user reading the log's end knows what to do).
 
-torch and the suite's torch-using modules are imported where a failure needs them: `validate-config` and `publish`
-import this module too, and must start without torch's import (1.7 s on 2 CPU cores)."""
+torch and the suite's torch-using modules are imported where a failure needs them: `publish`, a job of its own,
+imports this module too and needs no torch (1.7 s to import on 2 CPU cores)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,4 @@
-"""What the Snakefile needs at parse time: validated config, paths of one run, the methods' priors.
-
-Snakemake imports this module whenever it parses the workflow (a dry run, `--lint`, every job it launches), so it
-imports no torch: torch, and the checkpoints module that brings it, are imported inside the two checks that read
-model folders (tests/test_architecture.py checks it)."""
+"""What the Snakefile needs at parse time: validated config, paths of one run, the methods' priors."""
 
 from __future__ import annotations
 
@@ -13,6 +9,9 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+
+from .checkpoints import check_unet_folder, folder_digest, read_json, unet_expectations
 from .config import (
     DEFAULT_CONFIG,
     NUM_CLASSES,
@@ -76,8 +75,6 @@ def device_problem(config: dict) -> str | None:
     """Why the jobs cannot run on this machine's devices, if so (config `device: cuda` without a CUDA device)."""
     if config.get("device") != "cuda":
         return None
-    import torch
-
     if torch.cuda.is_available():
         return None
     return (
@@ -268,8 +265,6 @@ def check_model_folders(config: dict) -> None:
         )
     # Their architecture (config.json) and whole weights (the safetensors header) too, without loading them: a
     # mismatch or a file cut short would otherwise fail only in the job that loads it.
-    from .checkpoints import check_unet_folder, unet_expectations
-
     expect = unet_expectations(ModelSettings.parse(config["model"]), NUM_CLASSES[config["dataset"]])
     for folder in [Path(checkpoint) / sub for sub in ("unet", "unet_ema")] if checkpoint else []:
         check_unet_folder(folder, expect)
@@ -282,8 +277,6 @@ def check_scored_copies(config: dict) -> None:
     (`cp -p`, `rsync -a`, `mv`) looks unchanged to Snakemake, which compares times: the run would keep the scores
     of the model it replaced. The digest the run recorded when it adopted the folder tells (read only then: when a
     file is newer than that record, Snakemake redoes the job anyway)."""
-    from .checkpoints import folder_digest, read_json
-
     models = Path("results") / config["run_name"] / "models"
     checks = []  # (user's folder, the run's record of adopting it, that record's keys of its path and digest)
     if checkpoint := config["base"].get("checkpoint"):
