@@ -1,5 +1,5 @@
-"""Typed, frozen views of the config sections that the low layers read: each is parsed once from the validated
-config (config/schema.yaml has already checked every key and type) and passed down alone.
+"""Typed, frozen views of the config sections that the low layers read: a stage parses them from the validated
+config (config/schema.yaml has already checked every key and type) and passes each down alone.
 
 The layers below the stages (training, acceleration, runtime, diffusion, checkpoints, data, scaling) receive the
 one section they use, never the whole config: `setup_runtime(settings.runtime)`, `Schedule.of(settings.diffusion)`,
